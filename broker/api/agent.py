@@ -1,0 +1,97 @@
+"""Agent routes: redeem a code, then acquire, renew and release leases."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker import codes, leases
+from broker.api import shapes
+from broker.api.http import (
+    answer,
+    authenticate,
+    parse_json,
+    read_body,
+    route,
+    services,
+)
+from broker.api.path import path_id
+from broker.api.schema import LICENCE_TYPE, NAME, SERIAL, integer, obj
+from broker.errors import AuthCodeInvalid, LeaseGone
+from broker.services import Services
+from shared import jws
+
+ENROL = obj({"code": {"type": "string", "minLength": 1, "maxLength": 32}, "name": NAME},
+            {"kind": {"type": "string", "enum": ["server", "domain"]}})
+ACQUIRE = obj({"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer(0, 10_000)})
+RENEW = obj({})
+
+
+def client_address(request: web.Request, svc: Services) -> str:
+    if svc.config.trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64]
+    return request.remote or "unknown"
+
+
+@route("POST", "/v1/enroll", summary="Redeem an 8-digit code: bind a server or domain to a pool",
+       tag="agent", body=ENROL, responses={201: shapes.ENROLLED})
+async def enroll(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    address = client_address(request, svc)
+    svc.limiter.check(address)
+    body = parse_json(await read_body(request), ENROL)
+    now = svc.clock.now()
+    try:
+        result = await svc.store.write(lambda tx: codes.redeem(
+            tx, now, svc.code_key, body["code"], body["name"], body.get("kind", "server")))
+    except AuthCodeInvalid:
+        svc.limiter.failed(address)
+        raise
+    result["keys"] = svc.keyring.jwks(now)
+    return answer(201, result)
+
+
+def _signed(svc: Services, grant: leases.Grant) -> dict[str, object]:
+    claims = {"iss": svc.issuer, **grant.claims()}
+    return grant.render(jws.sign(claims, svc.keyring.current))
+
+
+@route("POST", "/v1/leases", summary="Acquire, grow, shrink or (count 0) release an encoder's lease",
+       tag="agent", auth=("server",), body=ACQUIRE,
+       responses={200: shapes.LEASE, 201: shapes.LEASE, 204: None})
+async def acquire(request: web.Request) -> web.StreamResponse:
+    server = await authenticate(request, ("server",))
+    body = parse_json(await read_body(request), ACQUIRE)
+    svc = services(request)
+    now = svc.clock.now()
+    grant = await svc.store.write(lambda tx: leases.acquire(
+        tx, now, server, body["encoder"], body["licence_type"], body["count"]))
+    if grant is None:
+        return answer(204, None)
+    return answer(201 if grant.created else 200, _signed(svc, grant))
+
+
+@route("POST", "/v1/leases/{lease}/renew", summary="Renew a lease: a new token, a later expiry",
+       tag="agent", auth=("server",), body=RENEW, responses={200: shapes.LEASE})
+async def renew(request: web.Request) -> web.StreamResponse:
+    server = await authenticate(request, ("server",))
+    lease_id = path_id(request, "lease")
+    parse_json(await read_body(request), RENEW)
+    svc = services(request)
+    now = svc.clock.now()
+    outcome = await svc.store.write(lambda tx: leases.renew(tx, now, server, lease_id))
+    if isinstance(outcome, leases.Gone):
+        raise LeaseGone(outcome.reason)
+    return answer(200, _signed(svc, outcome))
+
+
+@route("DELETE", "/v1/leases/{lease}", summary="Release a lease (idempotent)",
+       tag="agent", auth=("server",), responses={204: None})
+async def release(request: web.Request) -> web.StreamResponse:
+    server = await authenticate(request, ("server",))
+    lease_id = path_id(request, "lease")
+    svc = services(request)
+    now = svc.clock.now()
+    await svc.store.write(lambda tx: leases.release(tx, now, server, lease_id))
+    return answer(204, None)

@@ -1,0 +1,158 @@
+"""HTTP plumbing shared by the route modules: the route table, bodies, auth, answers.
+
+Each route is declared once with ``@route(...)``; the declaration carries its request
+and response schemas, so the same table registers the handlers and writes
+``/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from broker import idempotency
+from broker.api.schema import Schema, validate
+from broker.errors import PayloadTooLarge, Unauthenticated, ValidationFailed
+from broker.ids import token_hash
+from broker.principal import Principal
+from broker.services import SERVICES, Services
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    auth: tuple[str, ...]
+    body: Schema | None
+    responses: dict[int, Schema | None]
+    query: dict[str, Schema] = field(default_factory=dict)
+    idempotent: bool = False
+
+
+ROUTES: list[Route] = []
+
+
+def route(
+    method: str, path: str, *, summary: str, tag: str, auth: tuple[str, ...] = (),
+    body: Schema | None = None, responses: dict[int, Schema | None] | None = None,
+    query: dict[str, Schema] | None = None, idempotent: bool = False,
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ROUTES.append(Route(method, path, handler, summary, tag, auth, body,
+                            responses or {200: None}, query or {}, idempotent))
+        return handler
+    return register
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def answer(status: int, payload: Any) -> web.Response:
+    if status == 204 or payload is None:
+        return web.Response(status=204)
+    return web.json_response(payload, status=status, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.") from exc
+
+
+def parse_json(raw: bytes, schema: Schema) -> dict[str, Any]:
+    if not raw.strip():
+        value: Any = {}
+    else:
+        try:
+            value = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise ValidationFailed(
+                [{"field": "", "message": "the body is not valid JSON"}],
+                "The body is not valid JSON.",
+            ) from exc
+    if not isinstance(value, dict):
+        raise ValidationFailed([{"field": "", "message": "the body must be a JSON object"}])
+    return validate(value, schema)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18 or not lo <= int(raw) <= hi:
+        raise ValidationFailed([{"field": name, "message": f"must be a whole number {lo}-{hi}"}])
+    return int(raw)
+
+
+def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    validate({name: raw}, {"type": "object", "properties": {name: schema}})
+    return raw
+
+
+async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Principal:
+    """Resolve the bearer token; 401 when missing or unknown, 403 when of the wrong kind."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("Send a bearer token: Authorization: Bearer <token>.")
+    svc = services(request)
+    digest = token_hash(token)
+    if hmac.compare_digest(digest, svc.operator_hash):
+        principal = Principal(kind="operator", token_hash=digest)
+    else:
+        found = await svc.principals.resolve(digest)
+        if found is None:
+            raise Unauthenticated("The token is unknown or has been revoked.")
+        principal = found
+    if principal.kind not in allowed:
+        from broker.errors import Forbidden
+
+        raise Forbidden(f"A {principal.kind} token cannot use this route.")
+    return principal
+
+
+async def idempotent_write(
+    request: web.Request, principal: Principal, raw: bytes,
+    fn: Callable[[Any], idempotency.Answer],
+) -> web.Response:
+    """Run ``fn(tx)`` in one write transaction, honouring an Idempotency-Key header."""
+    svc = services(request)
+    key_text = request.headers.get("Idempotency-Key")
+    now = svc.clock.now()
+    if key_text is None:
+        status, payload = await svc.store.write(fn)
+        return answer(status, payload)
+    key = idempotency.IdempotencyKey.derive(
+        key_text, principal.token_hash, request.method, request.path_qs, raw)
+    status, payload = await svc.store.write(
+        lambda tx: idempotency.run(tx, now, key, lambda: fn(tx)))
+    response = answer(status, payload)
+    response.headers["Idempotency-Key"] = key_text
+    return response

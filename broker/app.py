@@ -1,0 +1,79 @@
+"""The broker application: ``create_app(config)`` and its start-up and clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from broker import reaper, secretfiles
+from broker.api import agent, estate, operator, pools, public  # noqa: F401 - registers routes
+from broker.api.http import MAX_BODY, ROUTES
+from broker.api.middleware import problems, security_headers
+from broker.config import Config
+from broker.ids import token_hash
+from broker.principals import PrincipalCache
+from broker.ratelimit import FailureLimiter
+from broker.services import SERVICES, Services
+from broker.signing import Keyring
+from broker.store.sqlite import SqliteStore
+
+log = logging.getLogger("tenure.broker")
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[security_headers, problems], client_max_size=MAX_BODY)
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
+    app.cleanup_ctx.append(_services(config))
+    app.cleanup_ctx.append(_background(reaper.lapse_loop))
+    app.cleanup_ctx.append(_background(reaper.key_loop))
+    app.cleanup_ctx.append(_background(reaper.purge_loop))
+    return app
+
+
+def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        secretfiles.prepare_data_dir(config.data_dir)
+        op_token = secretfiles.operator_token(config.data_dir, config.operator_token)
+        keyring = Keyring(config.data_dir, config.key_reload_seconds)
+        await asyncio.to_thread(keyring.reload, config.clock.now())
+        store = await SqliteStore.open(config.db_path, config.sqlite_synchronous)
+        app[SERVICES] = Services(
+            config=config,
+            clock=config.clock,
+            store=store,
+            keyring=keyring,
+            principals=PrincipalCache(store, config.clock),
+            limiter=FailureLimiter(config.clock, config.redeem_failures_per_address,
+                                   config.redeem_failures_global, config.redeem_window_seconds),
+            code_key=secretfiles.code_key(config.data_dir),
+            operator_hash=token_hash(op_token),
+            issuer=config.public_url or "tenure",
+        )
+        log.info("broker data in %s (database %s, synchronous=%s)", config.data_dir,
+                 config.db_path.name, config.sqlite_synchronous)
+        try:
+            yield
+        finally:
+            await store.close()
+    return ctx
+
+
+def _background(
+    loop: Callable[[Services], Coroutine[Any, Any, None]],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop(app[SERVICES]), name=loop.__name__)
+        try:
+            yield
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    return ctx

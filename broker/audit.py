@@ -1,0 +1,75 @@
+"""The audit log: every change, appended in the same transaction as the change."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broker.principal import Principal
+from broker.store.base import Tx
+from shared.timefmt import format_ts
+
+PAGE_MAX = 500
+
+
+def record(
+    tx: Tx,
+    now: float,
+    actor: Principal | None,
+    estate_id: str | None,
+    action: str,
+    *,
+    pool_id: str | None = None,
+    subject_id: str | None = None,
+    **details: Any,
+) -> None:
+    """Append one event. ``actor`` None means the broker itself (a lapse, a reaper)."""
+    name: str | None
+    if actor is None:
+        kind, actor_id, name = "system", None, "broker"
+    else:
+        kind, actor_id = actor.kind, actor.actor_id
+        name = actor.name if actor.kind != "operator" else "operator"
+    tx.run(
+        "event_insert",
+        estate_id=estate_id,
+        at=int(now),
+        actor_kind=kind,
+        actor_id=actor_id,
+        actor_name=name,
+        action=action,
+        pool_id=pool_id,
+        subject_id=subject_id,
+        details=json.dumps(details, separators=(",", ":"), sort_keys=True),
+    )
+
+
+def page(
+    tx: Tx,
+    estate_id: str,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    pool_id: str | None = None,
+    action: str | None = None,
+) -> dict[str, Any]:
+    """Events oldest first, from just after the cursor ``after``; ``next`` continues."""
+    rows = tx.all(
+        "events_page", estate_id=estate_id, after=after, limit=limit + 1,
+        pool_id=pool_id, action=action,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "id": str(r["id"]),
+            "at": format_ts(r["at"]),
+            "actor": {"kind": r["actor_kind"], "id": r["actor_id"], "name": r["actor_name"]},
+            "action": r["action"],
+            "pool_id": r["pool_id"],
+            "subject_id": r["subject_id"],
+            "details": json.loads(r["details"]),
+        }
+        for r in rows
+    ]
+    return {"items": items, "next": str(rows[-1]["id"]) if more and rows else None}

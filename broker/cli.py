@@ -1,0 +1,87 @@
+"""``tenure-broker``: serve the broker, rotate its signing keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from broker import config as configuration
+from broker import signing
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tenure-broker", description="Tenure licence broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", help="listen port (default 8400)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain (serve HTTPS)")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    keys = sub.add_parser("keys", help="manage lease-signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_sub.add_parser("rotate", help="add a new signing key (used within a minute)")
+    rotate.add_argument("--config", type=Path, help="TOML config file")
+    rotate.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> configuration.Config:
+    flags = {k: getattr(args, k, None) for k in ("data_dir", "host", "port", "tls_cert", "tls_key")}
+    return configuration.load(args.config, flags=flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _load(args)
+    except configuration.ConfigError as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "keys":
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = signing.rotate(cfg.data_dir, time.time())
+        print(f"Added signing key {key.kid}; a running broker signs with it within "
+              f"{int(cfg.key_reload_seconds)} seconds.")
+        return 0
+    return serve(cfg)
+
+
+def serve(cfg: configuration.Config) -> int:
+    from broker.app import create_app
+
+    ssl_context = None
+    if cfg.tls_cert and cfg.tls_key:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"tenure-broker: setting 'tls_cert'/'tls_key': {exc}", file=sys.stderr)
+            return 2
+    scheme = "https" if ssl_context else "http"
+    logging.getLogger("tenure.broker").info(
+        "listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
+    try:
+        web.run_app(create_app(cfg), host=cfg.host, port=cfg.port, ssl_context=ssl_context,
+                    print=None, access_log=None, shutdown_timeout=10)
+    except OSError as exc:
+        print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

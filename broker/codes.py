@@ -1,0 +1,112 @@
+"""Eight-digit authentication codes that bind a server or a domain to a pool.
+
+A code is stored only as HMAC-SHA256 under a key kept in the data directory (not in
+the database): a plain hash of eight digits is reversed in seconds. Codes are drawn
+uniformly with ``secrets``, unique among live codes, and used at most once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Any
+
+from broker import audit, pools
+from broker.errors import AuthCodeInvalid, NotFound, NoValidLicences
+from broker.ids import new_id, new_token, token_hash
+from broker.principal import Principal
+from broker.store.base import Tx
+from shared.timefmt import format_ts
+
+CODE_DIGITS = 8
+_SEPARATORS = re.compile(r"[\s-]")
+INVALID_MESSAGE = (
+    "That code is not valid: it may be mistyped, already used, revoked or expired. "
+    "Ask your admin for a new code."
+)
+
+
+def normalise(code: str) -> str | None:
+    """``4821 3907`` / ``4821-3907`` → ``48213907``; None unless exactly 8 digits."""
+    digits = _SEPARATORS.sub("", code)
+    if len(digits) != CODE_DIGITS or not digits.isascii() or not digits.isdigit():
+        return None
+    return digits
+
+
+def mac(key: bytes, code: str) -> bytes:
+    return hmac.new(key, code.encode("ascii"), hashlib.sha256).digest()
+
+
+def make(
+    tx: Tx, now: float, actor: Principal, key: bytes, estate_id: str, pool_id: str,
+    ttl_seconds: int,
+) -> dict[str, Any]:
+    pool = pools.get(tx, estate_id, pool_id)
+    if tx.one("pool_has_grantable", pool_id=pool_id, now=int(now)) is None:
+        raise NoValidLicences(
+            f"Pool {pool['name']!r} holds no valid licence; move licences into it first."
+        )
+    expires_at = int(now) + ttl_seconds
+    while True:
+        code = f"{secrets.randbelow(10**CODE_DIGITS):08d}"
+        code_mac = mac(key, code)
+        if tx.one("code_live_by_mac", code_mac=code_mac, now=int(now)) is None:
+            break
+    code_id = new_id("code")
+    tx.run("code_insert", id=code_id, estate_id=estate_id, pool_id=pool_id, code_mac=code_mac,
+           now=int(now), expires_at=expires_at, created_by=actor.actor_id or actor.kind)
+    audit.record(tx, now, actor, estate_id, "auth_code.created", pool_id=pool_id,
+                 subject_id=code_id, expires_at=format_ts(expires_at))
+    return {"id": code_id, "code": code, "pool_id": pool_id, "expires_at": format_ts(expires_at)}
+
+
+def list_live(tx: Tx, now: float, estate_id: str, pool_id: str | None) -> list[dict[str, Any]]:
+    return [
+        {"id": r["id"], "pool_id": r["pool_id"], "pool_name": r["pool_name"],
+         "created_at": format_ts(r["created_at"]), "expires_at": format_ts(r["expires_at"]),
+         "created_by": r["created_by"]}
+        for r in tx.all("codes_live_of_estate", estate_id=estate_id, now=int(now), pool_id=pool_id)
+    ]
+
+
+def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, code_id: str) -> None:
+    row = tx.one("code_by_id", code_id=code_id, estate_id=estate_id)
+    if row is None:
+        raise NotFound("No such authentication code in this estate.")
+    if tx.run("code_revoke", code_id=code_id):
+        audit.record(tx, now, actor, estate_id, "auth_code.revoked", pool_id=row["pool_id"],
+                     subject_id=code_id)
+
+
+def redeem(
+    tx: Tx, now: float, key: bytes, code: str, name: str, kind: str
+) -> dict[str, Any]:
+    """Use a code once: create the server or domain bound to the code's pool.
+
+    Runs inside the single writer's transaction, so two hosts racing for one code
+    cannot both win: the second finds it used.
+    """
+    digits = normalise(code)
+    row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits),
+                                              now=int(now))
+    if row is None:
+        raise AuthCodeInvalid(INVALID_MESSAGE)
+    server_id, token = new_id("srv"), new_token("srv")
+    tx.run("server_insert", id=server_id, estate_id=row["estate_id"], pool_id=row["pool_id"],
+           name=name, kind=kind, token_hash=token_hash(token), now=int(now))
+    if tx.run("code_use", code_id=row["id"], now=int(now), server_id=server_id) != 1:
+        raise AuthCodeInvalid(INVALID_MESSAGE)
+    names = tx.one("estate_pool_names", pool_id=row["pool_id"])
+    assert names is not None
+    actor = Principal(kind="server", token_hash=b"", estate_id=row["estate_id"],
+                      server_id=server_id, name=name, pool_id=row["pool_id"])
+    audit.record(tx, now, actor, row["estate_id"], "server.enrolled", pool_id=row["pool_id"],
+                 subject_id=server_id, name=name, kind=kind, auth_code_id=row["id"])
+    return {
+        "server_id": server_id, "server_token": token, "name": name, "kind": kind,
+        "estate_id": row["estate_id"], "estate_name": names["estate_name"],
+        "pool_id": row["pool_id"], "pool_name": names["pool_name"],
+    }

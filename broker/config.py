@@ -1,0 +1,174 @@
+"""Broker settings: one frozen dataclass, built once from file, environment and flags.
+
+Precedence is flags > ``TENURE_*`` environment > TOML file > default. A bad value
+stops start-up with a ``ConfigError`` that names the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.clock import Clock, SystemClock
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _setting(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = _setting(Path("tenure-data"), "Directory for the database, keys and operator token.")
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(8400, "TCP port to listen on.", min=0, max=65535)
+    operator_token: str | None = _setting(
+        None,
+        "The operator's bearer token (tnr_op_…). When unset, one is generated on first "
+        "start into DATA_DIR/operator-token (mode 0600). Prefer the environment variable.",
+        secret=True,
+    )
+    tls_cert: Path | None = _setting(None, "PEM certificate chain; with tls_key, serve HTTPS.")
+    tls_key: Path | None = _setting(None, "PEM private key for tls_cert.")
+    public_url: str | None = _setting(
+        None, "The URL agents use to reach this broker (shown in the console's enrol command)."
+    )
+    sqlite_synchronous: str = _setting(
+        "full",
+        "SQLite durability: 'full' (an acknowledged write survives power loss) or 'normal' "
+        "(survives a process crash; may lose the last commits on power loss).",
+        choices=("full", "normal"),
+    )
+    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    default_lease_seconds: int = _setting(
+        3600, "Lease lifetime of new pools.", min=60, max=30 * 86400
+    )
+    code_ttl_seconds: int = _setting(
+        86400, "Default lifetime of an authentication code.", min=60, max=7 * 86400
+    )
+    redeem_failures_per_address: int = _setting(
+        10, "Failed code redemptions allowed per client address per window.", min=1, max=10**6
+    )
+    redeem_failures_global: int = _setting(
+        1000, "Failed code redemptions allowed from all addresses together per window.",
+        min=1, max=10**9,
+    )
+    redeem_window_seconds: int = _setting(
+        900, "Window of the redemption rate limits.", min=1, max=86400
+    )
+    trust_forwarded_for: bool = _setting(
+        False, "Take the client address from X-Forwarded-For (only behind a trusted proxy)."
+    )
+    reaper_interval_seconds: float = _setting(
+        5.0, "How often lapsed leases are recorded in the audit log.", min=0.05, max=3600
+    )
+    key_reload_seconds: float = _setting(
+        30.0, "How often the signing-key directory is re-read (keys rotate without restart).",
+        min=0.05, max=60,
+    )
+    clock: Clock = field(default_factory=SystemClock, metadata={"internal": True}, compare=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "tenure.db"
+
+    def __repr__(self) -> str:  # the operator token never reaches a log line
+        shown = ", ".join(
+            f"{f.name}={'***' if f.metadata.get('secret') and getattr(self, f.name) else getattr(self, f.name)!r}"
+            for f in settings()
+        )
+        return f"Config({shown})"
+
+
+def settings() -> list[dataclasses.Field[Any]]:
+    """The user-facing settings, in declaration order."""
+    return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    name, kind = f.name, str(f.type)
+    where = f"setting '{name}' (from {source})"
+    try:
+        if raw is None:
+            value: Any = None
+        elif kind.startswith("int"):
+            if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+                raise ValueError
+            value = int(raw)
+        elif kind.startswith("float"):
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        elif kind.startswith("bool"):
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif "Path" in kind:
+            if not isinstance(raw, (str, Path)) or str(raw) == "":
+                raise ValueError
+            value = Path(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {raw!r} is not a valid {kind.split(' ')[0]}") from exc
+    if value is None:
+        return None
+    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}: {value!r} is outside {lo}..{hi}")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def load(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build the config: flags > environment > file > defaults; ``overrides`` win over all."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in settings()}
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(Path(file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from exc
+        section = data.get("broker", data)
+        for key, raw in section.items():
+            if key not in known:
+                raise ConfigError(f"config file {file}: unknown setting '{key}'")
+            values[key] = _convert(known[key], raw, f"config file {file}")
+    for name, f in known.items():
+        var = f"TENURE_{name.upper()}"
+        if var in env and env[var] != "":
+            values[name] = _convert(f, env[var], f"environment {var}")
+    for name, raw in (flags or {}).items():
+        if raw is not None:
+            values[name] = _convert(known[name], raw, f"--{name.replace('_', '-')}")
+    values.update(overrides)
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        raise ConfigError("settings 'tls_cert' and 'tls_key' go together: give both or neither")
+    token = values.get("operator_token")
+    if token is not None and (not token.startswith("tnr_op_") or len(token) < 32):
+        raise ConfigError("setting 'operator_token' must start with tnr_op_ and be at least 32 characters")
+    return Config(**values)

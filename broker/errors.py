@@ -1,0 +1,134 @@
+"""Domain errors, and the one table that maps them onto HTTP problems.
+
+Domain code raises these; ``broker.api.middleware`` renders them as
+``application/problem+json`` (RFC 9457) with a stable ``code``, looking each
+exception's class up along its MRO so that a subclass inherits its parent's answer.
+
+    TenureError
+    ├── ValidationFailed          400 validation_error
+    ├── Unauthenticated           401 unauthenticated
+    ├── Forbidden                 403 forbidden
+    ├── AuthCodeInvalid           403 auth_code_invalid
+    ├── NotFound                  404 not_found
+    ├── Conflict                  409 (code given by subclass)
+    │   ├── LicencesInUse         409 licences_in_use
+    │   ├── PoolExhausted         409 pool_exhausted
+    │   ├── NameTaken             409 name_taken
+    │   ├── PoolNotEmpty          409 pool_not_empty
+    │   ├── ServerHasLeases       409 server_has_leases
+    │   └── NoValidLicences       409 no_valid_licences
+    ├── LeaseGone                 410 lease_gone
+    ├── PayloadTooLarge           413 payload_too_large
+    ├── IdempotencyKeyReused      422 idempotency_key_reused
+    ├── RateLimited               429 rate_limited (+ Retry-After)
+    └── StorageUnavailable        503 storage_unavailable
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TenureError(Exception):
+    """Base of every error the API reports on purpose."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"https://tenure.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+        }
+        body.update(self.extra)
+        return body
+
+
+class ValidationFailed(TenureError):
+    status, code, title = 400, "validation_error", "The request is not valid"
+
+    def __init__(self, errors: list[dict[str, str]], detail: str | None = None) -> None:
+        first = errors[0] if errors else {"field": "", "message": "invalid"}
+        where = f"{first['field']}: " if first.get("field") else ""
+        super().__init__(detail or f"{where}{first['message']}", errors=errors)
+
+
+class Unauthenticated(TenureError):
+    status, code, title = 401, "unauthenticated", "Authentication required"
+
+
+class Forbidden(TenureError):
+    status, code, title = 403, "forbidden", "Not allowed for this token"
+
+
+class AuthCodeInvalid(TenureError):
+    status, code, title = 403, "auth_code_invalid", "Authentication code not valid"
+
+
+class NotFound(TenureError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(TenureError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class LicencesInUse(Conflict):
+    code, title = "licences_in_use", "Not enough unused licences"
+
+
+class PoolExhausted(Conflict):
+    code, title = "pool_exhausted", "The pool cannot cover this request"
+
+
+class NameTaken(Conflict):
+    code, title = "name_taken", "Name already taken"
+
+
+class PoolNotEmpty(Conflict):
+    code, title = "pool_not_empty", "The pool still has servers or leases"
+
+
+class ServerHasLeases(Conflict):
+    code, title = "server_has_leases", "The server holds leases"
+
+
+class NoValidLicences(Conflict):
+    code, title = "no_valid_licences", "The pool holds no valid licence"
+
+
+class LeaseGone(TenureError):
+    status, code, title = 410, "lease_gone", "The lease is gone"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The lease was {reason}; acquire a new one.", reason=reason)
+        self.reason = reason
+
+
+class PayloadTooLarge(TenureError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class IdempotencyKeyReused(TenureError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency key reused"
+
+
+class RateLimited(TenureError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class StorageUnavailable(TenureError):
+    status, code, title = 503, "storage_unavailable", "Storage unavailable"

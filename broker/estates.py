@@ -1,0 +1,87 @@
+"""Estates (customer accounts) and their admins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker import audit
+from broker.errors import Conflict, Forbidden, NotFound
+from broker.ids import new_id, new_token, token_hash
+from broker.principal import Principal
+from broker.store.base import Tx
+from shared.timefmt import format_ts
+
+DEFAULT_POOL_NAME = "Default Pool"
+
+
+class PrimaryAdmin(Conflict):
+    code, title = "primary_admin", "The primary admin cannot be removed"
+
+
+def create(
+    tx: Tx, now: float, actor: Principal, name: str, admin_name: str, lease_seconds: int
+) -> dict[str, Any]:
+    """A new estate with its Default Pool and primary admin, in one transaction."""
+    estate_id, pool_id, admin_id = new_id("est"), new_id("pool"), new_id("adm")
+    token = new_token("adm")
+    tx.run("estate_insert", id=estate_id, name=name, now=int(now))
+    tx.run(
+        "pool_insert", id=pool_id, estate_id=estate_id, name=DEFAULT_POOL_NAME,
+        name_key=DEFAULT_POOL_NAME.casefold(), is_default=1, lease_seconds=lease_seconds,
+        now=int(now),
+    )
+    tx.run(
+        "admin_insert", id=admin_id, estate_id=estate_id, name=admin_name,
+        token_hash=token_hash(token), is_primary=1, now=int(now),
+    )
+    audit.record(tx, now, actor, estate_id, "estate.created", subject_id=estate_id,
+                 name=name, admin_name=admin_name, default_pool_id=pool_id)
+    return {
+        "id": estate_id,
+        "name": name,
+        "default_pool_id": pool_id,
+        "admin_id": admin_id,
+        "admin_token": token,
+    }
+
+
+def get(tx: Tx, estate_id: str) -> dict[str, Any]:
+    row = tx.one("estate_by_id", estate_id=estate_id)
+    if row is None:
+        raise NotFound("No such estate.")
+    return row
+
+
+def add_admin(tx: Tx, now: float, actor: Principal, estate_id: str, name: str) -> dict[str, Any]:
+    _require_primary(actor)
+    get(tx, estate_id)
+    admin_id, token = new_id("adm"), new_token("adm")
+    tx.run("admin_insert", id=admin_id, estate_id=estate_id, name=name,
+           token_hash=token_hash(token), is_primary=0, now=int(now))
+    audit.record(tx, now, actor, estate_id, "admin.added", subject_id=admin_id, name=name)
+    return {"id": admin_id, "name": name, "primary": False, "token": token}
+
+
+def remove_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id: str) -> None:
+    _require_primary(actor)
+    row = tx.one("admin_by_id", admin_id=admin_id, estate_id=estate_id)
+    if row is None:
+        raise NotFound("No such admin in this estate.")
+    if row["is_primary"]:
+        raise PrimaryAdmin("The estate's primary admin cannot be removed.")
+    tx.run("admin_remove", admin_id=admin_id, estate_id=estate_id, now=int(now))
+    audit.record(tx, now, actor, estate_id, "admin.removed", subject_id=admin_id, name=row["name"])
+
+
+def list_admins(tx: Tx, estate_id: str) -> list[dict[str, Any]]:
+    get(tx, estate_id)
+    return [
+        {"id": r["id"], "name": r["name"], "primary": bool(r["is_primary"]),
+         "created_at": format_ts(r["created_at"])}
+        for r in tx.all("admins_of_estate", estate_id=estate_id)
+    ]
+
+
+def _require_primary(actor: Principal) -> None:
+    if actor.kind == "admin" and not actor.primary:
+        raise Forbidden("Only the estate's primary admin can add or remove admins.")

@@ -1,0 +1,295 @@
+"""Leases: an encoder's seats of one licence type, taken from its server's pool.
+
+Every function here runs inside one store transaction. Seats come from the pool's
+grantable purchases of the type, earliest expiry first, split across purchases when
+needed; a shrink gives back the latest-expiring first. ``holdings.leased`` is moved in
+the same transaction with a guarded UPDATE, and the database's CHECK
+(``leased <= allocated``) backs it up: no path can grant a seat that is not there.
+
+A lease's ``exp`` never passes the earliest grace end of its purchases, so a lease is
+never active beyond its licences' grace. A lease past ``exp`` is *lapsed* lazily: any
+write that decides capacity in a pool first calls ``lapse_due`` for that pool, and a
+background reaper sweeps the rest so the audit log records every lapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from broker import audit, purchases
+from broker.errors import NotFound, PoolExhausted
+from broker.ids import new_id
+from broker.principal import Principal
+from broker.store.base import Row, Tx
+from shared.timefmt import format_ts
+
+_STATE_RANK = {"valid": 0, "expiring": 1, "expired": 2, "ended": 3, "on_hold": 4}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the API needs to sign and render a lease."""
+
+    lease: Row
+    seats: list[Row]
+    issued_at: int
+    created: bool
+    state: str
+    lease_seconds: int
+
+    def claims(self) -> dict[str, Any]:
+        lease = self.lease
+        return {
+            "sub": lease["encoder"], "lid": lease["id"], "est": lease["estate_id"],
+            "pool": lease["pool_id"], "srv": lease["server_id"], "lt": lease["licence_type"],
+            "n": lease["count"], "iat": self.issued_at, "nbf": self.issued_at,
+            "exp": lease["expires_at"],
+        }
+
+    def render(self, token: str) -> dict[str, Any]:
+        lease = self.lease
+        lifetime = lease["expires_at"] - self.issued_at
+        return {
+            "id": lease["id"],
+            "token": token,
+            "encoder": lease["encoder"],
+            "licence_type": lease["licence_type"],
+            "count": lease["count"],
+            "pool_id": lease["pool_id"],
+            "expires_at": format_ts(lease["expires_at"]),
+            "renew_after": format_ts(self.issued_at + lifetime // 3),
+            "lease_seconds": self.lease_seconds,
+            "server_time": format_ts(self.issued_at),
+            "state": self.state,
+            "seats": [
+                {"purchase_id": s["purchase_id"], "sales_order": s["sales_order"],
+                 "count": s["count"], "expires_at": format_ts(s["expires_at"]),
+                 "state": purchases.state(s, self.issued_at)}
+                for s in self.seats
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The lease cannot be renewed; the API answers 410 with this reason."""
+
+    reason: str  # released | revoked | lapsed
+
+
+def _end(tx: Tx, now: float, lease: Row, state: str, reason: str, actor: Principal | None) -> None:
+    if tx.run("lease_end", lease_id=lease["id"], state=state, now=int(now), reason=reason) != 1:
+        return
+    for seat in tx.all("lease_seats", lease_id=lease["id"]):
+        tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"],
+               count=seat["count"])
+    audit.record(tx, now, actor, lease["estate_id"], f"lease.{state}", pool_id=lease["pool_id"],
+                 subject_id=lease["id"], server_id=lease["server_id"], encoder=lease["encoder"],
+                 licence_type=lease["licence_type"], count=lease["count"], reason=reason)
+
+
+def lapse_due(tx: Tx, now: float, pool_id: str) -> int:
+    """Lapse the pool's leases past ``exp``, so ``holdings.leased`` counts only live seats."""
+    due = tx.all("leases_due_in_pool", pool_id=pool_id, now=int(now))
+    for lease in due:
+        _end(tx, lease["expires_at"], lease, "lapsed", "expired", None)
+    return len(due)
+
+
+def reap(tx: Tx, now: float, limit: int = 500) -> int:
+    """Lapse up to ``limit`` leases past ``exp`` anywhere (the background reaper)."""
+    due = tx.all("leases_due", now=int(now), limit=limit)
+    for lease in due:
+        _end(tx, lease["expires_at"], lease, "lapsed", "expired", None)
+    return len(due)
+
+
+def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n: int) -> None:
+    """Add ``n`` seats to the lease, earliest expiry first, or raise ``PoolExhausted``."""
+    if n <= 0:
+        return
+    candidates = tx.all("grantable_holdings", pool_id=pool_id, licence_type=licence_type,
+                        now=int(now))
+    available = sum(c["allocated"] - c["leased"] for c in candidates)
+    if available < n:
+        raise PoolExhausted(
+            f"The pool has {available} {licence_type} licence(s) available; {n} more were asked for.",
+            available=available, requested=n, licence_type=licence_type,
+        )
+    for c in candidates:
+        take = min(n, c["allocated"] - c["leased"])
+        if take <= 0:
+            continue
+        changed = tx.run("holding_lease", pool_id=pool_id, purchase_id=c["purchase_id"], count=take)
+        assert changed == 1, "free seats vanished inside the transaction"
+        tx.run("lease_seat_add", lease_id=lease_id, purchase_id=c["purchase_id"], pool_id=pool_id,
+               count=take)
+        n -= take
+        if n == 0:
+            return
+
+
+def _give_back(tx: Tx, lease: Row, seats: list[Row], n: int) -> None:
+    """Return ``n`` seats, latest-expiring first."""
+    for seat in reversed(seats):
+        if n <= 0:
+            return
+        back = min(n, seat["count"])
+        _drop_seat(tx, lease, seat, back)
+        n -= back
+
+
+def _drop_seat(tx: Tx, lease: Row, seat: Row, n: int) -> None:
+    tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"], count=n)
+    if n >= seat["count"]:
+        tx.run("lease_seat_delete", lease_id=lease["id"], purchase_id=seat["purchase_id"])
+    else:
+        tx.run("lease_seat_set", lease_id=lease["id"], purchase_id=seat["purchase_id"],
+               count=seat["count"] - n)
+
+
+def _finish(tx: Tx, now: float, lease_id: str, lease_seconds: int, created: bool) -> Grant:
+    """Set ``exp`` from the pool's lifetime and the seats' grace, and describe the lease."""
+    seats = tx.all("lease_seats", lease_id=lease_id)
+    lease = tx.one("lease_by_id", lease_id=lease_id)
+    assert lease is not None and seats
+    exp = min(int(now) + lease_seconds, min(purchases.grace_end(s) for s in seats))
+    count = sum(s["count"] for s in seats)
+    tx.run("lease_update", lease_id=lease_id, count=count, licence_type=lease["licence_type"],
+           now=int(now), expires_at=exp)
+    lease = {**lease, "count": count, "expires_at": exp, "renewed_at": int(now)}
+    state = max((purchases.state(s, now) for s in seats), key=_STATE_RANK.__getitem__)
+    return Grant(lease, seats, int(now), created, state, lease_seconds)
+
+
+def acquire(
+    tx: Tx, now: float, server: Principal, encoder: str, licence_type: str, count: int,
+) -> Grant | None:
+    """Make (server, encoder) hold exactly ``count`` seats of ``licence_type``.
+
+    Returns the grant, or None when ``count`` is 0 (released). All or nothing: on
+    ``PoolExhausted`` the lease stays as it was.
+    """
+    assert server.server_id and server.pool_id and server.estate_id
+    pool = tx.one("pool_by_id", pool_id=server.pool_id, estate_id=server.estate_id)
+    if pool is None:
+        raise NotFound("This server's pool no longer exists.")
+    tx.run("server_seen", server_id=server.server_id, now=int(now))
+    lapse_due(tx, now, server.pool_id)
+    lease = tx.one("lease_active_of_encoder", server_id=server.server_id, encoder=encoder)
+    if count == 0:
+        if lease is not None:
+            _end(tx, now, lease, "released", "released", server)
+        return None
+    if lease is None:
+        lease_id = new_id("lse")
+        tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=server.pool_id,
+               server_id=server.server_id, encoder=encoder, licence_type=licence_type,
+               count=count, now=int(now), expires_at=int(now))
+        _take(tx, now, lease_id, server.pool_id, licence_type, count)
+        grant = _finish(tx, now, lease_id, pool["lease_seconds"], created=True)
+        audit.record(tx, now, server, server.estate_id, "lease.granted", pool_id=server.pool_id,
+                     subject_id=lease_id, encoder=encoder, licence_type=licence_type,
+                     before=0, after=count)
+        return grant
+    seats = tx.all("lease_seats", lease_id=lease["id"])
+    before = {"licence_type": lease["licence_type"], "count": lease["count"]}
+    if lease["licence_type"] != licence_type:
+        # Another type replaces the lease atomically: the new seats are found first,
+        # so a refusal leaves the old ones untouched.
+        for seat in seats:
+            _drop_seat(tx, lease, seat, seat["count"])
+        tx.run("lease_update", lease_id=lease["id"], count=count, licence_type=licence_type,
+               now=int(now), expires_at=lease["expires_at"])
+        _take(tx, now, lease["id"], server.pool_id, licence_type, count)
+    else:
+        # Seats past their grace are dropped and replaced from valid licences.
+        held = 0
+        for seat in list(seats):
+            if now >= purchases.grace_end(seat):
+                _drop_seat(tx, lease, seat, seat["count"])
+                seats.remove(seat)
+            else:
+                held += seat["count"]
+        if count > held:
+            _take(tx, now, lease["id"], server.pool_id, licence_type, count - held)
+        elif count < held:
+            _give_back(tx, lease, seats, held - count)
+    grant = _finish(tx, now, lease["id"], pool["lease_seconds"], created=False)
+    after = {"licence_type": licence_type, "count": count}
+    if after != before:
+        audit.record(tx, now, server, server.estate_id, "lease.changed", pool_id=server.pool_id,
+                     subject_id=lease["id"], encoder=encoder, before=before, after=after)
+    return grant
+
+
+def _own_lease(tx: Tx, server: Principal, lease_id: str) -> Row:
+    lease = tx.one("lease_by_id", lease_id=lease_id)
+    if lease is None or lease["server_id"] != server.server_id:
+        raise NotFound("No such lease for this server.")
+    return lease
+
+
+def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
+    """A new token and a later expiry, or ``Gone`` (the change is still committed)."""
+    lease = _own_lease(tx, server, lease_id)
+    tx.run("server_seen", server_id=server.server_id, now=int(now))
+    if lease["state"] != "active":
+        reason = "lapsed" if lease["state"] == "lapsed" else lease["state"]
+        audit.record(tx, now, server, lease["estate_id"], "lease.renewal_refused",
+                     pool_id=lease["pool_id"], subject_id=lease_id, reason=reason)
+        return Gone(reason)
+    seats = tx.all("lease_seats", lease_id=lease_id)
+    if now >= lease["expires_at"] or any(now >= purchases.grace_end(s) for s in seats):
+        _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended",
+             None)
+        audit.record(tx, now, server, lease["estate_id"], "lease.renewal_refused",
+                     pool_id=lease["pool_id"], subject_id=lease_id, reason="lapsed")
+        return Gone("lapsed")
+    pool = tx.one("pool_by_id", pool_id=lease["pool_id"], estate_id=lease["estate_id"])
+    assert pool is not None
+    return _finish(tx, now, lease_id, pool["lease_seconds"], created=False)
+
+
+def release(tx: Tx, now: float, server: Principal, lease_id: str) -> None:
+    """The agent gives the lease back. Idempotent."""
+    lease = _own_lease(tx, server, lease_id)
+    if lease["state"] == "active":
+        _end(tx, now, lease, "released", "released", server)
+
+
+def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, lease_id: str) -> None:
+    """An admin frees the lease at once. Idempotent."""
+    lease = tx.one("lease_of_estate", lease_id=lease_id, estate_id=estate_id)
+    if lease is None:
+        raise NotFound("No such lease in this estate.")
+    if lease["state"] == "active":
+        _end(tx, now, lease, "revoked", "revoked_by_admin", actor)
+
+
+def revoke_all_of_server(tx: Tx, now: float, actor: Principal, server_id: str) -> int:
+    leases = tx.all("leases_active_of_server", server_id=server_id)
+    for lease in leases:
+        state = "lapsed" if lease["expires_at"] <= now else "revoked"
+        _end(tx, now, lease, state, "server_removed", actor)
+    return len(leases)
+
+
+def list_live(
+    tx: Tx, now: float, estate_id: str, *, pool_id: str | None, server_id: str | None,
+    encoder: str | None, after: str, limit: int,
+) -> dict[str, Any]:
+    rows = tx.all("leases_of_estate", estate_id=estate_id, now=int(now), after=after,
+                  pool_id=pool_id, server_id=server_id, encoder=encoder, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {"id": r["id"], "pool_id": r["pool_id"], "server_id": r["server_id"],
+         "server_name": r["server_name"], "encoder": r["encoder"],
+         "licence_type": r["licence_type"], "count": r["count"],
+         "created_at": format_ts(r["created_at"]), "renewed_at": format_ts(r["renewed_at"]),
+         "expires_at": format_ts(r["expires_at"])}
+        for r in rows
+    ]
+    return {"items": items, "next": rows[-1]["id"] if more and rows else None}

@@ -1,0 +1,235 @@
+"""Pools, their holdings of purchases, and moves of unused licences between them.
+
+Seat accounting: ``holdings.allocated`` is how many seats of a purchase a pool holds
+(summed over pools it is the purchase's quantity: invariant 1) and ``holdings.leased``
+counts the seats of active leases. A lease past its ``exp`` still counts in ``leased``
+until it is lapsed; write paths call ``leases.lapse_due`` before any capacity decision
+and read paths subtract those dead seats, so capacity counts only live leases at every
+instant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from broker import audit, purchases
+from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
+from broker.ids import new_id
+from broker.principal import Principal
+from broker.store.base import Row, Tx
+from shared.timefmt import format_ts
+
+
+class DefaultPoolFixed(PoolNotEmpty):
+    code, title = "default_pool", "The Default Pool cannot be deleted"
+
+
+def get(tx: Tx, estate_id: str, pool_id: str) -> Row:
+    row = tx.one("pool_by_id", pool_id=pool_id, estate_id=estate_id)
+    if row is None:
+        raise NotFound("No such pool in this estate.")
+    return row
+
+
+def _check_name(tx: Tx, estate_id: str, name: str, except_id: str | None = None) -> str:
+    key = name.strip().casefold()
+    if not key:
+        raise ValidationFailed([{"field": "name", "message": "must not be blank"}])
+    clash = tx.one("pool_by_name_key", estate_id=estate_id, name_key=key)
+    if clash is not None and clash["id"] != except_id:
+        raise NameTaken(f"A pool named {name!r} already exists in this estate.", field="name")
+    return key
+
+
+def create(
+    tx: Tx, now: float, actor: Principal, estate_id: str, name: str, lease_seconds: int,
+    moves: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A new pool, optionally filled from the Default Pool in the same transaction."""
+    default = tx.one("default_pool", estate_id=estate_id)
+    if default is None:
+        raise NotFound("No such estate.")
+    key = _check_name(tx, estate_id, name)
+    pool_id = new_id("pool")
+    tx.run("pool_insert", id=pool_id, estate_id=estate_id, name=name, name_key=key,
+           is_default=0, lease_seconds=lease_seconds, now=int(now))
+    audit.record(tx, now, actor, estate_id, "pool.created", pool_id=pool_id,
+                 subject_id=pool_id, name=name)
+    if moves:
+        move(tx, now, actor, estate_id, default["id"], pool_id, moves)
+    return view(tx, now, estate_id, pool_id)
+
+
+def update(
+    tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str, *,
+    name: str | None, lease_seconds: int | None,
+) -> dict[str, Any]:
+    row = get(tx, estate_id, pool_id)
+    new_name = row["name"] if name is None else name
+    key = _check_name(tx, estate_id, new_name, except_id=pool_id)
+    new_seconds = row["lease_seconds"] if lease_seconds is None else lease_seconds
+    tx.run("pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key,
+           lease_seconds=new_seconds)
+    audit.record(tx, now, actor, estate_id, "pool.updated", pool_id=pool_id, subject_id=pool_id,
+                 before={"name": row["name"], "lease_seconds": row["lease_seconds"]},
+                 after={"name": new_name, "lease_seconds": new_seconds})
+    return view(tx, now, estate_id, pool_id)
+
+
+def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -> None:
+    """Delete a custom pool with no servers and no live leases; holdings go home."""
+    from broker import leases  # leases builds on pools
+
+    row = get(tx, estate_id, pool_id)
+    if row["is_default"]:
+        raise DefaultPoolFixed("The Default Pool cannot be deleted.")
+    leases.lapse_due(tx, now, pool_id)
+    counts = tx.one("pool_counts", pool_id=pool_id, now=int(now))
+    assert counts is not None
+    if counts["servers"] or counts["leases"]:
+        raise PoolNotEmpty(
+            f"The pool still has {counts['servers']} server(s) or domain(s) and "
+            f"{counts['leases']} lease(s); remove or rebind them first.",
+            servers=counts["servers"], leases=counts["leases"],
+        )
+    default = tx.one("default_pool", estate_id=estate_id)
+    assert default is not None
+    returned = {h["purchase_id"]: h["allocated"]
+                for h in tx.all("holdings_of_pool", pool_id=pool_id)}
+    tx.run("holdings_move_all_to", from_pool=pool_id, to_pool=default["id"])
+    tx.run("holdings_clear", pool_id=pool_id)
+    tx.run("pool_delete", pool_id=pool_id, estate_id=estate_id, now=int(now))
+    audit.record(tx, now, actor, estate_id, "pool.deleted", pool_id=pool_id, subject_id=pool_id,
+                 name=row["name"], returned_to_default=returned)
+
+
+def move(
+    tx: Tx, now: float, actor: Principal, estate_id: str, from_pool: str, to_pool: str,
+    items: Iterable[dict[str, Any]],
+) -> dict[str, Any]:
+    """Move unused seats per purchase, all or nothing."""
+    from broker import leases
+
+    src, dst = get(tx, estate_id, from_pool), get(tx, estate_id, to_pool)
+    if src["id"] == dst["id"]:
+        raise ValidationFailed([{"field": "to_pool", "message": "must differ from from_pool"}])
+    wanted: dict[str, int] = defaultdict(int)
+    for item in items:
+        wanted[item["purchase_id"]] += item["count"]
+    leases.lapse_due(tx, now, from_pool)
+    lacking = []
+    before: dict[str, Any] = {}
+    for purchase_id, count in wanted.items():
+        purchase = purchases.get(tx, estate_id, purchase_id)
+        holding = tx.one("holding_get", pool_id=from_pool, purchase_id=purchase_id)
+        allocated = holding["allocated"] if holding else 0
+        unused = allocated - (holding["leased"] if holding else 0)
+        before[purchase_id] = {"from_allocated": allocated}
+        if unused < count:
+            lacking.append({
+                "purchase_id": purchase_id, "sales_order": purchase["sales_order"],
+                "requested": count, "unused": unused, "lacking": count - unused,
+            })
+    if lacking:
+        first = lacking[0]
+        raise LicencesInUse(
+            f"Sales order {first['sales_order']} has only {first['unused']} unused licence(s) "
+            f"in {src['name']!r}; {first['requested']} were asked for.",
+            items=lacking,
+        )
+    for purchase_id, count in wanted.items():
+        changed = tx.run("holding_take", pool_id=from_pool, purchase_id=purchase_id, count=count)
+        assert changed == 1, "unused seats vanished inside the transaction"
+        tx.run("holding_add", pool_id=to_pool, purchase_id=purchase_id, count=count)
+    move_id = new_id("mov")
+    moved = [{"purchase_id": p, "count": c} for p, c in wanted.items()]
+    tx.run("move_insert", id=move_id, estate_id=estate_id, from_pool=from_pool, to_pool=to_pool,
+           items=json.dumps(moved), actor=actor.actor_id or actor.kind, now=int(now))
+    after = {
+        p: {"from_allocated": before[p]["from_allocated"] - c} for p, c in wanted.items()
+    }
+    audit.record(tx, now, actor, estate_id, "licences.moved", pool_id=to_pool, subject_id=move_id,
+                 from_pool=from_pool, to_pool=to_pool, items=moved, before=before, after=after)
+    return {"id": move_id, "from_pool": from_pool, "to_pool": to_pool, "items": moved,
+            "at": format_ts(now)}
+
+
+# -- views -------------------------------------------------------------------
+
+
+def _render(
+    pool: Row, holdings: list[Row], dead: dict[str, int], revoked_unexpired: int, now: float
+) -> dict[str, Any]:
+    totals = {"allocated": 0, "in_use": 0, "available": 0}
+    by_type: dict[str, dict[str, int]] = {}
+    rendered = []
+    for h in holdings:
+        in_use = h["leased"] - dead.get(h["purchase_id"], 0)
+        free = h["allocated"] - in_use if purchases.grantable(h, now) else 0
+        per = by_type.setdefault(h["licence_type"], {"allocated": 0, "in_use": 0, "available": 0})
+        for bucket in (totals, per):
+            bucket["allocated"] += h["allocated"]
+            bucket["in_use"] += in_use
+            bucket["available"] += free
+        rendered.append({
+            "purchase_id": h["purchase_id"],
+            "sales_order": h["sales_order"],
+            "licence_type": h["licence_type"],
+            "expires_at": format_ts(h["expires_at"]),
+            "state": purchases.state(h, now),
+            "allocated": h["allocated"],
+            "in_use": in_use,
+            "unused": h["allocated"] - in_use,
+        })
+    return {
+        "id": pool["id"],
+        "name": pool["name"],
+        "is_default": bool(pool["is_default"]),
+        "lease_seconds": pool["lease_seconds"],
+        "created_at": format_ts(pool["created_at"]),
+        **totals,
+        "revoked_unexpired": revoked_unexpired,
+        "by_type": by_type,
+        "holdings": rendered,
+    }
+
+
+def view(tx: Tx, now: float, estate_id: str, pool_id: str) -> dict[str, Any]:
+    get(tx, estate_id, pool_id)
+    return next(v for v in list_views(tx, now, estate_id) if v["id"] == pool_id)
+
+
+def list_views(tx: Tx, now: float, estate_id: str) -> list[dict[str, Any]]:
+    """Every pool of the estate with its counts, computed in three indexed queries."""
+    pools = tx.all("pools_of_estate", estate_id=estate_id)
+    holdings: dict[str, list[Row]] = defaultdict(list)
+    for h in tx.all("holdings_of_estate", estate_id=estate_id):
+        holdings[h["pool_id"]].append(h)
+    dead: dict[str, dict[str, int]] = defaultdict(dict)
+    for d in tx.all("dead_seats_of_estate", estate_id=estate_id, now=int(now)):
+        dead[d["pool_id"]][d["purchase_id"]] = d["n"]
+    revoked = {r["pool_id"]: r["n"] for r in
+               tx.all("revoked_unexpired_of_estate", estate_id=estate_id, now=int(now))}
+    return [_render(p, holdings[p["id"]], dead[p["id"]], revoked.get(p["id"], 0), now)
+            for p in pools]
+
+
+def summary(tx: Tx, now: float, estate_id: str) -> dict[str, Any]:
+    """Per licence type across the estate: total, in use, available, expiring soon."""
+    by_type: dict[str, dict[str, int]] = {}
+    for pool in list_views(tx, now, estate_id):
+        for h in pool["holdings"]:
+            t = by_type.setdefault(h["licence_type"], {
+                "total": 0, "in_use": 0, "available": 0, "expiring": 0, "unavailable": 0})
+            t["total"] += h["allocated"]
+            t["in_use"] += h["in_use"]
+            if h["state"] in ("valid", "expiring"):
+                t["available"] += h["allocated"] - h["in_use"]
+            else:
+                t["unavailable"] += h["allocated"] - h["in_use"]
+            if h["state"] == "expiring":
+                t["expiring"] += h["allocated"]
+    return {"by_type": by_type}

@@ -1,0 +1,59 @@
+"""Token → principal lookups, cached so that a request's auth costs no database hop.
+
+Entries live a few seconds, and a removal in this process (admin, server) drops them at
+once, so a removed server's token stops working immediately on this broker.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from broker.clock import Clock
+from broker.principal import Principal
+from broker.store.base import Store, Tx
+
+TTL_SECONDS = 5.0
+MAX_ENTRIES = 200_000
+
+
+class PrincipalCache:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+
+    async def resolve(self, digest: bytes) -> Principal | None:
+        now = self.clock.now()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await self.store.read(lambda tx: lookup(tx, digest))
+        self._entries[digest] = (now + TTL_SECONDS, principal)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > MAX_ENTRIES:
+            self._entries.popitem(last=False)
+        return principal
+
+    def forget(self, *, admin_id: str | None = None, server_id: str | None = None) -> None:
+        for digest, (_, p) in list(self._entries.items()):
+            if p is not None and (
+                (admin_id and p.admin_id == admin_id) or (server_id and p.server_id == server_id)
+            ):
+                del self._entries[digest]
+
+    def forget_all(self) -> None:
+        self._entries.clear()
+
+
+def lookup(tx: Tx, digest: bytes) -> Principal | None:
+    admin = tx.one("admin_by_token", token_hash=digest)
+    if admin is not None:
+        return Principal(kind="admin", token_hash=digest, estate_id=admin["estate_id"],
+                         admin_id=admin["admin_id"], name=admin["name"],
+                         primary=bool(admin["is_primary"]))
+    server = tx.one("server_by_token", token_hash=digest)
+    if server is not None:
+        return Principal(kind="server", token_hash=digest, estate_id=server["estate_id"],
+                         server_id=server["server_id"], name=server["name"],
+                         pool_id=server["pool_id"])
+    return None

@@ -1,0 +1,45 @@
+"""Background housekeeping: lapse expired leases into the audit log, reload keys, purge
+old idempotency records. Each loop asks the domain layer, logs, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+
+from broker import idempotency, leases
+from broker.errors import StorageUnavailable
+from broker.services import Services
+
+log = logging.getLogger("tenure.reaper")
+
+
+async def lapse_loop(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.config.reaper_interval_seconds)
+        try:
+            now = svc.clock.now()
+            count = await svc.store.write(partial(leases.reap, now=now))
+            if count:
+                log.info("lapsed %d lease(s) that were neither renewed nor released", count)
+        except StorageUnavailable as exc:
+            log.warning("lease reaper: %s", exc.detail)
+
+
+async def key_loop(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.config.key_reload_seconds)
+        try:
+            await asyncio.to_thread(svc.keyring.reload, svc.clock.now())
+        except (OSError, ValueError) as exc:
+            log.error("cannot reload signing keys from %s: %s", svc.data_dir / "keys", exc)
+
+
+async def purge_loop(svc: Services) -> None:
+    while True:
+        try:
+            now = svc.clock.now()
+            await svc.store.write(partial(idempotency.purge, now=now))
+        except StorageUnavailable as exc:
+            log.warning("idempotency purge: %s", exc.detail)
+        await asyncio.sleep(3600)

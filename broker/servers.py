@@ -1,0 +1,59 @@
+"""Servers and domains bound to pools: listing, rebinding and removal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker import audit, leases, pools
+from broker.errors import NotFound, ServerHasLeases
+from broker.principal import Principal
+from broker.store.base import Row, Tx
+from shared.timefmt import format_ts
+
+
+def get(tx: Tx, estate_id: str, server_id: str) -> Row:
+    row = tx.one("server_by_id", server_id=server_id, estate_id=estate_id)
+    if row is None:
+        raise NotFound("No such server or domain in this estate.")
+    return row
+
+
+def list_all(tx: Tx, now: float, estate_id: str, pool_id: str | None = None) -> list[dict[str, Any]]:
+    return [
+        {"id": r["id"], "name": r["name"], "kind": r["kind"], "pool_id": r["pool_id"],
+         "enrolled_at": format_ts(r["created_at"]),
+         "last_seen_at": format_ts(r["last_seen_at"]) if r["last_seen_at"] else None,
+         "in_use": r["in_use"], "leases": r["leases"]}
+        for r in tx.all("servers_of_estate", estate_id=estate_id, now=int(now), pool_id=pool_id)
+    ]
+
+
+def rebind(
+    tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str
+) -> dict[str, Any]:
+    """Bind the server to another pool of the estate; refused while it holds leases."""
+    server = get(tx, estate_id, server_id)
+    pools.get(tx, estate_id, pool_id)
+    leases.lapse_due(tx, now, server["pool_id"])
+    held = tx.all("leases_active_of_server", server_id=server_id)
+    if held:
+        raise ServerHasLeases(
+            f"{server['name']!r} holds {len(held)} lease(s); release them before moving it.",
+            leases=len(held),
+        )
+    tx.run("server_rebind", server_id=server_id, pool_id=pool_id)
+    audit.record(tx, now, actor, estate_id, "server.rebound", pool_id=pool_id,
+                 subject_id=server_id, name=server["name"],
+                 before={"pool_id": server["pool_id"]}, after={"pool_id": pool_id})
+    return next(s for s in list_all(tx, now, estate_id) if s["id"] == server_id)
+
+
+def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str) -> int:
+    """Forget the server: its leases are freed at once and its token stops working."""
+    server = get(tx, estate_id, server_id)
+    freed = leases.revoke_all_of_server(tx, now, actor, server_id)
+    tx.run("server_remove", server_id=server_id, now=int(now))
+    audit.record(tx, now, actor, estate_id, "server.removed", pool_id=server["pool_id"],
+                 subject_id=server_id, name=server["name"], kind=server["kind"],
+                 leases_freed=freed)
+    return freed

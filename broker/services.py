@@ -1,0 +1,35 @@
+"""What the request handlers share, held in the application under one typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from broker.clock import Clock
+from broker.config import Config
+from broker.principals import PrincipalCache
+from broker.ratelimit import FailureLimiter
+from broker.signing import Keyring
+from broker.store.base import Store
+
+
+@dataclass
+class Services:
+    config: Config
+    clock: Clock
+    store: Store
+    keyring: Keyring
+    principals: PrincipalCache
+    limiter: FailureLimiter
+    code_key: bytes
+    operator_hash: bytes
+    issuer: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+
+SERVICES = web.AppKey("services", Services)

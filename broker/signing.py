@@ -1,0 +1,109 @@
+"""Lease-signing keys in ``DATA_DIR/keys``: generation, rotation and publication.
+
+Key files are named ``key-<created epoch>-<kid prefix>.pem`` (mode 0600); the newest
+signs. ``tenure-broker keys rotate`` adds a file and a running broker picks it up at its
+next reload (``key_reload_seconds``). An older key stays published in the JWKS until
+every token it can have signed has expired: its successor's creation, plus the
+longest lease lifetime, plus the reload interval and a margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import jws
+
+log = logging.getLogger("tenure.keys")
+MAX_LEASE_SECONDS = 30 * 86400
+_FILE = re.compile(r"^key-(\d+)-[A-Za-z0-9_-]+\.pem$")
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    created: int
+    key: jws.SigningKey
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file atomically with mode 0600 (never readable by others)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rotate(data_dir: Path, now: float) -> jws.SigningKey:
+    """Add a new signing key; it becomes the one that signs."""
+    folder = data_dir / "keys"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    existing = load(data_dir)
+    created = max([int(now)] + [k.created + 1 for k in existing])
+    key = jws.SigningKey.generate()
+    write_private(folder / f"key-{created}-{key.kid[:12]}.pem", key.to_pem())
+    log.info("new lease-signing key %s", key.kid)
+    return key
+
+
+def load(data_dir: Path) -> list[StoredKey]:
+    """All stored keys, oldest first."""
+    folder = data_dir / "keys"
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _FILE.match(path.name)
+        if match:
+            found.append(StoredKey(int(match.group(1)), jws.SigningKey.from_pem(path.read_bytes())))
+    found.sort(key=lambda k: (k.created, k.key.kid))
+    return found
+
+
+class Keyring:
+    """The signing key in force and the public keys to publish."""
+
+    def __init__(self, data_dir: Path, reload_seconds: float) -> None:
+        self.data_dir = data_dir
+        self.reload_seconds = reload_seconds
+        self._keys: list[StoredKey] = []
+        self._jwks: dict[str, Any] = {"keys": []}
+
+    def reload(self, now: float) -> None:
+        keys = load(self.data_dir)
+        if not keys:
+            rotate(self.data_dir, now)
+            keys = load(self.data_dir)
+        if [k.key.kid for k in keys] != [k.key.kid for k in self._keys] and self._keys:
+            log.info("signing with key %s", keys[-1].key.kid)
+        self._keys = keys
+        self._publish(now)
+
+    def _publish(self, now: float) -> None:
+        keep = MAX_LEASE_SECONDS + self.reload_seconds + 120
+        published = []
+        for older, newer in zip(self._keys, self._keys[1:], strict=False):
+            if now < newer.created + keep:
+                published.append(jws.jwk(older.key.private.public_key()))
+        published.append(jws.jwk(self._keys[-1].key.private.public_key()))
+        self._jwks = {"keys": published}
+
+    @property
+    def current(self) -> jws.SigningKey:
+        return self._keys[-1].key
+
+    def jwks(self, now: float) -> dict[str, Any]:
+        self._publish(now)
+        return self._jwks

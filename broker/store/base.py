@@ -1,0 +1,75 @@
+"""The seam between the domain and the database.
+
+Domain code never speaks SQL. It writes a plain function of a ``Tx`` and hands it to
+``Store.write`` (one transaction, all or nothing) or ``Store.read`` (a consistent
+snapshot). The function runs on the store's own thread, so a whole transaction is a
+single hand-off from the event loop; inside it, queries are called by name
+(``tx.one("pool_by_id", pool_id=...)``) and the SQL behind each name lives with the
+store (``broker/store/queries/*.sql``), where a PostgreSQL store would keep its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+class Tx(Protocol):
+    """One open transaction. Methods run named queries with named parameters."""
+
+    def one(self, query: str, **params: Any) -> Row | None:
+        """The first row, or None."""
+        ...
+
+    def all(self, query: str, **params: Any) -> list[Row]:
+        ...
+
+    def scalar(self, query: str, **params: Any) -> Any:
+        """The first column of the first row, or None."""
+        ...
+
+    def run(self, query: str, **params: Any) -> int:
+        """Execute; the number of rows changed."""
+        ...
+
+    def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        ...
+
+
+@dataclass
+class StoreStats:
+    """Counters for the operator's metrics and the group-commit tests."""
+
+    commits: int = 0
+    write_jobs: int = 0
+    read_jobs: int = 0
+    failed_commits: int = 0
+    largest_batch: int = 0
+
+
+class Store(Protocol):
+    stats: StoreStats
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a write transaction and return its result once it is durable.
+
+        If ``fn`` raises, its changes are rolled back and the exception propagates.
+        If the database cannot be written, raises ``StorageUnavailable`` and nothing
+        of ``fn`` persists.
+        """
+        ...
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` against a consistent snapshot; it must not write."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless the database answers."""
+        ...
+
+    async def close(self) -> None:
+        ...

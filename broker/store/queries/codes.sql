@@ -1,0 +1,67 @@
+-- name: code_live_by_mac
+SELECT id, estate_id, pool_id, expires_at FROM auth_codes
+WHERE code_mac = :code_mac AND state = 'live' AND expires_at > :now
+
+-- name: code_insert
+INSERT INTO auth_codes (id, estate_id, pool_id, code_mac, state, created_at, expires_at, created_by)
+VALUES (:id, :estate_id, :pool_id, :code_mac, 'live', :now, :expires_at, :created_by)
+
+-- name: codes_live_of_estate
+SELECT c.id, c.pool_id, c.created_at, c.expires_at, c.created_by, p.name AS pool_name
+FROM auth_codes c JOIN pools p ON p.id = c.pool_id
+WHERE c.estate_id = :estate_id AND c.state = 'live' AND c.expires_at > :now
+  AND (:pool_id IS NULL OR c.pool_id = :pool_id)
+ORDER BY c.created_at, c.id
+
+-- name: code_by_id
+SELECT id, pool_id, state, expires_at FROM auth_codes WHERE id = :code_id AND estate_id = :estate_id
+
+-- name: code_revoke
+UPDATE auth_codes SET state = 'revoked' WHERE id = :code_id AND state = 'live'
+
+-- name: code_use
+UPDATE auth_codes SET state = 'used', used_at = :now, server_id = :server_id
+WHERE id = :code_id AND state = 'live' AND expires_at > :now
+
+-- name: codes_revoke_of_pool
+UPDATE auth_codes SET state = 'revoked' WHERE pool_id = :pool_id AND state = 'live'
+
+-- name: pool_has_grantable
+SELECT 1 FROM holdings h JOIN purchases p ON p.id = h.purchase_id
+WHERE h.pool_id = :pool_id AND h.allocated > 0 AND p.status = 'valid' AND p.expires_at > :now
+LIMIT 1
+
+-- name: server_insert
+INSERT INTO servers (id, estate_id, pool_id, name, kind, token_hash, created_at, last_seen_at)
+VALUES (:id, :estate_id, :pool_id, :name, :kind, :token_hash, :now, :now)
+
+-- name: server_by_token
+SELECT s.id AS server_id, s.estate_id, s.pool_id, s.name, s.kind
+FROM servers s WHERE s.token_hash = :token_hash AND s.removed_at IS NULL
+
+-- name: server_by_id
+SELECT id, estate_id, pool_id, name, kind, created_at, last_seen_at FROM servers
+WHERE id = :server_id AND estate_id = :estate_id AND removed_at IS NULL
+
+-- name: servers_of_estate
+SELECT s.id, s.name, s.kind, s.pool_id, s.created_at, s.last_seen_at,
+       COALESCE((SELECT SUM(l.count) FROM leases l
+                 WHERE l.server_id = s.id AND l.state = 'active' AND l.expires_at > :now), 0) AS in_use,
+       (SELECT COUNT(*) FROM leases l
+        WHERE l.server_id = s.id AND l.state = 'active' AND l.expires_at > :now) AS leases
+FROM servers s
+WHERE s.estate_id = :estate_id AND s.removed_at IS NULL AND (:pool_id IS NULL OR s.pool_id = :pool_id)
+ORDER BY s.name, s.id
+
+-- name: server_remove
+UPDATE servers SET removed_at = :now WHERE id = :server_id AND removed_at IS NULL
+
+-- name: server_rebind
+UPDATE servers SET pool_id = :pool_id WHERE id = :server_id
+
+-- name: server_seen
+UPDATE servers SET last_seen_at = :now WHERE id = :server_id AND (last_seen_at IS NULL OR last_seen_at < :now)
+
+-- name: estate_pool_names
+SELECT e.name AS estate_name, p.name AS pool_name FROM pools p JOIN estates e ON e.id = p.estate_id
+WHERE p.id = :pool_id
