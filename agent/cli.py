@@ -1,0 +1,365 @@
+"""``tenure-agent``: what a field technician and encoder scripts type.
+
+Exit codes: 0 done; 1 an error (one line on stderr, never a traceback); 2 a usage or
+configuration error, or a mistyped code; 3 the agent service is not running (``status``,
+``lease``, ``release``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent import __version__
+from agent.config import Config, load_config
+from agent.encoder_client import (
+    AgentNotRunning,
+    AgentRefused,
+    EncoderClient,
+    EncoderClientError,
+    LeaseStatus,
+)
+from agent.enroll import CodeFormatError, enroll, normalise_code
+from agent.errors import AgentError, ConfigError
+from agent.state import load_bindings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Exit(EXIT_USAGE, f"{message} (see {self.prog} --help)")
+
+
+def _parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, metavar="FILE", help="settings file (default /etc/tenure-agent/agent.toml)"
+    )
+    common.add_argument("--state-dir", metavar="DIR", help="state directory (default /var/lib/tenure-agent)")
+    common.add_argument("--socket", metavar="PATH", help="local API socket (default /run/tenure-agent/agent.sock)")
+
+    parser = _Parser(prog="tenure-agent", description="Holds licence leases for this host's encoders.")
+    parser.add_argument("--version", action="version", version=f"tenure-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "enroll",
+        parents=[common],
+        help="bind this host (or a domain) to a pool",
+        description="Redeem an 8-digit authentication code from the console.",
+    )
+    p.add_argument("code", nargs="+", metavar="CODE", help="the code, e.g. 4821 3907")
+    p.add_argument("--broker", metavar="URL", help="the broker's https:// URL")
+    p.add_argument("--name", help="this server's name (default: the host name)")
+    p.add_argument("--domain", metavar="DOMAIN", help="enrol a domain binding named DOMAIN")
+    p.add_argument("--force", action="store_true", help="replace an existing binding")
+
+    sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the service",
+        description="Serve the local API and keep the encoders' leases.",
+    )
+
+    p = sub.add_parser("status", parents=[common], help="bindings, broker and leases")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("lease", parents=[common], help="ask for an encoder's lease")
+    p.add_argument("encoder", metavar="ENCODER", help="the encoder's serial")
+    p.add_argument(
+        "--type", required=True, dest="licence_type", metavar="TYPE", help="licence type, e.g. one-in-one-out"
+    )
+    p.add_argument("--count", required=True, type=int, metavar="N", help="licences wanted")
+    p.add_argument("--domain", metavar="DOMAIN", help="take them from this domain's pool")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker's answer (default 30)",
+    )
+
+    p = sub.add_parser("release", parents=[common], help="give an encoder's lease back")
+    p.add_argument("encoder", metavar="ENCODER", help="the encoder's serial")
+    p.add_argument(
+        "--wait", type=float, default=10.0, metavar="SECONDS", help="how long to wait for the broker (default 10)"
+    )
+    return parser
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> Config:
+    return load_config(
+        args.config,
+        overrides={"state_dir": args.state_dir, "socket": args.socket, **extra},
+    )
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------- enroll
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    try:
+        code = normalise_code(args.code)
+    except CodeFormatError as exc:
+        raise _Exit(EXIT_USAGE, str(exc)) from exc
+    config = _config(args, broker_url=args.broker)
+    if config.broker_url is None:
+        raise _Exit(
+            EXIT_USAGE,
+            "no broker URL: pass --broker URL, or set broker_url in the config file",
+        )
+    name = args.name or socket.gethostname()
+    try:
+        binding = asyncio.run(
+            enroll(config, code, broker_url=config.broker_url, name=name, domain=args.domain, force=args.force)
+        )
+    except CodeFormatError as exc:
+        raise _Exit(EXIT_USAGE, str(exc)) from exc
+    kind = "server" if binding.kind == "server" else "domain"
+    _out(f'Enrolled {kind} "{binding.name}" in pool "{binding.pool_name}" of estate "{binding.estate_name}".')
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line itself.
+    fmt = "%(levelname)s %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import serve
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        raise _Exit(EXIT_ERROR, str(exc)) from exc
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def _binding_line(b: dict[str, Any]) -> str:
+    line = f'{b["kind"]} "{b["name"]}" in pool "{b["pool_name"]}" of estate "{b["estate_name"]}"'
+    where = f"broker {b['broker_url']}"
+    if "broker" in b:
+        where += f": {b['broker']}"
+        if b.get("broker_error"):
+            where += f" ({b['broker_error']})"
+    return f"{line} ({where})"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def _encoder_rows(encoders: list[dict[str, Any]]) -> list[str]:
+    rows = [["ENCODER", "DOMAIN", "TYPE", "COUNT", "STATE", "EXPIRES", "NOTE"]]
+    for e in encoders:
+        wanted = e.get("wanted") or {}
+        lease = e.get("lease") or {}
+        count = str(lease.get("count", "-"))
+        if wanted and lease and lease.get("count") != wanted.get("count"):
+            count += f" (wants {wanted['count']})"
+        rows.append(
+            [
+                e["encoder"],
+                wanted.get("domain") or "-",
+                lease.get("licence_type") or wanted.get("licence_type") or "-",
+                count,
+                e["state"],
+                lease.get("expires_at") or "-",
+                (e.get("error") or {}).get("code") or "",
+            ]
+        )
+    return _table(rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    client = EncoderClient(config.socket)
+    try:
+        status = client.status(probe=True)
+    except AgentNotRunning as exc:
+        bindings = [
+            {
+                "kind": b.kind,
+                "name": b.name,
+                "server_id": b.server_id,
+                "estate_id": b.estate_id,
+                "estate_name": b.estate_name,
+                "pool_id": b.pool_id,
+                "pool_name": b.pool_name,
+                "broker_url": b.broker_url,
+            }
+            for b in load_bindings(config.state_dir).all()
+        ]
+        if args.json:
+            _out(json.dumps({"running": False, "bindings": bindings}, indent=2))
+        else:
+            _out(f"The agent service is not running (no socket at {config.socket}).")
+            _bindings_summary(bindings)
+        raise _Exit(EXIT_NOT_RUNNING) from exc
+    if args.json:
+        _out(json.dumps({"running": True, **status}, indent=2))
+        return EXIT_OK
+    agent = status["agent"]
+    _out(f"The agent service is running (pid {agent['pid']}, socket {agent['socket']}).")
+    _bindings_summary(status["bindings"])
+    if status["encoders"]:
+        for line in _encoder_rows(status["encoders"]):
+            _out(line)
+    else:
+        _out("No encoder has asked for a lease.")
+    return EXIT_OK
+
+
+def _bindings_summary(bindings: list[dict[str, Any]]) -> None:
+    if not bindings:
+        _out("Not enrolled: run tenure-agent enroll CODE --broker URL.")
+    for b in bindings:
+        _out(f"Bound: {_binding_line(b)}.")
+
+
+# ---------------------------------------------------------------------------- lease / release
+
+
+def _plural(count: int, licence_type: str) -> str:
+    return f"{count} {licence_type} licence{'' if count == 1 else 's'}"
+
+
+def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:
+    code = lease.error_code or "unknown"
+    available = lease.raw.get("error", {}).get("available")
+    if code == "pool_exhausted":
+        more = f" ({available} available)" if isinstance(available, int) else ""
+        return f"the pool cannot cover {_plural(wanted, licence_type)}{more}"
+    if code == "no_valid_licences":
+        return f"the pool holds no valid {licence_type} licences"
+    detail = lease.error_detail or ""
+    return detail if code in ("not_enrolled", "broker_unavailable") else f"{code}: {detail}".rstrip(": ")
+
+
+def cmd_lease(args: argparse.Namespace) -> int:
+    config = _config(args)
+    client = EncoderClient(config.socket)
+    lease = client.acquire(args.encoder, args.licence_type, args.count, domain=args.domain, wait=args.wait)
+    if lease.usable:
+        line = (
+            f"Encoder {lease.encoder} holds {_plural(lease.count, lease.licence_type or '')} until {lease.expires_at}"
+        )
+        if lease.count == args.count and lease.licence_type == args.licence_type:
+            note = (
+                " (the broker is unreachable; the lease stays valid until then)" if (lease.state == "offline") else ""
+            )
+            _out(line + note + ".")
+            return EXIT_OK
+        _out(line + ".")
+        raise _Exit(
+            EXIT_ERROR,
+            f"encoder {args.encoder} was denied "
+            f"{_plural(args.count, args.licence_type)}: "
+            f"{_why(lease, args.count, args.licence_type)}",
+        )
+    if lease.state == "pending":
+        raise _Exit(
+            EXIT_ERROR,
+            f"encoder {args.encoder} has no lease yet: "
+            f"{_why(lease, args.count, args.licence_type) or 'no answer from the broker'}; "
+            "the agent keeps trying",
+        )
+    raise _Exit(
+        EXIT_ERROR,
+        f"encoder {args.encoder} was denied "
+        f"{_plural(args.count, args.licence_type)}: "
+        f"{_why(lease, args.count, args.licence_type)}",
+    )
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    config = _config(args)
+    client = EncoderClient(config.socket)
+    state = client.release(args.encoder, wait=args.wait)
+    if state == "none":
+        raise _Exit(EXIT_ERROR, f"encoder {args.encoder} has no lease on this agent")
+    if state == "released":
+        _out(f"Released the lease of encoder {args.encoder}.")
+    else:
+        _out(
+            f"Encoder {args.encoder} no longer wants a lease; the broker is unreachable, "
+            "so the agent keeps trying to release it until it expires."
+        )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "enroll": cmd_enroll,
+    "run": cmd_run,
+    "status": cmd_status,
+    "lease": cmd_lease,
+    "release": cmd_release,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (the console script exits with it)."""
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except _Exit as exc:
+        if exc.message:
+            print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        return exc.code
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except AgentNotRunning as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_NOT_RUNNING
+    except AgentRefused as exc:
+        print(f"error: {exc.detail or exc.code}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except (AgentError, EncoderClientError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

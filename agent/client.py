@@ -1,0 +1,240 @@
+"""The broker's agent API: one method per endpoint (DESIGN.md §3, "Agent").
+
+Every failure comes out as an ``agent.errors`` exception: transport errors, timeouts,
+429 and 5xx as ``BrokerUnavailable`` (retryable, with ``retry_after`` when the broker
+said), a garbled answer likewise, and other 4xx as a final ``BrokerRefused`` carrying
+the problem document's ``code``. Nothing here retries: that is the runner's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent import __version__
+from agent.errors import BrokerRefused, BrokerUnavailable
+from agent.state import Secret
+from shared.timefmt import parse_ts
+
+USER_AGENT = f"tenure-agent/{__version__}"
+
+
+def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificate verification against the system store, or only ``ca_file``'s CAs.
+
+    There is deliberately no way to turn verification off.
+    """
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        from agent.errors import ConfigError
+
+        raise ConfigError(f"setting 'ca_file': cannot load {ca_file}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A lease as the broker sent it; its token is not yet verified."""
+
+    id: str
+    token: Secret
+    encoder: str
+    count: int
+    licence_type: str
+    expires_at: int
+    renew_after: int
+    server_time: int | None
+    state: str
+    seats: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def parse(cls, data: Any) -> LeaseGrant:
+        """Read a lease body; raise ``ValueError`` if it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        token = data["token"]
+        if not isinstance(token, str):
+            raise ValueError("token is not a string")
+        server_time = data.get("server_time")
+        seats = data.get("seats") or []
+        if not isinstance(seats, list):
+            raise ValueError("seats is not a list")
+        count = data["count"]
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ValueError("count is not an integer")
+        return cls(
+            id=str(data["id"]),
+            token=Secret(token),
+            encoder=str(data.get("encoder", "")),
+            count=count,
+            licence_type=str(data["licence_type"]),
+            expires_at=parse_ts(data["expires_at"]),
+            renew_after=parse_ts(data["renew_after"]),
+            server_time=parse_ts(server_time) if server_time else None,
+            state=str(data.get("state") or "valid"),
+            seats=tuple(dict(s) for s in seats if isinstance(s, dict)),
+        )
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    """A short, human reason for a transport failure."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        text = getattr(cert_error, "verify_message", None) or str(cert_error)
+        return f"TLS certificate not trusted ({text})"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLS handshake failed ({exc.os_error})"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host name not found"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return "host name not found"
+        if os_error.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return os_error.strerror or str(os_error)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the broker closed the connection"
+    if isinstance(exc, aiohttp.ClientError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class BrokerClient:
+    """Talks to one broker. Create inside a running event loop; ``close()`` when done."""
+
+    def __init__(self, base_url: str, *, ca_file: Path | None = None, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._ssl = ssl_context(ca_file)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=8),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: Secret | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token.reveal()}"
+        url = self.base_url + path
+        try:
+            async with self._open().request(method, url, json=body, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout)) from exc
+        data: Any = None
+        if raw:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+        if status < 400:
+            return status, data
+        problem = data if isinstance(data, dict) else {}
+        code = problem.get("code")
+        if not isinstance(code, str):
+            code = f"http_{status}"
+        if status == 429:
+            raise BrokerUnavailable(self.base_url, "rate limited", retry_after=retry_after)
+        if status >= 500:
+            raise BrokerUnavailable(self.base_url, f"HTTP {status} ({code})", retry_after=retry_after)
+        raise BrokerRefused(code, status, problem)
+
+    def _garbled(self, what: str, exc: Exception | None = None) -> BrokerUnavailable:
+        reason = f"unexpected answer to {what}" + (f" ({exc})" if exc else "")
+        return BrokerUnavailable(self.base_url, reason)
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def enroll(self, code: str, name: str, kind: str) -> dict[str, Any]:
+        """``POST /v1/enroll``: redeem an authentication code for a server token."""
+        _, data = await self._call("POST", "/v1/enroll", body={"code": code, "name": name, "kind": kind})
+        required = ("server_id", "server_token", "estate_id", "pool_id", "keys")
+        if not isinstance(data, dict) or any(k not in data for k in required):
+            raise self._garbled("enrol")
+        return data
+
+    async def acquire(self, token: Secret, encoder: str, licence_type: str, count: int) -> LeaseGrant | None:
+        """``POST /v1/leases``: acquire, grow, shrink or change the encoder's lease.
+
+        ``count=0`` releases whatever the encoder holds and returns None.
+        """
+        status, data = await self._call(
+            "POST",
+            "/v1/leases",
+            token=token,
+            body={"encoder": encoder, "licence_type": licence_type, "count": count},
+        )
+        if status == 204 or count == 0:
+            return None
+        return self._lease(data, "acquire")
+
+    async def renew(self, token: Secret, lease_id: str) -> LeaseGrant:
+        """``POST /v1/leases/{id}/renew``: a new token with a later expiry."""
+        _, data = await self._call("POST", f"/v1/leases/{lease_id}/renew", token=token, body={})
+        return self._lease(data, "renew")
+
+    async def release(self, token: Secret, lease_id: str) -> None:
+        """``DELETE /v1/leases/{id}`` (idempotent)."""
+        await self._call("DELETE", f"/v1/leases/{lease_id}", token=token)
+
+    async def keys(self) -> dict[str, Any]:
+        """``GET /v1/keys``: the broker's lease-signing keys (JWKS)."""
+        _, data = await self._call("GET", "/v1/keys")
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise self._garbled("keys")
+        return data
+
+    async def me(self, token: Secret) -> dict[str, Any]:
+        """``GET /v1/me``: what the server token is; 401 once the server is removed."""
+        _, data = await self._call("GET", "/v1/me", token=token)
+        if not isinstance(data, dict):
+            raise self._garbled("me")
+        return data
+
+    def _lease(self, data: Any, what: str) -> LeaseGrant:
+        try:
+            return LeaseGrant.parse(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._garbled(what, exc) from exc

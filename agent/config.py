@@ -1,0 +1,209 @@
+"""Agent settings: one frozen dataclass, built once from file, environment and flags.
+
+Precedence is flags > ``TENURE_AGENT_*`` environment > TOML file > default. The file is
+``/etc/tenure-agent/agent.toml`` unless ``--config`` or ``TENURE_AGENT_CONFIG`` names
+another; the default file may be absent, a named one may not. A bad value stops the
+command with a ``ConfigError`` that names the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/tenure-agent/agent.toml")
+ENV_PREFIX = "TENURE_AGENT_"
+
+
+def _setting(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class Config:
+    broker_url: str | None = _setting(
+        None,
+        "The broker's URL, e.g. https://licences.example.com. Used by `enroll` when "
+        "--broker is not given; a binding keeps the URL it was enrolled with.",
+    )
+    ca_file: Path | None = _setting(  # noqa: RUF009 - a field() with help metadata
+        None,
+        "PEM file of CA certificates that the broker's certificate must chain to. Unset: the system trust store.",
+    )
+    state_dir: Path = _setting(  # noqa: RUF009
+        Path("/var/lib/tenure-agent"), "Directory for bindings and leases (kept mode 0700)."
+    )
+    socket: Path = _setting(  # noqa: RUF009
+        Path("/run/tenure-agent/agent.sock"), "Unix socket of the local API for encoders."
+    )
+    socket_mode: int = _setting(0o660, 'Permissions of the socket, in octal ("0660").', octal=True, min=0, max=0o777)
+    socket_group: str | None = _setting(None, "Group to own the socket, so that encoder software in it may connect.")
+    keep_leases_on_stop: bool = _setting(
+        False,
+        "Keep leases on a clean stop instead of releasing them, for a quick restart "
+        "(they are re-adopted at start, or lapse at their expiry).",
+    )
+    stop_timeout: float = _setting(10.0, "Seconds allowed for releasing leases on stop.", min=0.5, max=300)
+    request_timeout: float = _setting(10.0, "Seconds allowed for one request to the broker.", min=0.5, max=300)
+    retry_initial: float = _setting(
+        1.0, "First retry delay in seconds (it doubles, with full jitter).", min=0.05, max=600
+    )
+    retry_max: float = _setting(60.0, "Longest retry delay in seconds.", min=0.1, max=3600)
+    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        if self.broker_url is not None:
+            object.__setattr__(self, "broker_url", check_broker_url(self.broker_url))
+        if self.retry_max < self.retry_initial:
+            raise ConfigError(
+                f"setting 'retry_max' must be at least 'retry_initial' ({self.retry_max} < {self.retry_initial})"
+            )
+
+
+def settings() -> list[dataclasses.Field[Any]]:
+    """The user-facing settings, in declaration order."""
+    return list(dataclasses.fields(Config))
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_broker_url(url: str) -> str:
+    """Return the broker URL without a trailing slash, or raise ``ConfigError``.
+
+    HTTPS is required; plain HTTP is allowed only to a loopback address, where nothing
+    on the wire can read or change it.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f'broker URL "{url}" is not a URL') from exc
+    if parts.scheme not in ("https", "http") or not host:
+        raise ConfigError(f'broker URL "{url}" is not an https:// URL, e.g. https://licences.example.com')
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f'broker URL "{url}" must not carry a query, fragment or user')
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ConfigError(
+            f'refusing plain http:// broker URL "{url}": use https:// '
+            "(plain http is allowed only to a loopback address)"
+        )
+    return text.rstrip("/")
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    name, kind = f.name, str(f.type)
+    where = f"setting '{name}' (from {source})"
+    try:
+        if raw is None or (raw == "" and "None" in kind):
+            value: Any = None
+        elif f.metadata.get("octal"):
+            if isinstance(raw, bool):
+                raise ValueError
+            value = int(raw, 8) if isinstance(raw, str) else int(raw)
+        elif kind.startswith("int"):
+            if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+                raise ValueError
+            value = int(raw)
+        elif kind.startswith("float"):
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise ValueError
+            value = float(raw)
+        elif kind.startswith("bool"):
+            if isinstance(raw, bool):
+                value = raw
+            elif str(raw).lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif kind.startswith("Path"):
+            if not isinstance(raw, str) or not raw:
+                raise ValueError
+            value = Path(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except ValueError as exc:
+        raise ConfigError(f"{where} has a bad value: {raw!r}") from exc
+    if value is None:
+        return None
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}; got {raw!r}")
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where} must be between {low} and {high}; got {raw!r}")
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    # Accept settings at the top level or under an [agent] table.
+    section = data.get("agent", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [agent] must be a table")
+    return {k: v for k, v in section.items() if k != "agent"}
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the settings from ``file``, the environment and flag ``overrides``.
+
+    ``overrides`` maps setting names to values given on the command line; ``None``
+    values are ignored (the flag was not given).
+    """
+    env = os.environ if env is None else env
+    known = {f.name: f for f in settings()}
+    values: dict[str, Any] = {}
+
+    named = file is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
+    path = file or Path(env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_FILE)
+    if named or path.exists():
+        for key, raw in _read_file(path).items():
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown setting '{key}'")
+            values[key] = _convert(known[key], raw, str(path))
+    for name, f in known.items():
+        raw = env.get(env_name(name))
+        if raw is not None:
+            values[name] = _convert(f, raw, env_name(name))
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown setting '{name}'")
+        values[name] = _convert(known[name], raw, "command line") if isinstance(raw, str) else raw
+    return Config(**values)

@@ -1,0 +1,75 @@
+"""``tenure-agent run``: the agent, its socket, systemd and signals wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from agent.clock import Clock
+from agent.config import Config
+from agent.localapi import LocalServer
+from agent.sdnotify import Notifier
+from agent.service import Agent
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Start: state, keepers, socket, READY=1. Stop: STOPPING=1, socket, leases."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.agent = Agent(config, clock=clock)
+        self.server = LocalServer(self.agent)
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        bindings = self.agent.bindings().all()
+        if not bindings:
+            log.warning(
+                "not enrolled yet (no bindings in %s); run tenure-agent enroll",
+                self.config.state_dir,
+            )
+        self.agent.runner.start()
+        await self.server.start()
+        count = len(self.agent.runner.keepers)
+        log.info(
+            "serving on %s; %d binding(s), %d encoder(s) re-adopted",
+            self.config.socket,
+            len(bindings),
+            count,
+        )
+        self.notifier.ready(f"{len(bindings)} binding(s), {count} encoder(s)")
+        self._watchdog = asyncio.create_task(self.notifier.keep_watchdog())
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        release = not self.config.keep_leases_on_stop
+        log.info("stopping; %s leases", "releasing" if release else "keeping")
+        await self.server.stop()
+        await self.agent.runner.stop(release=release, within=self.config.stop_timeout)
+        await self.agent.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        log.info("stopped")
+
+
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    service = Service(config)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await service.stop()

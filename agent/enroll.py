@@ -1,0 +1,115 @@
+"""Enrolment: redeem an 8-digit authentication code for a binding (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+
+from agent.client import BrokerClient
+from agent.config import Config, check_broker_url
+from agent.errors import BrokerRefused, BrokerUnavailable, EnrollError
+from agent.state import Binding, Secret, ensure_dir, load_bindings, save_bindings
+from shared import jws
+
+_SEPARATORS = re.compile(r"[\s\-]+")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+
+
+class CodeFormatError(EnrollError):
+    """The code is not 8 digits; caught before any network call."""
+
+
+def normalise_code(parts: Sequence[str]) -> str:
+    """``48213907``, ``4821 3907`` (one argument or two) or ``4821-3907`` → ``48213907``."""
+    typed = " ".join(parts).strip()
+    code = _SEPARATORS.sub("", typed)
+    if not (len(code) == 8 and code.isascii() and code.isdigit()):
+        raise CodeFormatError(f'"{typed}" is not an enrolment code: a code is 8 digits, e.g. 4821 3907')
+    return code
+
+
+def grouped(code: str) -> str:
+    return f"{code[:4]} {code[4:]}"
+
+
+def check_name(name: str, what: str) -> str:
+    if not _PRINTABLE.fullmatch(name) or not name.strip():
+        raise CodeFormatError(f'{what} "{name}" must be 1–64 printable characters')
+    return name
+
+
+async def enroll(
+    config: Config,
+    code: str,
+    *,
+    broker_url: str,
+    name: str,
+    domain: str | None = None,
+    force: bool = False,
+) -> Binding:
+    """Redeem ``code`` at the broker and store the binding; return it.
+
+    Everything that can be checked locally is checked before the code is spent: the
+    URL, the names, an existing binding (needs ``force``) and a writable state directory.
+    """
+    url = check_broker_url(broker_url)
+    kind = "domain" if domain is not None else "server"
+    label = check_name(domain if domain is not None else name, kind + " name")
+    ensure_dir(config.state_dir)
+    bindings = load_bindings(config.state_dir)
+    existing = bindings.get(domain)
+    if existing is not None and not force:
+        raise EnrollError(
+            f"this state directory is already enrolled as {existing.describe()}; add --force to replace that binding"
+        )
+    client = BrokerClient(url, ca_file=config.ca_file, timeout=config.request_timeout)
+    try:
+        data = await client.enroll(code, label, kind)
+    except BrokerRefused as exc:
+        raise EnrollError(_refusal(exc, code)) from exc
+    except BrokerUnavailable as exc:
+        if exc.reason == "rate limited":
+            wait = f" in {exc.retry_after:.0f} s" if exc.retry_after else " later"
+            raise EnrollError(
+                f"the broker at {url} is refusing enrolments from this address for now "
+                f"(too many attempts); try again{wait}"
+            ) from exc
+        raise
+    finally:
+        await client.close()
+    try:
+        if not jws.keys_from_jwks(data["keys"]):
+            raise jws.TokenInvalid("no Ed25519 key")
+        binding = Binding(
+            kind=str(data.get("kind") or kind),
+            name=str(data.get("name") or label),
+            server_id=str(data["server_id"]),
+            token=Secret(str(data["server_token"])),
+            estate_id=str(data["estate_id"]),
+            estate_name=str(data.get("estate_name") or data["estate_id"]),
+            pool_id=str(data["pool_id"]),
+            pool_name=str(data.get("pool_name") or data["pool_id"]),
+            broker_url=url,
+            keys=dict(data["keys"]),
+            enrolled_at=int(time.time()),
+        )
+    except (jws.TokenInvalid, KeyError, TypeError, ValueError) as exc:
+        raise EnrollError(
+            f"the broker at {url} accepted the code but sent an unusable answer ({exc}); "
+            "ask your administrator for a new code"
+        ) from exc
+    bindings.put(binding)
+    save_bindings(config.state_dir, bindings)
+    return binding
+
+
+def _refusal(exc: BrokerRefused, code: str) -> str:
+    if exc.code == "auth_code_invalid":
+        return (
+            f"the broker refused code {grouped(code)}: it is unknown, already used, "
+            "expired or revoked; ask your administrator for a new code"
+        )
+    if exc.code == "validation_error":
+        return f"the broker refused the enrolment: {exc.detail or 'invalid request'}"
+    return f"the broker refused the enrolment: {exc}"

@@ -1,0 +1,200 @@
+"""The running agent: bindings, broker clients, pinned keys, the runner, persistence.
+
+``Agent`` holds everything the local API and the keepers share; ``agent/daemon.py``
+wires it to the socket, systemd and signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from agent import __version__
+from agent.client import BrokerClient
+from agent.clock import Clock, SystemClock
+from agent.config import Config
+from agent.errors import BrokerRefused, BrokerUnavailable, StateError
+from agent.keyring import KeyRing
+from agent.runner import Runner
+from agent.state import (
+    Binding,
+    Bindings,
+    bindings_mtime,
+    ensure_dir,
+    load_bindings,
+    load_leases,
+    write_leases_snapshot,
+)
+from shared.timefmt import format_ts
+
+log = logging.getLogger(__name__)
+
+# How long a probe of the broker (for `status`) is remembered.
+PROBE_TTL = 10.0
+PROBE_TIMEOUT = 3.0
+
+
+class Agent:
+    """One state directory's bindings and leases, kept by a ``Runner``."""
+
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, runner_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.state_dir = config.state_dir
+        self._bindings = Bindings()
+        self._bindings_mtime = 0.0
+        self._clients: dict[str, BrokerClient] = {}
+        self._keyrings: dict[str, KeyRing] = {}
+        self._save_lock = asyncio.Lock()
+        self._dirty = False
+        self._probes: dict[str, tuple[float, str, str | None]] = {}
+        self.started_at = self.clock.now()
+        ensure_dir(self.state_dir)
+        self.leases = load_leases(self.state_dir)
+        self.bindings()
+        self.runner = Runner(
+            self.leases,
+            bindings=self.bindings,
+            client=self.client,
+            keyring=self.keyring,
+            save=self.save,
+            clock=self.clock,
+            retry_initial=config.retry_initial,
+            retry_max=config.retry_max,
+            **(runner_kwargs or {}),
+        )
+
+    # ------------------------------------------------------------------ shared parts
+
+    def bindings(self) -> Bindings:
+        """The bindings, re-read when ``enroll`` has changed the file since last time."""
+        mtime = bindings_mtime(self.state_dir)
+        if mtime != self._bindings_mtime:
+            first = self._bindings_mtime == 0.0
+            try:
+                fresh = load_bindings(self.state_dir)
+            except StateError as exc:
+                log.error("keeping the bindings read before: %s", exc)
+                self._bindings_mtime = mtime
+                return self._bindings
+            before = {b.server_id for b in self._bindings.all()}
+            self._bindings, self._bindings_mtime = fresh, mtime
+            for binding in fresh.all():
+                if binding.server_id not in before:
+                    log.info("bound: %s (broker %s)", binding.describe(), binding.broker_url)
+                    self._keyrings.pop(binding.broker_url, None)
+            if not first and hasattr(self, "runner"):
+                self.runner.bindings_changed()
+        return self._bindings
+
+    def client(self, url: str) -> BrokerClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = BrokerClient(url, ca_file=self.config.ca_file, timeout=self.config.request_timeout)
+            self._clients[url] = client
+        return client
+
+    def keyring(self, url: str) -> KeyRing:
+        ring = self._keyrings.get(url)
+        if ring is None:
+            key_sets = [b.keys for b in self.bindings().all() if b.broker_url == url]
+            if url in self.leases.keys:
+                key_sets.append(self.leases.keys[url])
+
+            def remember(key_set: dict[str, Any]) -> None:
+                self.leases.keys[url] = key_set
+                asyncio.get_running_loop().create_task(self.save())
+
+            ring = KeyRing(key_sets, self.client(url).keys, now=self.clock.now, on_refresh=remember)
+            self._keyrings[url] = ring
+        return ring
+
+    async def save(self) -> None:
+        """Persist the lease state; concurrent callers share one write (group commit)."""
+        self._dirty = True
+        async with self._save_lock:
+            if not self._dirty:
+                return  # a write that began after our change already holds it
+            self._dirty = False
+            snapshot = self.leases.to_json()
+            try:
+                await asyncio.to_thread(write_leases_snapshot, self.state_dir, snapshot)
+            except StateError as exc:
+                log.error("%s", exc)
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    # ------------------------------------------------------------------ status
+
+    async def probe(self, binding: Binding) -> tuple[str, str | None]:
+        """Ask the broker whether it knows ``binding``: reachable, unreachable or removed."""
+        cached = self._probes.get(binding.server_id)
+        if cached is not None and self.clock.now() - cached[0] < PROBE_TTL:
+            return cached[1], cached[2]
+        health = self.runner.health
+        try:
+            await asyncio.wait_for(self.client(binding.broker_url).me(binding.token), PROBE_TIMEOUT)
+            result: tuple[str, str | None] = ("reachable", None)
+            health.ok(binding.broker_url)
+        except BrokerRefused as exc:
+            health.ok(binding.broker_url)
+            if exc.code == "unauthenticated":
+                result = ("removed", "the broker no longer knows this binding")
+                self.runner.revoke_binding(binding, "server_removed")
+            else:
+                result = ("reachable", str(exc))
+        except BrokerUnavailable as exc:
+            health.failed(binding.broker_url, exc)
+            result = ("unreachable", exc.reason)
+        except TimeoutError:
+            result = ("unreachable", f"no answer within {PROBE_TIMEOUT:g} s")
+        self._probes[binding.server_id] = (self.clock.now(), *result)
+        return result
+
+    async def status(self, *, probe: bool) -> dict[str, Any]:
+        bindings = self.bindings().all()
+        outcomes: list[tuple[str, str | None]]
+        if probe:
+            outcomes = list(await asyncio.gather(*(self.probe(b) for b in bindings)))
+        else:
+            outcomes = []
+            for b in bindings:
+                seen = self.runner.health.reachable(b.broker_url)
+                word = {True: "reachable", False: "unreachable", None: "unknown"}[seen]
+                outcomes.append((word, self.runner.health.last_error.get(b.broker_url)))
+        encoders = []
+        for serial in sorted(self.runner.keepers):
+            view = self.runner.keepers[serial].view(with_token=False)
+            encoders.append(view)
+        return {
+            "agent": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "started_at": format_ts(self.started_at),
+                "state_dir": str(self.state_dir),
+                "socket": str(self.config.socket),
+            },
+            "bindings": [
+                {
+                    "kind": b.kind,
+                    "name": b.name,
+                    "server_id": b.server_id,
+                    "estate_id": b.estate_id,
+                    "estate_name": b.estate_name,
+                    "pool_id": b.pool_id,
+                    "pool_name": b.pool_name,
+                    "broker_url": b.broker_url,
+                    "broker": word,
+                    "broker_error": error,
+                }
+                for b, (word, error) in zip(bindings, outcomes, strict=True)
+            ],
+            "encoders": encoders,
+        }
