@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from broker import reaper, secretfiles
-from broker.api import agent, estate, operator, pools, public  # noqa: F401 - registers routes
+from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import problems, security_headers
 from broker.config import Config
@@ -25,7 +25,9 @@ log = logging.getLogger("tenure.broker")
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[security_headers, problems], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[metrics.measure, security_headers, problems],
+                          client_max_size=MAX_BODY)
+    app[metrics.REQUESTS] = metrics.RequestMetrics()
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
     app.cleanup_ctx.append(_services(config))
