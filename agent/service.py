@@ -122,7 +122,10 @@ class Agent:
             self._dirty = False
             snapshot = self.leases.to_json()
             try:
-                await asyncio.to_thread(write_leases_snapshot, self.state_dir, snapshot)
+                # Shielded: a cancelled caller must not let a second write overtake this one.
+                await asyncio.shield(
+                    asyncio.to_thread(write_leases_snapshot, self.state_dir, snapshot)
+                )
             except StateError as exc:
                 log.error("%s", exc)
 

@@ -377,4 +377,7 @@ async def start_agent(
     for harness in started:
         await harness.session.close()
         if harness.service.server._runner is not None:
-            await harness.service.stop()
+            # The broker may be gone by now: stop without releasing.
+            await harness.service.server.stop()
+            await harness.service.agent.runner.stop(release=False, within=0)
+            await harness.service.agent.close()
