@@ -44,6 +44,9 @@ def array(items: Schema, lo: int = 0, hi: int = 1000) -> Schema:
     return {"type": "array", "items": items, "minItems": lo, "maxItems": hi}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @lru_cache(maxsize=256)
 def _pattern(text: str) -> re.Pattern[str]:
     return re.compile(text)
@@ -95,7 +98,10 @@ def _check(value: Any, schema: Schema, path: str, errors: list[dict[str, str]]) 
             for i, item in enumerate(value):
                 _check(item, schema.get("items", {}), f"{path}[{i}]", errors)
     elif isinstance(value, str):
-        if "enum" in schema and value not in schema["enum"]:
+        if _SURROGATE.search(value):
+            # JSON's \ud800 escapes decode to lone surrogates: not text, and not storable.
+            errors.append({"field": path, "message": "is not valid Unicode text"})
+        elif "enum" in schema and value not in schema["enum"]:
             errors.append({"field": path, "message": f"must be one of: {', '.join(schema['enum'])}"})
         elif len(value) < schema.get("minLength", 0):
             errors.append({"field": path, "message": "must not be empty" if schema.get("minLength") == 1
@@ -113,7 +119,8 @@ def _check(value: Any, schema: Schema, path: str, errors: list[dict[str, str]]) 
                 errors.append({"field": path, "message": message})
     elif isinstance(value, int):
         if value < schema.get("minimum", -(2**63)) or value > schema.get("maximum", 2**63 - 1):
-            errors.append({"field": path, "message": f"must be between {schema.get('minimum')} and {schema.get('maximum')}"})
+            bounds = f"{schema.get('minimum')} and {schema.get('maximum')}"
+            errors.append({"field": path, "message": f"must be between {bounds}"})
 
 
 def _join(path: str, name: str) -> str:
