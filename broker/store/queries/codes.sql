@@ -11,7 +11,7 @@ SELECT c.id, c.pool_id, c.created_at, c.expires_at, c.created_by, p.name AS pool
 FROM auth_codes c JOIN pools p ON p.id = c.pool_id
 WHERE c.estate_id = :estate_id AND c.state = 'live' AND c.expires_at > :now
   AND (:pool_id IS NULL OR c.pool_id = :pool_id)
-ORDER BY c.created_at, c.id
+ORDER BY c.created_at, c.rowid
 
 -- name: code_by_id
 SELECT id, pool_id, state, expires_at FROM auth_codes WHERE id = :code_id AND estate_id = :estate_id

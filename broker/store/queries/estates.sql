@@ -22,7 +22,7 @@ WHERE id = :admin_id AND estate_id = :estate_id AND removed_at IS NULL
 
 -- name: admins_of_estate
 SELECT id, name, is_primary, created_at FROM admins
-WHERE estate_id = :estate_id AND removed_at IS NULL ORDER BY created_at, id
+WHERE estate_id = :estate_id AND removed_at IS NULL ORDER BY is_primary DESC, created_at, rowid
 
 -- name: admin_remove
 UPDATE admins SET removed_at = :now WHERE id = :admin_id AND estate_id = :estate_id AND removed_at IS NULL
