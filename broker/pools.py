@@ -101,6 +101,8 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
                 for h in tx.all("holdings_of_pool", pool_id=pool_id)}
     tx.run("holdings_move_all_to", from_pool=pool_id, to_pool=default["id"])
     tx.run("holdings_clear", pool_id=pool_id)
+    # A live code of a deleted pool would bind a new server to a pool that is gone.
+    tx.run("codes_revoke_of_pool", pool_id=pool_id)
     tx.run("pool_delete", pool_id=pool_id, estate_id=estate_id, now=int(now))
     audit.record(tx, now, actor, estate_id, "pool.deleted", pool_id=pool_id, subject_id=pool_id,
                  name=row["name"], returned_to_default=returned)
@@ -127,7 +129,9 @@ def move(
         holding = tx.one("holding_get", pool_id=from_pool, purchase_id=purchase_id)
         allocated = holding["allocated"] if holding else 0
         unused = allocated - (holding["leased"] if holding else 0)
-        before[purchase_id] = {"from_allocated": allocated}
+        target = tx.one("holding_get", pool_id=to_pool, purchase_id=purchase_id)
+        before[purchase_id] = {"from_allocated": allocated,
+                               "to_allocated": target["allocated"] if target else 0}
         if unused < count:
             lacking.append({
                 "purchase_id": purchase_id, "sales_order": purchase["sales_order"],
@@ -149,7 +153,8 @@ def move(
     tx.run("move_insert", id=move_id, estate_id=estate_id, from_pool=from_pool, to_pool=to_pool,
            items=json.dumps(moved), actor=actor.actor_id or actor.kind, now=int(now))
     after = {
-        p: {"from_allocated": before[p]["from_allocated"] - c} for p, c in wanted.items()
+        p: {"from_allocated": before[p]["from_allocated"] - c,
+            "to_allocated": before[p]["to_allocated"] + c} for p, c in wanted.items()
     }
     audit.record(tx, now, actor, estate_id, "licences.moved", pool_id=to_pool, subject_id=move_id,
                  from_pool=from_pool, to_pool=to_pool, items=moved, before=before, after=after)
