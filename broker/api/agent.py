@@ -39,15 +39,20 @@ def client_address(request: web.Request, svc: Services) -> str:
 async def enroll(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     address = client_address(request, svc)
-    svc.limiter.check(address)
-    body = parse_json(await read_body(request), ENROL)
+    # The attempt counts against the budgets while in flight, so that a burst of
+    # concurrent guesses cannot all pass the check before the first failure lands.
+    svc.limiter.begin(address)
+    failed = False
     now = svc.clock.now()
     try:
+        body = parse_json(await read_body(request), ENROL)
         result = await svc.store.write(lambda tx: codes.redeem(
             tx, now, svc.code_key, body["code"], body["name"], body.get("kind", "server")))
     except AuthCodeInvalid:
-        svc.limiter.failed(address)
+        failed = True
         raise
+    finally:
+        svc.limiter.finish(address, failed=failed)
     result["keys"] = svc.keyring.jwks(now)
     return answer(201, result)
 
