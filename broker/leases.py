@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker import audit, purchases
-from broker.errors import NotFound, PoolExhausted
+from broker.errors import NotFound, PoolExhausted, Unauthenticated
 from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
@@ -171,12 +171,10 @@ def acquire(
     Returns the grant, or None when ``count`` is 0 (released). All or nothing: on
     ``PoolExhausted`` the lease stays as it was.
     """
-    assert server.server_id and server.pool_id and server.estate_id
-    pool = tx.one("pool_by_id", pool_id=server.pool_id, estate_id=server.estate_id)
-    if pool is None:
-        raise NotFound("This server's pool no longer exists.")
+    pool = _binding(tx, server)
+    pool_id = pool["pool_id"]
     tx.run("server_seen", server_id=server.server_id, now=int(now))
-    lapse_due(tx, now, server.pool_id)
+    lapse_due(tx, now, pool_id)
     lease = tx.one("lease_active_of_encoder", server_id=server.server_id, encoder=encoder)
     if count == 0:
         if lease is not None:
@@ -184,12 +182,12 @@ def acquire(
         return None
     if lease is None:
         lease_id = new_id("lse")
-        tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=server.pool_id,
+        tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=pool_id,
                server_id=server.server_id, encoder=encoder, licence_type=licence_type,
                count=count, now=int(now), expires_at=int(now))
-        _take(tx, now, lease_id, server.pool_id, licence_type, count)
+        _take(tx, now, lease_id, pool_id, licence_type, count)
         grant = _finish(tx, now, lease_id, pool["lease_seconds"], created=True)
-        audit.record(tx, now, server, server.estate_id, "lease.granted", pool_id=server.pool_id,
+        audit.record(tx, now, server, server.estate_id, "lease.granted", pool_id=pool_id,
                      subject_id=lease_id, encoder=encoder, licence_type=licence_type,
                      before=0, after=count)
         return grant
@@ -202,7 +200,7 @@ def acquire(
             _drop_seat(tx, lease, seat, seat["count"])
         tx.run("lease_update", lease_id=lease["id"], count=count, licence_type=licence_type,
                now=int(now), expires_at=lease["expires_at"])
-        _take(tx, now, lease["id"], server.pool_id, licence_type, count)
+        _take(tx, now, lease["id"], pool_id, licence_type, count)
     else:
         # Seats past their grace are dropped and replaced from valid licences.
         held = 0
@@ -213,18 +211,32 @@ def acquire(
             else:
                 held += seat["count"]
         if count > held:
-            _take(tx, now, lease["id"], server.pool_id, licence_type, count - held)
+            _take(tx, now, lease["id"], pool_id, licence_type, count - held)
         elif count < held:
             _give_back(tx, lease, seats, held - count)
     grant = _finish(tx, now, lease["id"], pool["lease_seconds"], created=False)
     after = {"licence_type": licence_type, "count": count}
     if after != before:
-        audit.record(tx, now, server, server.estate_id, "lease.changed", pool_id=server.pool_id,
+        audit.record(tx, now, server, server.estate_id, "lease.changed", pool_id=pool_id,
                      subject_id=lease["id"], encoder=encoder, before=before, after=after)
     return grant
 
 
+def _binding(tx: Tx, server: Principal) -> Row:
+    """The server's pool as the database has it now, not as the principal cache does.
+
+    A token's identity is cached for a few seconds per broker replica; a server removed
+    or rebound through another replica must not take seats on a stale binding.
+    """
+    assert server.server_id and server.estate_id
+    row = tx.one("server_binding", server_id=server.server_id, estate_id=server.estate_id)
+    if row is None:
+        raise Unauthenticated("The token is unknown or has been revoked.")
+    return row
+
+
 def _own_lease(tx: Tx, server: Principal, lease_id: str) -> Row:
+    _binding(tx, server)
     lease = tx.one("lease_by_id", lease_id=lease_id)
     if lease is None or lease["server_id"] != server.server_id:
         raise NotFound("No such lease for this server.")

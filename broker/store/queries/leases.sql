@@ -1,3 +1,8 @@
+-- name: server_binding
+SELECT s.pool_id, p.lease_seconds FROM servers s JOIN pools p ON p.id = s.pool_id
+WHERE s.id = :server_id AND s.estate_id = :estate_id AND s.removed_at IS NULL
+  AND p.deleted_at IS NULL
+
 -- name: lease_active_of_encoder
 SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, state, created_at,
        renewed_at, expires_at, end_reason
