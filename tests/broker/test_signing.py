@@ -1,0 +1,198 @@
+"""Lease tokens: verified by PyJWT (an independent implementation), tamper-proof, rotatable."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp.test_utils import TestClient
+
+from broker import signing
+from broker.app import create_app
+from broker.clock import ManualClock
+from shared import jws
+from tests.broker.leasing import ONE, Site, header_of, make_site, ts
+from tests.conftest import DAY, Broker
+
+CLAIMS = {"iss", "sub", "lid", "est", "pool", "srv", "lt", "n", "iat", "nbf", "exp"}
+
+
+async def _jwks(broker: Broker) -> dict[str, Any]:
+    body: dict[str, Any] = await broker.call("GET", "/v1/keys", status=200)
+    return body
+
+
+def _jwk_for(jwks: dict[str, Any], token: str) -> dict[str, Any]:
+    kid = header_of(token)["kid"]
+    return next(k for k in jwks["keys"] if k["kid"] == kid)
+
+
+def _pyjwt(token: str, jwk: dict[str, Any], **options: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(
+        token, key=jwt.PyJWK(jwk).key, algorithms=["EdDSA"], issuer="tenure",
+        options={"require": sorted(CLAIMS), **options})
+    return claims
+
+
+def _tamper(token: str, **changes: Any) -> str:
+    head, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    forged = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{head}.{forged.rstrip(b'=').decode()}.{sig}"
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()}
+
+
+async def _live_site(broker: Broker) -> Site:
+    # PyJWT checks exp/nbf/iat against the real clock: run the broker at real time.
+    broker.clock.set(float(int(time.time())))
+    return await make_site(broker, [("SO-1", 4, 365, ONE)])
+
+
+async def test_pyjwt_verifies_a_lease_token_with_the_published_key(broker: Broker) -> None:
+    site = await _live_site(broker)
+    lease = await site.acquire("ENC-7", 3, status=201)
+    header = header_of(lease["token"])
+    assert header["alg"] == "EdDSA"
+    jwks = await _jwks(broker)
+    jwk = _jwk_for(jwks, lease["token"])
+    assert (jwk["kty"], jwk["crv"], jwk["alg"]) == ("OKP", "Ed25519", "EdDSA")
+    claims = _pyjwt(lease["token"], jwk)
+    assert set(claims) == CLAIMS
+    now = int(broker.clock.now())
+    assert claims == {
+        "iss": "tenure", "sub": "ENC-7", "lid": lease["id"], "est": site.estate_id,
+        "pool": site.pool_id, "srv": site.server_id, "lt": ONE, "n": 3,
+        "iat": now, "nbf": now, "exp": ts(lease["expires_at"]),
+    }
+    # The shared verifier (what the agent uses) agrees.
+    assert jws.verify(lease["token"], jws.keys_from_jwks(jwks), now=now) == claims
+
+
+async def test_renewed_tokens_verify_too(broker: Broker) -> None:
+    site = await _live_site(broker)
+    lease = await site.acquire("ENC-1", 1, status=201)
+    broker.clock.advance(5)
+    renewed = await site.renew(lease["id"], status=200)
+    assert renewed["token"] != lease["token"]
+    claims = _pyjwt(renewed["token"], _jwk_for(await _jwks(broker), renewed["token"]),
+                    verify_iat=False, verify_nbf=False)
+    assert claims["lid"] == lease["id"] and claims["exp"] == ts(renewed["expires_at"])
+    assert claims["exp"] > ts(lease["expires_at"])
+
+
+async def test_a_tampered_token_is_refused(broker: Broker) -> None:
+    site = await _live_site(broker)
+    lease = await site.acquire("ENC-1", 1, status=201)
+    jwks = await _jwks(broker)
+    jwk = _jwk_for(jwks, lease["token"])
+    keys = jws.keys_from_jwks(jwks)
+    for forged in (_tamper(lease["token"], n=100),
+                   _tamper(lease["token"], exp=ts(lease["expires_at"]) + 365 * DAY),
+                   _tamper(lease["token"], sub="ENC-2")):
+        with pytest.raises(jwt.InvalidSignatureError):
+            _pyjwt(forged, jwk)
+        with pytest.raises(jws.TokenInvalid):
+            jws.verify(forged, keys)
+    # A signature cut off, or an alg of "none", is refused as well.
+    head, payload, _ = lease["token"].split(".")
+    with pytest.raises(jws.TokenInvalid):
+        jws.verify(f"{head}.{payload}.", keys)
+    none_head = base64.urlsafe_b64encode(
+        json.dumps({"alg": "none", "kid": header_of(lease["token"])["kid"]}).encode()
+    ).rstrip(b"=").decode()
+    with pytest.raises(jws.TokenInvalid):
+        jws.verify(f"{none_head}.{payload}.", keys)
+    # And a token signed by a key the broker never published names an unknown kid.
+    stranger = jws.SigningKey.generate()
+    with pytest.raises(jws.UnknownKey):
+        jws.verify(jws.sign(jwt.decode(lease["token"], options={"verify_signature": False}),
+                            stranger), keys)
+
+
+async def test_an_expired_token_is_refused_by_both(broker: Broker) -> None:
+    site = await _live_site(broker)
+    lease = await site.acquire("ENC-1", 1, status=201)
+    jwks = await _jwks(broker)
+    exp = ts(lease["expires_at"])
+    with pytest.raises(jws.TokenInvalid):
+        jws.verify(lease["token"], jws.keys_from_jwks(jwks), now=exp)
+    assert jws.verify(lease["token"], jws.keys_from_jwks(jwks), now=exp - 1)["exp"] == exp
+
+
+async def test_keys_rotate_without_restart_and_old_keys_stay_published(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+) -> None:
+    config = config_factory(key_reload_seconds=0.05)
+    broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
+    site = await _live_site(broker)
+    await site.set_lease_seconds(30 * DAY)
+    old = await site.acquire("ENC-1", 1, status=201)
+    old_kid = header_of(old["token"])["kid"]
+    assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [old_kid]
+
+    new_key = signing.rotate(config.data_dir, clock.now())
+    deadline = time.monotonic() + 5
+    kids: list[str] = []
+    while time.monotonic() < deadline:
+        kids = [k["kid"] for k in (await _jwks(broker))["keys"]]
+        if new_key.kid in kids:
+            break
+        await asyncio.sleep(0.02)
+    assert kids == [old_kid, new_key.kid]
+
+    renewed = await site.renew(old["id"], status=200)
+    assert header_of(renewed["token"])["kid"] == new_key.kid
+    fresh = await site.acquire("ENC-2", 1, status=201)
+    assert header_of(fresh["token"])["kid"] == new_key.kid
+    jwks = await _jwks(broker)
+    # The old token still verifies offline with the old key, the new ones with the new key.
+    assert _pyjwt(old["token"], _jwk_for(jwks, old["token"]))["lid"] == old["id"]
+    assert _pyjwt(fresh["token"], _jwk_for(jwks, fresh["token"]))["sub"] == "ENC-2"
+    # Enrolment hands out the same key set.
+    other = await site.enrol("host-2")
+    assert other["keys"] == jwks
+    # The old key is kept for as long as a token it signed can live.
+    clock.set(ts(old["expires_at"]) - 1)
+    assert old_kid in [k["kid"] for k in (await _jwks(broker))["keys"]]
+
+
+async def test_key_files_are_private(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+) -> None:
+    config = config_factory()
+    await aiohttp_client(create_app(config))
+    signing.rotate(config.data_dir, clock.now())
+    folder: Path = config.data_dir / "keys"
+    modes = _modes(folder)
+    assert len(modes) == 2
+    assert all(mode == 0o600 for mode in modes.values()), modes
+    assert os.stat(folder).st_mode & 0o077 == 0
+    stored = signing.load(config.data_dir)
+    assert [k.created for k in stored] == sorted(k.created for k in stored)
+    assert stored[-1].key.kid != stored[0].key.kid
+
+
+async def test_signing_keys_survive_a_restart(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+) -> None:
+    config = config_factory()
+    first = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
+    before = await _jwks(first)
+    await first.client.close()
+    second = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
+    assert await _jwks(second) == before
