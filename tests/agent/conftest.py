@@ -13,6 +13,7 @@ import base64
 import heapq
 import itertools
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -381,3 +382,15 @@ async def start_agent(
             await harness.service.server.stop()
             await harness.service.agent.runner.stop(release=False, within=0)
             await harness.service.agent.close()
+
+
+@pytest.fixture
+def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An empty config file, so that nothing from /etc or the caller leaks in."""
+    config = tmp_path / "agent.toml"
+    config.write_text("# empty: every setting comes from its default or a flag\n")
+    for name in list(os.environ):
+        if name.startswith("TENURE_AGENT_") or name == "NOTIFY_SOCKET":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TENURE_AGENT_CONFIG", str(config))
+    return {**os.environ, "TENURE_AGENT_CONFIG": str(config)}

@@ -143,7 +143,7 @@ async def test_outage_longer_than_the_lease_reports_loss_then_recovers(
     poll = asyncio.ensure_future(agent.call(
         "GET", f"/v1/encoders/ENC-1/lease?wait=60&version={agent.keeper('ENC-1').version}"))
     await advance_in_steps(fake_clock, 2, step=1)
-    status, lost = await asyncio.wait_for(poll, 5)
+    _, lost = await asyncio.wait_for(poll, 5)
     assert lost["state"] == "lost" and lost["lease"] is None
     await advance_in_steps(fake_clock, 60, step=10)  # still away: still lost, still trying
     assert agent.keeper("ENC-1").state() == "lost"

@@ -1,0 +1,76 @@
+"""The command line, as a technician meets it: golden scripts against real subprocesses.
+
+A real ``tenure-broker serve`` runs as a subprocess for the whole module; ``@agent start``
+runs a real ``tenure-agent run``. The commands under test run in-process (``main(argv)``)
+so that the module stays fast.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.agent.golden import check, parse
+from tests.agent.processes import AgentProcess, BrokerProcess, Estate, free_port
+
+TESTDATA = Path(__file__).parent / "testdata"
+SCRIPTS = sorted(TESTDATA.glob("*.txt"))
+
+
+@pytest.fixture(scope="module")
+def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    broker = BrokerProcess(tmp_path_factory.mktemp("broker"))
+    yield broker
+    broker.stop()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_golden(
+    script: Path, broker_process: BrokerProcess, tmp_path: Path, short_dir: Path,
+    agent_env: dict[str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    estate = Estate(broker_process)
+    variables = {
+        "BROKER": broker_process.url,
+        "STATE": str(tmp_path / "state"),
+        "SOCKET": str(short_dir / "agent.sock"),
+        "DEAD": f"http://127.0.0.1:{free_port()}",
+    }
+    agent: AgentProcess | None = None
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    try:
+        for step in parse(script):
+            if step.kind == "command":
+                check(step, variables, run, script.name)
+                continue
+            verb, *args = step.text.split()
+            if verb == "mint":
+                code = estate.code(*args[1:])
+                variables[args[0]] = code
+                variables[args[0] + "_SPACED"] = f"{code[:4]} {code[4:]}"
+                variables[args[0] + "_DASHED"] = f"{code[:4]}-{code[4:]}"
+            elif verb == "agent" and args == ["start"]:
+                agent = AgentProcess(Path(variables["STATE"]), Path(variables["SOCKET"]),
+                                     agent_env)
+            elif verb == "agent" and args == ["stop"]:
+                assert agent is not None
+                assert agent.stop() == 0, agent.log.read_text()
+                agent = None
+            elif verb == "in_use":
+                pool = args[1] if len(args) > 1 else "Default"
+                assert estate.in_use(pool) == int(args[0]), f"{script.name}:{step.line}"
+            else:
+                raise AssertionError(f"{script.name}:{step.line}: unknown directive {verb}")
+    finally:
+        if agent is not None:
+            agent.stop(signal.SIGKILL)

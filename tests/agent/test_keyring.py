@@ -1,0 +1,112 @@
+"""Only tokens signed by the broker's keys, for the lease asked about, are accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.client import LeaseGrant
+from agent.errors import TokenRejected
+from agent.keyring import REFRESH_INTERVAL, KeyRing
+from agent.state import Secret
+from shared import jws
+from tests.agent.conftest import T0, tamper
+
+SIGNER = jws.SigningKey.generate()
+ROTATED = jws.SigningKey.generate()
+STRANGER = jws.SigningKey.generate()
+
+
+def jwks(*keys: jws.SigningKey) -> dict[str, Any]:
+    return {"keys": [jws.jwk(k.private.public_key()) for k in keys]}
+
+
+def grant(key: jws.SigningKey = SIGNER, **changes: Any) -> LeaseGrant:
+    claims = {"iss": "tenure", "sub": "ENC-1", "lid": "lse_1", "est": "est_1", "pool": "pool_1",
+              "srv": "srv_1", "lt": "one-in-one-out", "n": 3, "iat": int(T0), "nbf": int(T0),
+              "exp": int(T0) + 300}
+    claims.update(changes)
+    return LeaseGrant(id="lse_1", token=Secret(jws.sign(claims, key)), encoder="ENC-1", count=3,
+                      licence_type="one-in-one-out", expires_at=int(T0) + 300,
+                      renew_after=int(T0) + 100, server_time=int(T0), state="valid", seats=())
+
+
+class Keys:
+    """What GET /v1/keys would answer, and how often it was asked."""
+
+    def __init__(self, *keys: jws.SigningKey) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+        self.now = T0
+
+    async def fetch(self) -> dict[str, Any]:
+        self.fetches += 1
+        return jwks(*self.keys)
+
+
+async def verify(ring: KeyRing, g: LeaseGrant) -> dict[str, Any]:
+    return await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1")
+
+
+async def test_a_good_token_verifies() -> None:
+    keys = Keys(SIGNER)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    assert (await verify(ring, grant()))["n"] == 3
+    assert keys.fetches == 0
+
+
+async def test_a_tampered_token_is_rejected() -> None:
+    keys = Keys(SIGNER)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    g = grant()
+    forged = LeaseGrant(**{**g.__dict__, "token": Secret(tamper(g.token.reveal()))})
+    with pytest.raises(TokenRejected, match="bad signature"):
+        await verify(ring, forged)
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("sub", "ENC-2"), ("lid", "lse_2"), ("n", 4), ("lt", "four-in-one-out"), ("srv", "srv_2"),
+     ("est", "est_2"), ("exp", int(T0) + 3000)],
+)
+async def test_a_token_for_something_else_is_rejected(claim: str, value: Any) -> None:
+    keys = Keys(SIGNER)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    with pytest.raises(TokenRejected):
+        await verify(ring, grant(**{claim: value}))
+
+
+async def test_an_expired_token_is_rejected_by_the_brokers_own_time() -> None:
+    keys = Keys(SIGNER)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    g = grant(exp=int(T0) - 120)
+    stale = LeaseGrant(**{**g.__dict__, "expires_at": int(T0) - 120})
+    with pytest.raises(TokenRejected, match="expired"):
+        await verify(ring, stale)
+
+
+async def test_an_unknown_kid_fetches_the_key_set_once() -> None:
+    keys = Keys(SIGNER, ROTATED)
+    remembered: list[dict[str, Any]] = []
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now,
+                   on_refresh=remembered.append)
+    assert (await verify(ring, grant(ROTATED)))["n"] == 3
+    assert keys.fetches == 1
+    assert remembered == [jwks(SIGNER, ROTATED)]
+    assert (await verify(ring, grant(ROTATED)))["n"] == 3
+    assert keys.fetches == 1
+
+
+async def test_a_stranger_key_is_rejected_and_fetches_are_rate_limited() -> None:
+    keys = Keys(SIGNER)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    with pytest.raises(TokenRejected, match="unknown"):
+        await verify(ring, grant(STRANGER))
+    with pytest.raises(TokenRejected, match="unknown"):
+        await verify(ring, grant(STRANGER))
+    assert keys.fetches == 1
+    keys.now += REFRESH_INTERVAL
+    with pytest.raises(TokenRejected):
+        await verify(ring, grant(STRANGER))
+    assert keys.fetches == 2
