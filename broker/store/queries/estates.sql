@@ -35,7 +35,9 @@ VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id,
 SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details
 FROM events
 WHERE estate_id = :estate_id AND id > :after
-  AND (:pool_id IS NULL OR pool_id = :pool_id)
+  AND (:pool_id IS NULL OR pool_id = :pool_id
+       -- a move is filed under its target; licences leaving a pool are its history too
+       OR (action = 'licences.moved' AND json_extract(details, '$.from_pool') = :pool_id))
   AND (:action IS NULL OR action = :action OR action LIKE :action || '.%')
 ORDER BY id LIMIT :limit
 
