@@ -41,12 +41,20 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    if not isinstance(text, str):
+    """Decode unpadded base64url, accepting only the one canonical spelling.
+
+    The stdlib decoder skips characters outside the alphabet and ignores padding and
+    unused low bits, which would let many different strings pass as one token.
+    """
+    if not isinstance(text, str) or not text.isascii():
         raise TokenInvalid("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise TokenInvalid("not base64url") from exc
+    if b64url(raw) != text:
+        raise TokenInvalid("not canonical base64url")
+    return raw
 
 
 def public_bytes(key: Ed25519PublicKey) -> bytes:

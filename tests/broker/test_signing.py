@@ -196,3 +196,22 @@ async def test_signing_keys_survive_a_restart(
     await first.client.close()
     second = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
     assert await _jwks(second) == before
+
+
+async def test_only_the_canonical_spelling_of_a_token_verifies(broker: Broker) -> None:
+    site = await _live_site(broker)
+    lease = await site.acquire("ENC-1", 1, status=201)
+    keys = jws.keys_from_jwks(await _jwks(broker))
+    head, payload, sig = lease["token"].split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # A 64-byte signature leaves 4 unused bits in its last character: these spell the
+    # same bytes, and a lax decoder would accept them.
+    same = [c for c in alphabet if c != sig[-1]
+            and base64.urlsafe_b64decode(sig[:-1] + c + "==") == base64.urlsafe_b64decode(sig + "==")]
+    assert same
+    for variant in (f"{head}.{payload}.{sig}!!!!", f"{head}.{payload}.{sig}==",
+                    f"{head}.{payload}.{sig[:-1]}{same[0]}", f"{head}.{payload}.{sig}\n",
+                    f"{head}.{payload}=.{sig}"):
+        with pytest.raises(jws.TokenInvalid):
+            jws.verify(variant, keys)
+    assert jws.verify(lease["token"], keys)["lid"] == lease["id"]
