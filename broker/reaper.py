@@ -24,6 +24,8 @@ async def lapse_loop(svc: Services) -> None:
                 log.info("lapsed %d lease(s) that were neither renewed nor released", count)
         except StorageUnavailable as exc:
             log.warning("lease reaper: %s", exc.detail)
+        except Exception:  # the loop must outlive any one bad round
+            log.exception("lease reaper failed; trying again next round")
 
 
 async def key_loop(svc: Services) -> None:
@@ -33,6 +35,8 @@ async def key_loop(svc: Services) -> None:
             await asyncio.to_thread(svc.keyring.reload, svc.clock.now())
         except (OSError, ValueError) as exc:
             log.error("cannot reload signing keys from %s: %s", svc.data_dir / "keys", exc)
+        except Exception:  # keep reloading: a later rotation must still be picked up
+            log.exception("cannot reload signing keys from %s", svc.data_dir / "keys")
 
 
 async def purge_loop(svc: Services) -> None:

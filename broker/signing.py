@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from shared import jws
 
 log = logging.getLogger("tenure.keys")
@@ -67,7 +69,12 @@ def load(data_dir: Path) -> list[StoredKey]:
     for path in folder.iterdir():
         match = _FILE.match(path.name)
         if match:
-            found.append(StoredKey(int(match.group(1)), jws.SigningKey.from_pem(path.read_bytes())))
+            try:
+                key = jws.SigningKey.from_pem(path.read_bytes())
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                # TypeError: a passphrase-protected key. Name the file, whatever the cause.
+                raise ValueError(f"{path} is not a usable Ed25519 private key: {exc}") from exc
+            found.append(StoredKey(int(match.group(1)), key))
     found.sort(key=lambda k: (k.created, k.key.kid))
     return found
 

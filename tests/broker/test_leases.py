@@ -250,3 +250,16 @@ async def test_another_estates_server_touches_nothing_here(broker: Broker) -> No
     held = await here.leases()
     assert [(x["id"], x["count"]) for x in held] == [(lease["id"], 2)]
     assert (await here.renew(lease["id"], status=200))["count"] == 2
+
+
+async def test_another_servers_lease_is_not_found(broker: Broker) -> None:
+    site = await make_site(broker, [("SO-1", 3, 365, ONE)])
+    other = await site.enrol("host-2")
+    lease = await site.acquire("E1", 2, status=201)
+    token = other["server_token"]
+    assert (await site.renew(lease["id"], status=404, token=token))["code"] == "not_found"
+    await site.release(lease["id"], status=404, token=token)
+    # The same serial on the other server is its own lease, beside this one.
+    theirs = await site.acquire("E1", 1, status=201, token=token)
+    assert theirs["id"] != lease["id"]
+    assert (await site.renew(lease["id"], status=200))["count"] == 2

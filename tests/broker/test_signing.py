@@ -14,6 +14,8 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import signing
 from broker.app import create_app
@@ -167,6 +169,10 @@ async def test_keys_rotate_without_restart_and_old_keys_stay_published(
     # The old key is kept for as long as a token it signed can live.
     clock.set(ts(old["expires_at"]) - 1)
     assert old_kid in [k["kid"] for k in (await _jwks(broker))["keys"]]
+    # Once no token it signed can still be valid, it is withdrawn.
+    created = signing.load(config.data_dir)[-1].created
+    clock.set(created + signing.MAX_LEASE_SECONDS + 3600)
+    assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [new_key.kid]
 
 
 async def test_key_files_are_private(
@@ -215,3 +221,28 @@ async def test_only_the_canonical_spelling_of_a_token_verifies(broker: Broker) -
         with pytest.raises(jws.TokenInvalid):
             jws.verify(variant, keys)
     assert jws.verify(lease["token"], keys)["lid"] == lease["id"]
+
+
+async def test_a_bad_key_file_does_not_stop_later_rotations(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+) -> None:
+    config = config_factory(key_reload_seconds=0.05)
+    broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
+    first = [k["kid"] for k in (await _jwks(broker))["keys"]]
+    # An operator drops a passphrase-protected key in by mistake: reloads fail meanwhile.
+    bad = config.data_dir / "keys" / f"key-{int(clock.now()) + 5}-mistake.pem"
+    encrypted = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"))
+    signing.write_private(bad, encrypted)
+    await asyncio.sleep(0.3)  # several reload rounds meet the bad file
+    assert [k["kid"] for k in (await _jwks(broker))["keys"]] == first
+    bad.unlink()
+    new_key = signing.rotate(config.data_dir, clock.now())
+    deadline = time.monotonic() + 3
+    kids: list[str] = []
+    while time.monotonic() < deadline and new_key.kid not in kids:
+        await asyncio.sleep(0.02)
+        kids = [k["kid"] for k in (await _jwks(broker))["keys"]]
+    assert kids == [*first, new_key.kid]
