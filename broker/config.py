@@ -7,6 +7,7 @@ stops start-up with a ``ConfigError`` that names the setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -107,6 +108,8 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError
             value = float(raw)
+            if not math.isfinite(value):  # nan slips through every range check
+                raise ValueError
         elif kind.startswith("bool"):
             if isinstance(raw, bool):
                 value = raw
@@ -154,6 +157,8 @@ def load(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file}: {exc}") from exc
         section = data.get("broker", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {file}: 'broker' must be a table ([broker])")
         for key, raw in section.items():
             if key not in known:
                 raise ConfigError(f"config file {file}: unknown setting '{key}'")
