@@ -1,0 +1,197 @@
+"""``tenure-broker`` as an operator runs it: a real process on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent / "tenure-broker"
+COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "broker.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+    env.update(extra)
+    return env
+
+
+def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def wait_healthy(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                if get(f"{self.url}/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("broker did not become healthy")
+
+    def stop(self, timeout: float = 10) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[object]:
+    started: list[Served] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Served:
+        port = free_port()
+        log = tmp_path / f"broker-{port}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([*COMMAND, "serve", "--port", str(port), *args], cwd=tmp_path,
+                                    env=env or clean_env(), stdout=out, stderr=subprocess.STDOUT)
+        served = Served(proc, port, log)
+        started.append(served)
+        return served
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+
+
+def test_serve_generates_operator_token_and_stops_on_sigterm(serve: object, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    broker = serve("--data-dir", str(data))  # type: ignore[operator]
+    broker.wait_healthy()
+    assert json.loads(get(f"{broker.url}/healthz")[1]) == {"status": "ok"}
+    token_file = data / "operator-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o077 == 0
+    token = token_file.read_text().strip()
+    assert token.startswith("tnr_op_") and len(token) >= 40
+    status, body = get(f"{broker.url}/v1/me", token)
+    assert (status, json.loads(body)) == (200, {"kind": "operator"})
+    assert get(f"{broker.url}/v1/me", "tnr_op_wrong")[0] == 401
+    started = time.monotonic()
+    assert broker.stop() == 0
+    assert time.monotonic() - started < 5
+    log = broker.log.read_text()
+    assert token not in log
+    assert str(token_file) in log or "operator-token" in log
+    # A second start reuses the token rather than making another.
+    again = serve("--data-dir", str(data))  # type: ignore[operator]
+    again.wait_healthy()
+    assert token_file.read_text().strip() == token
+    assert get(f"{again.url}/v1/me", token)[0] == 200
+    assert again.stop() == 0
+    assert token not in again.log.read_text()
+
+
+def test_operator_token_from_the_environment_writes_no_file(serve: object, tmp_path: Path) -> None:
+    token = "tnr_op_" + "Z" * 43
+    data = tmp_path / "envdata"
+    broker = serve("--data-dir", str(data), env=clean_env(TENURE_OPERATOR_TOKEN=token))  # type: ignore[operator]
+    broker.wait_healthy()
+    assert get(f"{broker.url}/v1/me", token)[0] == 200
+    assert not (data / "operator-token").exists()
+    assert broker.stop() == 0
+    assert token not in broker.log.read_text()
+
+
+def test_config_file_and_env_drive_serve(serve: object, tmp_path: Path) -> None:
+    data = tmp_path / "fromfile"
+    conf = tmp_path / "broker.toml"
+    conf.write_text(f'[broker]\ndata_dir = "{data}"\nlog_level = "warning"\n')
+    broker = serve("--config", str(conf))  # type: ignore[operator]
+    broker.wait_healthy()
+    assert (data / "tenure.db").exists()
+    assert broker.stop() == 0
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=30,
+                          env=env or clean_env(), cwd=cwd)
+
+
+def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = run("keys", "rotate", "--data-dir", str(data))
+    assert first.returncode == 0, first.stderr
+    keys = sorted((data / "keys").glob("key-*.pem"))
+    assert len(keys) == 1 and keys[0].stat().st_mode & 0o777 == 0o600
+    second = run("keys", "rotate", "--data-dir", str(data))
+    assert second.returncode == 0
+    assert len(list((data / "keys").glob("key-*.pem"))) == 2
+    assert "Added signing key" in second.stdout
+
+
+@pytest.mark.parametrize("args, env, setting", [
+    (["serve", "--port", "nope"], {}, "port"),
+    (["serve", "--port", "70000"], {}, "port"),
+    (["serve"], {"TENURE_LOG_LEVEL": "loud"}, "log_level"),
+    (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
+    (["serve", "--tls-cert", "/nonexistent.pem"], {}, "tls_key"),
+    (["keys", "rotate"], {"TENURE_DATA_DIR": ""}, None),
+])
+def test_bad_config_exits_2_naming_the_setting(tmp_path: Path, args: list[str], env: dict[str, str],
+                                               setting: str | None) -> None:
+    result = run(*args, env=clean_env(**env), cwd=tmp_path)
+    if setting is None:  # an empty variable is unset: this one is fine
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"'{setting}'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file_exits_2(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text("default_lease_seconds = 10\n")
+    result = run("serve", "--config", str(conf), cwd=tmp_path)
+    assert result.returncode == 2 and "'default_lease_seconds'" in result.stderr
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    result = run("frobnicate", cwd=tmp_path)
+    assert result.returncode == 2
+
+
+def test_port_in_use_fails_cleanly(serve: object, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run("serve", "--data-dir", str(tmp_path / "d"), "--port", str(port), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and str(port) in result.stderr
+
+
+def test_console_script_is_installed() -> None:
+    assert BIN.exists() or shutil.which("tenure-broker"), "pip install -e . should provide tenure-broker"
