@@ -88,7 +88,7 @@ async def settle(rounds: int = 20) -> None:
 
 
 async def eventually(
-    condition: Callable[[], bool], *, within: float = 5.0, what: str = "condition"
+    condition: Callable[[], bool], *, within: float = 15.0, what: str = "condition"
 ) -> None:
     """Wait (real time, briefly) for work in flight, e.g. an HTTP round trip, to land."""
     loop = asyncio.get_running_loop()
@@ -348,7 +348,7 @@ class AgentHarness:
         assert status == 200, data
         return dict(data)
 
-    async def wait_state(self, encoder: str, state: str, within: float = 5.0) -> None:
+    async def wait_state(self, encoder: str, state: str, within: float = 15.0) -> None:
         await eventually(lambda: self.keeper(encoder).state() == state, within=within,
                          what=f"{encoder} to be {state} (is {self.keeper(encoder).state()})")
 
