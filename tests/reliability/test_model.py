@@ -1,0 +1,650 @@
+"""Model-based test of the books: random sequences of everything that moves a seat.
+
+A hypothesis state machine drives the domain functions (``broker.purchases``,
+``broker.pools``, ``broker.codes``, ``broker.leases``, ``broker.servers``) through a real
+``SqliteStore`` on a file, each call one ``store.write`` transaction exactly as the HTTP
+handlers make it, and keeps a deliberately naive reference model beside it. After every
+step:
+
+- ``pools.list_views`` agrees with the model, pool by pool and holding by holding;
+- invariants 1 and 2 hold, read straight from the file (``invariants.check_books``);
+- a refused operation changed no row of any table (invariant 3: all or nothing);
+- every grant took new seats only from grantable purchases, earliest expiry first, and
+  its ``exp`` is within the grace of every purchase it holds (invariant 7).
+
+The HTTP layer is not in the loop on purpose: it keeps a step under a millisecond, so
+thousands of steps run in seconds. The HTTP paths get their own tests beside this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from broker import codes, estates, leases, pools, purchases, servers
+from broker.errors import (
+    AuthCodeInvalid,
+    LicencesInUse,
+    NameTaken,
+    NotFound,
+    NoValidLicences,
+    PoolExhausted,
+    PoolNotEmpty,
+    ServerHasLeases,
+    TenureError,
+    ValidationFailed,
+)
+from broker.principal import Principal
+from broker.store.sqlite import SqliteStore
+from tests.reliability.invariants import GRACE, check_books, connect_ro, snapshot
+
+T = TypeVar("T")
+DAY = 86400
+T0 = 1_798_761_600  # 2027-01-01T00:00:00Z
+TYPES = ("one-in-one-out", "four-in-one-out")
+ENCODERS = ("E1", "E2", "E3", "E4")
+POOL_NAMES = ("Paris", "paris", " Lyon", "Oslo", "default pool")
+OPERATOR = Principal(kind="operator", token_hash=b"operator")
+CODE_KEY = b"k" * 32
+
+# Figures for docs/reliability.md, printed at the end of the run.
+STATS: dict[str, int] = defaultdict(int)
+EXAMPLES = 150
+
+
+@dataclass
+class MPurchase:
+    id: str
+    so: str
+    lt: str
+    qty: int
+    expires_at: int
+    status: str = "valid"
+    held_at: int | None = None
+
+    def grantable(self, now: int) -> bool:
+        return self.status == "valid" and now < self.expires_at
+
+    def grace_end(self) -> int:
+        end = self.expires_at + GRACE
+        if self.status == "on_hold" and self.held_at is not None:
+            end = min(end, self.held_at + GRACE)
+        return end
+
+    def state(self, now: int) -> str:
+        if self.status == "on_hold":
+            return "on_hold"
+        if now >= self.expires_at + GRACE:
+            return "ended"
+        if now >= self.expires_at:
+            return "expired"
+        if now >= self.expires_at - 30 * DAY:
+            return "expiring"
+        return "valid"
+
+
+@dataclass
+class MLease:
+    id: str
+    server: str
+    encoder: str
+    pool: str
+    lt: str
+    seats: dict[str, int]
+    exp: int
+    state: str = "active"
+
+    @property
+    def count(self) -> int:
+        return sum(self.seats.values())
+
+
+@dataclass
+class MServer:
+    id: str
+    pool: str
+    principal: Principal
+
+
+@dataclass
+class Model:
+    now: int
+    default: str
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {name, lease_seconds}
+    purchases: dict[str, MPurchase] = field(default_factory=dict)
+    alloc: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    servers: dict[str, MServer] = field(default_factory=dict)
+    leases: dict[str, MLease] = field(default_factory=dict)
+
+    def live(self, lease: MLease) -> bool:
+        return lease.state == "active" and self.now < lease.exp
+
+    def in_use(self, pool: str, pid: str) -> int:
+        return sum(le.seats.get(pid, 0) for le in self.leases.values()
+                   if le.pool == pool and self.live(le))
+
+    def lapse_due(self, pool: str) -> None:
+        for le in self.leases.values():
+            if le.pool == pool and le.state == "active" and le.exp <= self.now:
+                le.state = "lapsed"
+
+    def by_expiry(self, pids: list[str]) -> list[str]:
+        return sorted(pids, key=lambda p: (self.purchases[p].expires_at, p))
+
+    def free(self, pool: str, lt: str) -> list[tuple[str, int]]:
+        out = []
+        for pid in self.by_expiry([p for (pl, p) in self.alloc if pl == pool]):
+            p = self.purchases[pid]
+            n = self.alloc[(pool, pid)] - self.in_use(pool, pid)
+            if p.lt == lt and p.grantable(self.now) and n > 0:
+                out.append((pid, n))
+        return out
+
+    def view(self, pool_id: str) -> dict[str, Any]:
+        holdings = {}
+        totals = {"allocated": 0, "in_use": 0, "available": 0}
+        by_type: dict[str, dict[str, int]] = {}
+        for (pl, pid), n in self.alloc.items():
+            if pl != pool_id or n == 0:
+                continue
+            p = self.purchases[pid]
+            used = self.in_use(pool_id, pid)
+            avail = n - used if p.grantable(self.now) else 0
+            holdings[pid] = (n, used, n - used, p.state(self.now))
+            per = by_type.setdefault(p.lt, {"allocated": 0, "in_use": 0, "available": 0})
+            for bucket in (totals, per):
+                bucket["allocated"] += n
+                bucket["in_use"] += used
+                bucket["available"] += avail
+        revoked = sum(le.count for le in self.leases.values()
+                      if le.pool == pool_id and le.state == "revoked" and le.exp > self.now)
+        return {"name": self.pools[pool_id]["name"],
+                "lease_seconds": self.pools[pool_id]["lease_seconds"],
+                **totals, "by_type": by_type, "holdings": holdings, "revoked_unexpired": revoked}
+
+
+def actual_view(v: dict[str, Any]) -> dict[str, Any]:
+    return {"name": v["name"], "lease_seconds": v["lease_seconds"], "allocated": v["allocated"],
+            "in_use": v["in_use"], "available": v["available"], "by_type": v["by_type"],
+            "holdings": {h["purchase_id"]: (h["allocated"], h["in_use"], h["unused"], h["state"])
+                         for h in v["holdings"]},
+            "revoked_unexpired": v["revoked_unexpired"]}
+
+
+class Books(RuleBasedStateMachine):
+    """One estate per example, on a store shared by every example of the run."""
+
+    loop: asyncio.AbstractEventLoop
+    folder: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: Model | None = None
+        self._pending: dict[str, MLease] = {}
+        STATS["sequences"] += 1
+        self.db_path = self.folder / f"books-{STATS['sequences']}.db"
+        self.store = self.loop.run_until_complete(SqliteStore.open(self.db_path, "normal"))
+        self.conn = connect_ro(self.db_path)
+
+    def teardown(self) -> None:
+        self.conn.close()
+        self.loop.run_until_complete(self.store.close())
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+
+    # -- plumbing -------------------------------------------------------------
+
+    @property
+    def m(self) -> Model:
+        assert self.model is not None
+        return self.model
+
+    def write(self, fn: Callable[[Any], T]) -> T:
+        return self.loop.run_until_complete(self.store.write(fn))
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        return self.loop.run_until_complete(self.store.read(fn))
+
+    def attempt(self, fn: Callable[[Any], T], expect_error: type[TenureError] | None) -> T | None:
+        """Run ``fn``; if the model says it must fail, it must, and change nothing."""
+        STATS["steps"] += 1
+        STATS[f"op:{sys._getframe(1).f_code.co_name}"] += 1
+        if expect_error is None:
+            return self.write(fn)
+        before = snapshot(self.conn)
+        try:
+            self.write(fn)
+        except TenureError as exc:
+            assert isinstance(exc, expect_error), (exc, expect_error)
+        else:
+            raise AssertionError(f"expected {expect_error.__name__}")
+        assert snapshot(self.conn) == before, "a refused operation changed the books"
+        STATS["refused"] += 1
+        STATS[f"refused:{expect_error.__name__}"] += 1
+        return None
+
+    # -- set-up -----------------------------------------------------------------
+
+    @initialize(lease_seconds=st.sampled_from([60, 3600, 7 * DAY]))
+    def make_estate(self, lease_seconds: int) -> None:
+        now = T0
+        est = self.write(lambda tx: estates.create(tx, now, OPERATOR, "Acme", "Alice", lease_seconds))
+        self.estate = est["id"]
+        self.model = Model(now=now, default=est["default_pool_id"])
+        self.m.pools[est["default_pool_id"]] = {"name": "Default Pool", "lease_seconds": lease_seconds}
+        # A starting stock and one server, so that most sequences lease from the start.
+        self.purchase(qty=10, lt=TYPES[0], days=400)
+        self._enrol_into(self.m.default)
+
+    # -- purchases ------------------------------------------------------------
+
+    @rule(qty=st.integers(1, 12), lt=st.sampled_from(TYPES),
+          days=st.sampled_from([-3, 1, 20, 45, 400]))
+    def purchase(self, qty: int, lt: str, days: int) -> None:
+        m, now = self.m, self.m.now
+        so = f"SO-{len(m.purchases) + 1}"
+        exp = now + days * DAY
+        row = self.attempt(lambda tx: purchases.record(
+            tx, now, OPERATOR, self.estate, sales_order=so, licence_type=lt, quantity=qty,
+            expires_at=exp), None)
+        assert row is not None
+        m.purchases[row["id"]] = MPurchase(row["id"], so, lt, qty, exp)
+        m.alloc[(m.default, row["id"])] += qty
+
+    @precondition(lambda self: self.model is not None and bool(self.m.purchases))
+    @rule(data=st.data(), status=st.sampled_from([None, "valid", "on_hold"]),
+          days=st.sampled_from([None, -40, -1, 2, 35, 400]))
+    def update_purchase(self, data: st.DataObject, status: str | None, days: int | None) -> None:
+        m, now = self.m, self.m.now
+        pid = data.draw(st.sampled_from(list(m.purchases)))
+        exp = None if days is None else now + days * DAY
+        self.attempt(lambda tx: purchases.update(
+            tx, now, OPERATOR, self.estate, pid, status=status, expires_at=exp), None)
+        p = m.purchases[pid]
+        new_status = status or p.status
+        if new_status == "on_hold" and p.status != "on_hold":
+            p.held_at = now
+        elif new_status == "valid":
+            p.held_at = None
+        p.status = new_status
+        if exp is not None:
+            p.expires_at = exp
+
+    # -- pools and moves --------------------------------------------------------
+
+    def _move_plan(self, data: st.DataObject, src: str) -> list[dict[str, Any]]:
+        held = [pid for (pl, pid), n in self.m.alloc.items() if pl == src and n > 0]
+        if not held:
+            return []
+        items = data.draw(st.lists(st.tuples(st.sampled_from(held), st.integers(1, 6)),
+                                   min_size=1, max_size=3))
+        return [{"purchase_id": p, "count": n} for p, n in items]
+
+    def _move_fails(self, src: str, items: list[dict[str, Any]]) -> bool:
+        wanted: dict[str, int] = defaultdict(int)
+        for it in items:
+            wanted[it["purchase_id"]] += it["count"]
+        return any(self.m.alloc[(src, p)] - self.m.in_use(src, p) < n for p, n in wanted.items())
+
+    def _apply_move(self, src: str, dst: str, items: list[dict[str, Any]]) -> None:
+        self.m.lapse_due(src)
+        for it in items:
+            self.m.alloc[(src, it["purchase_id"])] -= it["count"]
+            self.m.alloc[(dst, it["purchase_id"])] += it["count"]
+
+    def _name_clash(self, name: str, except_id: str | None = None) -> bool:
+        key = name.strip().casefold()
+        return any(p["name"].strip().casefold() == key and pid != except_id
+                   for pid, p in self.m.pools.items())
+
+    @precondition(lambda self: self.model is not None)
+    @rule(data=st.data(), name=st.sampled_from(POOL_NAMES), with_moves=st.booleans(),
+          lease_seconds=st.sampled_from([60, 3600, 30 * DAY]))
+    def create_pool(self, data: st.DataObject, name: str, with_moves: bool, lease_seconds: int) -> None:
+        m, now = self.m, self.m.now
+        items = self._move_plan(data, m.default) if with_moves else []
+        error: type[TenureError] | None = None
+        if self._name_clash(name):
+            error = NameTaken
+        elif items and self._move_fails(m.default, items):
+            error = LicencesInUse
+        view = self.attempt(lambda tx: pools.create(
+            tx, now, OPERATOR, self.estate, name, lease_seconds, items or None), error)
+        if view is not None:
+            m.pools[view["id"]] = {"name": name, "lease_seconds": lease_seconds}
+            if items:
+                self._apply_move(m.default, view["id"], items)
+
+    @precondition(lambda self: self.model is not None and len(self.m.pools) > 1)
+    @rule(data=st.data())
+    def move(self, data: st.DataObject) -> None:
+        m, now = self.m, self.m.now
+        ids = list(m.pools)
+        src = data.draw(st.sampled_from(ids), label="from")
+        dst = data.draw(st.sampled_from(ids), label="to")
+        items = self._move_plan(data, src)
+        if not items:
+            pid = data.draw(st.sampled_from(list(m.purchases))) if m.purchases else None
+            if pid is None:
+                return
+            items = [{"purchase_id": pid, "count": 1}]
+        error: type[TenureError] | None = None
+        if src == dst:
+            error = ValidationFailed
+        elif self._move_fails(src, items):
+            error = LicencesInUse
+        done = self.attempt(lambda tx: pools.move(tx, now, OPERATOR, self.estate, src, dst, items), error)
+        if done is not None:
+            self._apply_move(src, dst, items)
+
+    @precondition(lambda self: self.model is not None and len(self.m.pools) > 1)
+    @rule(data=st.data(), name=st.sampled_from((None, *POOL_NAMES)),
+          lease_seconds=st.sampled_from([None, 60, 600, 30 * DAY]))
+    def update_pool(self, data: st.DataObject, name: str | None, lease_seconds: int | None) -> None:
+        m, now = self.m, self.m.now
+        pool_id = data.draw(st.sampled_from(list(m.pools)))
+        error = NameTaken if name is not None and self._name_clash(name, pool_id) else None
+        done = self.attempt(lambda tx: pools.update(
+            tx, now, OPERATOR, self.estate, pool_id, name=name, lease_seconds=lease_seconds), error)
+        if done is not None:
+            if name is not None:
+                m.pools[pool_id]["name"] = name
+            if lease_seconds is not None:
+                m.pools[pool_id]["lease_seconds"] = lease_seconds
+
+    @precondition(lambda self: self.model is not None and len(self.m.pools) > 1)
+    @rule(data=st.data())
+    def delete_pool(self, data: st.DataObject) -> None:
+        m, now = self.m, self.m.now
+        pool_id = data.draw(st.sampled_from(list(m.pools)))
+        error: type[TenureError] | None = None
+        if pool_id == m.default:
+            error = pools.DefaultPoolFixed
+        else:
+            busy = any(s.pool == pool_id for s in m.servers.values()) or any(
+                le.pool == pool_id and m.live(le) for le in m.leases.values())
+            error = PoolNotEmpty if busy else None
+        self.attempt(lambda tx: pools.delete(tx, now, OPERATOR, self.estate, pool_id), error)
+        if error is None:
+            m.lapse_due(pool_id)
+            for (pl, pid), n in list(m.alloc.items()):
+                if pl == pool_id:
+                    m.alloc[(m.default, pid)] += n
+                    del m.alloc[(pl, pid)]
+            del m.pools[pool_id]
+
+    # -- servers ----------------------------------------------------------------
+
+    @precondition(lambda self: self.model is not None and len(self.m.servers) < 4
+                  and bool(self.m.purchases))
+    @rule(data=st.data())
+    def enrol(self, data: st.DataObject) -> None:
+        m, now = self.m, self.m.now
+        stocked = [pl for (pl, pid), n in m.alloc.items() if n > 0 and m.purchases[pid].grantable(now)]
+        pool_id = data.draw(st.sampled_from(stocked if stocked and data.draw(st.booleans())
+                                            else list(m.pools)))
+        self._enrol_into(pool_id)
+
+    def _enrol_into(self, pool_id: str) -> None:
+        m, now = self.m, self.m.now
+        ok = any(m.purchases[pid].grantable(now) for (pl, pid), n in m.alloc.items()
+                 if pl == pool_id and n > 0)
+        code = self.attempt(lambda tx: codes.make(
+            tx, now, OPERATOR, CODE_KEY, self.estate, pool_id, 3600),
+            None if ok else NoValidLicences)
+        if code is None:
+            return
+        bound = self.attempt(lambda tx: codes.redeem(
+            tx, now, CODE_KEY, code["code"], f"host-{len(m.servers)}", "server"), None)
+        assert bound is not None and bound["pool_id"] == pool_id
+        # The same code a second time: refused, and nothing changes.
+        self.attempt(lambda tx: codes.redeem(tx, now, CODE_KEY, code["code"], "again", "server"),
+                     AuthCodeInvalid)
+        sid = bound["server_id"]
+        m.servers[sid] = MServer(sid, pool_id, Principal(
+            kind="server", token_hash=b"", estate_id=self.estate, server_id=sid,
+            name=bound["name"], pool_id=pool_id))
+
+    @precondition(lambda self: self.model is not None and bool(self.m.servers))
+    @rule(data=st.data())
+    def rebind(self, data: st.DataObject) -> None:
+        m, now = self.m, self.m.now
+        sid = data.draw(st.sampled_from(list(m.servers)))
+        pool_id = data.draw(st.sampled_from(list(m.pools)))
+        server = m.servers[sid]
+        busy = any(le.server == sid and m.live(le) for le in m.leases.values())
+        done = self.attempt(lambda tx: servers.rebind(tx, now, OPERATOR, self.estate, sid, pool_id),
+                            ServerHasLeases if busy else None)
+        if done is not None:
+            m.lapse_due(server.pool)
+            server.pool = pool_id
+            server.principal = dataclasses.replace(server.principal, pool_id=pool_id)
+
+    @precondition(lambda self: self.model is not None and bool(self.m.servers))
+    @rule(data=st.data())
+    def remove_server(self, data: st.DataObject) -> None:
+        m, now = self.m, self.m.now
+        sid = data.draw(st.sampled_from(list(m.servers)))
+        self.attempt(lambda tx: servers.remove(tx, now, OPERATOR, self.estate, sid), None)
+        for le in m.leases.values():
+            if le.server == sid and le.state == "active":
+                le.state = "lapsed" if le.exp <= now else "revoked"
+        del m.servers[sid]
+
+    # -- leases -----------------------------------------------------------------
+
+    def _model_acquire(self, server: MServer, encoder: str, lt: str, count: int) -> tuple[
+            bool, MLease | None, bool]:
+        """What the broker must do: (exhausted, the lease afterwards, created).
+
+        Works on a copy of the leases, left in ``self._pending`` for the caller to adopt
+        once the broker has agreed.
+        """
+        m, now = self.m, self.m.now
+        m2_leases = {k: MLease(**{**v.__dict__, "seats": dict(v.seats)}) for k, v in m.leases.items()}
+        saved = m.leases
+        m.leases = m2_leases
+        try:
+            m.lapse_due(server.pool)
+            lease = next((le for le in m.leases.values() if le.server == server.id
+                          and le.encoder == encoder and le.state == "active"), None)
+            if count == 0:
+                if lease is not None:
+                    lease.state = "released"
+                return False, None, False
+            created = lease is None
+            if lease is None:
+                lease = MLease("?", server.id, encoder, server.pool, lt, {}, now)
+            elif lease.lt != lt:
+                lease.seats, lease.lt = {}, lt
+            else:
+                lease.seats = {p: n for p, n in lease.seats.items()
+                               if now < m.purchases[p].grace_end()}
+            held = lease.count
+            if count > held:
+                need = count - held
+                free = m.free(server.pool, lt)
+                if sum(n for _, n in free) < need:
+                    return True, None, created
+                for pid, n in free:
+                    take = min(need, n)
+                    lease.seats[pid] = lease.seats.get(pid, 0) + take
+                    need -= take
+                    if need == 0:
+                        break
+            elif count < held:
+                back = held - count
+                for pid in reversed(m.by_expiry(list(lease.seats))):
+                    if back == 0:
+                        break
+                    n = min(back, lease.seats[pid])
+                    lease.seats[pid] -= n
+                    back -= n
+                    if lease.seats[pid] == 0:
+                        del lease.seats[pid]
+            pool_seconds = m.pools[server.pool]["lease_seconds"]
+            lease.exp = min(now + pool_seconds, *(m.purchases[p].grace_end() for p in lease.seats))
+            return False, lease, created
+        finally:
+            new_leases = m.leases
+            m.leases = saved
+            self._pending = new_leases
+
+    @precondition(lambda self: self.model is not None and bool(self.m.servers))
+    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), lt=st.sampled_from(TYPES),
+          count=st.sampled_from([0, 1, 1, 2, 3, 5, 9]))
+    def acquire(self, data: st.DataObject, encoder: str, lt: str, count: int) -> None:
+        m, now = self.m, self.m.now
+        server = m.servers[data.draw(st.sampled_from(list(m.servers)))]
+        exhausted, expected, created = self._model_acquire(server, encoder, lt, count)
+        grant = self.attempt(lambda tx: leases.acquire(tx, now, server.principal, encoder, lt, count),
+                             PoolExhausted if exhausted else None)
+        if exhausted:
+            STATS["exhausted"] += 1
+            return
+        # Before the new leases are taken in: every seat that is new came from a
+        # grantable purchase (invariant 7).
+        old = next((le for le in m.leases.values() if le.server == server.id
+                    and le.encoder == encoder and m.live(le) and le.lt == lt), None)
+        m.leases = self._pending
+        if count == 0:
+            assert grant is None
+            return
+        assert grant is not None and expected is not None
+        got = {s["purchase_id"]: s["count"] for s in grant.seats}
+        assert got == expected.seats, (got, expected.seats)
+        for pid, n in got.items():
+            if n > (old.seats.get(pid, 0) if old else 0):
+                assert m.purchases[pid].grantable(now), f"seat granted from {m.purchases[pid]}"
+        assert grant.created == created
+        assert grant.lease["count"] == count
+        assert grant.lease["licence_type"] == lt
+        assert grant.lease["expires_at"] == expected.exp
+        assert grant.claims()["exp"] <= min(m.purchases[p].grace_end() for p in got)
+        assert grant.claims()["exp"] > now
+        if created:
+            expected.id = grant.lease["id"]
+            m.leases[expected.id] = expected
+        else:
+            assert grant.lease["id"] == expected.id
+        STATS["grants"] += 1
+
+    @precondition(lambda self: self.model is not None and bool(self.m.servers))
+    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), lt=st.sampled_from(TYPES),
+          count=st.integers(0, 6))
+    def acquire_again(self, data: st.DataObject, encoder: str, lt: str, count: int) -> None:
+        self.acquire(data, encoder, lt, count)  # acquires are the point: twice the weight
+
+    def _pick_lease(self, data: st.DataObject) -> MLease | None:
+        if not self.m.leases:
+            return None
+        return self.m.leases[data.draw(st.sampled_from(list(self.m.leases)))]
+
+    @precondition(lambda self: self.model is not None and bool(self.m.leases))
+    @rule(data=st.data(), as_owner=st.booleans())
+    def renew(self, data: st.DataObject, as_owner: bool) -> None:
+        m, now = self.m, self.m.now
+        lease = self._pick_lease(data)
+        assert lease is not None
+        others = [s for s in m.servers if s != lease.server]
+        if not as_owner and others:
+            caller = m.servers[data.draw(st.sampled_from(others))]
+            self.attempt(lambda tx: leases.renew(tx, now, caller.principal, lease.id), NotFound)
+            return
+        if lease.server not in m.servers:
+            return  # a removed server's token no longer reaches renew (the access tests)
+        caller = m.servers[lease.server]
+        outcome = self.attempt(lambda tx: leases.renew(tx, now, caller.principal, lease.id), None)
+        if lease.state != "active":
+            assert isinstance(outcome, leases.Gone) and outcome.reason == lease.state, (outcome, lease)
+            return
+        if now >= lease.exp or any(now >= m.purchases[p].grace_end() for p in lease.seats):
+            assert isinstance(outcome, leases.Gone) and outcome.reason == "lapsed", outcome
+            lease.state = "lapsed"
+            return
+        assert isinstance(outcome, leases.Grant), outcome
+        lease.exp = min(now + m.pools[lease.pool]["lease_seconds"],
+                        *(m.purchases[p].grace_end() for p in lease.seats))
+        assert outcome.lease["expires_at"] == lease.exp
+        assert {s["purchase_id"]: s["count"] for s in outcome.seats} == lease.seats
+        STATS["renewals"] += 1
+
+    @precondition(lambda self: self.model is not None and bool(self.m.leases))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        m, now = self.m, self.m.now
+        lease = self._pick_lease(data)
+        assert lease is not None
+        if lease.server not in m.servers:
+            return
+        caller = m.servers[lease.server].principal
+        self.attempt(lambda tx: leases.release(tx, now, caller, lease.id), None)
+        if lease.state == "active":
+            lease.state = "released"
+
+    @precondition(lambda self: self.model is not None and bool(self.m.leases))
+    @rule(data=st.data())
+    def force_release(self, data: st.DataObject) -> None:
+        now = self.m.now
+        lease = self._pick_lease(data)
+        assert lease is not None
+        self.attempt(lambda tx: leases.revoke(tx, now, OPERATOR, self.estate, lease.id), None)
+        if lease.state == "active":
+            lease.state = "revoked"
+
+    # -- time -------------------------------------------------------------------
+
+    @precondition(lambda self: self.model is not None)
+    @rule(seconds=st.sampled_from([1, 59, 600, 1200, 3600, 3600, DAY, 10 * DAY, 31 * DAY]))
+    def advance(self, seconds: int) -> None:
+        self.m.now += seconds
+        STATS["clock_jumps"] += 1
+
+    # -- checks -----------------------------------------------------------------
+
+    @invariant()
+    def books_agree(self) -> None:
+        if self.model is None:
+            return
+        m, now = self.m, self.m.now
+        check_books(self.db_path, self.conn)
+        views = self.read(lambda tx: pools.list_views(tx, now, self.estate))
+        assert {v["id"] for v in views} == set(m.pools)
+        for v in views:
+            assert actual_view(v) == m.view(v["id"]), (v["id"], actual_view(v), m.view(v["id"]))
+            assert v["is_default"] == (v["id"] == m.default)
+        live = {le.id for le in m.leases.values() if m.live(le)}
+        page = self.read(lambda tx: leases.list_live(
+            tx, now, self.estate, pool_id=None, server_id=None, encoder=None, after="", limit=500))
+        assert {item["id"] for item in page["items"]} == live
+
+
+def test_books_agree_with_the_model(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    Books.loop, Books.folder = loop, tmp_path
+    STATS.clear()
+    try:
+        run_state_machine_as_test(Books, settings=settings(
+            max_examples=EXAMPLES, stateful_step_count=50, deadline=None, database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    finally:
+        loop.close()
+    print(f"\nmodel test explored: {dict(STATS)}")
+    assert STATS["sequences"] >= 150 and STATS["grants"] > 0 and STATS["exhausted"] > 0
