@@ -6,6 +6,12 @@ runs each inside its own SAVEPOINT within one transaction, and commits once. Wit
 durable; only then is any job's caller answered. A job that raises is rolled back to
 its savepoint alone; a COMMIT that fails fails every job of the batch with
 ``StorageUnavailable``, and none of them persists.
+
+Costs that would otherwise be paid per request are paid per batch or once: the
+answers of a batch go back to the event loop in one wake-up (not one per job), each
+named query's column names are read once, and the writer keeps a few rows that
+change only by admin action (``pool_by_id``: a pool's lifetime) in memory, dropped
+whenever a statement writes their table, and filled only from committed state.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +35,8 @@ log = logging.getLogger("tenure.store")
 T = TypeVar("T")
 MAX_BATCH = 512
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+# Reads the writer answers from memory, and the table whose writes make them stale.
+CACHED_READS = {"pool_by_id": "pools"}
 
 
 def load_queries() -> dict[str, str]:
@@ -109,33 +116,93 @@ def connect(path: Path, synchronous: str = "full") -> sqlite3.Connection:
     return conn
 
 
+def _writes_to(sql: str) -> str | None:
+    match = re.match(r"\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM|REPLACE\s+INTO)\s+(\w+)", sql, re.I)
+    return match.group(1).lower() if match else None
+
+
+class RowCache:
+    """Rows of ``CACHED_READS`` kept by the writer between transactions.
+
+    Coherent because every write to the database goes through the writer: a statement
+    that writes a cached table empties the cache and stops it filling until the batch
+    has ended (so nothing uncommitted, or rolled back, is ever kept).
+    """
+
+    def __init__(self, queries: Mapping[str, str]) -> None:
+        self.rows: dict[tuple[str, tuple[Any, ...]], Row] = {}
+        tables = set(CACHED_READS.values())
+        self.invalidating = {name for name, sql in queries.items() if _writes_to(sql) in tables}
+        self.filling = True
+
+    def end_batch(self, dirty: bool) -> None:
+        if dirty or not self.filling:
+            self.rows.clear()
+        self.filling = True
+
+
 class SqliteTx:
-    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str],
+                 cache: RowCache | None = None) -> None:
         self._conn = conn
         self._q = queries
+        self._cache = cache
+        self._names: dict[str, list[str]] = {}
+
+    def _columns(self, query: str, cursor: sqlite3.Cursor) -> list[str]:
+        names = self._names.get(query)
+        if names is None:
+            names = self._names[query] = [d[0] for d in cursor.description]
+        return names
 
     def one(self, query: str, **params: Any) -> Row | None:
-        row: Row | None = self._conn.execute(self._q[query], params).fetchone()
+        cache = self._cache
+        if cache is not None and query in CACHED_READS:
+            key = (query, tuple(sorted(params.items())))
+            hit = cache.rows.get(key)
+            if hit is not None:
+                return dict(hit)
+        cursor = self._conn.execute(self._q[query], params)
+        raw = cursor.fetchone()
+        if raw is None:
+            return None
+        row = dict(zip(self._columns(query, cursor), raw, strict=True))
+        if cache is not None and query in CACHED_READS and cache.filling:
+            cache.rows[key] = dict(row)
         return row
 
     def all(self, query: str, **params: Any) -> list[Row]:
-        return self._conn.execute(self._q[query], params).fetchall()
+        cursor = self._conn.execute(self._q[query], params)
+        raws = cursor.fetchall()
+        if not raws:
+            return []
+        names = self._columns(query, cursor)
+        return [dict(zip(names, raw, strict=True)) for raw in raws]
 
     def scalar(self, query: str, **params: Any) -> Any:
-        row = self._conn.execute(self._q[query], params).fetchone()
-        return None if row is None else next(iter(row.values()))
+        raw = self._conn.execute(self._q[query], params).fetchone()
+        return None if raw is None else raw[0]
 
     def run(self, query: str, **params: Any) -> int:
+        self._invalidate(query)
         return self._conn.execute(self._q[query], params).rowcount
 
     def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._invalidate(query)
         self._conn.executemany(self._q[query], rows)
+
+    def _invalidate(self, query: str) -> None:
+        cache = self._cache
+        if cache is not None and query in cache.invalidating:
+            cache.rows.clear()
+            cache.filling = False
 
 
 @dataclass
 class _Job:
     fn: Callable[[Tx], Any]
-    future: Future[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
 
 
 _STOP = object()
@@ -153,6 +220,7 @@ class SqliteStore:
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._cache = RowCache(self._queries)
 
     @classmethod
     async def open(cls, path: Path, synchronous: str = "full") -> SqliteStore:
@@ -185,9 +253,10 @@ class SqliteStore:
     async def _submit(self, q: queue.SimpleQueue[Any], fn: Callable[[Tx], T]) -> T:
         if self._closed:
             raise StorageUnavailable("the store is closed")
-        future: Future[T] = Future()
-        q.put(_Job(fn, future))
-        return await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        q.put(_Job(fn, loop, future))
+        return await future
 
     async def ping(self) -> None:
         await self.read(lambda tx: tx.scalar("ping"))
@@ -205,41 +274,46 @@ class SqliteStore:
 
     def _open_conn(self) -> sqlite3.Connection | None:
         try:
-            return connect(self.path, self.synchronous)
+            conn = connect(self.path, self.synchronous)
         except sqlite3.Error:
             log.exception("cannot open the database")
             return None
+        conn.row_factory = None  # SqliteTx builds the dicts, with column names read once
+        return conn
 
     def _reader(self) -> None:
         conn = self._open_conn()
+        tx = SqliteTx(conn, self._queries) if conn is not None else None
         while True:
             job = self._reads.get()
             if job is _STOP:
                 break
             if conn is None:
                 conn = self._open_conn()
+                tx = SqliteTx(conn, self._queries) if conn is not None else None
             if conn is None:
-                _settle(job.future, error=StorageUnavailable("the database cannot be opened"))
+                _deliver([(job, False, StorageUnavailable("the database cannot be opened"))])
                 continue
             self.stats.read_jobs += 1
             try:
                 conn.execute("BEGIN")
                 try:
-                    result = job.fn(SqliteTx(conn, self._queries))
+                    result = job.fn(tx)
                 finally:
                     conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.warning("read failed: %s", exc)
-                _settle(job.future, error=StorageUnavailable("the database cannot be read now"))
+                _deliver([(job, False, StorageUnavailable("the database cannot be read now"))])
             except BaseException as exc:
-                _settle(job.future, error=exc)
+                _deliver([(job, False, exc)])
             else:
-                _settle(job.future, result=result)
+                _deliver([(job, True, result)])
         if conn is not None:
             conn.close()
 
     def _writer(self) -> None:
         conn = self._open_conn()
+        tx = None if conn is None else SqliteTx(conn, self._queries, self._cache)
         stopping = False
         while not stopping:
             first = self._writes.get()
@@ -257,17 +331,18 @@ class SqliteStore:
                 batch.append(nxt)
             if conn is None:
                 conn = self._open_conn()
-            if conn is None:
-                for job in batch:
-                    _settle(job.future, error=StorageUnavailable("the database cannot be opened"))
+                tx = None if conn is None else SqliteTx(conn, self._queries, self._cache)
+            if conn is None or tx is None:
+                failure = StorageUnavailable("the database cannot be opened")
+                _deliver([(job, False, failure) for job in batch])
                 continue
-            self._run_batch(conn, batch)
+            self._run_batch(conn, tx, batch)
         if conn is not None:
             conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        tx = SqliteTx(conn, self._queries)
-        outcomes: list[tuple[bool, Any]] = []
+    def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, bool, Any]] = []
+        cache = self._cache
         self.stats.write_jobs += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         try:
@@ -280,19 +355,21 @@ class SqliteStore:
                     # A constraint guarding an invariant tripped: refuse this job alone.
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((False, exc))
+                    outcomes.append((job, False, exc))
                 except sqlite3.Error:
                     raise  # the database itself failed: the whole batch fails below
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((False, exc))
+                    outcomes.append((job, False, exc))
                 else:
                     conn.execute("RELEASE job")
-                    outcomes.append((True, result))
+                    outcomes.append((job, True, result))
             conn.execute("COMMIT")
             self.stats.commits += 1
+            cache.end_batch(dirty=False)
         except sqlite3.Error as exc:
+            cache.end_batch(dirty=True)
             self.stats.failed_commits += 1
             log.error("write transaction failed, %d request(s) refused: %s", len(batch), exc)
             try:
@@ -301,20 +378,28 @@ class SqliteStore:
             except sqlite3.Error:
                 log.warning("rollback failed; reopening the database connection")
             failure = StorageUnavailable("the database cannot be written now; nothing was changed")
-            for job in batch:
-                _settle(job.future, error=failure)
+            _deliver([(job, False, failure) for job in batch])
             return
-        for job, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                _settle(job.future, result=value)
-            else:
-                _settle(job.future, error=value)
+        _deliver(outcomes)
 
 
-def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _deliver(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+    """Hand results to their event loops: one thread-safe wake-up per loop, not per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, items)
+        except RuntimeError:
+            log.debug("event loop closed; %d answer(s) dropped", len(items))
+
+
+def _settle_all(items: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in items:
+        if job.future.done():  # the caller went away (cancelled)
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)

@@ -1,0 +1,193 @@
+"""Group commit on the real SQLite store: concurrent writes share one durable COMMIT,
+each request is answered only after its COMMIT, and a failed COMMIT fails every request
+that shared it (503 ``storage_unavailable``) without persisting any of them.
+
+The fault is a real ``sqlite3.OperationalError`` raised where the store issues its
+COMMIT, on a store that is otherwise the production one (a subclass whose writer
+connection is wrapped); the domain and the HTTP app are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+import broker.app
+from broker.app import create_app
+from broker.services import SERVICES
+from broker.store.sqlite import SqliteStore
+from tests.broker.estate_kit import Estate, base, enroll, estate
+from tests.conftest import Broker
+
+LICENCE = "one-in-one-out"
+
+
+class Faults:
+    """Switches the test flips from the event loop; the writer thread reads them."""
+
+    def __init__(self) -> None:
+        self.fail_commits = False
+        self.hold_begin = threading.Event()
+        self.hold_begin.set()  # open: BEGIN proceeds
+        self.commits_seen = 0
+
+
+class _FaultyConnection:
+    """The writer's real connection, except that COMMIT can fail as a full disk would."""
+
+    def __init__(self, conn: sqlite3.Connection, faults: Faults) -> None:
+        self._conn = conn
+        self._faults = faults
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE":
+            self._faults.hold_begin.wait(10)
+        if sql == "COMMIT":
+            self._faults.commits_seen += 1
+            if self._faults.fail_commits:
+                raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+FAULTS = Faults()
+
+
+class FaultyStore(SqliteStore):
+    def _open_conn(self) -> Any:
+        conn = super()._open_conn()
+        if conn is None or threading.current_thread().name != "tenure-db-writer":
+            return conn
+        return _FaultyConnection(conn, FAULTS)
+
+
+@pytest.fixture
+async def faulty(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any], clock: Any, operator_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Broker:
+    global FAULTS
+    FAULTS = Faults()
+    monkeypatch.setattr(broker.app, "SqliteStore", FaultyStore)
+    client = await aiohttp_client(create_app(config_factory(sqlite_synchronous="full")))
+    return Broker(client, operator_token, clock)
+
+
+async def _server(b: Broker, quantity: int) -> tuple[Estate, str, Path]:
+    est = await estate(b)
+    await b.purchase(est.id, quantity=quantity)
+    server = await enroll(b, est, est.default_pool)
+    db = b.client.app[SERVICES].config.db_path
+    return est, server["server_token"], db
+
+
+def _acquire(b: Broker, token: str, encoder: str, count: int = 1) -> Awaitable[Any]:
+    return b.client.post("/v1/leases", json={"encoder": encoder, "licence_type": LICENCE, "count": count},
+                         headers=b.auth(token))
+
+
+def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+async def _held_writer(b: Broker, burst: list[Awaitable[Any]]) -> list[Any]:
+    """Start ``burst`` while the writer is stuck in BEGIN, so the requests queue up."""
+    store = b.client.app[SERVICES].store
+    FAULTS.hold_begin.clear()
+    blocker = asyncio.ensure_future(store.write(lambda tx: tx.scalar("ping")))
+    tasks = [asyncio.ensure_future(r) for r in burst]
+    for _ in range(500):
+        if store._writes.qsize() >= len(burst):  # every request is waiting for the writer
+            break
+        await asyncio.sleep(0.01)
+    FAULTS.hold_begin.set()
+    await asyncio.gather(blocker, return_exceptions=True)  # it fails too when COMMIT does
+    return list(await asyncio.gather(*tasks))
+
+
+async def test_a_burst_of_acquires_shares_commits_and_each_is_durable(faulty: Broker) -> None:
+    b = faulty
+    _, token, db = await _server(b, quantity=200)
+    stats = b.client.app[SERVICES].store.stats
+    commits, jobs = stats.commits, stats.write_jobs
+    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(60)])
+    bodies = [await r.json() for r in responses]
+    assert [r.status for r in responses] == [201] * 60, bodies[:3]
+    assert stats.write_jobs - jobs == 61  # 60 acquires and the blocker
+    assert stats.commits - commits < 60
+    assert stats.largest_batch >= 60
+    # Every acknowledged lease is in the database file, with its seats counted.
+    ids = {body["id"] for body in bodies}
+    stored = {row[0] for row in _rows(db, "SELECT id FROM leases WHERE state = 'active'")}
+    assert ids == stored
+    assert _rows(db, "SELECT SUM(leased) FROM holdings")[0][0] == 60
+
+
+async def test_a_refused_request_in_a_batch_does_not_affect_the_others(faulty: Broker) -> None:
+    b = faulty
+    _, token, db = await _server(b, quantity=20)
+    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(30)])
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [201] * 20 + [409] * 10
+    for r in responses:
+        if r.status == 409:
+            assert (await r.json())["code"] == "pool_exhausted"
+    assert _rows(db, "SELECT COUNT(*) FROM leases WHERE state = 'active'")[0][0] == 20
+    assert _rows(db, "SELECT SUM(leased) FROM holdings")[0][0] == 20
+
+
+async def test_a_failed_commit_fails_every_request_that_shared_it(faulty: Broker) -> None:
+    b = faulty
+    _, token, db = await _server(b, quantity=100)
+    stats = b.client.app[SERVICES].store.stats
+    failed = stats.failed_commits
+    FAULTS.fail_commits = True
+    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(25)])
+    for r in responses:
+        assert r.status == 503
+        body = await r.json()
+        assert body["code"] == "storage_unavailable"
+    assert stats.failed_commits - failed < 25  # requests really did share failing COMMITs
+    assert _rows(db, "SELECT COUNT(*) FROM leases")[0][0] == 0
+    assert _rows(db, "SELECT SUM(leased) FROM holdings")[0][0] == 0
+    assert _rows(db, "SELECT COUNT(*) FROM events WHERE action LIKE 'lease.%'")[0][0] == 0
+    # The disk has room again: the store recovers, and nothing of the failed batch reappears.
+    FAULTS.fail_commits = False
+    ok = await _acquire(b, token, "enc-0")
+    assert ok.status == 201
+    assert _rows(db, "SELECT COUNT(*) FROM leases")[0][0] == 1
+    assert _rows(db, "SELECT SUM(leased) FROM holdings")[0][0] == 1
+
+
+async def test_a_pool_lifetime_change_reaches_the_next_acquire(faulty: Broker) -> None:
+    """The writer keeps pools in memory; an admin's change must not be missed."""
+    b = faulty
+    est, token, _ = await _server(b, quantity=10)
+    first = await (await _acquire(b, token, "enc-a")).json()
+    assert first["lease_seconds"] == 3600
+    await b.call("PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin,
+                 {"lease_seconds": 120}, 200)
+    second = await (await _acquire(b, token, "enc-b")).json()
+    assert second["lease_seconds"] == 120
+    # A change that is rolled back (the request fails) must not be cached either.
+    FAULTS.fail_commits = True
+    resp = await b.client.patch(f"{base(est)}/pools/{est.default_pool}", json={"lease_seconds": 600},
+                                headers=b.auth(est.admin))
+    assert resp.status == 503
+    FAULTS.fail_commits = False
+    third = await (await _acquire(b, token, "enc-c")).json()
+    assert third["lease_seconds"] == 120
