@@ -108,6 +108,17 @@ class Runner:
         self.keepers: dict[str, Keeper] = {}
         self._versions = itertools.count(1)
         self._started = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` in the background, holding a reference until it is done."""
+
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def next_version(self) -> int:
         return next(self._versions)
@@ -430,10 +441,7 @@ class Keeper:
             self._save_later()
 
     def _save_later(self) -> None:
-        async def save() -> None:
-            await self.runner.save()
-
-        asyncio.get_running_loop().create_task(save())
+        self.runner.spawn(self.runner.save())
 
     # ------------------------------------------------------------------ broker calls
 

@@ -107,7 +107,7 @@ class Agent:
 
             def remember(key_set: dict[str, Any]) -> None:
                 self.leases.keys[url] = key_set
-                asyncio.get_running_loop().create_task(self.save())
+                self.runner.spawn(self.save())
 
             ring = KeyRing(key_sets, self.client(url).keys, now=self.clock.now, on_refresh=remember)
             self._keyrings[url] = ring
