@@ -1,0 +1,1 @@
+"""Tenure benchmarks: ``python -m bench`` (see bench/__main__.py)."""
