@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import reaper, secretfiles
+from broker import console, reaper, secretfiles
 from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import problems, security_headers
@@ -34,6 +34,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_background(reaper.lapse_loop))
     app.cleanup_ctx.append(_background(reaper.key_loop))
     app.cleanup_ctx.append(_background(reaper.purge_loop))
+    console.setup(app)
     return app
 
 

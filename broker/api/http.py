@@ -115,15 +115,27 @@ def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
     return raw
 
 
+SessionLookup = Callable[[web.Request], bytes | None]
+SESSION_LOOKUP: web.AppKey[SessionLookup] = web.AppKey("session_lookup")
+"""Set by ``broker.console.setup``: the token digest behind a console session cookie
+(None when there is no cookie); it raises 401 for a dead session and 403 ``csrf_failed``
+for a state-changing request without the session's CSRF token."""
+
+
 async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Principal:
-    """Resolve the bearer token; 401 when missing or unknown, 403 when of the wrong kind."""
+    """Resolve the bearer token; 401 when missing or unknown, 403 when of the wrong kind.
+
+    Without an Authorization header, a console session cookie stands in for the token.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    lookup = request.app.get(SESSION_LOOKUP)
+    session = lookup(request) if lookup is not None and not header else None
+    if session is None and (scheme.lower() != "bearer" or not token):
         raise Unauthenticated("Send a bearer token: Authorization: Bearer <token>.")
     svc = services(request)
-    digest = token_hash(token)
+    digest = session if session is not None else token_hash(token)
     if hmac.compare_digest(digest, svc.operator_hash):
         principal = Principal(kind="operator", token_hash=digest)
     else:

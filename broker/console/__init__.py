@@ -1,0 +1,188 @@
+"""The admin console at ``/console/``: static assets and the session endpoints.
+
+The console is plain HTML, one JavaScript module and one stylesheet, served from this
+package (no CDN, no build step). The page calls the ``/v1`` JSON API with a session
+cookie instead of a bearer token:
+
+- ``POST /console/session`` ``{"token": "tnr_adm_…"}`` checks an admin token and answers
+  with a session cookie (HttpOnly, SameSite=Strict, Path=/; Secure over TLS, or behind a
+  trusted proxy that says ``X-Forwarded-Proto: https``) and the session's CSRF token.
+  Only admin tokens sign in: the operator has no estate to show.
+- ``GET /console/session`` tells the page whether it is signed in, and gives it the CSRF
+  token again after a reload (a cross-site page cannot read this answer).
+- ``DELETE /console/session`` signs out: the session is gone from the broker.
+
+``broker.api.http.authenticate`` asks :func:`session_digest` (through the app key
+``SESSION_LOOKUP``) when a request has no ``Authorization`` header; for POST, PATCH and
+DELETE the ``X-CSRF-Token`` header must carry the session's CSRF token, else 403
+``csrf_failed``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from broker.api.http import SESSION_LOOKUP, Handler, parse_json, read_body, services
+from broker.api.schema import obj
+from broker.console.sessions import MAX_SECONDS, SessionStore
+from broker.errors import Forbidden, TenureError, Unauthenticated, ValidationFailed
+from broker.ids import token_hash
+from shared.timefmt import format_ts
+
+log = logging.getLogger("tenure.console")
+
+COOKIE = "tenure_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+STATIC = Path(__file__).parent / "static"
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+SIGN_IN = obj({"token": {"type": "string", "minLength": 1, "maxLength": 512}})
+
+SESSIONS = web.AppKey("console_sessions", SessionStore)
+
+
+class CsrfFailed(Forbidden):
+    code, title = "csrf_failed", "CSRF token missing or wrong"
+
+
+class UnsupportedMediaType(TenureError):
+    status, code, title = 415, "unsupported_media_type", "Send JSON"
+
+
+def setup(app: web.Application) -> None:
+    """Serve the console under ``/console/`` and let the API accept its session cookie."""
+    app[SESSIONS] = SessionStore()
+    app[SESSION_LOOKUP] = session_digest
+    app.router.add_get("/console", _to_console, name="console_redirect")
+    app.router.add_get("/console/session", session_info, name="console_session_info")
+    app.router.add_post("/console/session", sign_in, name="console_sign_in")
+    app.router.add_delete("/console/session", sign_out, name="console_sign_out")
+    assets = {p.name: p for p in sorted(STATIC.iterdir()) if p.suffix in _TYPES}
+    app.router.add_get("/console/", _asset(assets["index.html"]), name="console_index")
+    for name, path in assets.items():
+        if name != "index.html":
+            app.router.add_get(f"/console/{name}", _asset(path), name=f"console_{path.stem}_{path.suffix[1:]}")
+
+
+def session_digest(request: web.Request) -> bytes | None:
+    """The admin token digest behind the request's session cookie; None without a cookie.
+
+    Raises 401 when the cookie names no live session, and 403 ``csrf_failed`` when a
+    state-changing request does not carry the session's CSRF token.
+    """
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
+        return None
+    session = request.app[SESSIONS].get(session_id, services(request).clock.now())
+    if session is None:
+        raise Unauthenticated("Your console session has ended; sign in again.")
+    if request.method not in SAFE_METHODS and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
+        raise CsrfFailed(f"A state-changing request from the console must carry the {CSRF_HEADER} header.")
+    return session.token_hash
+
+
+def _harden(response: web.StreamResponse) -> web.StreamResponse:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    return response
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/console/")
+
+
+def _asset(path: Path) -> Handler:
+    body = path.read_bytes()  # read once: a handful of small files
+    content_type = _TYPES[path.suffix]
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        response = web.Response(body=body, content_type=content_type, charset="utf-8")
+        response.headers["Cache-Control"] = "no-cache"
+        return _harden(response)
+
+    return serve
+
+
+def _describe(request: web.Request, csrf_token: str, expires_at: float) -> web.Response:
+    svc = services(request)
+    response = web.json_response({
+        "csrf_token": csrf_token,
+        "expires_at": format_ts(expires_at),
+        "broker_url": svc.config.public_url,
+    })
+    _harden(response)
+    return response
+
+
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    if request.content_type != "application/json":
+        # A cross-site form cannot send JSON without a CORS preflight, which we never allow.
+        raise UnsupportedMediaType("Sign in with a JSON body: {\"token\": \"tnr_adm_…\"}.")
+    body = parse_json(await read_body(request), SIGN_IN)
+    token = body["token"].strip()
+    if not token:
+        raise ValidationFailed([{"field": "token", "message": "must not be empty"}])
+    svc = services(request)
+    digest = token_hash(token)
+    if hmac.compare_digest(digest, svc.operator_hash):
+        raise Forbidden("The console is for estate admins; the operator token cannot sign in.")
+    principal = await svc.principals.resolve(digest)
+    if principal is None:
+        raise Unauthenticated("That admin token is unknown or has been revoked.")
+    if principal.kind != "admin":
+        raise Forbidden(f"A {principal.kind} token cannot sign in to the console; use an admin token.")
+    sessions = request.app[SESSIONS]
+    old = request.cookies.get(COOKIE)
+    if old:
+        sessions.close(old)  # a fresh id on every sign-in: no session fixation
+    now = svc.clock.now()
+    session_id, session = sessions.open(digest, now)
+    log.info("console sign-in by admin %s of estate %s", principal.admin_id, principal.estate_id)
+    response = _describe(request, session.csrf_token, session.expires_at())
+    response.set_cookie(COOKIE, session_id, path="/", httponly=True, samesite="Strict",
+                        secure=_over_tls(request), max_age=MAX_SECONDS)
+    return response
+
+
+def _over_tls(request: web.Request) -> bool:
+    """TLS here, or at a reverse proxy the operator trusts (``trust_forwarded_for``)."""
+    if request.secure:
+        return True
+    if not services(request).config.trust_forwarded_for:
+        return False
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https"
+
+
+async def session_info(request: web.Request) -> web.StreamResponse:
+    session_id = request.cookies.get(COOKIE)
+    now = services(request).clock.now()
+    session = request.app[SESSIONS].get(session_id, now) if session_id else None
+    if session is None:
+        raise Unauthenticated("Not signed in to the console.")
+    return _describe(request, session.csrf_token, session.expires_at())
+
+
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    session_id = request.cookies.get(COOKIE)
+    sessions = request.app[SESSIONS]
+    session = sessions.get(session_id, services(request).clock.now()) if session_id else None
+    if session is not None and session_id:
+        if not session.csrf_matches(request.headers.get(CSRF_HEADER)):
+            raise CsrfFailed(f"Signing out must carry the {CSRF_HEADER} header.")
+        sessions.close(session_id)
+    response = web.Response(status=204)
+    response.del_cookie(COOKIE, path="/", secure=_over_tls(request), httponly=True, samesite="Strict")
+    return _harden(response)
