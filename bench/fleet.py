@@ -97,7 +97,7 @@ async def _encoder(part: FleetPart, client: Client, token: str, serial: str,
                     lease = json.loads(data)
                     lease_id, next_renew = lease["id"], time.time() + lease["lease_seconds"] / 3
             continue
-        await asyncio.sleep(max(0.0, next_renew - time.time()))
+        await asyncio.sleep(max(0.0, min(next_renew, t1) - time.time()))  # stop on time
         if time.time() >= t1:
             break
         sent = time.time()
