@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.runner import Keeper
+from agent.keeper import Keeper
 from agent.service import Agent
 from agent.state import Want
 

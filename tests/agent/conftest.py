@@ -28,7 +28,7 @@ from aiohttp import web
 from agent.config import Config
 from agent.daemon import Service
 from agent.enroll import enroll
-from agent.runner import Keeper
+from agent.keeper import Keeper
 from agent.sdnotify import Notifier
 from broker.app import create_app
 from broker.config import load as load_broker_config

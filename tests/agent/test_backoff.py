@@ -7,7 +7,8 @@ import random
 from tenacity import RetryCallState, Retrying
 
 from agent.errors import BrokerUnavailable
-from agent.runner import Keeper, Runner
+from agent.keeper import Keeper
+from agent.runner import Runner
 from agent.state import EncoderRecord, Held, LeaseState, Secret, Want
 from tests.agent.conftest import T0, FakeClock
 
