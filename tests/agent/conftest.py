@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import heapq
 import itertools
 import json
@@ -110,6 +111,7 @@ class LiveBroker:
     operator: str
     clock: FakeClock
     session: aiohttp.ClientSession
+    data_dir: Path = Path()
     estate_id: str = ""
     admin: str = ""
     default_pool: str = ""
@@ -179,23 +181,32 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def live_broker(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[LiveBroker]:
+@contextlib.asynccontextmanager
+async def serve_broker(data_dir: Path, clock: FakeClock, **settings: Any) -> AsyncIterator[LiveBroker]:
+    """The real broker on ``data_dir`` with an estate set up; ``settings`` override its config."""
     operator = new_token("op")
     config = load_broker_config(
-        None, env={}, data_dir=tmp_path / "broker", operator_token=operator,
-        clock=fake_clock, sqlite_synchronous="normal",
+        None, env={}, data_dir=data_dir, operator_token=operator,
+        clock=clock, sqlite_synchronous="normal", **settings,
     )
     runner = web.AppRunner(create_app(config), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as session:
-        broker = LiveBroker(f"http://127.0.0.1:{port}", operator, fake_clock, session)
-        await broker.setup_estate()
+    try:
+        async with aiohttp.ClientSession() as session:
+            broker = LiveBroker(f"http://127.0.0.1:{port}", operator, clock, session, data_dir=data_dir)
+            await broker.setup_estate()
+            yield broker
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def live_broker(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[LiveBroker]:
+    async with serve_broker(tmp_path / "broker", fake_clock) as broker:
         yield broker
-    await runner.cleanup()
 
 
 # --------------------------------------------------------------------------- proxy
@@ -217,6 +228,9 @@ class Proxy:
         self.upstream = upstream
         self.tampering = False
         self.requests: list[str] = []
+        self.holding = 0
+        self._hold: str | None = None
+        self._gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -229,6 +243,10 @@ class Proxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         self.requests.append(f"{request.method} {request.path}")
+        if self._hold is not None and request.path.endswith(self._hold):
+            self.holding += 1
+            await self._gate.wait()  # a slow network: the request reaches the broker late
+            self.holding -= 1
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("authorization", "content-type", "accept")}
         async with self._session.request(
@@ -246,6 +264,15 @@ class Proxy:
                 if name in upstream.headers:
                     out[name] = upstream.headers[name]
             return web.Response(status=upstream.status, body=body, headers=out)
+
+    def hold(self, path_suffix: str) -> None:
+        """Keep requests whose path ends with ``path_suffix`` until ``let_go()``."""
+        self._hold = path_suffix
+        self._gate.clear()
+
+    def let_go(self) -> None:
+        self._hold = None
+        self._gate.set()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -267,6 +294,7 @@ class Proxy:
             self._site = None
 
     async def close(self) -> None:
+        self.let_go()
         await self.down()
         if self._runner is not None:
             await self._runner.cleanup()
