@@ -1,17 +1,27 @@
-"""The embedded SQLite store: WAL, one writer thread with group commit, one reader thread.
+"""The embedded SQLite store: WAL, group commit on the event loop, one reader thread.
 
-Group commit: the writer takes every job waiting in its queue (up to ``MAX_BATCH``),
-runs each inside its own SAVEPOINT within one transaction, and commits once. With
-``synchronous=FULL`` that single COMMIT is the flush that makes the whole batch
-durable; only then is any job's caller answered. A job that raises is rolled back to
-its savepoint alone; a COMMIT that fails fails every job of the batch with
-``StorageUnavailable``, and none of them persists.
+Group commit: a flusher task on the event loop takes every write job waiting (up to
+``MAX_BATCH``), opens one ``BEGIN IMMEDIATE`` transaction, runs each job inside its own
+SAVEPOINT right there on the loop (a job is a few dozen microseconds of SQLite work on
+pages already in memory), and hands only the COMMIT to a dedicated committer thread.
+With ``synchronous=FULL`` that COMMIT is the flush that makes the whole batch durable;
+only then is any job's caller answered. Requests arriving meanwhile wait for the next
+batch, so a batch costs one hand-off between threads, not one per request, and the
+loop and a writer thread no longer take turns at the GIL for every statement. A job
+that raises is rolled back to its savepoint alone; a COMMIT that fails fails every job
+of the batch with ``StorageUnavailable``, and none of them persists.
 
-Costs that would otherwise be paid per request are paid per batch or once: the
-answers of a batch go back to the event loop in one wake-up (not one per job), each
-named query's column names are read once, and the writer keeps a few rows that
-change only by admin action (``pool_by_id``: a pool's lifetime) in memory, dropped
-whenever a statement writes their table, and filled only from committed state.
+Nothing on the loop waits on a lock: the write connection has ``busy_timeout=0``, and
+when another process holds the database's write lock, BEGIN is retried after short
+jittered sleeps for up to ``BUSY_WAIT`` seconds, then the batch fails with
+``StorageUnavailable``. Reads run on the reader thread.
+
+Costs that would otherwise be paid per request are paid per batch or once: each named
+query's column names are read once; a few rows that change only by admin action
+(``pool_by_id``: a pool's lifetime) are kept in memory, dropped whenever a statement
+writes their table, and filled only from committed state; and a write that only moves
+a column forward (``server_seen``) is skipped when the same or a later value is already
+committed.
 """
 
 from __future__ import annotations
@@ -19,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import random
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,9 +47,17 @@ from broker.store.base import Row, StoreStats, Tx
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
 MAX_BATCH = 512
+# How long a batch waits for another process to release the database's write lock
+# before its requests are refused with 503 (the loop never blocks on it: it sleeps).
+BUSY_WAIT = 2.0
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 # Reads the writer answers from memory, and the table whose writes make them stale.
 CACHED_READS = {"pool_by_id": "pools"}
+# Writes that only move one column forward to the named parameter (``... WHERE col <
+# :now``): once one is committed, running it again with the same or an earlier value
+# changes nothing, so the store skips it. Any other write to the table forgets them.
+FORWARD_WRITES = {"server_seen": ("servers", "now")}
+MAX_FORWARD_NOTES = 1_000_000
 
 
 def load_queries() -> dict[str, str]:
@@ -122,11 +143,14 @@ def _writes_to(sql: str) -> str | None:
 
 
 class RowCache:
-    """Rows of ``CACHED_READS`` kept by the writer between transactions.
+    """What the writer remembers between transactions: rows of ``CACHED_READS``, and the
+    committed values of ``FORWARD_WRITES``.
 
     Coherent because every write to the database goes through the writer: a statement
     that writes a cached table empties the cache and stops it filling until the batch
-    has ended (so nothing uncommitted, or rolled back, is ever kept).
+    has ended (so nothing uncommitted, or rolled back, is ever kept). A forward write's
+    value is noted for its job, kept for the batch when the job's savepoint is released,
+    and remembered only once the batch has committed.
     """
 
     def __init__(self, queries: Mapping[str, str]) -> None:
@@ -134,11 +158,47 @@ class RowCache:
         tables = set(CACHED_READS.values())
         self.invalidating = {name for name, sql in queries.items() if _writes_to(sql) in tables}
         self.filling = True
+        forward_tables = {table for table, _ in FORWARD_WRITES.values()}
+        self.forgetting = {name for name, sql in queries.items()
+                           if _writes_to(sql) in forward_tables and name not in FORWARD_WRITES}
+        self.forward: dict[tuple[Any, ...], Any] = {}  # committed
+        self.batch_forward: dict[tuple[Any, ...], Any] = {}  # released jobs of this batch
+        self.job_forward: dict[tuple[Any, ...], Any] = {}  # the job running now
+
+    def forward_done(self, key: tuple[Any, ...], value: Any) -> bool:
+        """Whether this forward write is already in effect (committed or in this batch)."""
+        for notes in (self.forward, self.batch_forward):
+            have = notes.get(key)
+            if have is not None and have >= value:
+                return True
+        return False
+
+    def forget_forward(self) -> None:
+        self.forward.clear()
+        self.batch_forward.clear()
+        self.job_forward.clear()
+
+    def end_job(self, ok: bool) -> None:
+        if ok:
+            for key, value in self.job_forward.items():
+                have = self.batch_forward.get(key)
+                if have is None or value > have:
+                    self.batch_forward[key] = value
+        self.job_forward.clear()
 
     def end_batch(self, dirty: bool) -> None:
         if dirty or not self.filling:
             self.rows.clear()
         self.filling = True
+        if not dirty:
+            if len(self.forward) + len(self.batch_forward) > MAX_FORWARD_NOTES:
+                self.forward.clear()
+            for key, value in self.batch_forward.items():
+                have = self.forward.get(key)
+                if have is None or value > have:
+                    self.forward[key] = value
+        self.batch_forward.clear()
+        self.job_forward.clear()
 
 
 class SqliteTx:
@@ -184,6 +244,16 @@ class SqliteTx:
         return None if raw is None else raw[0]
 
     def run(self, query: str, **params: Any) -> int:
+        cache = self._cache
+        if cache is not None and query in FORWARD_WRITES:
+            column = FORWARD_WRITES[query][1]
+            value = params[column]
+            key = (query, *sorted((k, v) for k, v in params.items() if k != column))
+            if cache.forward_done(key, value):
+                return 0  # what the statement would do: it matches no row
+            changed = self._conn.execute(self._q[query], params).rowcount
+            cache.job_forward[key] = value
+            return changed
         self._invalidate(query)
         return self._conn.execute(self._q[query], params).rowcount
 
@@ -193,9 +263,13 @@ class SqliteTx:
 
     def _invalidate(self, query: str) -> None:
         cache = self._cache
-        if cache is not None and query in cache.invalidating:
+        if cache is None:
+            return
+        if query in cache.invalidating:
             cache.rows.clear()
             cache.filling = False
+        if query in cache.forgetting:
+            cache.forget_forward()
 
 
 @dataclass
@@ -205,29 +279,54 @@ class _Job:
     future: asyncio.Future[Any]
 
 
+@dataclass
+class _Outcome:
+    job: _Job
+    ok: bool
+    value: Any = field(default=None)
+
+
 _STOP = object()
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds the lock we asked for (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class SqliteStore:
-    """``Store`` on one SQLite file. Create with ``await SqliteStore.open(path)``."""
+    """``Store`` on one SQLite file. Create with ``await SqliteStore.open(path)``.
+
+    Writes must come from the event loop the store was opened on.
+    """
 
     def __init__(self, path: Path, synchronous: str = "full") -> None:
         self.path = path
         self.synchronous = synchronous
         self.stats = StoreStats()
         self._queries = load_queries()
-        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._cache = RowCache(self._queries)
+        # The write path: jobs waiting for the next batch, the flusher task draining
+        # them, the write connection (used on the loop, and by the committer thread for
+        # COMMIT only while the loop waits for it), and that thread.
+        self._pending: list[_Job] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._tx: SqliteTx | None = None
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="tenure-db-committer")
 
     @classmethod
     async def open(cls, path: Path, synchronous: str = "full") -> SqliteStore:
         store = cls(path, synchronous)
         await asyncio.to_thread(store._prepare)
+        await store._reconnect()
         store._threads = [
-            threading.Thread(target=store._writer, name="tenure-db-writer", daemon=True),
             threading.Thread(target=store._reader, name="tenure-db-reader", daemon=True),
         ]
         for thread in store._threads:
@@ -245,17 +344,21 @@ class SqliteStore:
             raise StorageUnavailable(f"cannot open the database {self.path}: {exc}") from exc
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
-        return await self._submit(self._writes, fn)
-
-    async def read(self, fn: Callable[[Tx], T]) -> T:
-        return await self._submit(self._reads, fn)
-
-    async def _submit(self, q: queue.SimpleQueue[Any], fn: Callable[[Tx], T]) -> T:
         if self._closed:
             raise StorageUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        q.put(_Job(fn, loop, future))
+        self._pending.append(_Job(fn, loop, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        if self._closed:
+            raise StorageUnavailable("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._reads.put(_Job(fn, loop, future))
         return await future
 
     async def ping(self) -> None:
@@ -265,12 +368,133 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        self._writes.put(_STOP)
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)  # every accepted write is answered
         self._reads.put(_STOP)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
+        await self._drop_conn()
+        self._committer.shutdown(wait=False)
 
-    # -- threads -------------------------------------------------------------
+    # -- the write path (event loop) -------------------------------------------
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The write connection (run in the committer thread: opening touches the disk)."""
+        conn = connect(self.path, self.synchronous)
+        conn.row_factory = None  # SqliteTx builds the dicts, with column names read once
+        conn.execute("PRAGMA busy_timeout = 0")  # it is used on the loop: never wait on a lock
+        return conn
+
+    async def _drop_conn(self) -> None:
+        old, self._conn, self._tx = self._conn, None, None
+        if old is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._committer, old.close)
+            except (sqlite3.Error, RuntimeError) as exc:
+                log.warning("closing the failed database connection: %s", exc)
+
+    async def _reconnect(self) -> bool:
+        await self._drop_conn()
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(self._committer, self._connect_writer)
+        except sqlite3.Error:
+            log.exception("cannot open the database for writing")
+            return False
+        self._conn, self._tx = conn, SqliteTx(conn, self._queries, self._cache)
+        return True
+
+    async def _flush(self) -> None:
+        """Run batches until no write is waiting: one transaction and one COMMIT each."""
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                _settle_all(await self._run_batch(batch))
+                if self._pending:
+                    # Let the callers just answered send their responses, and requests
+                    # already read join the next batch, before the loop is taken again.
+                    await asyncio.sleep(0)
+        finally:
+            self._flusher = None
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, sleeping (never blocking) while another process writes."""
+        deadline = 0.0
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + BUSY_WAIT
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 (jitter)
+                delay = min(delay * 2, 0.05)
+
+    async def _commit(self, conn: sqlite3.Connection) -> None:
+        """COMMIT in the committer thread: the flush that makes the batch durable."""
+        await asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
+
+    async def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
+        self.stats.write_jobs += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        if self._conn is None and not await self._reconnect():
+            failure = StorageUnavailable("the database cannot be opened")
+            return [_Outcome(job, False, failure) for job in batch]
+        conn, tx = self._conn, self._tx
+        assert conn is not None and tx is not None
+        cache = self._cache
+        outcomes: list[_Outcome] = []
+        try:
+            await self._begin(conn)
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(tx)
+                except sqlite3.IntegrityError as exc:
+                    # A constraint guarding an invariant tripped: refuse this job alone.
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    cache.end_job(ok=False)
+                    outcomes.append(_Outcome(job, False, exc))
+                except sqlite3.Error:
+                    raise  # the database itself failed: the whole batch fails below
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    cache.end_job(ok=False)
+                    outcomes.append(_Outcome(job, False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    cache.end_job(ok=True)
+                    outcomes.append(_Outcome(job, True, result))
+            await self._commit(conn)
+            self.stats.commits += 1
+            cache.end_batch(dirty=False)
+        except (sqlite3.Error, RuntimeError) as exc:
+            # RuntimeError: the committer thread is gone (shutting down).
+            cache.end_batch(dirty=True)
+            self.stats.failed_commits += 1
+            log.error("write transaction failed, %d request(s) refused: %s", len(batch), exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("rollback failed; reopening the database connection")
+            # Start the next batch on a fresh connection: one opened while the file was
+            # unwritable is read-only for good, and one whose rollback failed may still
+            # be inside the dead transaction.
+            await self._drop_conn()
+            failure = StorageUnavailable("the database cannot be written now; nothing was changed")
+            return [_Outcome(job, False, failure) for job in batch]
+        return outcomes
+
+    # -- the reader thread -------------------------------------------------------
 
     def _open_conn(self) -> sqlite3.Connection | None:
         try:
@@ -292,7 +516,7 @@ class SqliteStore:
                 conn = self._open_conn()
                 tx = SqliteTx(conn, self._queries) if conn is not None else None
             if conn is None:
-                _deliver([(job, False, StorageUnavailable("the database cannot be opened"))])
+                _deliver([_Outcome(job, False, StorageUnavailable("the database cannot be opened"))])
                 continue
             self.stats.read_jobs += 1
             try:
@@ -303,105 +527,20 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.warning("read failed: %s", exc)
-                _deliver([(job, False, StorageUnavailable("the database cannot be read now"))])
+                _deliver([_Outcome(job, False, StorageUnavailable("the database cannot be read now"))])
             except BaseException as exc:
-                _deliver([(job, False, exc)])
+                _deliver([_Outcome(job, False, exc)])
             else:
-                _deliver([(job, True, result)])
+                _deliver([_Outcome(job, True, result)])
         if conn is not None:
             conn.close()
 
-    def _writer(self) -> None:
-        conn = self._open_conn()
-        tx = None if conn is None else SqliteTx(conn, self._queries, self._cache)
-        stopping = False
-        while not stopping:
-            first = self._writes.get()
-            if first is _STOP:
-                break
-            batch: list[_Job] = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            if conn is None:
-                conn = self._open_conn()
-                tx = None if conn is None else SqliteTx(conn, self._queries, self._cache)
-            if conn is None or tx is None:
-                failure = StorageUnavailable("the database cannot be opened")
-                _deliver([(job, False, failure) for job in batch])
-                continue
-            if not self._run_batch(conn, tx, batch):
-                # The database failed this batch. Start the next one on a fresh connection:
-                # one opened while the file was unwritable is read-only for good, and one
-                # whose rollback failed may still be inside the dead transaction.
-                _close_quietly(conn)
-                conn = tx = None
-        if conn is not None:
-            conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[_Job]) -> bool:
-        """Run and answer the batch; False when the database itself failed it."""
-        outcomes: list[tuple[_Job, bool, Any]] = []
-        cache = self._cache
-        self.stats.write_jobs += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.fn(tx)
-                except sqlite3.IntegrityError as exc:
-                    # A constraint guarding an invariant tripped: refuse this job alone.
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, False, exc))
-                except sqlite3.Error:
-                    raise  # the database itself failed: the whole batch fails below
-                except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, False, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, True, result))
-            conn.execute("COMMIT")
-            self.stats.commits += 1
-            cache.end_batch(dirty=False)
-        except sqlite3.Error as exc:
-            cache.end_batch(dirty=True)
-            self.stats.failed_commits += 1
-            log.error("write transaction failed, %d request(s) refused: %s", len(batch), exc)
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.warning("rollback failed; reopening the database connection")
-            failure = StorageUnavailable("the database cannot be written now; nothing was changed")
-            _deliver([(job, False, failure) for job in batch])
-            return False
-        _deliver(outcomes)
-        return True
-
-
-def _close_quietly(conn: sqlite3.Connection) -> None:
-    try:
-        conn.close()
-    except sqlite3.Error as exc:
-        log.warning("closing the failed database connection: %s", exc)
-
-
-def _deliver(outcomes: list[tuple[_Job, bool, Any]]) -> None:
-    """Hand results to their event loops: one thread-safe wake-up per loop, not per job."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Hand results from a thread to their event loops: one wake-up per loop, not per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
     for outcome in outcomes:
-        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        by_loop.setdefault(outcome.job.loop, []).append(outcome)
     for loop, items in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle_all, items)
@@ -409,11 +548,12 @@ def _deliver(outcomes: list[tuple[_Job, bool, Any]]) -> None:
             log.debug("event loop closed; %d answer(s) dropped", len(items))
 
 
-def _settle_all(items: list[tuple[_Job, bool, Any]]) -> None:
-    for job, ok, value in items:
-        if job.future.done():  # the caller went away (cancelled)
+def _settle_all(items: list[_Outcome]) -> None:
+    for outcome in items:
+        future = outcome.job.future
+        if future.done():  # the caller went away (cancelled)
             continue
-        if ok:
-            job.future.set_result(value)
+        if outcome.ok:
+            future.set_result(outcome.value)
         else:
-            job.future.set_exception(value)
+            future.set_exception(outcome.value)

@@ -3,15 +3,15 @@ each request is answered only after its COMMIT, and a failed COMMIT fails every 
 that shared it (503 ``storage_unavailable``) without persisting any of them.
 
 The fault is a real ``sqlite3.OperationalError`` raised where the store issues its
-COMMIT, on a store that is otherwise the production one (a subclass whose writer
-connection is wrapped); the domain and the HTTP app are the real ones.
+COMMIT (in the committer thread), on a store that is otherwise the production one (a
+subclass whose write connection is wrapped, and whose BEGIN can be held on the event
+loop); the domain and the HTTP app are the real ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -30,25 +30,24 @@ LICENCE = "one-in-one-out"
 
 
 class Faults:
-    """Switches the test flips from the event loop; the writer thread reads them."""
+    """Switches the test flips; the store's flusher (on the loop) and its committer
+    thread read them."""
 
     def __init__(self) -> None:
         self.fail_commits = False
-        self.hold_begin = threading.Event()
+        self.hold_begin = asyncio.Event()
         self.hold_begin.set()  # open: BEGIN proceeds
         self.commits_seen = 0
 
 
 class _FaultyConnection:
-    """The writer's real connection, except that COMMIT can fail as a full disk would."""
+    """The store's real write connection, except that COMMIT can fail as a full disk would."""
 
     def __init__(self, conn: sqlite3.Connection, faults: Faults) -> None:
         self._conn = conn
         self._faults = faults
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql == "BEGIN IMMEDIATE":
-            self._faults.hold_begin.wait(10)
         if sql == "COMMIT":
             self._faults.commits_seen += 1
             if self._faults.fail_commits:
@@ -63,11 +62,13 @@ FAULTS = Faults()
 
 
 class FaultyStore(SqliteStore):
-    def _open_conn(self) -> Any:
-        conn = super()._open_conn()
-        if conn is None or threading.current_thread().name != "tenure-db-writer":
-            return conn
-        return _FaultyConnection(conn, FAULTS)
+    def _connect_writer(self) -> Any:
+        return _FaultyConnection(super()._connect_writer(), FAULTS)
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        # Held here, the flusher has taken its batch and later writes queue up behind it.
+        await asyncio.wait_for(FAULTS.hold_begin.wait(), 10)
+        await super()._begin(conn)
 
 
 @pytest.fixture
@@ -105,13 +106,13 @@ def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 async def _held_writer(b: Broker, burst: list[Awaitable[Any]]) -> list[Any]:
-    """Start ``burst`` while the writer is stuck in BEGIN, so the requests queue up."""
+    """Start ``burst`` while the flusher is held in BEGIN, so the requests queue up."""
     store = b.client.app[SERVICES].store
     FAULTS.hold_begin.clear()
     blocker = asyncio.ensure_future(store.write(lambda tx: tx.scalar("ping")))
     tasks = [asyncio.ensure_future(r) for r in burst]
     for _ in range(500):
-        if store._writes.qsize() >= len(burst):  # every request is waiting for the writer
+        if len(store._pending) >= len(burst):  # every request is waiting for the next batch
             break
         await asyncio.sleep(0.01)
     FAULTS.hold_begin.set()
