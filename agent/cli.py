@@ -16,20 +16,17 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__
 from agent.config import Config, load_config
-from agent.encoder_client import (
-    AgentNotRunning,
-    AgentRefused,
-    EncoderClient,
-    EncoderClientError,
-    LeaseStatus,
-)
-from agent.enroll import CodeFormatError, enroll, normalise_code
 from agent.errors import AgentError, ConfigError
-from agent.state import load_bindings
+
+if TYPE_CHECKING:
+    from agent.encoder_client import EncoderClient, LeaseStatus
+
+# Each command imports what it needs when it runs: the long-running `run` then holds
+# neither the encoder client nor enrolment in memory (docs/agent.md, "Footprint").
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -120,6 +117,8 @@ def _out(line: str) -> None:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from agent.enroll import CodeFormatError, enroll, normalise_code
+
     try:
         code = normalise_code(args.code)
     except CodeFormatError as exc:
@@ -206,9 +205,18 @@ def _encoder_rows(encoders: list[dict[str, Any]]) -> list[str]:
     return _table(rows)
 
 
+def _encoder_client(config: Config) -> EncoderClient:
+    from agent.encoder_client import EncoderClient
+
+    return EncoderClient(config.socket)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from agent.encoder_client import AgentNotRunning
+    from agent.state import load_bindings
+
     config = _config(args)
-    client = EncoderClient(config.socket)
+    client = _encoder_client(config)
     try:
         status = client.status(probe=True)
     except AgentNotRunning as exc:
@@ -273,7 +281,7 @@ def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:
 
 def cmd_lease(args: argparse.Namespace) -> int:
     config = _config(args)
-    client = EncoderClient(config.socket)
+    client = _encoder_client(config)
     lease = client.acquire(args.encoder, args.licence_type, args.count, domain=args.domain, wait=args.wait)
     if lease.usable:
         line = (
@@ -309,7 +317,7 @@ def cmd_lease(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     config = _config(args)
-    client = EncoderClient(config.socket)
+    client = _encoder_client(config)
     state = client.release(args.encoder, wait=args.wait)
     if state == "none":
         raise _Exit(EXIT_ERROR, f"encoder {args.encoder} has no lease on this agent")
@@ -332,6 +340,21 @@ COMMANDS = {
 }
 
 
+def _client_error(exc: Exception) -> int | None:
+    """The exit code for an encoder-client error (None if ``exc`` is not one)."""
+    client = sys.modules.get("agent.encoder_client")  # imported if a command used it
+    if client is None or not isinstance(exc, client.EncoderClientError):
+        return None
+    if isinstance(exc, client.AgentNotRunning):
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_NOT_RUNNING
+    if isinstance(exc, client.AgentRefused):
+        print(f"error: {exc.detail or exc.code}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (the console script exits with it)."""
     try:
@@ -344,17 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except AgentNotRunning as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_NOT_RUNNING
-    except AgentRefused as exc:
-        print(f"error: {exc.detail or exc.code}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
-    except (AgentError, EncoderClientError) as exc:
+    except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code = _client_error(exc)
+        if code is None:
+            raise
+        return code
 
 
 def run() -> None:

@@ -10,21 +10,34 @@ Routes (documented in docs/encoder-integration.md):
 
 Access is by file permissions on the socket (mode 0660 by default). Errors are
 ``application/problem+json`` with a ``code``, as the broker's.
+
+Served by aiohttp's low-level server (``aiohttp.web_server.Server``) and a five-route
+table here, not by ``aiohttp.web.Application``: the application, router and runner
+modules cost the resident agent about 1.3 MB for nothing it needs (docs/agent.md,
+"Footprint"). Parsing, keep-alive and body limits are still aiohttp's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
 import logging
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_exceptions import HTTPException
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import Response, StreamResponse, json_response
+from aiohttp.web_server import Server
 
 from agent.keeper import Keeper
 from agent.service import Agent
@@ -32,12 +45,14 @@ from agent.state import Want
 
 log = logging.getLogger(__name__)
 
-AGENT = web.AppKey("agent", Agent)
-
 SERIAL = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 LICENCE_TYPE = re.compile(r"[a-z0-9-]{1,64}")
 MAX_COUNT = 10_000
 MAX_WAIT = 300.0
+MAX_BODY = 64 * 1024
+# On stop, a long-poll in progress gets this long to finish before it is cut: stopping
+# must leave time to release the leases within systemd's TimeoutStopSec.
+SHUTDOWN_TIMEOUT = 1.0
 
 
 class Problem(Exception):
@@ -46,7 +61,7 @@ class Problem(Exception):
         self.status, self.code, self.detail, self.extra = status, code, detail, extra
 
 
-def _problem(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+def _problem(status: int, code: str, detail: str, **extra: Any) -> Response:
     body = {
         "type": "about:blank",
         "title": code.replace("_", " "),
@@ -55,33 +70,16 @@ def _problem(status: int, code: str, detail: str, **extra: Any) -> web.Response:
         "detail": detail,
         **extra,
     }
-    return web.json_response(body, status=status, content_type="application/problem+json")
+    return json_response(body, status=status, content_type="application/problem+json")
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem as exc:
-        return _problem(exc.status, exc.code, exc.detail, **exc.extra)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "bad_request")
-        return _problem(exc.status, code, exc.reason)
-
-
-def _serial(request: web.Request) -> str:
-    serial = request.match_info["serial"]
+def _serial(serial: str) -> str:
     if not SERIAL.fullmatch(serial):
         raise Problem(400, "validation_error", "encoder serial must be 1–128 of A-Z a-z 0-9 . _ : -")
     return serial
 
 
-def _float_query(request: web.Request, name: str, default: float) -> float:
+def _float_query(request: BaseRequest, name: str, default: float) -> float:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -101,19 +99,18 @@ def _keeper_or_404(agent: Agent, serial: str) -> Keeper:
     return keeper
 
 
-async def get_status(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
+async def get_status(agent: Agent, request: BaseRequest) -> Response:
     probe = request.query.get("probe", "") in ("1", "true", "yes")
-    return web.json_response(await agent.status(probe=probe))
+    return json_response(await agent.status(probe=probe))
 
 
-async def list_encoders(request: web.Request) -> web.Response:
-    runner = request.app[AGENT].runner
+async def list_encoders(agent: Agent, request: BaseRequest) -> Response:
+    runner = agent.runner
     items = [runner.keepers[s].view(with_token=False) for s in sorted(runner.keepers)]
-    return web.json_response({"items": items})
+    return json_response({"items": items})
 
 
-async def _want_from(request: web.Request) -> Want:
+async def _want_from(request: BaseRequest) -> Want:
     try:
         body = await request.json()
     except ValueError as exc:
@@ -138,9 +135,7 @@ async def _want_from(request: web.Request) -> Want:
     return Want(licence_type, count, domain)
 
 
-async def put_lease(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    serial = _serial(request)
+async def put_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     want = await _want_from(request)
     if agent.bindings().get(want.domain) is None:
@@ -150,12 +145,10 @@ async def put_lease(request: web.Request) -> web.Response:
     deadline = agent.clock.now() + wait
     while keeper.state() == "pending" and (left := deadline - agent.clock.now()) > 0:
         await keeper.wait_changed(keeper.version, left)
-    return web.json_response(keeper.view())
+    return json_response(keeper.view())
 
 
-async def get_lease(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    serial = _serial(request)
+async def get_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     keeper = _keeper_or_404(agent, serial)
     raw_version = request.query.get("version")
@@ -166,12 +159,10 @@ async def get_lease(request: web.Request) -> web.Response:
             raise Problem(400, "validation_error", "'version' must be an integer") from exc
         await keeper.wait_changed(version, wait)
         keeper = _keeper_or_404(agent, serial)
-    return web.json_response(keeper.view())
+    return json_response(keeper.view())
 
 
-async def delete_lease(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    serial = _serial(request)
+async def delete_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
     _keeper_or_404(agent, serial)
     keeper = await agent.runner.drop(serial)
@@ -181,18 +172,49 @@ async def delete_lease(request: web.Request) -> web.Response:
         while not keeper.finished.is_set() and (left := deadline - agent.clock.now()) > 0:
             await keeper.wait_changed(keeper.version, left)
     state = "released" if keeper.finished.is_set() else "releasing"
-    return web.json_response({"encoder": serial, "state": state})
+    return json_response({"encoder": serial, "state": state})
 
 
-def create_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[problems], client_max_size=64 * 1024)
-    app[AGENT] = agent
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_get("/v1/encoders", list_encoders)
-    app.router.add_put("/v1/encoders/{serial}/lease", put_lease)
-    app.router.add_get("/v1/encoders/{serial}/lease", get_lease)
-    app.router.add_delete("/v1/encoders/{serial}/lease", delete_lease)
-    return app
+Plain = Callable[[Agent, BaseRequest], Awaitable[Response]]
+PerEncoder = Callable[[Agent, BaseRequest, str], Awaitable[Response]]
+
+ROUTES: dict[str, dict[str, Plain]] = {
+    "/v1/status": {"GET": get_status},
+    "/v1/encoders": {"GET": list_encoders},
+}
+ENCODER_LEASE = re.compile(r"/v1/encoders/([^/]+)/lease")
+ENCODER_ROUTES: dict[str, PerEncoder] = {"PUT": put_lease, "GET": get_lease, "DELETE": delete_lease}
+
+
+def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
+    methods = sorted(allowed)
+    return Problem(405, "method_not_allowed", f"{request.method} is not allowed here (only {', '.join(methods)})")
+
+
+async def dispatch(agent: Agent, request: BaseRequest) -> StreamResponse:
+    """Route ``request`` to its handler; every error comes back as a problem document."""
+    try:
+        path = request.path
+        plain = ROUTES.get(path)
+        if plain is not None:
+            handler = plain.get(request.method)
+            if handler is None:
+                raise _not_allowed(request, plain)
+            return await handler(agent, request)
+        match = ENCODER_LEASE.fullmatch(path)
+        if match is not None:
+            per_encoder = ENCODER_ROUTES.get(request.method)
+            if per_encoder is None:
+                raise _not_allowed(request, ENCODER_ROUTES)
+            return await per_encoder(agent, request, _serial(match.group(1)))
+        raise Problem(404, "not_found", "Not Found")
+    except Problem as exc:
+        return _problem(exc.status, exc.code, exc.detail, **exc.extra)
+    except HTTPException as exc:  # e.g. a body over MAX_BODY
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "bad_request")
+        return _problem(exc.status, code, exc.reason)
 
 
 def _claim_socket(path: Path) -> None:
@@ -217,19 +239,38 @@ class LocalServer:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.path = agent.config.socket
-        self._runner: web.AppRunner | None = None
+        self._server: Server | None = None
+        self._listener: asyncio.Server | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self._listener is not None
+
+    def _request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        loop = asyncio.get_running_loop()
+        return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
 
     async def start(self) -> None:
         config = self.agent.config
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _claim_socket(self.path)
-        self._runner = web.AppRunner(create_app(self.agent), access_log=None)
-        await self._runner.setup()
-        site = web.UnixSite(self._runner, str(self.path))
+        agent = self.agent
+
+        async def handle(request: BaseRequest) -> StreamResponse:
+            return await dispatch(agent, request)
+
+        self._server = Server(handle, request_factory=self._request, access_log=None)
         # Create the socket with no more access than it will finally have.
         old_umask = os.umask(0o777 & ~config.socket_mode)
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_unix_server(self._server, str(self.path))
         finally:
             os.umask(old_umask)
         if config.socket_group:
@@ -237,8 +278,14 @@ class LocalServer:
         os.chmod(self.path, config.socket_mode)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop listening, close idle connections, give requests in progress a moment."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._server is not None:
+            await asyncio.sleep(0)  # let requests already accepted start
+            self._server.pre_shutdown()
+            await self._server.shutdown(SHUTDOWN_TIMEOUT)
+            self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{mb['after_leases_kb']:.1f} MB; idle VmRSS {mb['idle_rss_min_kb']:.1f}-{mb['idle_rss_kb']:.1f} MB "
             f"(anon {mb['anon_kb']:.1f} + file {mb['file_kb']:.1f}), VmHWM {mb['hwm_kb']:.1f} MB, "
             f"threads {r['threads']}; CPU {r['cpu_pct']:.4f} % "
-            f"({r['cpu_ticks']} ticks in {r['elapsed']:.0f} s); machine load {r['load']}"
+            f"({r['cpu_ticks']} ticks in {r['elapsed']:.0f} s); machine load {r['load']}",
+            flush=True,
         )
     return 0
 

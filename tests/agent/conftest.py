@@ -405,7 +405,7 @@ async def start_agent(
     yield start
     for harness in started:
         await harness.session.close()
-        if harness.service.server._runner is not None:
+        if harness.service.server.serving:
             # The broker may be gone by now: stop without releasing.
             await harness.service.server.stop()
             await harness.service.agent.runner.stop(release=False, within=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 
 import pytest
@@ -107,3 +108,37 @@ async def test_encoder_client_watch_follows_changes(
 def test_encoder_client_without_an_agent(agent_config: Config) -> None:
     with pytest.raises(AgentNotRunning, match="not running"):
         EncoderClient(agent_config.socket).lease("ENC-1")
+
+
+async def test_unknown_paths_methods_and_big_bodies_are_problem_documents(start_agent: AgentFactory) -> None:
+    agent = await start_agent()
+    status, problem = await agent.call("GET", "/v1/nothing-here")
+    assert (status, problem["code"]) == (404, "not_found")
+    status, problem = await agent.call("POST", "/v1/encoders/ENC-1/lease", {})
+    assert (status, problem["code"]) == (405, "method_not_allowed")
+    status, problem = await agent.call("DELETE", "/v1/status")
+    assert (status, problem["code"]) == (405, "method_not_allowed")
+    big = {"licence_type": LT, "count": 1, "domain": "x" * (70 * 1024)}
+    status, problem = await agent.call("PUT", "/v1/encoders/ENC-1/lease", big)
+    assert (status, problem["code"]) == (413, "payload_too_large")
+
+
+async def test_a_long_poll_does_not_hold_up_stopping(
+    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    """Encoders long-poll all the time; stopping must still release within stop_timeout."""
+    await enroll_agent(agent_config, live_broker.url, await live_broker.code())
+    agent = await start_agent()
+    view = await agent.want("ENC-1", 2)
+    await agent.wait_state("ENC-1", "active")
+    view = await agent.lease("ENC-1")
+    poll = asyncio.ensure_future(agent.call("GET", f"/v1/encoders/ENC-1/lease?wait=300&version={view['version']}"))
+    await asyncio.sleep(0.05)
+    assert not poll.done()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await agent.stop()
+    assert loop.time() - began < 5.0
+    assert await live_broker.in_use() == 0
+    with contextlib.suppress(Exception):  # cut off, or answered: either is fine
+        await poll
