@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -636,15 +637,26 @@ class Books(RuleBasedStateMachine):
         assert {item["id"] for item in page["items"]} == live
 
 
-def test_books_agree_with_the_model(tmp_path: Path) -> None:
+def explore(folder: Path, examples: int) -> dict[str, int]:
     loop = asyncio.new_event_loop()
-    Books.loop, Books.folder = loop, tmp_path
+    Books.loop, Books.folder = loop, folder
     STATS.clear()
     try:
         run_state_machine_as_test(Books, settings=settings(
-            max_examples=EXAMPLES, stateful_step_count=50, deadline=None, database=None,
+            max_examples=examples, stateful_step_count=50, deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     finally:
         loop.close()
     print(f"\nmodel test explored: {dict(STATS)}")
-    assert STATS["sequences"] >= 150 and STATS["grants"] > 0 and STATS["exhausted"] > 0
+    return dict(STATS)
+
+
+def test_books_agree_with_the_model_quick(tmp_path: Path) -> None:
+    stats = explore(tmp_path, 15)
+    assert stats["sequences"] >= 15 and stats["grants"] > 0
+
+
+@pytest.mark.slow
+def test_books_agree_with_the_model(tmp_path: Path) -> None:
+    stats = explore(tmp_path, EXAMPLES)
+    assert stats["sequences"] >= EXAMPLES and stats["grants"] > 100 and stats["exhausted"] > 50
