@@ -220,19 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = client.status(probe=True)
     except AgentNotRunning as exc:
-        bindings = [
-            {
-                "kind": b.kind,
-                "name": b.name,
-                "server_id": b.server_id,
-                "estate_id": b.estate_id,
-                "estate_name": b.estate_name,
-                "pool_id": b.pool_id,
-                "pool_name": b.pool_name,
-                "broker_url": b.broker_url,
-            }
-            for b in load_bindings(config.state_dir).all()
-        ]
+        bindings = [b.public_view() for b in load_bindings(config.state_dir).all()]
         if args.json:
             _out(json.dumps({"running": False, "bindings": bindings}, indent=2))
         else:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from shared.settings import parse_value
 
 DEFAULT_CONFIG_FILE = Path("/etc/tenure-agent/agent.toml")
 ENV_PREFIX = "TENURE_AGENT_"
@@ -118,35 +119,8 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     try:
         if raw is None or (raw == "" and "None" in kind):
             value: Any = None
-        elif f.metadata.get("octal"):
-            if isinstance(raw, bool):
-                raise ValueError
-            value = int(raw, 8) if isinstance(raw, str) else int(raw)
-        elif kind.startswith("int"):
-            if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-                raise ValueError
-            value = int(raw)
-        elif kind.startswith("float"):
-            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise ValueError
-            value = float(raw)
-        elif kind.startswith("bool"):
-            if isinstance(raw, bool):
-                value = raw
-            elif str(raw).lower() in ("1", "true", "yes", "on"):
-                value = True
-            elif str(raw).lower() in ("0", "false", "no", "off"):
-                value = False
-            else:
-                raise ValueError
-        elif kind.startswith("Path"):
-            if not isinstance(raw, str) or not raw:
-                raise ValueError
-            value = Path(raw)
         else:
-            if not isinstance(raw, str):
-                raise ValueError
-            value = raw
+            value = parse_value(kind, raw, octal=bool(f.metadata.get("octal")))
     except ValueError as exc:
         raise ConfigError(f"{where} has a bad value: {raw!r}") from exc
     if value is None:

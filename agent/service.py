@@ -185,18 +185,7 @@ class Agent:
                 "socket": str(self.config.socket),
             },
             "bindings": [
-                {
-                    "kind": b.kind,
-                    "name": b.name,
-                    "server_id": b.server_id,
-                    "estate_id": b.estate_id,
-                    "estate_name": b.estate_name,
-                    "pool_id": b.pool_id,
-                    "pool_name": b.pool_name,
-                    "broker_url": b.broker_url,
-                    "broker": word,
-                    "broker_error": error,
-                }
+                {**b.public_view(), "broker": word, "broker_error": error}
                 for b, (word, error) in zip(bindings, outcomes, strict=True)
             ],
             "encoders": encoders,

@@ -145,6 +145,19 @@ class Binding:
     def describe(self) -> str:
         return f'{self.kind} "{self.name}" in pool "{self.pool_name}" of estate "{self.estate_name}"'
 
+    def public_view(self) -> dict[str, Any]:
+        """What ``status`` shows of the binding: everything but its token and keys."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "server_id": self.server_id,
+            "estate_id": self.estate_id,
+            "estate_name": self.estate_name,
+            "pool_id": self.pool_id,
+            "pool_name": self.pool_name,
+            "broker_url": self.broker_url,
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -7,7 +7,6 @@ stops start-up with a ``ConfigError`` that names the setting.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.clock import Clock, SystemClock
+from shared.settings import parse_value
 
 
 class ConfigError(Exception):
@@ -98,35 +98,7 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     name, kind = f.name, str(f.type)
     where = f"setting '{name}' (from {source})"
     try:
-        if raw is None:
-            value: Any = None
-        elif kind.startswith("int"):
-            if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-                raise ValueError
-            value = int(raw)
-        elif kind.startswith("float"):
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw)
-            if not math.isfinite(value):  # nan slips through every range check
-                raise ValueError
-        elif kind.startswith("bool"):
-            if isinstance(raw, bool):
-                value = raw
-            elif str(raw).lower() in ("1", "true", "yes", "on"):
-                value = True
-            elif str(raw).lower() in ("0", "false", "no", "off"):
-                value = False
-            else:
-                raise ValueError
-        elif "Path" in kind:
-            if not isinstance(raw, (str, Path)) or str(raw) == "":
-                raise ValueError
-            value = Path(raw)
-        else:
-            if not isinstance(raw, str):
-                raise ValueError
-            value = raw
+        value = parse_value(kind, raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {raw!r} is not a valid {kind.split(' ')[0]}") from exc
     if value is None:
