@@ -105,10 +105,11 @@ def reap(tx: Tx, now: float, limit: int = 500) -> int:
     return len(due)
 
 
-def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n: int) -> None:
-    """Add ``n`` seats to the lease, earliest expiry first, or raise ``PoolExhausted``."""
-    if n <= 0:
-        return
+def _grantable(tx: Tx, now: float, pool_id: str, licence_type: str, n: int) -> list[tuple[Row, int]]:
+    """Where ``n`` more seats would come from: (holding, seats) earliest expiry first.
+
+    Raises ``PoolExhausted`` when the pool has fewer than ``n`` free. Reads only.
+    """
     candidates = tx.all("grantable_holdings", pool_id=pool_id, licence_type=licence_type,
                         now=int(now))
     available = sum(c["allocated"] - c["leased"] for c in candidates)
@@ -117,17 +118,32 @@ def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n:
             f"The pool has {available} {licence_type} licence(s) available; {n} more were asked for.",
             available=available, requested=n, licence_type=licence_type,
         )
+    plan = []
     for c in candidates:
         take = min(n, c["allocated"] - c["leased"])
         if take <= 0:
             continue
+        plan.append((c, take))
+        n -= take
+        if n == 0:
+            break
+    return plan
+
+
+def _lease_seats(tx: Tx, lease_id: str, pool_id: str, plan: list[tuple[Row, int]]) -> None:
+    """Move the planned seats from the holdings to the lease."""
+    for c, take in plan:
         changed = tx.run("holding_lease", pool_id=pool_id, purchase_id=c["purchase_id"], count=take)
         assert changed == 1, "free seats vanished inside the transaction"
         tx.run("lease_seat_add", lease_id=lease_id, purchase_id=c["purchase_id"], pool_id=pool_id,
                count=take)
-        n -= take
-        if n == 0:
-            return
+
+
+def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n: int) -> None:
+    """Add ``n`` seats to the lease, earliest expiry first, or raise ``PoolExhausted``."""
+    if n <= 0:
+        return
+    _lease_seats(tx, lease_id, pool_id, _grantable(tx, now, pool_id, licence_type, n))
 
 
 def _give_back(tx: Tx, lease: Row, seats: list[Row], n: int) -> None:
@@ -149,18 +165,32 @@ def _drop_seat(tx: Tx, lease: Row, seat: Row, n: int) -> None:
                count=seat["count"] - n)
 
 
-def _finish(tx: Tx, now: float, lease_id: str, lease_seconds: int, created: bool) -> Grant:
-    """Set ``exp`` from the pool's lifetime and the seats' grace, and describe the lease."""
-    seats = tx.all("lease_seats", lease_id=lease_id)
-    lease = tx.one("lease_by_id", lease_id=lease_id)
-    assert lease is not None and seats
+def _describe(now: float, lease: Row, seats: list[Row], lease_seconds: int) -> tuple[Row, int]:
+    """The lease as it is once granted ``seats`` now: its count and ``exp`` set."""
     exp = min(int(now) + lease_seconds, min(purchases.grace_end(s) for s in seats))
     count = sum(s["count"] for s in seats)
-    tx.run("lease_update", lease_id=lease_id, count=count, licence_type=lease["licence_type"],
-           now=int(now), expires_at=exp)
-    lease = {**lease, "count": count, "expires_at": exp, "renewed_at": int(now)}
+    return {**lease, "count": count, "expires_at": exp, "renewed_at": int(now)}, exp
+
+
+def _grant(now: float, lease: Row, seats: list[Row], lease_seconds: int, created: bool) -> Grant:
     state = max((purchases.state(s, now) for s in seats), key=_STATE_RANK.__getitem__)
     return Grant(lease, seats, int(now), created, state, lease_seconds)
+
+
+def _finish(tx: Tx, now: float, lease: Row, seats: list[Row] | None, lease_seconds: int,
+            created: bool) -> Grant:
+    """Set ``exp`` from the pool's lifetime and the seats' grace, and describe the lease.
+
+    ``seats`` are the lease's seats as they stand, or None when this transaction has
+    changed them (they are read again).
+    """
+    if seats is None:
+        seats = tx.all("lease_seats", lease_id=lease["id"])
+    assert seats
+    lease, exp = _describe(now, lease, seats, lease_seconds)
+    tx.run("lease_update", lease_id=lease["id"], count=lease["count"],
+           licence_type=lease["licence_type"], now=int(now), expires_at=exp)
+    return _grant(now, lease, seats, lease_seconds, created)
 
 
 def acquire(
@@ -181,18 +211,29 @@ def acquire(
             _end(tx, now, lease, "released", "released", server)
         return None
     if lease is None:
+        # A new lease is written once, as it will stand: its seats are chosen first, so
+        # its expiry is known before the insert, and nothing written is read back.
+        plan = _grantable(tx, now, pool_id, licence_type, count)
+        seats = [{"purchase_id": c["purchase_id"], "count": take, "sales_order": c["sales_order"],
+                  "licence_type": licence_type, "expires_at": c["expires_at"],
+                  "status": c["status"], "held_at": c["held_at"]} for c, take in plan]
         lease_id = new_id("lse")
+        fresh = {"id": lease_id, "estate_id": server.estate_id, "pool_id": pool_id,
+                 "server_id": server.server_id, "encoder": encoder, "licence_type": licence_type,
+                 "state": "active", "created_at": int(now), "end_reason": None}
+        fresh, exp = _describe(now, fresh, seats, pool["lease_seconds"])
         tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=pool_id,
                server_id=server.server_id, encoder=encoder, licence_type=licence_type,
-               count=count, now=int(now), expires_at=int(now))
-        _take(tx, now, lease_id, pool_id, licence_type, count)
-        grant = _finish(tx, now, lease_id, pool["lease_seconds"], created=True)
+               count=count, now=int(now), expires_at=exp)
+        _lease_seats(tx, lease_id, pool_id, plan)
+        grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
         audit.record(tx, now, server, server.estate_id, "lease.granted", pool_id=pool_id,
                      subject_id=lease_id, encoder=encoder, licence_type=licence_type,
                      before=0, after=count)
         return grant
     seats = tx.all("lease_seats", lease_id=lease["id"])
     before = {"licence_type": lease["licence_type"], "count": lease["count"]}
+    touched = True
     if lease["licence_type"] != licence_type:
         # Another type replaces the lease atomically: the new seats are found first,
         # so a refusal leaves the old ones untouched.
@@ -204,17 +245,22 @@ def acquire(
     else:
         # Seats past their grace are dropped and replaced from valid licences.
         held = 0
+        dropped = False
         for seat in list(seats):
             if now >= purchases.grace_end(seat):
                 _drop_seat(tx, lease, seat, seat["count"])
                 seats.remove(seat)
+                dropped = True
             else:
                 held += seat["count"]
+        touched = dropped or count != held
         if count > held:
             _take(tx, now, lease["id"], pool_id, licence_type, count - held)
         elif count < held:
             _give_back(tx, lease, seats, held - count)
-    grant = _finish(tx, now, lease["id"], pool["lease_seconds"], created=False)
+    lease = {**lease, "licence_type": licence_type}
+    grant = _finish(tx, now, lease, None if touched else seats, pool["lease_seconds"],
+                    created=False)
     after = {"licence_type": licence_type, "count": count}
     if after != before:
         audit.record(tx, now, server, server.estate_id, "lease.changed", pool_id=pool_id,
@@ -235,17 +281,18 @@ def _binding(tx: Tx, server: Principal) -> Row:
     return row
 
 
-def _own_lease(tx: Tx, server: Principal, lease_id: str) -> Row:
-    _binding(tx, server)
+def _own_lease(tx: Tx, server: Principal, lease_id: str) -> tuple[Row, Row]:
+    """The server's lease, and the server's pool binding (``_binding``)."""
+    binding = _binding(tx, server)
     lease = tx.one("lease_by_id", lease_id=lease_id)
     if lease is None or lease["server_id"] != server.server_id:
         raise NotFound("No such lease for this server.")
-    return lease
+    return lease, binding
 
 
 def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
     """A new token and a later expiry, or ``Gone`` (the change is still committed)."""
-    lease = _own_lease(tx, server, lease_id)
+    lease, binding = _own_lease(tx, server, lease_id)
     tx.run("server_seen", server_id=server.server_id, now=int(now))
     if lease["state"] != "active":
         reason = "lapsed" if lease["state"] == "lapsed" else lease["state"]
@@ -259,14 +306,18 @@ def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
         audit.record(tx, now, server, lease["estate_id"], "lease.renewal_refused",
                      pool_id=lease["pool_id"], subject_id=lease_id, reason="lapsed")
         return Gone("lapsed")
-    pool = tx.one("pool_by_id", pool_id=lease["pool_id"], estate_id=lease["estate_id"])
-    assert pool is not None
-    return _finish(tx, now, lease_id, pool["lease_seconds"], created=False)
+    if binding["pool_id"] == lease["pool_id"]:
+        lease_seconds = binding["lease_seconds"]  # the same pool row, read a moment ago
+    else:
+        pool = tx.one("pool_by_id", pool_id=lease["pool_id"], estate_id=lease["estate_id"])
+        assert pool is not None
+        lease_seconds = pool["lease_seconds"]
+    return _finish(tx, now, lease, seats, lease_seconds, created=False)
 
 
 def release(tx: Tx, now: float, server: Principal, lease_id: str) -> None:
     """The agent gives the lease back. Idempotent."""
-    lease = _own_lease(tx, server, lease_id)
+    lease, _ = _own_lease(tx, server, lease_id)
     if lease["state"] == "active":
         _end(tx, now, lease, "released", "released", server)
 
