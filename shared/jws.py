@@ -114,6 +114,8 @@ class SigningKey:
 
 
 _HEADER_CACHE: dict[str, str] = {}
+# One encoder for every token: ``json.dumps`` with arguments builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
@@ -125,9 +127,9 @@ def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
             .encode()
         )
         _HEADER_CACHE[key.kid] = header
-    payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{header}.{payload}".encode("ascii")
-    return f"{header}.{payload}.{b64url(key.private.sign(signing_input))}"
+    payload = b64url(_COMPACT(claims).encode())
+    signing_input = f"{header}.{payload}"
+    return f"{signing_input}.{b64url(key.private.sign(signing_input.encode('ascii')))}"
 
 
 def keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, Ed25519PublicKey]:

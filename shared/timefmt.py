@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 
 def format_ts(epoch: float) -> str:
     """Render epoch seconds as ``2026-11-29T22:34:06Z`` (fractions are dropped)."""
-    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format(int(epoch))
+
+
+# A lease answer renders four or more instants, and a busy broker renders the same few
+# seconds (now, now + lifetime, a purchase's expiry) thousands of times each.
+@lru_cache(maxsize=4096)
+def _format(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_ts(text: str) -> int:
