@@ -32,6 +32,12 @@ class Result:
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def cpu_us(self) -> float:
+        """Broker CPU per answered request, in µs: what the broker spent on each, which
+        other work on the machine skews far less than throughput."""
+        return self.broker_cpu / 100 * 1e6 / self.rate if self.rate > 0 else float("nan")
+
     @classmethod
     def of(cls, name: str, concurrency: int, latencies_ms: list[float], seconds: float,
            errors: dict[str, int] | None = None) -> Result:
@@ -45,10 +51,11 @@ class Result:
         err_text = f"{errs}" + (f" {dict(self.errors)}" if errs else "")
         return (f"{self.name:<22} c={self.concurrency:<4} {self.rate:8.0f}/s {ratio}  "
                 f"p50 {self.p50:6.2f}  p95 {self.p95:6.2f}  p99 {self.p99:6.2f} ms  "
-                f"cpu {self.broker_cpu:4.0f}%  box {self.machine_busy:3.0f}%  "
+                f"cpu {self.broker_cpu:4.0f}% {self.cpu_us:4.0f}us/req  box {self.machine_busy:3.0f}%  "
                 f"peak {self.broker_peak_mb:5.0f} MB  err {err_text}")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rate"] = self.rate
+        d["cpu_us"] = self.cpu_us
         return d
