@@ -29,7 +29,8 @@ def test_wheel_has_queries_migrations_and_console(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("tenure-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     needed = [p.relative_to(ROOT).as_posix() for pattern in (
-        "broker/store/queries/*.sql", "broker/store/migrations/*.sql", "broker/console/static/*",
-    ) for p in ROOT.glob(pattern)]
+        "broker/store/queries/*.sql", "broker/store/migrations/*.sql", "broker/console/static/**/*",
+    ) for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
     assert needed, "nothing to check"
+    assert "broker/console/static/js/pages/pool.js" in needed  # the console's nested modules too
     assert not [n for n in needed if n not in names]

@@ -1,8 +1,10 @@
 """The admin console at ``/console/``: static assets and the session endpoints.
 
-The console is plain HTML, one JavaScript module and one stylesheet, served from this
-package (no CDN, no build step). The page calls the ``/v1`` JSON API with a session
-cookie instead of a bearer token:
+The console is plain HTML, native JavaScript modules (``console.js``, the entry point,
+and ``js/**``) and one stylesheet, served from this package (no CDN, no build step). Each
+file under ``static/`` gets its own fixed route when the app is made: no URL is ever
+mapped onto the file system, so ``..`` or an encoded slash cannot reach outside the folder.
+The page calls the ``/v1`` JSON API with a session cookie instead of a bearer token:
 
 - ``POST /console/session`` ``{"token": "tnr_adm_…"}`` checks an admin token and answers
   with a session cookie (HttpOnly, SameSite=Strict, Path=/; Secure over TLS, or behind a
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -68,11 +71,24 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/console/session", session_info, name="console_session_info")
     app.router.add_post("/console/session", sign_in, name="console_sign_in")
     app.router.add_delete("/console/session", sign_out, name="console_sign_out")
-    assets = {p.name: p for p in sorted(STATIC.iterdir()) if p.suffix in _TYPES}
+    assets = static_assets()
     app.router.add_get("/console/", _asset(assets["index.html"]), name="console_index")
     for name, path in assets.items():
         if name != "index.html":
-            app.router.add_get(f"/console/{name}", _asset(path), name=f"console_{path.stem}_{path.suffix[1:]}")
+            app.router.add_get(f"/console/{name}", _asset(path), name="console_" + re.sub(r"\W", "_", name))
+
+
+def static_assets(root: Path = STATIC) -> dict[str, Path]:
+    """The files the console serves, keyed by their path under ``root`` (``js/pages/pool.js``).
+
+    Only files of a known type, and nothing hidden (an editor's swap file, say).
+    """
+    assets: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and path.suffix in _TYPES and not any(p.startswith(".") for p in rel.split("/")):
+            assets[rel] = path
+    return assets
 
 
 def session_digest(request: web.Request) -> bytes | None:

@@ -1,0 +1,68 @@
+// Authenticate server/domain (#/pools/<id>/codes): the code just made, shown once, with
+// the command for the host; and the pool's live codes.
+
+import { api, E, P } from '../api.js';
+import { clearError, confirmDialog, copyText, el, errorBox, h1, section, showError, table } from '../dom.js';
+import { fmtTime, fromNow, groupCode } from '../format.js';
+import { refresh } from '../router.js';
+import { state } from '../state.js';
+
+export async function codesPage(id) {
+  const [pool, codes, estate] = await Promise.all([
+    api('GET', P(id)), api('GET', E(`/auth-codes?pool=${encodeURIComponent(id)}`)), api('GET', E())]);
+  const fresh = state.lastCode && state.lastCode.pool_id === id ? state.lastCode : null;
+  state.lastCode = null; // shown once: a reload or a later visit does not show it again
+  const admins = new Map(estate.admins.map((a) => [a.id, a.name]));
+  const errors = errorBox();
+  const parts = [h1('Authenticate server/domain'), el('p', { class: 'lead' }, 'Pool: ', el('a', { href: `#/pools/${id}` }, pool.name))];
+  if (fresh) {
+    const grouped = groupCode(fresh.code);
+    const command = `tenure-agent enroll ${grouped} --broker ${state.brokerUrl || location.origin}`;
+    const codeNode = el('p', { class: 'code', id: 'auth-code' }, grouped);
+    const commandNode = el('code', {}, command);
+    parts.push(el('div', { class: 'card code-card' },
+      el('p', {}, 'Give this code to the field technician. It works once.'),
+      codeNode,
+      el('p', {}, `Expires ${fmtTime(fresh.expires_at)} (${fromNow(fresh.expires_at)}).`),
+      el('button', { type: 'button', on: { click: () => copyText(fresh.code, codeNode) } }, 'Copy code'),
+      el('h2', {}, 'On the encoder host'),
+      el('pre', { class: 'command' }, commandNode),
+      el('button', { type: 'button', on: { click: () => copyText(command, commandNode) } }, 'Copy command'),
+      el('p', { class: 'hint' }, 'For a domain rather than the whole server, add ', el('code', {}, '--domain NAME'),
+        '. The code is shown only now; the broker keeps only a keyed hash of it.')));
+  } else {
+    const again = el('button', { type: 'button', class: 'primary' }, 'Make a new code');
+    again.addEventListener('click', async () => {
+      clearError(errors);
+      try {
+        again.disabled = true;
+        state.lastCode = await api('POST', P(id, '/auth-codes'), {});
+        refresh();
+      } catch (err) {
+        showError(errors, err);
+        again.disabled = false;
+      }
+    });
+    parts.push(el('p', {}, 'A code is shown only once, right after it is made.'), again);
+  }
+  parts.push(errors, section('Live codes',
+    table('Live codes of this pool', ['Made', 'Expires', 'Made by', 'Action'], codes.items.map((c) => [
+      fmtTime(c.created_at), `${fmtTime(c.expires_at)} (${fromNow(c.expires_at)})`, admins.get(c.created_by) || c.created_by,
+      el('button', {
+        type: 'button', class: 'small danger', 'aria-label': `Revoke the code made ${fmtTime(c.created_at)}, expiring ${fmtTime(c.expires_at)}`,
+        on: {
+          click: async () => {
+            const ok = await confirmDialog('Revoke this code?', 'Nobody will be able to use it.', 'Yes, revoke');
+            if (!ok) return;
+            clearError(errors);
+            try {
+              await api('DELETE', E(`/auth-codes/${encodeURIComponent(c.id)}`));
+              refresh('Code revoked.');
+            } catch (err) {
+              showError(errors, err);
+            }
+          },
+        },
+      }, 'Revoke')]), 'No live codes for this pool.')));
+  return parts;
+}
