@@ -16,12 +16,10 @@ when another process holds the database's write lock, BEGIN is retried after sho
 jittered sleeps for up to ``BUSY_WAIT`` seconds, then the batch fails with
 ``StorageUnavailable``. Reads run on the reader thread.
 
-Costs that would otherwise be paid per request are paid per batch or once: each named
-query's column names are read once; a few rows that change only by admin action
-(``pool_by_id``: a pool's lifetime) are kept in memory, dropped whenever a statement
-writes their table, and filled only from committed state; and a write that only moves
-a column forward (``server_seen``) is skipped when the same or a later value is already
-committed.
+Costs that would otherwise be paid per request are paid per batch or once: the answers
+of a batch reach the loop in one wake-up, and each named query's column names are read
+once. Nothing is cached between transactions, so every read sees what is committed,
+whichever process committed it.
 """
 
 from __future__ import annotations
@@ -51,13 +49,6 @@ MAX_BATCH = 512
 # before its requests are refused with 503 (the loop never blocks on it: it sleeps).
 BUSY_WAIT = 2.0
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
-# Reads the writer answers from memory, and the table whose writes make them stale.
-CACHED_READS = {"pool_by_id": "pools"}
-# Writes that only move one column forward to the named parameter (``... WHERE col <
-# :now``): once one is committed, running it again with the same or an earlier value
-# changes nothing, so the store skips it. Any other write to the table forgets them.
-FORWARD_WRITES = {"server_seen": ("servers", "now")}
-MAX_FORWARD_NOTES = 1_000_000
 
 
 def load_queries() -> dict[str, str]:
@@ -137,76 +128,10 @@ def connect(path: Path, synchronous: str = "full") -> sqlite3.Connection:
     return conn
 
 
-def _writes_to(sql: str) -> str | None:
-    match = re.match(r"\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM|REPLACE\s+INTO)\s+(\w+)", sql, re.I)
-    return match.group(1).lower() if match else None
-
-
-class RowCache:
-    """What the writer remembers between transactions: rows of ``CACHED_READS``, and the
-    committed values of ``FORWARD_WRITES``.
-
-    Coherent because every write to the database goes through the writer: a statement
-    that writes a cached table empties the cache and stops it filling until the batch
-    has ended (so nothing uncommitted, or rolled back, is ever kept). A forward write's
-    value is noted for its job, kept for the batch when the job's savepoint is released,
-    and remembered only once the batch has committed.
-    """
-
-    def __init__(self, queries: Mapping[str, str]) -> None:
-        self.rows: dict[tuple[str, tuple[Any, ...]], Row] = {}
-        tables = set(CACHED_READS.values())
-        self.invalidating = {name for name, sql in queries.items() if _writes_to(sql) in tables}
-        self.filling = True
-        forward_tables = {table for table, _ in FORWARD_WRITES.values()}
-        self.forgetting = {name for name, sql in queries.items()
-                           if _writes_to(sql) in forward_tables and name not in FORWARD_WRITES}
-        self.forward: dict[tuple[Any, ...], Any] = {}  # committed
-        self.batch_forward: dict[tuple[Any, ...], Any] = {}  # released jobs of this batch
-        self.job_forward: dict[tuple[Any, ...], Any] = {}  # the job running now
-
-    def forward_done(self, key: tuple[Any, ...], value: Any) -> bool:
-        """Whether this forward write is already in effect (committed or in this batch)."""
-        for notes in (self.forward, self.batch_forward):
-            have = notes.get(key)
-            if have is not None and have >= value:
-                return True
-        return False
-
-    def forget_forward(self) -> None:
-        self.forward.clear()
-        self.batch_forward.clear()
-        self.job_forward.clear()
-
-    def end_job(self, ok: bool) -> None:
-        if ok:
-            for key, value in self.job_forward.items():
-                have = self.batch_forward.get(key)
-                if have is None or value > have:
-                    self.batch_forward[key] = value
-        self.job_forward.clear()
-
-    def end_batch(self, dirty: bool) -> None:
-        if dirty or not self.filling:
-            self.rows.clear()
-        self.filling = True
-        if not dirty:
-            if len(self.forward) + len(self.batch_forward) > MAX_FORWARD_NOTES:
-                self.forward.clear()
-            for key, value in self.batch_forward.items():
-                have = self.forward.get(key)
-                if have is None or value > have:
-                    self.forward[key] = value
-        self.batch_forward.clear()
-        self.job_forward.clear()
-
-
 class SqliteTx:
-    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str],
-                 cache: RowCache | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
         self._conn = conn
         self._q = queries
-        self._cache = cache
         self._names: dict[str, list[str]] = {}
 
     def _columns(self, query: str, cursor: sqlite3.Cursor) -> list[str]:
@@ -216,20 +141,11 @@ class SqliteTx:
         return names
 
     def one(self, query: str, **params: Any) -> Row | None:
-        cache = self._cache
-        if cache is not None and query in CACHED_READS:
-            key = (query, tuple(sorted(params.items())))
-            hit = cache.rows.get(key)
-            if hit is not None:
-                return dict(hit)
         cursor = self._conn.execute(self._q[query], params)
         raw = cursor.fetchone()
         if raw is None:
             return None
-        row = dict(zip(self._columns(query, cursor), raw, strict=True))
-        if cache is not None and query in CACHED_READS and cache.filling:
-            cache.rows[key] = dict(row)
-        return row
+        return dict(zip(self._columns(query, cursor), raw, strict=True))
 
     def all(self, query: str, **params: Any) -> list[Row]:
         cursor = self._conn.execute(self._q[query], params)
@@ -244,32 +160,10 @@ class SqliteTx:
         return None if raw is None else raw[0]
 
     def run(self, query: str, **params: Any) -> int:
-        cache = self._cache
-        if cache is not None and query in FORWARD_WRITES:
-            column = FORWARD_WRITES[query][1]
-            value = params[column]
-            key = (query, *sorted((k, v) for k, v in params.items() if k != column))
-            if cache.forward_done(key, value):
-                return 0  # what the statement would do: it matches no row
-            changed = self._conn.execute(self._q[query], params).rowcount
-            cache.job_forward[key] = value
-            return changed
-        self._invalidate(query)
         return self._conn.execute(self._q[query], params).rowcount
 
     def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        self._invalidate(query)
         self._conn.executemany(self._q[query], rows)
-
-    def _invalidate(self, query: str) -> None:
-        cache = self._cache
-        if cache is None:
-            return
-        if query in cache.invalidating:
-            cache.rows.clear()
-            cache.filling = False
-        if query in cache.forgetting:
-            cache.forget_forward()
 
 
 @dataclass
@@ -311,7 +205,6 @@ class SqliteStore:
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self._cache = RowCache(self._queries)
         # The write path: jobs waiting for the next batch, the flusher task draining
         # them, the write connection (used on the loop, and by the committer thread for
         # COMMIT only while the loop waits for it), and that thread.
@@ -401,7 +294,7 @@ class SqliteStore:
         except sqlite3.Error:
             log.exception("cannot open the database for writing")
             return False
-        self._conn, self._tx = conn, SqliteTx(conn, self._queries, self._cache)
+        self._conn, self._tx = conn, SqliteTx(conn, self._queries)
         return True
 
     async def _flush(self) -> None:
@@ -448,7 +341,6 @@ class SqliteStore:
             return [_Outcome(job, False, failure) for job in batch]
         conn, tx = self._conn, self._tx
         assert conn is not None and tx is not None
-        cache = self._cache
         outcomes: list[_Outcome] = []
         try:
             await self._begin(conn)
@@ -460,25 +352,20 @@ class SqliteStore:
                     # A constraint guarding an invariant tripped: refuse this job alone.
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    cache.end_job(ok=False)
                     outcomes.append(_Outcome(job, False, exc))
                 except sqlite3.Error:
                     raise  # the database itself failed: the whole batch fails below
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    cache.end_job(ok=False)
                     outcomes.append(_Outcome(job, False, exc))
                 else:
                     conn.execute("RELEASE job")
-                    cache.end_job(ok=True)
                     outcomes.append(_Outcome(job, True, result))
             await self._commit(conn)
             self.stats.commits += 1
-            cache.end_batch(dirty=False)
         except (sqlite3.Error, RuntimeError) as exc:
             # RuntimeError: the committer thread is gone (shutting down).
-            cache.end_batch(dirty=True)
             self.stats.failed_commits += 1
             log.error("write transaction failed, %d request(s) refused: %s", len(batch), exc)
             try:
