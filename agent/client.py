@@ -2,7 +2,8 @@
 
 Every failure comes out as an ``agent.errors`` exception: transport errors, timeouts,
 429 and 5xx as ``BrokerUnavailable`` (retryable, with ``retry_after`` when the broker
-said), a garbled answer likewise, and other 4xx as a final ``BrokerRefused`` carrying
+said), a garbled answer likewise (a 4xx that is not a problem document too: it is not
+the broker speaking), and other 4xx as a final ``BrokerRefused`` carrying
 the problem document's ``code``. Nothing here retries: that is the runner's business.
 """
 
@@ -51,7 +52,7 @@ class LeaseGrant:
     licence_type: str
     expires_at: int
     renew_after: int
-    server_time: int | None
+    server_time: int
     state: str
     seats: tuple[dict[str, Any], ...]
 
@@ -63,7 +64,6 @@ class LeaseGrant:
         token = data["token"]
         if not isinstance(token, str):
             raise ValueError("token is not a string")
-        server_time = data.get("server_time")
         seats = data.get("seats") or []
         if not isinstance(seats, list):
             raise ValueError("seats is not a list")
@@ -78,7 +78,8 @@ class LeaseGrant:
             licence_type=str(data["licence_type"]),
             expires_at=parse_ts(data["expires_at"]),
             renew_after=parse_ts(data["renew_after"]),
-            server_time=parse_ts(server_time) if server_time else None,
+            # Required: the lease's lifetime is measured on the broker's clock, from here.
+            server_time=parse_ts(data["server_time"]),
             state=str(data.get("state") or "valid"),
             seats=tuple(dict(s) for s in seats if isinstance(s, dict)),
         )
@@ -173,12 +174,16 @@ class BrokerClient:
             return status, data
         problem = data if isinstance(data, dict) else {}
         code = problem.get("code")
-        if not isinstance(code, str):
-            code = f"http_{status}"
         if status == 429:
             raise BrokerUnavailable(self.base_url, "rate limited", retry_after=retry_after)
         if status >= 500:
-            raise BrokerUnavailable(self.base_url, f"HTTP {status} ({code})", retry_after=retry_after)
+            shown = code if isinstance(code, str) else "not the broker's answer"
+            raise BrokerUnavailable(self.base_url, f"HTTP {status} ({shown})", retry_after=retry_after)
+        if not isinstance(code, str):
+            # The broker words every refusal as a problem document with a code. A bare
+            # 4xx (an HTML page from a proxy or captive portal in the way) is not its
+            # word: a final refusal on its strength would drop a valid lease.
+            raise BrokerUnavailable(self.base_url, f"HTTP {status} that is not the broker's answer")
         raise BrokerRefused(code, status, problem)
 
     def _garbled(self, what: str, exc: Exception | None = None) -> BrokerUnavailable:

@@ -1,27 +1,76 @@
-"""Time as the agent sees it; injected so that tests never sleep through real seconds."""
+"""Time as the agent sees it; injected so that tests never sleep through real seconds.
+
+Two clocks, for two different questions:
+
+- ``monotonic()`` measures how long something took or has left: lease deadlines, renewal
+  timers, retry delays, long polls. It never jumps when the host's clock is stepped
+  (NTP, an operator), so a lease is served exactly as long as the broker granted it,
+  whatever the host's calendar says. On Linux it is ``CLOCK_BOOTTIME``, which also
+  counts time spent suspended: the broker's clock runs on while the host sleeps.
+- ``boot_id()`` names the monotonic clock's origin. Readings under the same id are
+  comparable across processes (an agent restarted on the same boot trusts the
+  monotonic deadlines its predecessor stored); an empty id means "not comparable".
+- ``wall()`` is the host's calendar (seconds since the epoch). It is used only where a
+  value must outlive the boot (the persisted lease state, read again after a reboot,
+  when monotonic time has started afresh), and for display.
+
+``sleep`` waits in monotonic time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Protocol
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 class Clock(Protocol):
-    def now(self) -> float:
-        """Seconds since the epoch."""
+    def monotonic(self) -> float:
+        """Seconds on a clock that only moves forward; its origin means nothing."""
+        ...
+
+    def boot_id(self) -> str:
+        """Which origin ``monotonic`` counts from; "" when readings cannot be compared
+        outside this process."""
+        ...
+
+    def wall(self) -> float:
+        """The host's idea of seconds since the epoch; may jump either way."""
         ...
 
     async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` of this clock's time."""
+        """Wait ``seconds`` of monotonic time."""
         ...
 
 
 class SystemClock:
-    def now(self) -> float:
+    def __init__(self) -> None:
+        self._clock_id: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+        self._boot_id: str | None = None
+
+    def monotonic(self) -> float:
+        if self._clock_id is not None:
+            return time.clock_gettime(self._clock_id)
+        return time.monotonic()
+
+    def boot_id(self) -> str:
+        if self._boot_id is None:
+            try:
+                boot = _BOOT_ID.read_text().strip() if self._clock_id is not None else ""
+            except OSError:
+                boot = ""
+            self._boot_id = boot
+        return self._boot_id
+
+    def wall(self) -> float:
         return time.time()
 
     async def sleep(self, seconds: float) -> None:
+        # The event loop's timers run on time.monotonic(): a wall-clock step does not
+        # shorten or stretch a sleep.
         await asyncio.sleep(max(0.0, seconds))
 
 

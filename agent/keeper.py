@@ -49,6 +49,16 @@ log = logging.getLogger(__name__)
 
 # Renew somewhere in the first tenth of the window between renew_after and expiry.
 RENEW_JITTER = 0.1
+# Stop serving a lease this long before the broker expires it: its server_time and exp
+# are whole seconds (the broker may have been up to a second past server_time when it
+# answered), and a monotonic clock may run fast by up to NTP's slew limit (500 ppm).
+DEADLINE_MARGIN = 1.0
+DEADLINE_DRIFT = 0.001
+
+
+def deadline_margin(lifetime: float) -> float:
+    """Seconds to stop serving a lease of ``lifetime`` seconds before its expiry."""
+    return DEADLINE_MARGIN + DEADLINE_DRIFT * max(0.0, lifetime)
 
 
 class _Woken(Exception):
@@ -95,9 +105,9 @@ class Keeper:
 
     async def wait_changed(self, version: int, within: float) -> None:
         """Return when the version is no longer ``version``, or ``within`` seconds (clock)."""
-        deadline = self.runner.clock.now() + within
+        deadline = self.runner.clock.monotonic() + within
         while self.version == version and not self.finished.is_set():
-            left = deadline - self.runner.clock.now()
+            left = deadline - self.runner.clock.monotonic()
             if left <= 0:
                 return
             event = self._changed
@@ -112,7 +122,8 @@ class Keeper:
                 await asyncio.gather(waiter, finished, sleeper, return_exceptions=True)
 
     def state(self, now: float | None = None) -> str:
-        now = self.runner.clock.now() if now is None else now
+        """The encoder-visible state; ``now`` is on the monotonic clock."""
+        now = self.runner.clock.monotonic() if now is None else now
         r = self.record
         if r.want is None:
             return "releasing" if r.held is not None else "released"
@@ -126,7 +137,7 @@ class Keeper:
 
     def view(self, *, with_token: bool = True) -> dict[str, Any]:
         """The encoder's lease as the local API shows it."""
-        now = self.runner.clock.now()
+        now = self.runner.clock.monotonic()
         r = self.record
         state = self.state(now)
         lease: dict[str, Any] | None = None
@@ -161,7 +172,7 @@ class Keeper:
         while True:
             self._wake.clear()
             if r.want is None:
-                if r.held is not None and clock.now() < r.held.deadline:
+                if r.held is not None and clock.monotonic() < r.held.deadline:
                     await self._retrying(self._release)
                     if r.want is None and r.held is not None:
                         # Gave up at the deadline: the lease has lapsed at the broker.
@@ -170,14 +181,14 @@ class Keeper:
                 r.held = None
                 self._finish()
                 return
-            if r.held is not None and clock.now() >= r.held.deadline:
+            if r.held is not None and clock.monotonic() >= r.held.deadline:
                 self._lose()
                 continue
             if r.held is None and r.halted is not None:
                 await wait_event(clock, self._wake, None)
                 continue
             if r.held is not None and (r.halted is not None or self._matches(r.held, r.want)):
-                if await wait_event(clock, self._wake, r.held.renew_at - clock.now()):
+                if await wait_event(clock, self._wake, r.held.renew_at - clock.monotonic()):
                     continue
                 await self._retrying(self._renew)
                 continue
@@ -211,12 +222,12 @@ class Keeper:
             base += self.runner.rng.uniform(0, base * 0.1)
         held = self.record.held
         if held is not None:
-            base = min(base, max(0.0, held.deadline - self.runner.clock.now()))
+            base = min(base, max(0.0, held.deadline - self.runner.clock.monotonic()))
         return base
 
     def _give_up(self, state: RetryCallState) -> bool:
         held = self.record.held
-        return held is not None and self.runner.clock.now() >= held.deadline
+        return held is not None and self.runner.clock.monotonic() >= held.deadline
 
     async def _sleep(self, seconds: float) -> None:
         if await wait_event(self.runner.clock, self._wake, seconds):
@@ -280,23 +291,35 @@ class Keeper:
     def _binding(self, domain: str | None) -> Binding | None:
         return self.runner.bindings().get(domain)
 
-    async def _accept(self, grant: LeaseGrant, binding: Binding, sent_at: float, want: Want | None) -> Held:
-        """Verify ``grant`` and turn it into a ``Held`` lease on our own clock."""
+    async def _accept(
+        self, grant: LeaseGrant, binding: Binding, sent: tuple[float, float], want: Want | None
+    ) -> Held:
+        """Verify ``grant`` and turn it into a ``Held`` lease on our own monotonic clock.
+
+        ``sent`` is (monotonic, wall) when the request that won it left.
+        """
         if want is not None and (grant.count != want.count or grant.licence_type != want.licence_type):
             raise TokenRejected("the lease granted does not match the request")
+        clock = self.runner.clock
+        received = clock.monotonic()
+
+        def broker_now() -> float:
+            return grant.server_time + (clock.monotonic() - received)
+
         await self.runner.keyring(binding.broker_url).verify(
             grant,
             encoder=self.encoder,
             server_id=binding.server_id,
             estate_id=binding.estate_id,
+            broker_now=broker_now,
         )
-        # Measure from when we asked, on our own clock: a host whose clock is off still
-        # stops serving no later than the broker expires the lease.
-        issued = grant.server_time if grant.server_time is not None else grant.renew_after
-        deadline = sent_at + (grant.expires_at - issued)
-        renew_after = sent_at + (grant.renew_after - issued)
-        if grant.server_time is None:
-            deadline = min(deadline, float(grant.expires_at))
+        # The lifetime is the broker's (expiry less its own time of answering), measured
+        # on our monotonic clock from when we asked, which is no later than when it
+        # answered: the host's clock, however wrong or stepped, never enters.
+        sent_at, sent_wall = sent
+        lifetime = grant.expires_at - grant.server_time
+        deadline = sent_at + lifetime - deadline_margin(lifetime)
+        renew_after = sent_at + (grant.renew_after - grant.server_time)
         window = max(0.0, deadline - renew_after)
         renew_at = renew_after + self.runner.rng.uniform(0, window * RENEW_JITTER)
         return Held(
@@ -308,11 +331,18 @@ class Keeper:
             server_id=binding.server_id,
             expires_at=grant.expires_at,
             renew_after=grant.renew_after,
+            server_time=grant.server_time,
             deadline=deadline,
             renew_at=min(renew_at, deadline),
+            wall_deadline=sent_wall + (deadline - sent_at),
+            boot_id=clock.boot_id(),
             purchase_state=grant.state,
             seats=grant.seats,
         )
+
+    def _sent(self) -> tuple[float, float]:
+        clock = self.runner.clock
+        return clock.monotonic(), clock.wall()
 
     async def _store(self, held: Held | None) -> None:
         self.record.held = held
@@ -342,7 +372,7 @@ class Keeper:
         if r.held is not None and r.held.server_id != binding.server_id:
             await self._release()  # moving to another binding: give the old seats back
         client = self.runner.client(binding.broker_url)
-        sent_at = self.runner.clock.now()
+        sent = self._sent()
         self.in_flight = True
         try:
             grant = await client.acquire(binding.token, self.encoder, want.licence_type, want.count)
@@ -355,7 +385,7 @@ class Keeper:
         self.runner.health.ok(binding.broker_url)
         if grant is None:
             raise BrokerUnavailable(binding.broker_url, "acquire answered with no lease")
-        held = await self._accept(grant, binding, sent_at, want)
+        held = await self._accept(grant, binding, sent, want)
         # Even if the wish changed while we asked, this lease is real: keep it, and let
         # the loop go round again to reshape or release it.
         log.info(
@@ -400,7 +430,7 @@ class Keeper:
             await self._store(None)
             return
         client = self.runner.client(binding.broker_url)
-        sent_at = self.runner.clock.now()
+        sent = self._sent()
         try:
             grant = await client.renew(binding.token, held.lease_id)
         except BrokerRefused as exc:
@@ -423,10 +453,10 @@ class Keeper:
                 await self._store(None)
             return
         self.runner.health.ok(binding.broker_url)
-        fresh = await self._accept(grant, binding, sent_at, None)
+        fresh = await self._accept(grant, binding, sent, None)
         if fresh.lease_id != held.lease_id or fresh.count != held.count:
             raise TokenRejected("the renewed lease does not match the lease held")
-        if sent_at > held.renew_at + max(1.0, (held.deadline - held.renew_at) / 2):
+        if sent[0] > held.renew_at + max(1.0, (held.deadline - held.renew_at) / 2):
             log.info(
                 "lease renewed late: encoder %s, lease %s, now expires %s",
                 self.encoder,
@@ -452,7 +482,9 @@ class Keeper:
         await self._store(None)
 
     async def release_on_stop(self, deadline: float) -> bool:
-        """Give the encoder's seats back before the agent exits; True when done.
+        """Give the encoder's seats back before the agent exits (by ``deadline``, monotonic).
+
+        True when done.
 
         Uses ``count: 0`` on (server, encoder), which also frees a lease whose grant was
         in flight when the keeper was stopped and so never recorded.
@@ -470,7 +502,7 @@ class Keeper:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Retryable),
             wait=wait_random_exponential(multiplier=0.2, max=2.0),
-            stop=lambda _s: self.runner.clock.now() >= deadline,
+            stop=lambda _s: self.runner.clock.monotonic() >= deadline,
             sleep=self.runner.clock.sleep,
             reraise=True,
         )

@@ -20,9 +20,9 @@ from shared import jws
 
 log = logging.getLogger(__name__)
 
-# Tolerance for the token's nbf against the broker's own server_time.
+# Tolerance for the token's nbf against the broker's own time (its ``server_time``).
 LEEWAY_SECONDS = 60
-# Do not ask for the key set more often than this, whatever tokens arrive.
+# Do not ask for the key set more often than this (monotonic seconds), whatever tokens arrive.
 REFRESH_INTERVAL = 10.0
 
 
@@ -34,7 +34,7 @@ class KeyRing:
         key_sets: Iterable[dict[str, Any]],
         fetch: Callable[[], Awaitable[dict[str, Any]]],
         *,
-        now: Callable[[], float],
+        monotonic: Callable[[], float],
         on_refresh: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
@@ -44,7 +44,7 @@ class KeyRing:
             except jws.TokenInvalid:
                 log.warning("ignoring a malformed stored key set")
         self._fetch = fetch
-        self._now = now
+        self._monotonic = monotonic
         self._on_refresh = on_refresh
         self._last_refresh = float("-inf")
 
@@ -54,7 +54,7 @@ class KeyRing:
 
     async def refresh(self) -> None:
         """Fetch the broker's key set and add its keys (retired keys are kept until restart)."""
-        self._last_refresh = self._now()
+        self._last_refresh = self._monotonic()
         key_set = await self._fetch()
         try:
             fresh = jws.keys_from_jwks(key_set)
@@ -67,22 +67,32 @@ class KeyRing:
             if self._on_refresh is not None:
                 self._on_refresh(key_set)
 
-    async def verify(self, grant: LeaseGrant, *, encoder: str, server_id: str, estate_id: str) -> dict[str, Any]:
+    async def verify(
+        self,
+        grant: LeaseGrant,
+        *,
+        encoder: str,
+        server_id: str,
+        estate_id: str,
+        broker_now: Callable[[], float],
+    ) -> dict[str, Any]:
         """Check ``grant``'s token end to end and return its claims.
 
         Signature against a pinned key, the claims against the lease the broker described
-        and the encoder and binding it is for, and its times against the broker's own
-        ``server_time`` (not the host's clock, which may be off).
+        and the encoder and binding it is for, and its times against ``broker_now``: the
+        broker's own time (its ``server_time`` plus the monotonic time elapsed since the
+        answer came), never the host's wall clock, which may be off or stepped. Read
+        again for each check, since a key fetch in between takes time.
         """
         token = grant.token.reveal()
         try:
-            claims = self._verify(token, grant.server_time)
+            claims = self._verify(token, broker_now())
         except jws.UnknownKey as exc:
-            if self._now() - self._last_refresh < REFRESH_INTERVAL:
+            if self._monotonic() - self._last_refresh < REFRESH_INTERVAL:
                 raise TokenRejected(f"signed by unknown key {exc.kid!r}") from exc
             await self.refresh()
             try:
-                claims = self._verify(token, grant.server_time)
+                claims = self._verify(token, broker_now())
             except jws.TokenInvalid as again:
                 raise TokenRejected(str(again)) from again
         except jws.TokenInvalid as exc:
@@ -100,7 +110,11 @@ class KeyRing:
                 raise TokenRejected(f"claim {claim!r} does not match the lease")
         if claims["exp"] != grant.expires_at:
             raise TokenRejected("token expiry does not match the lease")
+        # The leeway is for nbf (clock granularity); a token already expired on the
+        # broker's clock is of no use to an encoder, whatever the leeway.
+        if claims["exp"] <= broker_now():
+            raise TokenRejected("token expired")
         return claims
 
-    def _verify(self, token: str, server_time: int | None) -> dict[str, Any]:
-        return jws.verify(token, self._keys, now=server_time, leeway=LEEWAY_SECONDS)
+    def _verify(self, token: str, broker_now: float) -> dict[str, Any]:
+        return jws.verify(token, self._keys, now=broker_now, leeway=LEEWAY_SECONDS)

@@ -142,8 +142,8 @@ async def put_lease(agent: Agent, request: BaseRequest, serial: str) -> Response
         what = f'domain "{want.domain}"' if want.domain else "this host"
         raise Problem(409, "not_enrolled", f"{what} is not enrolled: run tenure-agent enroll")
     keeper = await agent.runner.want(serial, want)
-    deadline = agent.clock.now() + wait
-    while keeper.state() == "pending" and (left := deadline - agent.clock.now()) > 0:
+    deadline = agent.clock.monotonic() + wait
+    while keeper.state() == "pending" and (left := deadline - agent.clock.monotonic()) > 0:
         await keeper.wait_changed(keeper.version, left)
     return json_response(keeper.view())
 
@@ -168,8 +168,8 @@ async def delete_lease(agent: Agent, request: BaseRequest, serial: str) -> Respo
     keeper = await agent.runner.drop(serial)
     assert keeper is not None
     if wait:
-        deadline = agent.clock.now() + wait
-        while not keeper.finished.is_set() and (left := deadline - agent.clock.now()) > 0:
+        deadline = agent.clock.monotonic() + wait
+        while not keeper.finished.is_set() and (left := deadline - agent.clock.monotonic()) > 0:
             await keeper.wait_changed(keeper.version, left)
     state = "released" if keeper.finished.is_set() else "releasing"
     return json_response({"encoder": serial, "state": state})

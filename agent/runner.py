@@ -32,12 +32,13 @@ class BrokerHealth:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        # Monotonic instants: only ever compared with one another.
         self.away_since: dict[str, float] = {}
         self.last_ok: dict[str, float] = {}
         self.last_error: dict[str, str] = {}
 
     def ok(self, url: str) -> None:
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self.last_ok[url] = now
         since = self.away_since.pop(url, None)
         self.last_error.pop(url, None)
@@ -47,7 +48,7 @@ class BrokerHealth:
     def failed(self, url: str, exc: BrokerUnavailable) -> None:
         self.last_error[url] = exc.reason
         if url not in self.away_since:
-            self.away_since[url] = self._clock.now()
+            self.away_since[url] = self._clock.monotonic()
             log.warning("broker away: %s (%s)", url, exc.reason)
 
     def reachable(self, url: str) -> bool | None:
@@ -101,12 +102,21 @@ class Runner:
         return next(self._versions)
 
     def start(self) -> None:
-        """Start a keeper for every encoder in the stored state (re-adoption)."""
+        """Start a keeper for every encoder in the stored state (re-adoption).
+
+        A stored lease keeps its deadline on the same boot; after a reboot it is served
+        for no longer than its stored wall-clock deadline allows and never for more than
+        its lifetime (the host's clock may have been stepped back meanwhile). It is
+        renewed by id at once.
+        """
         self._started = True
+        monotonic, wall, boot = self.clock.monotonic(), self.clock.wall(), self.clock.boot_id()
         for record in list(self.state.encoders.values()):
             if record.want is None and record.held is None:
                 del self.state.encoders[record.encoder]
                 continue
+            if record.held is not None:
+                record.held = record.held.resumed(monotonic, wall, boot)
             self._keeper(record)
 
     def _keeper(self, record: EncoderRecord) -> Keeper:
@@ -186,7 +196,7 @@ class Runner:
         for keeper in keepers:
             await keeper.cancel()
         if release:
-            deadline = self.clock.now() + within
+            deadline = self.clock.monotonic() + within
             tasks = [asyncio.ensure_future(k.release_on_stop(deadline)) for k in keepers]
             if tasks:
                 await asyncio.wait(tasks, timeout=within + 1.0)

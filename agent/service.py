@@ -52,7 +52,7 @@ class Agent:
         self._save_lock = asyncio.Lock()
         self._dirty = False
         self._probes: dict[str, tuple[float, str, str | None]] = {}
-        self.started_at = self.clock.now()
+        self.started_at = self.clock.wall()
         ensure_dir(self.state_dir)
         self.leases = load_leases(self.state_dir)
         self.bindings()
@@ -109,7 +109,7 @@ class Agent:
                 self.leases.keys[url] = key_set
                 self.runner.spawn(self.save())
 
-            ring = KeyRing(key_sets, self.client(url).keys, now=self.clock.now, on_refresh=remember)
+            ring = KeyRing(key_sets, self.client(url).keys, monotonic=self.clock.monotonic, on_refresh=remember)
             self._keyrings[url] = ring
         return ring
 
@@ -139,7 +139,7 @@ class Agent:
     async def probe(self, binding: Binding) -> tuple[str, str | None]:
         """Ask the broker whether it knows ``binding``: reachable, unreachable or removed."""
         cached = self._probes.get(binding.server_id)
-        if cached is not None and self.clock.now() - cached[0] < PROBE_TTL:
+        if cached is not None and self.clock.monotonic() - cached[0] < PROBE_TTL:
             return cached[1], cached[2]
         health = self.runner.health
         try:
@@ -158,7 +158,7 @@ class Agent:
             result = ("unreachable", exc.reason)
         except TimeoutError:
             result = ("unreachable", f"no answer within {PROBE_TIMEOUT:g} s")
-        self._probes[binding.server_id] = (self.clock.now(), *result)
+        self._probes[binding.server_id] = (self.clock.monotonic(), *result)
         return result
 
     async def status(self, *, probe: bool) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,9 +269,16 @@ class Want:
 class Held:
     """A lease the broker granted, with its verified token.
 
-    ``expires_at`` is the token's ``exp`` (broker time). ``deadline`` and ``renew_at`` are
-    on the agent's own clock, measured from when the request was sent, so that a host
-    whose clock is off still stops serving a lease no later than the broker expires it.
+    ``expires_at``, ``renew_after`` and ``server_time`` are the broker's, on the broker's
+    clock. ``deadline`` and ``renew_at`` are on the agent's monotonic clock: the instant
+    the request that won the lease was sent, plus the lifetime the broker gave
+    (``expires_at - server_time``, so the host's clock error does not enter), less a
+    safety margin. A host clock stepped either way changes neither.
+
+    The state file keeps the monotonic deadline with ``boot_id`` (the monotonic clock's
+    origin), and ``wall_deadline``, the same deadline on the host's wall clock as it read
+    then: monotonic time does not survive a reboot. A lease read back from the file is
+    served no longer than ``resumed`` allows, and renewed at once.
     """
 
     lease_id: str
@@ -281,12 +289,37 @@ class Held:
     server_id: str
     expires_at: int
     renew_after: int
+    server_time: int
     deadline: float
     renew_at: float
+    wall_deadline: float
+    boot_id: str
     purchase_state: str
     seats: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def lifetime(self) -> int:
+        """Seconds from the broker's answer to the lease's expiry, on the broker's clock."""
+        return self.expires_at - self.server_time
+
+    def resumed(self, monotonic: float, wall: float, boot_id: str) -> Held:
+        """This lease, read back after a restart, on this process's monotonic clock.
+
+        On the same boot the stored monotonic deadline stands as it was. After a reboot
+        only the wall clock links then and now: time left is what the stored wall-clock
+        deadline says, but never more than the lease's whole lifetime (the host's clock
+        may have gone back meanwhile) and never less than nothing. Renewed at once either
+        way.
+        """
+        if boot_id and boot_id == self.boot_id and math.isfinite(self.deadline):
+            deadline = min(self.deadline, monotonic + self.lifetime)
+        else:
+            deadline = monotonic + max(0.0, min(self.wall_deadline - wall, float(self.lifetime)))
+        return replace(self, deadline=deadline, renew_at=monotonic, boot_id=boot_id)
+
     def to_json(self) -> dict[str, Any]:
+        ahead = self.deadline - self.renew_at
+        wall_renew_at = self.wall_deadline - ahead if math.isfinite(ahead) else self.wall_deadline
         return {
             "lease_id": self.lease_id,
             "token": self.token.reveal(),
@@ -296,15 +329,24 @@ class Held:
             "server_id": self.server_id,
             "expires_at": self.expires_at,
             "renew_after": self.renew_after,
-            "deadline": self.deadline,
-            "renew_at": self.renew_at,
+            "server_time": self.server_time,
+            # Host wall-clock times: only an upper bound once read back (see ``resumed``).
+            "deadline": self.wall_deadline,
+            "renew_at": wall_renew_at,
+            "monotonic_deadline": self.deadline if math.isfinite(self.deadline) else None,
+            "boot_id": self.boot_id,
             "purchase_state": self.purchase_state,
             "seats": list(self.seats),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Held:
+        """A stored lease; not to be served before ``resumed``."""
         domain = data.get("domain")
+        renew_after = int(data["renew_after"])
+        # Files written before server_time was kept: renew_after is a lower bound, which
+        # bounds the lifetime to two thirds of what it was (the lease is renewed at once).
+        server_time = int(data.get("server_time", renew_after))
         return cls(
             lease_id=str(data["lease_id"]),
             token=Secret(str(data["token"])),
@@ -313,9 +355,12 @@ class Held:
             domain=str(domain) if domain else None,
             server_id=str(data["server_id"]),
             expires_at=int(data["expires_at"]),
-            renew_after=int(data["renew_after"]),
-            deadline=float(data["deadline"]),
-            renew_at=float(data["renew_at"]),
+            renew_after=renew_after,
+            server_time=server_time,
+            deadline=float(data.get("monotonic_deadline") or "-inf"),
+            renew_at=float("-inf"),
+            wall_deadline=float(data["deadline"]),
+            boot_id=str(data.get("boot_id") or ""),
             purchase_state=str(data["purchase_state"]),
             seats=tuple(dict(s) for s in data.get("seats") or ()),
         )

@@ -34,6 +34,7 @@ from agent.sdnotify import Notifier
 from broker.app import create_app
 from broker.config import load as load_broker_config
 from broker.ids import new_token
+from shared import jws
 from shared.timefmt import format_ts
 
 # 2027-01-01T00:00:00Z
@@ -42,19 +43,48 @@ DAY = 86400
 LT = "one-in-one-out"
 
 
-class FakeClock:
-    """One clock for the broker (``now``) and the agent (``now`` and ``sleep``).
+# Where the agent's monotonic clock reads 0: far from any epoch time, so that a deadline
+# measured on one clock and compared on the other is wildly off, and a test notices.
+MONOTONIC_ORIGIN = T0 - 5_000_000.0
 
-    Time moves only in ``advance``; sleepers whose time has come are woken in order.
+
+class FakeClock:
+    """True time, as the broker (``now``) and the agent's host (``monotonic``, ``wall``) see it.
+
+    Time moves only in ``advance``; sleepers (on monotonic time) whose time has come are
+    woken in order. ``step_wall`` steps the host's wall clock alone, as NTP or an operator
+    would: neither the broker's clock nor the monotonic clock move.
     """
 
     def __init__(self, start: float = T0) -> None:
         self._now = start
+        self._wall_offset = 0.0
+        self._monotonic_origin = MONOTONIC_ORIGIN
+        self._boot = 1
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     def now(self) -> float:
+        """The broker's clock (true time)."""
         return self._now
+
+    def monotonic(self) -> float:
+        return self._now - self._monotonic_origin
+
+    def boot_id(self) -> str:
+        return f"boot-{self._boot}"
+
+    def wall(self) -> float:
+        """The agent host's clock: true time plus every step so far."""
+        return self._now + self._wall_offset
+
+    def step_wall(self, seconds: float) -> None:
+        self._wall_offset += seconds
+
+    def reboot(self) -> None:
+        """The host rebooted: monotonic time starts again near zero, under a new boot id."""
+        self._boot += 1
+        self._monotonic_origin = self._now - 20.0
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -63,6 +93,11 @@ class FakeClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), future))
         await future
+
+    @property
+    def sleeping(self) -> int:
+        """How many tasks are waiting on this clock."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
 
     @property
     def next_wake(self) -> float | None:
@@ -116,6 +151,17 @@ class LiveBroker:
     admin: str = ""
     default_pool: str = ""
     purchases: list[str] = field(default_factory=list)
+    server: BrokerServer | None = None
+
+    async def stop(self) -> None:
+        """Stop the broker (its listening socket, its database, its background tasks)."""
+        assert self.server is not None
+        await self.server.stop()
+
+    async def start(self) -> None:
+        """Start it again on the same port and data directory, as after a restart."""
+        assert self.server is not None
+        await self.server.start()
 
     async def call(
         self, method: str, path: str, token: str | None = None, body: Any = None,
@@ -181,6 +227,34 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
+class BrokerServer:
+    """The real broker application on 127.0.0.1; stopped and started again on the same
+    port and data directory, it is the same broker restarted."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def start(self) -> None:
+        assert self._runner is None
+        runner = web.AppRunner(create_app(self.config), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+
 @contextlib.asynccontextmanager
 async def serve_broker(data_dir: Path, clock: FakeClock, **settings: Any) -> AsyncIterator[LiveBroker]:
     """The real broker on ``data_dir`` with an estate set up; ``settings`` override its config."""
@@ -189,18 +263,16 @@ async def serve_broker(data_dir: Path, clock: FakeClock, **settings: Any) -> Asy
         None, env={}, data_dir=data_dir, operator_token=operator,
         clock=clock, sqlite_synchronous="normal", **settings,
     )
-    runner = web.AppRunner(create_app(config), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = BrokerServer(config)
+    await server.start()
     try:
         async with aiohttp.ClientSession() as session:
-            broker = LiveBroker(f"http://127.0.0.1:{port}", operator, clock, session, data_dir=data_dir)
+            broker = LiveBroker(f"http://127.0.0.1:{server.port}", operator, clock, session,
+                                data_dir=data_dir, server=server)
             await broker.setup_estate()
             yield broker
     finally:
-        await runner.cleanup()
+        await server.stop()
 
 
 @pytest.fixture
@@ -221,15 +293,50 @@ def tamper(token: str) -> str:
     return f"{head}.{forged}.{signature}"
 
 
+# A key no broker of these tests holds: what another broker's (or a forger's) token is
+# signed with.
+STRANGER_KEY = jws.SigningKey.generate()
+
+
+def resign(token: str, key: jws.SigningKey = STRANGER_KEY) -> str:
+    """The same claims, signed by ``key`` (and naming its kid): another broker's token."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return jws.sign(claims, key)
+
+
+@dataclass
+class Fault:
+    """What the proxy does to requests whose path ends with ``path`` (see ``Proxy.fault``)."""
+
+    path: str
+    kind: str
+    times: int | None
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    fired: int = 0
+
+
+FAULT_KINDS = ("drop_request", "drop_answer", "cut_answer", "replace", "resign")
+
+
 class Proxy:
-    """Forwards HTTP to the broker; ``down()`` makes it unreachable, ``tampering`` forges."""
+    """Forwards HTTP to the broker; ``down()`` makes it unreachable, ``tampering`` forges.
+
+    ``hold`` delays requests (before they reach the broker, or after, holding the answer)
+    until ``let_go``; ``fault`` makes the network or a broken broker misbehave. An
+    upstream that does not answer (a broker stopped) is a 502, as from a real proxy.
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.tampering = False
         self.requests: list[str] = []
         self.holding = 0
+        self.faults: list[Fault] = []
         self._hold: str | None = None
+        self._hold_answer = False
         self._gate = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -240,34 +347,92 @@ class Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def fault(self, path: str, kind: str, *, times: int | None = 1, status: int = 200,
+              body: bytes = b"", content_type: str = "application/json") -> Fault:
+        """Misbehave on the next ``times`` requests (``None``: until ``clear``) to ``path``.
+
+        ``drop_request``: close the connection once the request is read; the broker never
+        sees it. ``drop_answer``: pass it to the broker, then close without an answer.
+        ``cut_answer``: pass it on, send the headers (with the full Content-Length) and
+        half the body, then close. ``replace``: pass it on, then answer ``status``,
+        ``body`` and ``content_type`` instead. ``resign``: pass it on, and sign the
+        token in the answer with ``STRANGER_KEY``.
+        """
+        assert kind in FAULT_KINDS, kind
+        made = Fault(path, kind, times, status, body, content_type)
+        self.faults.append(made)
+        return made
+
+    def clear(self) -> None:
+        self.faults.clear()
+
+    def _fault_for(self, path: str) -> Fault | None:
+        for f in self.faults:
+            if path.endswith(f.path) and (f.times is None or f.fired < f.times):
+                f.fired += 1
+                return f
+        return None
+
+    @staticmethod
+    def _cut(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        transport.close()
+        raise asyncio.CancelledError  # nothing more to say on a closed connection
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         self.requests.append(f"{request.method} {request.path}")
-        if self._hold is not None and request.path.endswith(self._hold):
+        data = await request.read()
+        fault = self._fault_for(request.path)
+        if fault is not None and fault.kind == "drop_request":
+            return self._cut(request)
+        held = self._hold is not None and request.path.endswith(self._hold)
+        if held and not self._hold_answer:
             self.holding += 1
             await self._gate.wait()  # a slow network: the request reaches the broker late
             self.holding -= 1
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("authorization", "content-type", "accept")}
-        async with self._session.request(
-            request.method, self.upstream + request.path_qs, data=await request.read(),
-            headers=headers,
-        ) as upstream:
-            body = await upstream.read()
-            if self.tampering and upstream.status < 300 and body:
-                data = json.loads(body)
-                if isinstance(data, dict) and isinstance(data.get("token"), str):
-                    data["token"] = tamper(data["token"])
-                    body = json.dumps(data).encode()
-            out = {"Connection": "close"}
-            for name in ("Content-Type", "Retry-After"):
-                if name in upstream.headers:
-                    out[name] = upstream.headers[name]
-            return web.Response(status=upstream.status, body=body, headers=out)
+        try:
+            async with self._session.request(
+                request.method, self.upstream + request.path_qs, data=data, headers=headers,
+            ) as upstream:
+                body = await upstream.read()
+                status = upstream.status
+                passed = {n: upstream.headers[n] for n in ("Content-Type", "Retry-After")
+                          if n in upstream.headers}
+        except aiohttp.ClientError:
+            return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>",
+                                content_type="text/html", headers={"Connection": "close"})
+        if held and self._hold_answer:
+            self.holding += 1
+            await self._gate.wait()  # a slow broker: it has acted, the answer comes late
+            self.holding -= 1
+        if fault is not None and fault.kind in ("drop_answer", "cut_answer"):
+            if fault.kind == "cut_answer":
+                response = web.StreamResponse(status=status, headers={
+                    **passed, "Content-Length": str(len(body)), "Connection": "close"})
+                await response.prepare(request)
+                await response.write(body[: len(body) // 2])
+            return self._cut(request)
+        if fault is not None and fault.kind == "replace":
+            return web.Response(status=fault.status, body=fault.body,
+                                headers={"Content-Type": fault.content_type, "Connection": "close"})
+        if (self.tampering or (fault is not None and fault.kind == "resign")) and status < 300 and body:
+            data = json.loads(body)
+            if isinstance(data, dict) and isinstance(data.get("token"), str):
+                data["token"] = tamper(data["token"]) if self.tampering else resign(data["token"])
+                body = json.dumps(data).encode()
+        return web.Response(status=status, body=body, headers={**passed, "Connection": "close"})
 
-    def hold(self, path_suffix: str) -> None:
-        """Keep requests whose path ends with ``path_suffix`` until ``let_go()``."""
+    def hold(self, path_suffix: str, *, answer: bool = False) -> None:
+        """Keep requests whose path ends with ``path_suffix`` until ``let_go()``.
+
+        With ``answer``, the broker gets the request at once and its answer is kept.
+        """
         self._hold = path_suffix
+        self._hold_answer = answer
         self._gate.clear()
 
     def let_go(self) -> None:
@@ -375,6 +540,21 @@ class AgentHarness:
         status, data = await self.call("GET", f"/v1/encoders/{encoder}/lease")
         assert status == 200, data
         return dict(data)
+
+    async def idle(self, within: float = 15.0) -> None:
+        """Wait (real time) until every keeper waits on the clock, none on the broker.
+
+        Moving the clock while a keeper is mid-request would let its next timer start
+        from the moved time: tests that advance step by step call this between steps.
+        """
+
+        def waiting() -> bool:
+            busy = [k for k in self.runner.keepers.values()
+                    if k.task is not None and not k.task.done()
+                    and not (k.record.held is None and k.record.halted is not None)]
+            return self.clock.sleeping >= len(busy)
+
+        await eventually(waiting, within=within, what="the keepers to be idle")
 
     async def wait_state(self, encoder: str, state: str, within: float = 15.0) -> None:
         await eventually(lambda: self.keeper(encoder).state() == state, within=within,

@@ -10,7 +10,7 @@ from agent.errors import BrokerUnavailable
 from agent.keeper import Keeper
 from agent.runner import Runner
 from agent.state import EncoderRecord, Held, LeaseState, Secret, Want
-from tests.agent.conftest import T0, FakeClock
+from tests.agent.conftest import FakeClock
 
 
 def keeper(clock: FakeClock, held: Held | None = None) -> Keeper:
@@ -33,8 +33,9 @@ def attempt(n: int, exc: Exception) -> RetryCallState:
 
 def held(deadline: float) -> Held:
     return Held(lease_id="l", token=Secret("t"), licence_type="one-in-one-out", count=1,
-                domain=None, server_id="s", expires_at=int(deadline), renew_after=0,
-                deadline=deadline, renew_at=deadline - 200, purchase_state="valid")
+                domain=None, server_id="s", expires_at=0, renew_after=0, server_time=0,
+                deadline=deadline, renew_at=deadline - 200, wall_deadline=0.0, boot_id="",
+                purchase_state="valid")
 
 
 async def test_delays_grow_with_full_jitter_up_to_the_cap() -> None:
@@ -50,7 +51,7 @@ async def test_delays_grow_with_full_jitter_up_to_the_cap() -> None:
 
 async def test_no_delay_passes_the_lease_deadline() -> None:
     clock = FakeClock()
-    k = keeper(clock, held(T0 + 7))
+    k = keeper(clock, held(clock.monotonic() + 7))
     away = BrokerUnavailable("https://b", "connection refused")
     assert all(k._backoff(attempt(12, away)) <= 7 for _ in range(100))
     assert not k._give_up(attempt(12, away))

@@ -55,7 +55,7 @@ async def test_a_renewal_answered_lapsed_acquires_again_on_its_own(
     # The renewal leaves on time but is held up on the way until the lease (300 s) has
     # expired at the broker, which then answers 410 lease_gone, reason "lapsed".
     proxy.hold("/renew")
-    await fake_clock.advance(held.renew_at - fake_clock.now() + 0.1)
+    await fake_clock.advance(held.renew_at - fake_clock.monotonic() + 0.1)
     await eventually(lambda: proxy.holding == 1, what="the renewal to be on its way")
     await fake_clock.advance(300)
     assert await live_broker.in_use() == 0  # lapsed: the seats are back in the pool
@@ -78,7 +78,7 @@ async def test_a_renewal_answered_lapsed_acquires_again_on_its_own(
     # The new lease is kept like any other: it is renewed at its own renew_after.
     fresh = agent.keeper("ENC-1").record.held
     assert fresh is not None
-    await fake_clock.advance(fresh.renew_at - fake_clock.now() + 0.1)
+    await fake_clock.advance(fresh.renew_at - fake_clock.monotonic() + 0.1)
     await eventually(lambda: (h := agent.keeper("ENC-1").record.held) is not None
                      and h.expires_at > fresh.expires_at, what="the new lease's renewal")
 
@@ -118,7 +118,7 @@ async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
 
     held = agent.keeper("ENC-1").record.held
     assert held is not None
-    await fake_clock.advance(held.renew_at - fake_clock.now() + 0.1)
+    await fake_clock.advance(held.renew_at - fake_clock.monotonic() + 0.1)
     await eventually(lambda: (h := agent.keeper("ENC-1").record.held) is not None
                      and h.expires_at > held.expires_at, what="the renewal")
     view = await agent.lease("ENC-1")

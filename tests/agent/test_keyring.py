@@ -45,20 +45,22 @@ class Keys:
         return jwks(*self.keys)
 
 
-async def verify(ring: KeyRing, g: LeaseGrant) -> dict[str, Any]:
-    return await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1")
+async def verify(ring: KeyRing, g: LeaseGrant, broker_now: float | None = None) -> dict[str, Any]:
+    at = float(g.server_time) if broker_now is None else broker_now
+    return await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1",
+                             broker_now=lambda: at)
 
 
 async def test_a_good_token_verifies() -> None:
     keys = Keys(SIGNER)
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     assert (await verify(ring, grant()))["n"] == 3
     assert keys.fetches == 0
 
 
 async def test_a_tampered_token_is_rejected() -> None:
     keys = Keys(SIGNER)
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     g = grant()
     forged = LeaseGrant(**{**g.__dict__, "token": Secret(tamper(g.token.reveal()))})
     with pytest.raises(TokenRejected, match="bad signature"):
@@ -72,14 +74,14 @@ async def test_a_tampered_token_is_rejected() -> None:
 )
 async def test_a_token_for_something_else_is_rejected(claim: str, value: Any) -> None:
     keys = Keys(SIGNER)
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     with pytest.raises(TokenRejected):
         await verify(ring, grant(**{claim: value}))
 
 
 async def test_an_expired_token_is_rejected_by_the_brokers_own_time() -> None:
     keys = Keys(SIGNER)
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     g = grant(exp=int(T0) - 120)
     stale = LeaseGrant(**{**g.__dict__, "expires_at": int(T0) - 120})
     with pytest.raises(TokenRejected, match="expired"):
@@ -89,7 +91,7 @@ async def test_an_expired_token_is_rejected_by_the_brokers_own_time() -> None:
 async def test_an_unknown_kid_fetches_the_key_set_once() -> None:
     keys = Keys(SIGNER, ROTATED)
     remembered: list[dict[str, Any]] = []
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now,
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now,
                    on_refresh=remembered.append)
     assert (await verify(ring, grant(ROTATED)))["n"] == 3
     assert keys.fetches == 1
@@ -100,7 +102,7 @@ async def test_an_unknown_kid_fetches_the_key_set_once() -> None:
 
 async def test_a_stranger_key_is_rejected_and_fetches_are_rate_limited() -> None:
     keys = Keys(SIGNER)
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, now=lambda: keys.now)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     with pytest.raises(TokenRejected, match="unknown"):
         await verify(ring, grant(STRANGER))
     with pytest.raises(TokenRejected, match="unknown"):
@@ -110,3 +112,29 @@ async def test_a_stranger_key_is_rejected_and_fetches_are_rate_limited() -> None
     with pytest.raises(TokenRejected):
         await verify(ring, grant(STRANGER))
     assert keys.fetches == 2
+
+
+async def test_expiry_is_judged_on_the_brokers_clock_and_without_leeway() -> None:
+    keys = Keys(SIGNER)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
+    g = grant()  # server_time T0, exp T0 + 300
+    assert (await verify(ring, g, broker_now=T0 + 299.5))["n"] == 3
+    # The nbf leeway (clock granularity) does not stretch the expiry.
+    for late in (T0 + 300, T0 + 330):
+        with pytest.raises(TokenRejected, match="expired"):
+            await verify(ring, g, broker_now=late)
+
+
+async def test_a_key_fetch_that_outlasts_the_token_is_not_a_pass() -> None:
+    """The broker's time is read again after the fetch: a slow fetch counts."""
+    elapsed = [0.0]
+
+    async def slow_fetch() -> dict[str, Any]:
+        elapsed[0] += 400  # the fetch took longer than the lease's lifetime
+        return jwks(SIGNER, ROTATED)
+
+    ring = KeyRing([jwks(SIGNER)], slow_fetch, monotonic=lambda: T0 + elapsed[0])
+    g = grant(ROTATED)
+    with pytest.raises(TokenRejected, match="expired"):
+        await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1",
+                          broker_now=lambda: g.server_time + elapsed[0])

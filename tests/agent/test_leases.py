@@ -47,6 +47,7 @@ async def _enrolled(
 async def _active(agent: AgentHarness, encoder: str, count: int) -> dict[str, Any]:
     await agent.want(encoder, count)
     await agent.wait_state(encoder, "active")
+    await agent.idle()  # its renewal timer is set: moving the clock now moves it too
     return await agent.lease(encoder)
 
 
@@ -69,9 +70,9 @@ async def test_renews_at_renew_after_with_jitter(
     held = agent.keeper("ENC-1").record.held
     assert held is not None
     # The pool's lease is 300 s: renew_after is at 100 s, jitter within a tenth of the rest.
-    renew_after_local = fake_clock.now() - (fake_clock.now() - T0) + 100
+    renew_after_local = fake_clock.monotonic() - (fake_clock.now() - T0) + 100
     assert renew_after_local <= held.renew_at <= renew_after_local + 20 + 1e-6
-    await fake_clock.advance(held.renew_at - fake_clock.now() - 0.5)
+    await fake_clock.advance(held.renew_at - fake_clock.monotonic() - 0.5)
     await asyncio.sleep(0.05)
     assert not any(r.endswith("/renew") for r in proxy.requests)
     await fake_clock.advance(1.0)
@@ -138,7 +139,7 @@ async def test_outage_longer_than_the_lease_reports_loss_then_recovers(
     first = await _active(agent, "ENC-1", 3)
     deadline = agent.keeper("ENC-1").record.held.deadline
     await proxy.down()
-    await advance_in_steps(fake_clock, deadline - fake_clock.now() - 1, step=10)
+    await advance_in_steps(fake_clock, deadline - fake_clock.monotonic() - 1, step=10)
     assert agent.keeper("ENC-1").state() == "offline"
     poll = asyncio.ensure_future(agent.call(
         "GET", f"/v1/encoders/ENC-1/lease?wait=60&version={agent.keeper('ENC-1').version}"))
@@ -274,15 +275,23 @@ async def test_restart_readopts_leases_without_taking_seats_twice(
     two = await _active(agent, "ENC-2", 3)
     await agent.stop()
     assert await live_broker.in_use() == 5
+    await fake_clock.advance(30)
     proxy.requests.clear()
+    proxy.hold("/renew")
     again = await start_agent(keep)
-    # Served at once from the stored lease, then renewed by id: no new acquire.
-    assert (await again.lease("ENC-1"))["lease"]["token"] == one["lease"]["token"]
-    await fake_clock.advance(121)
-    await eventually(lambda: proxy.requests.count("POST /v1/leases/" + two["lease"]["id"]
-                                                  + "/renew") == 1, what="renewal")
-    assert "POST /v1/leases" not in proxy.requests
-    assert (await again.lease("ENC-2"))["lease"]["id"] == two["lease"]["id"]
+    # Served at once from the stored lease, and renewed by id at once (a restart cannot
+    # know how long it was down but from the host's wall clock): no new acquire.
+    view = await again.lease("ENC-1")
+    assert view["state"] == "active"
+    assert view["lease"]["token"] == one["lease"]["token"]
+    await eventually(lambda: proxy.holding == 2, what="both renewals on their way")
+    proxy.let_go()
+    for encoder, before in (("ENC-1", one), ("ENC-2", two)):
+        await eventually(lambda e=encoder: again.keeper(e).record.held.server_time  # type: ignore[misc]
+                         == int(fake_clock.now()), what=f"{encoder}'s renewal")
+        assert (await again.lease(encoder))["lease"]["id"] == before["lease"]["id"]
+    assert sorted(proxy.requests) == sorted(
+        f"POST /v1/leases/{v['lease']['id']}/renew" for v in (one, two))
     assert await live_broker.in_use() == 5
 
 
