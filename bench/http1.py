@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
+ANSWER_TIMEOUT = 30.0  # seconds; a TimeoutError (an OSError) counts as an error
+
 
 class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
@@ -73,8 +75,11 @@ class Client:
         async with self._free:
             while not self._idle and self._made >= self.size:
                 await self._free.wait()
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
+                self._made -= 1  # the server closed it while idle (keep-alive timeout)
             self._made += 1
         loop = asyncio.get_running_loop()
         try:
@@ -100,7 +105,8 @@ class Client:
             assert conn.transport is not None
             conn.transport.write(b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
                 method.encode(), path.encode(), self._host_header, headers, len(body), body))
-            return await conn.waiter
+            # Bounded: a request that never completes is an error, never a hang.
+            return await asyncio.wait_for(conn.waiter, ANSWER_TIMEOUT)
         except BaseException:
             conn.closed = True
             if conn.transport is not None:
