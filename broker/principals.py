@@ -1,7 +1,12 @@
 """Token → principal lookups, cached so that a request's auth costs no database hop.
 
-Entries live a few seconds, and a removal in this process (admin, server) drops them at
-once, so a removed server's token stops working immediately on this broker.
+A removal in this process (admin, server) drops the entry at once. Otherwise an admin
+token's entry lives a few seconds, the bound on how long an admin removed through
+another replica keeps access. A server token's entry lives minutes: agents renew every
+few minutes or hours, so a short life would make almost every renewal pay a database
+read, and nothing is lost by it, because acquire, renew and release re-read the
+server's binding inside their own transaction (``leases._binding``) and refuse a removed
+server there.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from broker.clock import Clock
 from broker.principal import Principal
 from broker.store.base import Store, Tx
 
-TTL_SECONDS = 5.0
+TTL_SECONDS = 5.0  # admins, and tokens that matched nothing
+SERVER_TTL_SECONDS = 300.0
 MAX_ENTRIES = 200_000
 
 
@@ -28,7 +34,8 @@ class PrincipalCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         principal = await self.store.read(lambda tx: lookup(tx, digest))
-        self._entries[digest] = (now + TTL_SECONDS, principal)
+        ttl = SERVER_TTL_SECONDS if principal is not None and principal.kind == "server" else TTL_SECONDS
+        self._entries[digest] = (now + ttl, principal)
         self._entries.move_to_end(digest)
         while len(self._entries) > MAX_ENTRIES:
             self._entries.popitem(last=False)
