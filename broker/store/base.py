@@ -49,6 +49,7 @@ class StoreStats:
     read_jobs: int = 0
     failed_commits: int = 0
     largest_batch: int = 0
+    checkpoints: int = 0
 
 
 class Store(Protocol):

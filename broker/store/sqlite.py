@@ -48,6 +48,8 @@ MAX_BATCH = 512
 # How long a batch waits for another process to release the database's write lock
 # before its requests are refused with 503 (the loop never blocks on it: it sleeps).
 BUSY_WAIT = 2.0
+# How often the WAL is checkpointed into the database file, outside the write path.
+CHECKPOINT_SECONDS = 0.5
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
@@ -205,6 +207,7 @@ class SqliteStore:
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._stopping = threading.Event()
         # The write path: jobs waiting for the next batch, the flusher task draining
         # them, the write connection (used on the loop, and by the committer thread for
         # COMMIT only while the loop waits for it), and that thread.
@@ -221,6 +224,7 @@ class SqliteStore:
         await store._reconnect()
         store._threads = [
             threading.Thread(target=store._reader, name="tenure-db-reader", daemon=True),
+            threading.Thread(target=store._checkpointer, name="tenure-db-checkpoint", daemon=True),
         ]
         for thread in store._threads:
             thread.start()
@@ -264,6 +268,7 @@ class SqliteStore:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)  # every accepted write is answered
         self._reads.put(_STOP)
+        self._stopping.set()
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         await self._drop_conn()
@@ -276,6 +281,9 @@ class SqliteStore:
         conn = connect(self.path, self.synchronous)
         conn.row_factory = None  # SqliteTx builds the dicts, with column names read once
         conn.execute("PRAGMA busy_timeout = 0")  # it is used on the loop: never wait on a lock
+        # No checkpoint inside a COMMIT: it would stall every request waiting for the next
+        # batch while the database file is written and flushed. _checkpointer does it.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
     async def _drop_conn(self) -> None:
@@ -380,6 +388,32 @@ class SqliteStore:
             failure = StorageUnavailable("the database cannot be written now; nothing was changed")
             return [_Outcome(job, False, failure) for job in batch]
         return outcomes
+
+    # -- the checkpoint thread ---------------------------------------------------
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL back into the database file beside the writer, never in its way.
+
+        PASSIVE checkpoints neither wait for nor block the writer; SQLite restarts the WAL
+        from its beginning once it has been checkpointed entirely, so it stays small.
+        """
+        conn = None
+        while not self._stopping.wait(CHECKPOINT_SECONDS):
+            try:
+                conn = conn or connect(self.path, self.synchronous)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self.stats.checkpoints += 1
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed (retried): %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # leave little to recover
+            except sqlite3.Error:
+                pass
+            conn.close()
 
     # -- the reader thread -------------------------------------------------------
 
