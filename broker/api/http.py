@@ -18,7 +18,7 @@ from aiohttp import web
 
 from broker import idempotency
 from broker.api.schema import Schema, validate
-from broker.errors import PayloadTooLarge, Unauthenticated, ValidationFailed
+from broker.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
 from broker.ids import token_hash
 from broker.principal import Principal
 from broker.services import SERVICES, Services
@@ -165,8 +165,6 @@ async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Princi
             raise Unauthenticated("The token is unknown or has been revoked.")
         principal = found
     if principal.kind not in allowed:
-        from broker.errors import Forbidden
-
         raise Forbidden(f"A {principal.kind} token cannot use this route.")
     return principal
 
