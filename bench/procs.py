@@ -98,6 +98,17 @@ class Proc:
                 self.proc.wait()
 
 
+def _started(proc: subprocess.Popen[bytes], port: int) -> Proc:
+    """The process once it answers /healthz; stopped again if it never does."""
+    p = Proc(proc, f"http://127.0.0.1:{port}")
+    try:
+        _wait_http(p.url + "/healthz", proc)
+    except BaseException:
+        p.stop()
+        raise
+    return p
+
+
 def start_broker(data_dir: Path, *, synchronous: str = "full", port: int | None = None,
                  log: Path | None = None) -> Proc:
     port = port or free_port()
@@ -116,23 +127,11 @@ def start_broker(data_dir: Path, *, synchronous: str = "full", port: int | None 
         env=env, stdout=out, stderr=out, cwd=ROOT,
     )
     out.close()
-    p = Proc(proc, f"http://127.0.0.1:{port}")
-    try:
-        _wait_http(p.url + "/healthz", proc)
-    except BaseException:
-        p.stop()
-        raise
-    return p
+    return _started(proc, port)
 
 
 def start_echo() -> Proc:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.echo", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    p = Proc(proc, f"http://127.0.0.1:{port}")
-    try:
-        _wait_http(p.url + "/healthz", proc)
-    except BaseException:
-        p.stop()
-        raise
-    return p
+    return _started(proc, port)
