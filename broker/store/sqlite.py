@@ -14,7 +14,10 @@ of the batch with ``StorageUnavailable``, and none of them persists.
 Nothing on the loop waits on a lock: the write connection has ``busy_timeout=0``, and
 when another process holds the database's write lock, BEGIN is retried after short
 jittered sleeps for up to ``BUSY_WAIT`` seconds, then the batch fails with
-``StorageUnavailable``. Reads run on the reader thread.
+``StorageUnavailable``. Reads run on the reader thread, one hand-off per read however
+many queries it makes (``python -m bench.reader`` measures it against aiosqlite, which
+costs a hand-off per statement). WAL checkpoints run from a task on the loop through
+an aiosqlite connection, where one statement every half second is all there is.
 
 Costs that would otherwise be paid per request are paid per batch or once: the answers
 of a batch reach the loop in one wake-up, and each named query's column names are read
@@ -25,6 +28,7 @@ whichever process committed it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import random
@@ -38,6 +42,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+
+import aiosqlite
 
 from broker.errors import StorageUnavailable
 from broker.store.base import Row, StoreStats, Tx
@@ -205,9 +211,9 @@ class SqliteStore:
         self.stats = StoreStats()
         self._queries = load_queries()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._reader_thread = threading.Thread(target=self._reader, name="tenure-db-reader", daemon=True)
+        self._checkpointer: asyncio.Task[None] | None = None
         self._closed = False
-        self._stopping = threading.Event()
         # The write path: jobs waiting for the next batch, the flusher task draining
         # them, the write connection (used on the loop, and by the committer thread for
         # COMMIT only while the loop waits for it), and that thread.
@@ -222,12 +228,8 @@ class SqliteStore:
         store = cls(path, synchronous)
         await asyncio.to_thread(store._prepare)
         await store._reconnect()
-        store._threads = [
-            threading.Thread(target=store._reader, name="tenure-db-reader", daemon=True),
-            threading.Thread(target=store._checkpointer, name="tenure-db-checkpoint", daemon=True),
-        ]
-        for thread in store._threads:
-            thread.start()
+        store._reader_thread.start()
+        store._checkpointer = asyncio.get_running_loop().create_task(store._checkpoints())
         return store
 
     def _prepare(self) -> None:
@@ -268,9 +270,11 @@ class SqliteStore:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)  # every accepted write is answered
         self._reads.put(_STOP)
-        self._stopping.set()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join)
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+        if self._reader_thread.is_alive():
+            await asyncio.to_thread(self._reader_thread.join)
         await self._drop_conn()
         self._committer.shutdown(wait=False)
 
@@ -282,7 +286,7 @@ class SqliteStore:
         conn.row_factory = None  # SqliteTx builds the dicts, with column names read once
         conn.execute("PRAGMA busy_timeout = 0")  # it is used on the loop: never wait on a lock
         # No checkpoint inside a COMMIT: it would stall every request waiting for the next
-        # batch while the database file is written and flushed. _checkpointer does it.
+        # batch while the database file is written and flushed. _checkpoints does it.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
@@ -389,31 +393,34 @@ class SqliteStore:
             return [_Outcome(job, False, failure) for job in batch]
         return outcomes
 
-    # -- the checkpoint thread ---------------------------------------------------
+    # -- checkpoints (a task on the loop, an aiosqlite connection) ---------------
 
-    def _checkpointer(self) -> None:
+    async def _checkpoints(self) -> None:
         """Copy the WAL back into the database file beside the writer, never in its way.
 
         PASSIVE checkpoints neither wait for nor block the writer; SQLite restarts the WAL
-        from its beginning once it has been checkpointed entirely, so it stays small.
+        from its beginning once it has been checkpointed entirely, so it stays small. One
+        statement every ``CHECKPOINT_SECONDS`` is what aiosqlite suits: its connection
+        thread does the disk work and the loop only awaits it.
         """
-        conn = None
-        while not self._stopping.wait(CHECKPOINT_SECONDS):
-            try:
-                conn = conn or connect(self.path, self.synchronous)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self.stats.checkpoints += 1
-            except sqlite3.Error as exc:
-                log.warning("WAL checkpoint failed (retried): %s", exc)
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # leave little to recover
-            except sqlite3.Error:
-                pass
-            conn.close()
+        conn: aiosqlite.Connection | None = None
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_SECONDS)
+                try:
+                    conn = conn or await aiosqlite.connect(self.path, timeout=2.0, isolation_level=None)
+                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.stats.checkpoints += 1
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed (retried): %s", exc)
+                    if conn is not None:
+                        await _close_quietly(conn)
+                    conn = None
+        finally:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # leave little to recover
+                await _close_quietly(conn)
 
     # -- the reader thread -------------------------------------------------------
 
@@ -455,6 +462,13 @@ class SqliteStore:
                 _deliver([_Outcome(job, True, result)])
         if conn is not None:
             conn.close()
+
+
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.close()
+    except sqlite3.Error as exc:
+        log.warning("closing the checkpoint connection: %s", exc)
 
 
 def _deliver(outcomes: list[_Outcome]) -> None:
