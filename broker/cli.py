@@ -1,4 +1,4 @@
-"""``tenure-broker``: serve the broker, rotate its signing keys."""
+"""``tenure-broker``: serve the broker, rotate its signing keys, back it up and restore it."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate", help="add a new signing key (used within a minute)")
     rotate.add_argument("--config", type=Path, help="TOML config file")
     rotate.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    backup = sub.add_parser("backup", help="copy a running broker's database, consistently, into FILE")
+    backup.add_argument("file", type=Path, help="the new backup file (written mode 0600)")
+    backup.add_argument("--config", type=Path, help="TOML config file")
+    backup.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    restore = sub.add_parser("restore", help="make a new data directory from a backup FILE")
+    restore.add_argument("file", type=Path, help="a file written by 'tenure-broker backup'")
+    restore.add_argument("--config", type=Path, help="TOML config file")
+    restore.add_argument("--data-dir", required=True, help="the new data directory (must be empty)")
     return parser
 
 
@@ -56,7 +64,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Added signing key {key.kid}; a running broker signs with it within "
               f"{int(cfg.key_reload_seconds)} seconds.")
         return 0
+    if args.command in ("backup", "restore"):
+        return _copy(args.command, args.file, cfg)
     return serve(cfg)
+
+
+def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
+    from broker import backup
+
+    try:
+        if command == "backup":
+            done = backup.backup(cfg.db_path, file)
+            print(f"Backed up {done.estates} estate(s) and {done.live_leases} live lease(s) "
+                  f"({done.size:,} bytes, schema {done.schema_version}) into {done.path}. "
+                  f"It does not hold {cfg.data_dir / 'keys'} or {cfg.data_dir / 'code-key'}: keep those apart.")
+        else:
+            done = backup.restore(file, cfg.db_path)
+            print(f"Restored {done.estates} estate(s) and {done.live_leases} live lease(s) into "
+                  f"{cfg.data_dir}. Copy the old data directory's keys/ and code-key beside it "
+                  "before starting the broker.")
+    except backup.BackupError as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def serve(cfg: configuration.Config) -> int:

@@ -1,0 +1,129 @@
+"""``tenure-broker backup`` and ``restore``: consistent online copies that a new broker serves."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from broker import backup
+from broker.app import create_app
+from broker.cli import main
+from tests.broker.estate_kit import base, enroll, estate, lease
+from tests.conftest import Broker
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_online_backup_is_consistent_private_and_self_contained(
+        broker: Broker, config_factory: Callable[..., Any], tmp_path: Path) -> None:
+    est = await estate(broker)
+    await broker.purchase(est.id, quantity=500)
+    server = await enroll(broker, est, est.default_pool)
+
+    async def keep_leasing() -> None:
+        for i in range(60):
+            await lease(broker, server["server_token"], f"ENC-{i}", 2)
+
+    writer = asyncio.create_task(keep_leasing())
+    await asyncio.sleep(0.05)
+    target = tmp_path / "copy.db"
+    copied = await asyncio.to_thread(backup.backup, config_factory().db_path, target)
+    await writer
+
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not target.with_name("copy.db-wal").exists()
+    assert rows(target, "PRAGMA journal_mode") == [("delete",)]
+    # One snapshot: however far the writer had got, every copied lease's seats are copied too.
+    leased = rows(target, "SELECT COUNT(*), COALESCE(SUM(count), 0) FROM leases WHERE state = 'active'")[0]
+    seats = rows(target, "SELECT COALESCE(SUM(s.count), 0) FROM lease_seats s JOIN leases l "
+                         "ON l.id = s.lease_id WHERE l.state = 'active'")[0][0]
+    assert copied.live_leases == leased[0] and leased[1] == seats == 2 * leased[0]
+    assert copied.estates == 1
+
+
+async def test_a_restored_data_directory_serves_the_same_books_and_tokens(
+        broker: Broker, config_factory: Callable[..., Any], tmp_path: Path,
+        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
+    est = await estate(broker)
+    await broker.purchase(est.id, quantity=10)
+    server = await enroll(broker, est, est.default_pool)
+    await lease(broker, server["server_token"], "ENC-1", 3)
+    target = tmp_path / "copy.db"
+    await asyncio.to_thread(backup.backup, config_factory().db_path, target)
+
+    new_dir = tmp_path / "restored"
+    restored = await asyncio.to_thread(backup.restore, target, config_factory(data_dir=new_dir).db_path)
+    assert restored.live_leases == 1
+    assert stat.S_IMODE(new_dir.stat().st_mode) == 0o700
+
+    client = await aiohttp_client(create_app(config_factory(data_dir=new_dir)))
+    again = Broker(client, broker.operator, broker.clock)
+    pools = await again.call("GET", f"{base(est)}/pools", est.admin, status=200)
+    assert [(p["allocated"], p["in_use"]) for p in pools["items"]] == [(10, 3)]
+    renewed = await lease(again, server["server_token"], "ENC-1", 3, status=200)
+    assert renewed["count"] == 3
+
+
+async def test_backup_never_overwrites_and_restore_refuses_what_it_cannot_trust(
+        broker: Broker, config_factory: Callable[..., Any], tmp_path: Path) -> None:
+    await estate(broker)
+    db = config_factory().db_path
+    taken = tmp_path / "taken.db"
+    taken.write_bytes(b"precious")
+    with pytest.raises(backup.BackupError, match="exists already"):
+        await asyncio.to_thread(backup.backup, db, taken)
+    assert taken.read_bytes() == b"precious"
+
+    with pytest.raises(backup.BackupError, match="no broker database"):
+        await asyncio.to_thread(backup.backup, tmp_path / "nowhere" / "tenure.db", tmp_path / "x.db")
+    assert not (tmp_path / "x.db").exists()
+
+    good = tmp_path / "good.db"
+    await asyncio.to_thread(backup.backup, db, good)
+    occupied = config_factory().data_dir  # the live broker's own directory
+    before = db.read_bytes()
+    with pytest.raises(backup.BackupError, match="not empty"):
+        await asyncio.to_thread(backup.restore, good, db)
+    assert db.read_bytes() == before
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE notes (x)")
+    with pytest.raises(backup.BackupError, match="not a Tenure database"):
+        await asyncio.to_thread(backup.restore, foreign, tmp_path / "fresh" / "tenure.db")
+    assert not (tmp_path / "fresh").exists()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(backup.BackupError, match="not a Tenure database"):
+        await asyncio.to_thread(backup.restore, garbage, tmp_path / "fresh" / "tenure.db")
+    assert occupied.exists()
+
+
+def test_the_command_line_says_what_it_did_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    data.mkdir()  # a data directory whose broker never ran: no database yet
+    assert main(["backup", str(tmp_path / "b.db"), "--data-dir", str(data)]) == 1
+    assert "no broker database" in capsys.readouterr().err
+
+    from broker.store.sqlite import connect, migrate
+    conn = connect(data / "tenure.db")
+    migrate(conn)
+    conn.close()
+    assert main(["backup", str(tmp_path / "b.db"), "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "Backed up 0 estate(s)" in out and "keep those apart" in out
+    assert main(["restore", str(tmp_path / "b.db"), "--data-dir", str(tmp_path / "new")]) == 0
+    assert "Restored 0 estate(s)" in capsys.readouterr().out
+    assert main(["restore", str(tmp_path / "b.db"), "--data-dir", str(tmp_path / "new")]) == 1
+    assert "not empty" in capsys.readouterr().err
