@@ -1,13 +1,14 @@
 // Tenure admin console: native ES modules, no dependencies, no build step.
 //
 // This entry point wires the pages to their routes and starts the session. The rest:
-//   js/state.js    what the page keeps in memory (CSRF token, who is signed in)
+//   js/state.js    the signed-in session in memory (CSRF token, who is signed in)
 //   js/api.js      the /v1 JSON API: fetch, the CSRF header, problem+json errors
 //   js/dom.js      element builders (text only, never markup), the live region, dialogs
 //   js/format.js   times, durations, counts, state badges
 //   js/router.js   hash routes, focus on each page's <h1>, announcements
 //   js/session.js  sign-in, the top bar, sign-out
 //   js/moves.js    the per-sales-order count fields of the move forms
+//   js/actions.js  confirm, then call: the one shape of every destructive action
 //   js/pages/…     one module per page
 
 import { call } from './js/api.js';

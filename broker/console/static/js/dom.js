@@ -1,6 +1,6 @@
 // Building the page. Every string that came from an admin or an agent (pool, server,
-// encoder and admin names) reaches the page through text nodes or attributes set by el()
-// below: never as markup.
+// encoder and admin names) reaches the page as text (el() and add() make text nodes, say()
+// sets textContent) or as an attribute value set by el(): never as markup.
 
 export const main = document.getElementById('main');
 export const topbar = document.getElementById('topbar');

@@ -4,7 +4,7 @@
 import { ApiError, call, whenSessionEnds } from './api.js';
 import { el, say, topbar } from './dom.js';
 import { signInPage } from './pages/sign-in.js';
-import { route } from './router.js';
+import { leavePages, route } from './router.js';
 import { state } from './state.js';
 
 /** Open the console for ``session`` (an answer of /console/session). */
@@ -18,7 +18,11 @@ export async function begin(session) {
   await route();
 }
 
+/** Replace the pages and the top bar by the sign-in form, with ``message`` above it. */
 export function showSignIn(message) {
+  leavePages();
+  topbar.hidden = true;
+  topbar.replaceChildren();
   signInPage(message, begin);
 }
 

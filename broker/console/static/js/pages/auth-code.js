@@ -1,17 +1,32 @@
 // Authenticate server/domain (#/pools/<id>/codes): the code just made, shown once, with
 // the command for the host; and the pool's live codes.
 
+import { confirmAndCall } from '../actions.js';
 import { api, E, P } from '../api.js';
-import { clearError, confirmDialog, copyText, el, errorBox, h1, section, showError, table } from '../dom.js';
+import { clearError, copyText, el, errorBox, h1, section, showError, table } from '../dom.js';
 import { fmtTime, fromNow, groupCode } from '../format.js';
-import { refresh } from '../router.js';
+import { go, refresh } from '../router.js';
 import { state } from '../state.js';
+
+// The code just made, until this page has shown it. Only this module holds it: it is
+// never in shared state, storage or the URL, so a reload or a later visit cannot show it.
+let justMade = null;
+
+/**
+ * Make a new code for pool ``poolId`` and open the codes page, which shows it once.
+ * The pool page's "Authenticate server/domain" button calls this; an API error is thrown
+ * for the caller to show.
+ */
+export async function authenticate(poolId) {
+  justMade = await api('POST', P(poolId, '/auth-codes'), {});
+  go(`#/pools/${poolId}/codes`);
+}
 
 export async function codesPage(id) {
   const [pool, codes, estate] = await Promise.all([
     api('GET', P(id)), api('GET', E(`/auth-codes?pool=${encodeURIComponent(id)}`)), api('GET', E())]);
-  const fresh = state.lastCode && state.lastCode.pool_id === id ? state.lastCode : null;
-  state.lastCode = null; // shown once: a reload or a later visit does not show it again
+  const fresh = justMade && justMade.pool_id === id ? justMade : null;
+  justMade = null;
   const admins = new Map(estate.admins.map((a) => [a.id, a.name]));
   const errors = errorBox();
   const parts = [h1('Authenticate server/domain'), el('p', { class: 'lead' }, 'Pool: ', el('a', { href: `#/pools/${id}` }, pool.name))];
@@ -36,8 +51,7 @@ export async function codesPage(id) {
       clearError(errors);
       try {
         again.disabled = true;
-        state.lastCode = await api('POST', P(id, '/auth-codes'), {});
-        refresh();
+        await authenticate(id);
       } catch (err) {
         showError(errors, err);
         again.disabled = false;
@@ -51,17 +65,12 @@ export async function codesPage(id) {
       el('button', {
         type: 'button', class: 'small danger', 'aria-label': `Revoke the code made ${fmtTime(c.created_at)}, expiring ${fmtTime(c.expires_at)}`,
         on: {
-          click: async () => {
-            const ok = await confirmDialog('Revoke this code?', 'Nobody will be able to use it.', 'Yes, revoke');
-            if (!ok) return;
-            clearError(errors);
-            try {
-              await api('DELETE', E(`/auth-codes/${encodeURIComponent(c.id)}`));
-              refresh('Code revoked.');
-            } catch (err) {
-              showError(errors, err);
-            }
-          },
+          click: confirmAndCall({
+            ask: { title: 'Revoke this code?', message: 'Nobody will be able to use it.', confirm: 'Yes, revoke' },
+            errors,
+            call: () => api('DELETE', E(`/auth-codes/${encodeURIComponent(c.id)}`)),
+            done: () => refresh('Code revoked.'),
+          }),
         },
       }, 'Revoke')]), 'No live codes for this pool.')));
   return parts;

@@ -1,7 +1,8 @@
 // The estate home (#/): purchases, a summary per licence type, and the admins.
 
+import { confirmAndCall } from '../actions.js';
 import { api, E } from '../api.js';
-import { busy, clearError, confirmDialog, copyText, el, errorBox, field, h1, say, section, showError, table } from '../dom.js';
+import { busy, clearError, copyText, el, errorBox, field, h1, say, section, showError, table } from '../dom.js';
 import { fmtDate, stateBadge } from '../format.js';
 import { state } from '../state.js';
 
@@ -34,25 +35,27 @@ function adminsSection(admins) {
       a.primary ? el('span', { class: 'badge badge-ok' }, 'primary') : null,
       a.id === state.me.admin_id ? el('span', { class: 'badge' }, 'you') : null,
       el('span', { class: 'muted' }, ` added ${fmtDate(a.created_at)}`),
-      primary && !a.primary ? el('button', {
-        type: 'button', class: 'small danger', 'aria-label': `Remove admin ${a.name}`,
-        on: { click: () => removeAdmin(a) },
-      }, 'Remove') : null)));
+      primary && !a.primary ? removeButton(a) : null)));
   };
   const reload = async () => draw((await api('GET', E('/admins'))).items);
-  const removeAdmin = async (admin) => {
-    const ok = await confirmDialog(`Remove admin ${admin.name}?`,
-      `${admin.name}'s token stops working at once, and any console session of theirs ends.`, 'Yes, remove');
-    if (!ok) return;
-    clearError(errors);
-    try {
-      await api('DELETE', E(`/admins/${encodeURIComponent(admin.id)}`));
-      await reload();
-      say(`Admin ${admin.name} removed.`);
-    } catch (err) {
-      showError(errors, err);
-    }
-  };
+  const removeButton = (admin) => el('button', {
+    type: 'button', class: 'small danger', 'aria-label': `Remove admin ${admin.name}`,
+    on: {
+      click: confirmAndCall({
+        ask: {
+          title: `Remove admin ${admin.name}?`,
+          message: `${admin.name}'s token stops working at once, and any console session of theirs ends.`,
+          confirm: 'Yes, remove',
+        },
+        errors,
+        call: () => api('DELETE', E(`/admins/${encodeURIComponent(admin.id)}`)),
+        done: async () => {
+          await reload();
+          say(`Admin ${admin.name} removed.`);
+        },
+      }),
+    },
+  }, 'Remove');
   draw(admins);
   const parts = [list, errors];
   if (primary) {

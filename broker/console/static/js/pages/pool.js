@@ -1,12 +1,13 @@
 // A pool (#/pools/<id>): its licences, servers and domains, leases, moves, settings and
 // deletion.
 
+import { confirmAndCall } from '../actions.js';
 import { api, E, P } from '../api.js';
-import { busy, clearError, confirmDialog, el, errorBox, field, h1, section, showError, table, uid } from '../dom.js';
+import { busy, clearError, el, errorBox, field, h1, section, showError, table, uid } from '../dom.js';
 import { counts, duration, fmtDate, fmtTime, fromNow, stateBadge } from '../format.js';
 import { markLacking, moveInputs, readMoves } from '../moves.js';
 import { go, refresh } from '../router.js';
-import { state } from '../state.js';
+import { authenticate } from './auth-code.js';
 
 export async function poolPage(id) {
   const [pool, all, servers, leases] = await Promise.all([
@@ -21,8 +22,7 @@ export async function poolPage(id) {
     clearError(codeErrors);
     try {
       authButton.disabled = true;
-      state.lastCode = await api('POST', P(id, '/auth-codes'), {});
-      go(`#/pools/${id}/codes`);
+      await authenticate(id);
     } catch (err) {
       showError(codeErrors, err);
     } finally {
@@ -75,19 +75,17 @@ function serversSection(poolId, servers, others) {
     actions.append(el('button', {
       type: 'button', class: 'small danger', 'aria-label': `Remove ${s.name}`,
       on: {
-        click: async () => {
-          const ok = await confirmDialog(`Remove ${s.kind} ${s.name}?`,
-            `Its encoders' ${s.in_use} licence(s) in use are freed at once and its token stops working. `
-            + 'The host needs a new code to come back.', 'Yes, remove');
-          if (!ok) return;
-          clearError(errors);
-          try {
-            await api('DELETE', E(`/servers/${encodeURIComponent(s.id)}`));
-            refresh(`${s.name} removed; its licences are free.`);
-          } catch (err) {
-            showError(errors, err);
-          }
-        },
+        click: confirmAndCall({
+          ask: {
+            title: `Remove ${s.kind} ${s.name}?`,
+            message: `Its encoders' ${s.in_use} licence(s) in use are freed at once and its token stops working. `
+              + 'The host needs a new code to come back.',
+            confirm: 'Yes, remove',
+          },
+          errors,
+          call: () => api('DELETE', E(`/servers/${encodeURIComponent(s.id)}`)),
+          done: () => refresh(`${s.name} removed; its licences are free.`),
+        }),
       },
     }, 'Remove'));
     return [s.name, s.kind === 'domain' ? 'Domain' : 'Server', s.last_seen_at ? `${fmtTime(s.last_seen_at)} (${fromNow(s.last_seen_at)})` : 'not yet',
@@ -106,19 +104,16 @@ function leasesSection(page) {
     el('button', {
       type: 'button', class: 'small danger', 'aria-label': `Force-release ${l.encoder}`,
       on: {
-        click: async () => {
-          const ok = await confirmDialog(`Force-release ${l.encoder}?`,
-            `Its ${l.count} ${l.licence_type} licence(s) go back to the pool now. Its agent learns at its next renewal and does not take them again on its own.`,
-            'Yes, release');
-          if (!ok) return;
-          clearError(errors);
-          try {
-            await api('DELETE', E(`/leases/${encodeURIComponent(l.id)}`));
-            refresh(`${l.encoder}'s licences released.`);
-          } catch (err) {
-            showError(errors, err);
-          }
-        },
+        click: confirmAndCall({
+          ask: {
+            title: `Force-release ${l.encoder}?`,
+            message: `Its ${l.count} ${l.licence_type} licence(s) go back to the pool now. Its agent learns at its next renewal and does not take them again on its own.`,
+            confirm: 'Yes, release',
+          },
+          errors,
+          call: () => api('DELETE', E(`/leases/${encodeURIComponent(l.id)}`)),
+          done: () => refresh(`${l.encoder}'s licences released.`),
+        }),
       },
     }, 'Force-release')]);
   return section('Leases',
@@ -241,18 +236,16 @@ function deleteSection(pool, servers, leases) {
       `This pool cannot be deleted while it has ${servers} server(s) or domain(s) and ${leases} lease(s). Remove or move them first.`));
   }
   const errors = errorBox();
-  const button = el('button', { type: 'button', class: 'danger' }, 'Delete pool');
-  button.addEventListener('click', async () => {
-    const ok = await confirmDialog(`Delete pool ${pool.name}?`,
-      `Its ${pool.allocated} licence(s) go back to the Default Pool.`, 'Yes, delete');
-    if (!ok) return;
-    clearError(errors);
-    try {
-      await api('DELETE', P(pool.id));
-      go('#/pools', `Pool ${pool.name} deleted; its licences are back in the Default Pool.`);
-    } catch (err) {
-      showError(errors, err);
-    }
-  });
+  const button = el('button', {
+    type: 'button', class: 'danger',
+    on: {
+      click: confirmAndCall({
+        ask: { title: `Delete pool ${pool.name}?`, message: `Its ${pool.allocated} licence(s) go back to the Default Pool.`, confirm: 'Yes, delete' },
+        errors,
+        call: () => api('DELETE', P(pool.id)),
+        done: () => go('#/pools', `Pool ${pool.name} deleted; its licences are back in the Default Pool.`),
+      }),
+    },
+  }, 'Delete pool');
   return section('Delete pool', el('p', {}, `Its licences go back to the Default Pool.`), button, errors);
 }

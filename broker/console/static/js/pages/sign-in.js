@@ -1,14 +1,13 @@
 // The sign-in form: an admin token exchanged for a session cookie; the page keeps no token.
 
 import { call } from '../api.js';
-import { busy, clearError, el, errorBox, field, h1, main, say, showError, topbar } from '../dom.js';
-import { state } from '../state.js';
+import { busy, clearError, el, errorBox, field, h1, main, say, showError } from '../dom.js';
 
-/** Show the sign-in form (with ``message`` above it); ``begin(session)`` once signed in. */
+/**
+ * Show the sign-in form (with ``message`` above it) in <main>; ``begin(session)`` once
+ * signed in. session.js's showSignIn calls it, having put the pages and top bar away.
+ */
 export function signInPage(message, begin) {
-  state.nav += 1;
-  topbar.hidden = true;
-  topbar.replaceChildren();
   document.title = 'Sign in · Tenure console';
   const input = el('input', {
     type: 'text', name: 'admin-token', class: 'secret', autocomplete: 'off',
