@@ -212,8 +212,8 @@ def _encoder_client(config: Config) -> EncoderClient:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from agent.bindings import load_bindings
     from agent.encoder_client import AgentNotRunning
-    from agent.state import load_bindings
 
     config = _config(args)
     client = _encoder_client(config)

@@ -14,7 +14,6 @@ import errno
 import json
 import socket
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ import aiohttp
 
 from agent import __version__
 from agent.errors import BrokerRefused, BrokerUnavailable
-from agent.state import Secret
-from shared.timefmt import parse_ts
+from shared.secret import Secret
+from shared.wire import Lease
 
 USER_AGENT = f"tenure-agent/{__version__}"
 
@@ -39,50 +38,6 @@ def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
         from agent.errors import ConfigError
 
         raise ConfigError(f"setting 'ca_file': cannot load {ca_file}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class LeaseGrant:
-    """A lease as the broker sent it; its token is not yet verified."""
-
-    id: str
-    token: Secret
-    encoder: str
-    count: int
-    licence_type: str
-    expires_at: int
-    renew_after: int
-    server_time: int
-    state: str
-    seats: tuple[dict[str, Any], ...]
-
-    @classmethod
-    def parse(cls, data: Any) -> LeaseGrant:
-        """Read a lease body; raise ``ValueError`` if it is not one."""
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        token = data["token"]
-        if not isinstance(token, str):
-            raise ValueError("token is not a string")
-        seats = data.get("seats") or []
-        if not isinstance(seats, list):
-            raise ValueError("seats is not a list")
-        count = data["count"]
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise ValueError("count is not an integer")
-        return cls(
-            id=str(data["id"]),
-            token=Secret(token),
-            encoder=str(data.get("encoder", "")),
-            count=count,
-            licence_type=str(data["licence_type"]),
-            expires_at=parse_ts(data["expires_at"]),
-            renew_after=parse_ts(data["renew_after"]),
-            # Required: the lease's lifetime is measured on the broker's clock, from here.
-            server_time=parse_ts(data["server_time"]),
-            state=str(data.get("state") or "valid"),
-            seats=tuple(dict(s) for s in seats if isinstance(s, dict)),
-        )
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -200,7 +155,7 @@ class BrokerClient:
             raise self._garbled("enrol")
         return data
 
-    async def acquire(self, token: Secret, encoder: str, licence_type: str, count: int) -> LeaseGrant | None:
+    async def acquire(self, token: Secret, encoder: str, licence_type: str, count: int) -> Lease | None:
         """``POST /v1/leases``: acquire, grow, shrink or change the encoder's lease.
 
         ``count=0`` releases whatever the encoder holds and returns None.
@@ -215,7 +170,7 @@ class BrokerClient:
             return None
         return self._lease(data, "acquire")
 
-    async def renew(self, token: Secret, lease_id: str) -> LeaseGrant:
+    async def renew(self, token: Secret, lease_id: str) -> Lease:
         """``POST /v1/leases/{id}/renew``: a new token with a later expiry."""
         _, data = await self._call("POST", f"/v1/leases/{lease_id}/renew", token=token, body={})
         return self._lease(data, "renew")
@@ -238,8 +193,8 @@ class BrokerClient:
             raise self._garbled("me")
         return data
 
-    def _lease(self, data: Any, what: str) -> LeaseGrant:
+    def _lease(self, data: Any, what: str) -> Lease:
         try:
-            return LeaseGrant.parse(data)
+            return Lease.from_json(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise self._garbled(what, exc) from exc

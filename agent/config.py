@@ -12,14 +12,22 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from shared.settings import parse_value
+from shared.settings import (
+    NotAChoice,
+    NotATable,
+    OutOfRange,
+    UnknownSetting,
+    env_settings,
+    file_settings,
+    setting_value,
+)
 
 DEFAULT_CONFIG_FILE = Path("/etc/tenure-agent/agent.toml")
 ENV_PREFIX = "TENURE_AGENT_"
@@ -114,39 +122,32 @@ def check_broker_url(url: str) -> str:
 
 
 def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
-    name, kind = f.name, str(f.type)
-    where = f"setting '{name}' (from {source})"
+    where = f"setting '{f.name}' (from {source})"
+    if raw is None or (raw == "" and "None" in str(f.type)):
+        return None
     try:
-        if raw is None or (raw == "" and "None" in kind):
-            value: Any = None
-        else:
-            value = parse_value(kind, raw, octal=bool(f.metadata.get("octal")))
+        return setting_value(f, raw)
+    except NotAChoice as exc:
+        raise ConfigError(f"{where} must be one of {', '.join(exc.choices)}; got {raw!r}") from exc
+    except OutOfRange as exc:
+        raise ConfigError(f"{where} must be between {exc.low} and {exc.high}; got {raw!r}") from exc
     except ValueError as exc:
         raise ConfigError(f"{where} has a bad value: {raw!r}") from exc
-    if value is None:
-        return None
-    choices = f.metadata.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where} must be one of {', '.join(choices)}; got {raw!r}")
-    low, high = f.metadata.get("min"), f.metadata.get("max")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{where} must be between {low} and {high}; got {raw!r}")
-    return value
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path, known: Collection[str]) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        # Settings at the top level or under an [agent] table.
+        table = file_settings(path, "agent", [*known, "agent"])
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    # Accept settings at the top level or under an [agent] table.
-    section = data.get("agent", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"config file {path}: [agent] must be a table")
-    return {k: v for k, v in section.items() if k != "agent"}
+    except NotATable as exc:
+        raise ConfigError(f"config file {path}: [agent] must be a table") from exc
+    except UnknownSetting as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    return {k: v for k, v in table.items() if k != "agent"}
 
 
 def load_config(
@@ -166,14 +167,10 @@ def load_config(
     named = file is not None or bool(env.get(ENV_PREFIX + "CONFIG"))
     path = file or Path(env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_FILE)
     if named or path.exists():
-        for key, raw in _read_file(path).items():
-            if key not in known:
-                raise ConfigError(f"config file {path}: unknown setting '{key}'")
+        for key, raw in _read_file(path, known).items():
             values[key] = _convert(known[key], raw, str(path))
-    for name, f in known.items():
-        raw = env.get(env_name(name))
-        if raw is not None:
-            values[name] = _convert(f, raw, env_name(name))
+    for name, (var, raw) in env_settings(env, ENV_PREFIX, known).items():
+        values[name] = _convert(known[name], raw, var)
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue

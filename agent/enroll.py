@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 
+from agent.bindings import Binding, load_bindings, save_bindings
 from agent.client import BrokerClient
 from agent.config import Config, check_broker_url
 from agent.errors import BrokerRefused, BrokerUnavailable, EnrollError
-from agent.state import Binding, Secret, ensure_dir, load_bindings, save_bindings
+from agent.statedir import ensure_dir
+from shared import codes as shared_codes
 from shared import jws
-
-_SEPARATORS = re.compile(r"[\s\-]+")
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+from shared.names import is_name
+from shared.secret import Secret
 
 
 class CodeFormatError(EnrollError):
-    """The code is not 8 digits; caught before any network call."""
+    """The code is not 8 digits, or a name the broker would refuse; caught before any network call."""
 
 
 def normalise_code(parts: Sequence[str]) -> str:
     """``48213907``, ``4821 3907`` (one argument or two) or ``4821-3907`` → ``48213907``."""
     typed = " ".join(parts).strip()
-    code = _SEPARATORS.sub("", typed)
-    if not (len(code) == 8 and code.isascii() and code.isdigit()):
+    code = shared_codes.normalise_code(typed)
+    if code is None:
         raise CodeFormatError(f'"{typed}" is not an enrolment code: a code is 8 digits, e.g. 4821 3907')
     return code
 
@@ -34,7 +34,11 @@ def grouped(code: str) -> str:
 
 
 def check_name(name: str, what: str) -> str:
-    if not _PRINTABLE.fullmatch(name) or not name.strip():
+    """``name`` if the broker would take it; the code is not spent on one it would refuse.
+
+    Blank names are refused here too: a host shown as "   " cannot be told apart.
+    """
+    if not is_name(name) or not name.strip():
         raise CodeFormatError(f'{what} "{name}" must be 1–64 printable characters')
     return name
 

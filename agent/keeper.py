@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_random_exponential
 
-from agent.client import LeaseGrant
+from agent.bindings import Binding
 from agent.clock import wait_event
 from agent.errors import BrokerRefused, BrokerUnavailable, Retryable, TokenRejected
-from agent.state import Binding, EncoderRecord, Held, Want
+from agent.records import EncoderRecord, Held, Want
 from shared.timefmt import format_ts
+from shared.wire import Lease as LeaseGrant
 
 if TYPE_CHECKING:
     from agent.runner import Runner

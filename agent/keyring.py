@@ -14,9 +14,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.client import LeaseGrant
 from agent.errors import TokenRejected
 from shared import jws
+from shared.wire import Lease
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class KeyRing:
 
     async def verify(
         self,
-        grant: LeaseGrant,
+        grant: Lease,
         *,
         encoder: str,
         server_id: str,

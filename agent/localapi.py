@@ -40,8 +40,8 @@ from aiohttp.web_response import Response, StreamResponse, json_response
 from aiohttp.web_server import Server
 
 from agent.keeper import Keeper
+from agent.records import Want
 from agent.service import Agent
-from agent.state import Want
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from agent.bindings import Binding, Bindings
 from agent.client import BrokerClient
 from agent.clock import Clock
 from agent.errors import BrokerUnavailable
 from agent.keeper import Keeper
 from agent.keyring import KeyRing
-from agent.state import Binding, Bindings, EncoderRecord, LeaseState, Want
+from agent.records import EncoderRecord, LeaseState, Want
 
 __all__ = ["BrokerHealth", "Keeper", "Runner"]
 

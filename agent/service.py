@@ -12,21 +12,15 @@ import os
 from typing import Any
 
 from agent import __version__
+from agent.bindings import Binding, Bindings, bindings_mtime, load_bindings
 from agent.client import BrokerClient
 from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.errors import BrokerRefused, BrokerUnavailable, StateError
 from agent.keyring import KeyRing
+from agent.records import load_leases, write_leases_snapshot
 from agent.runner import Runner
-from agent.state import (
-    Binding,
-    Bindings,
-    bindings_mtime,
-    ensure_dir,
-    load_bindings,
-    load_leases,
-    write_leases_snapshot,
-)
+from agent.statedir import ensure_dir
 from shared.timefmt import format_ts
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Any
 
 from broker.principal import Principal
@@ -12,12 +13,37 @@ from shared.timefmt import format_ts
 PAGE_MAX = 500
 
 
+class Action(StrEnum):
+    """Every action the audit log records; the console's audit page names each one."""
+
+    ESTATE_CREATED = "estate.created"
+    ADMIN_ADDED = "admin.added"
+    ADMIN_REMOVED = "admin.removed"
+    PURCHASE_RECORDED = "purchase.recorded"
+    PURCHASE_UPDATED = "purchase.updated"
+    POOL_CREATED = "pool.created"
+    POOL_UPDATED = "pool.updated"
+    POOL_DELETED = "pool.deleted"
+    LICENCES_MOVED = "licences.moved"
+    AUTH_CODE_CREATED = "auth_code.created"
+    AUTH_CODE_REVOKED = "auth_code.revoked"
+    SERVER_ENROLLED = "server.enrolled"
+    SERVER_REBOUND = "server.rebound"
+    SERVER_REMOVED = "server.removed"
+    LEASE_GRANTED = "lease.granted"
+    LEASE_CHANGED = "lease.changed"
+    LEASE_RELEASED = "lease.released"
+    LEASE_REVOKED = "lease.revoked"
+    LEASE_LAPSED = "lease.lapsed"
+    LEASE_RENEWAL_REFUSED = "lease.renewal_refused"
+
+
 def record(
     tx: Tx,
     now: float,
     actor: Principal | None,
     estate_id: str | None,
-    action: str,
+    action: Action,
     *,
     pool_id: str | None = None,
     subject_id: str | None = None,
@@ -37,7 +63,7 @@ def record(
         actor_kind=kind,
         actor_id=actor_id,
         actor_name=name,
-        action=action,
+        action=action.value,
         pool_id=pool_id,
         subject_id=subject_id,
         details=json.dumps(details, separators=(",", ":"), sort_keys=True),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from typing import Any
 
@@ -18,22 +17,13 @@ from broker.errors import AuthCodeInvalid, NotFound, NoValidLicences
 from broker.ids import new_id, new_token, token_hash
 from broker.principal import Principal
 from broker.store.base import Tx
+from shared.codes import CODE_DIGITS, normalise_code
 from shared.timefmt import format_ts
 
-CODE_DIGITS = 8
-_SEPARATORS = re.compile(r"[\s-]")
 INVALID_MESSAGE = (
     "That code is not valid: it may be mistyped, already used, revoked or expired. "
     "Ask your admin for a new code."
 )
-
-
-def normalise(code: str) -> str | None:
-    """``4821 3907`` / ``4821-3907`` → ``48213907``; None unless exactly 8 digits."""
-    digits = _SEPARATORS.sub("", code)
-    if len(digits) != CODE_DIGITS or not digits.isascii() or not digits.isdigit():
-        return None
-    return digits
 
 
 def mac(key: bytes, code: str) -> bytes:
@@ -58,7 +48,7 @@ def make(
     code_id = new_id("code")
     tx.run("code_insert", id=code_id, estate_id=estate_id, pool_id=pool_id, code_mac=code_mac,
            now=int(now), expires_at=expires_at, created_by=actor.actor_id or actor.kind)
-    audit.record(tx, now, actor, estate_id, "auth_code.created", pool_id=pool_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.AUTH_CODE_CREATED, pool_id=pool_id,
                  subject_id=code_id, expires_at=format_ts(expires_at))
     return {"id": code_id, "code": code, "pool_id": pool_id, "expires_at": format_ts(expires_at)}
 
@@ -77,7 +67,7 @@ def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, code_id: str) -
     if row is None:
         raise NotFound("No such authentication code in this estate.")
     if tx.run("code_revoke", code_id=code_id):
-        audit.record(tx, now, actor, estate_id, "auth_code.revoked", pool_id=row["pool_id"],
+        audit.record(tx, now, actor, estate_id, audit.Action.AUTH_CODE_REVOKED, pool_id=row["pool_id"],
                      subject_id=code_id)
 
 
@@ -89,7 +79,7 @@ def redeem(
     Runs inside the single writer's transaction, so two hosts racing for one code
     cannot both win: the second finds it used.
     """
-    digits = normalise(code)
+    digits = normalise_code(code)
     row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits),
                                               now=int(now))
     if row is None:
@@ -103,7 +93,7 @@ def redeem(
     assert names is not None
     actor = Principal(kind="server", token_hash=b"", estate_id=row["estate_id"],
                       server_id=server_id, name=name, pool_id=row["pool_id"])
-    audit.record(tx, now, actor, row["estate_id"], "server.enrolled", pool_id=row["pool_id"],
+    audit.record(tx, now, actor, row["estate_id"], audit.Action.SERVER_ENROLLED, pool_id=row["pool_id"],
                  subject_id=server_id, name=name, kind=kind, auth_code_id=row["id"])
     return {
         "server_id": server_id, "server_token": token, "name": name, "kind": kind,

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from broker.clock import Clock, SystemClock
-from shared.settings import parse_value
+from shared.settings import (
+    NotAChoice,
+    NotATable,
+    OutOfRange,
+    UnknownSetting,
+    env_settings,
+    file_settings,
+    setting_value,
+)
 
 
 class ConfigError(Exception):
@@ -95,20 +103,13 @@ def settings() -> list[dataclasses.Field[Any]]:
 
 
 def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
-    name, kind = f.name, str(f.type)
-    where = f"setting '{name}' (from {source})"
+    where = f"setting '{f.name}' (from {source})"
     try:
-        value = parse_value(kind, raw)
+        return setting_value(f, raw)
+    except (OutOfRange, NotAChoice) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {raw!r} is not a valid {kind.split(' ')[0]}") from exc
-    if value is None:
-        return None
-    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{where}: {value!r} is outside {lo}..{hi}")
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    return value
+        raise ConfigError(f"{where}: {raw!r} is not a valid {str(f.type).split(' ')[0]}") from exc
 
 
 def load(
@@ -122,23 +123,22 @@ def load(
     known = {f.name: f for f in settings()}
     values: dict[str, Any] = {}
     if file is not None:
+        where = f"config file {file}"
         try:
-            data = tomllib.loads(Path(file).read_text())
+            table = file_settings(Path(file), "broker", known)
         except OSError as exc:
-            raise ConfigError(f"config file {file}: {exc.strerror}") from exc
+            raise ConfigError(f"{where}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {file}: {exc}") from exc
-        section = data.get("broker", data)
-        if not isinstance(section, dict):
-            raise ConfigError(f"config file {file}: 'broker' must be a table ([broker])")
-        for key, raw in section.items():
-            if key not in known:
-                raise ConfigError(f"config file {file}: unknown setting '{key}'")
-            values[key] = _convert(known[key], raw, f"config file {file}")
-    for name, f in known.items():
-        var = f"TENURE_{name.upper()}"
-        if var in env and env[var] != "":
-            values[name] = _convert(f, env[var], f"environment {var}")
+            raise ConfigError(f"{where}: {exc}") from exc
+        except NotATable as exc:
+            raise ConfigError(f"{where}: 'broker' must be a table ([broker])") from exc
+        except UnknownSetting as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        for key, raw in table.items():
+            values[key] = _convert(known[key], raw, where)
+    for name, (var, raw) in env_settings(env, "TENURE_", known).items():
+        if raw != "":
+            values[name] = _convert(known[name], raw, f"environment {var}")
     for name, raw in (flags or {}).items():
         if raw is not None:
             values[name] = _convert(known[name], raw, f"--{name.replace('_', '-')}")

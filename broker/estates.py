@@ -34,7 +34,7 @@ def create(
         "admin_insert", id=admin_id, estate_id=estate_id, name=admin_name,
         token_hash=token_hash(token), is_primary=1, now=int(now),
     )
-    audit.record(tx, now, actor, estate_id, "estate.created", subject_id=estate_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.ESTATE_CREATED, subject_id=estate_id,
                  name=name, admin_name=admin_name, default_pool_id=pool_id)
     return {
         "id": estate_id,
@@ -58,7 +58,7 @@ def add_admin(tx: Tx, now: float, actor: Principal, estate_id: str, name: str) -
     admin_id, token = new_id("adm"), new_token("adm")
     tx.run("admin_insert", id=admin_id, estate_id=estate_id, name=name,
            token_hash=token_hash(token), is_primary=0, now=int(now))
-    audit.record(tx, now, actor, estate_id, "admin.added", subject_id=admin_id, name=name)
+    audit.record(tx, now, actor, estate_id, audit.Action.ADMIN_ADDED, subject_id=admin_id, name=name)
     return {"id": admin_id, "name": name, "primary": False, "token": token}
 
 
@@ -70,7 +70,7 @@ def remove_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id:
     if row["is_primary"]:
         raise PrimaryAdmin("The estate's primary admin cannot be removed.")
     tx.run("admin_remove", admin_id=admin_id, estate_id=estate_id, now=int(now))
-    audit.record(tx, now, actor, estate_id, "admin.removed", subject_id=admin_id, name=row["name"])
+    audit.record(tx, now, actor, estate_id, audit.Action.ADMIN_REMOVED, subject_id=admin_id, name=row["name"])
 
 
 def list_admins(tx: Tx, estate_id: str) -> list[dict[str, Any]]:

@@ -22,7 +22,9 @@ from broker.errors import NotFound, PoolExhausted, Unauthenticated
 from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
+from shared.secret import Secret
 from shared.timefmt import format_ts
+from shared.wire import Lease
 
 _STATE_RANK = {"valid": 0, "expiring": 1, "expired": 2, "ended": 3, "on_hold": 4}
 
@@ -50,25 +52,25 @@ class Grant:
     def render(self, token: str) -> dict[str, Any]:
         lease = self.lease
         lifetime = lease["expires_at"] - self.issued_at
-        return {
-            "id": lease["id"],
-            "token": token,
-            "encoder": lease["encoder"],
-            "licence_type": lease["licence_type"],
-            "count": lease["count"],
-            "pool_id": lease["pool_id"],
-            "expires_at": format_ts(lease["expires_at"]),
-            "renew_after": format_ts(self.issued_at + lifetime // 3),
-            "lease_seconds": self.lease_seconds,
-            "server_time": format_ts(self.issued_at),
-            "state": self.state,
-            "seats": [
+        return Lease(
+            id=lease["id"],
+            token=Secret(token),
+            encoder=lease["encoder"],
+            licence_type=lease["licence_type"],
+            count=lease["count"],
+            pool_id=lease["pool_id"],
+            expires_at=lease["expires_at"],
+            renew_after=self.issued_at + lifetime // 3,
+            lease_seconds=self.lease_seconds,
+            server_time=self.issued_at,
+            state=self.state,
+            seats=tuple(
                 {"purchase_id": s["purchase_id"], "sales_order": s["sales_order"],
                  "count": s["count"], "expires_at": format_ts(s["expires_at"]),
                  "state": purchases.state(s, self.issued_at)}
                 for s in self.seats
-            ],
-        }
+            ),
+        ).to_json()
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def _end(tx: Tx, now: float, lease: Row, state: str, reason: str, actor: Princip
     for seat in tx.all("lease_seats", lease_id=lease["id"]):
         tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"],
                count=seat["count"])
-    audit.record(tx, now, actor, lease["estate_id"], f"lease.{state}", pool_id=lease["pool_id"],
+    audit.record(tx, now, actor, lease["estate_id"], audit.Action(f"lease.{state}"), pool_id=lease["pool_id"],
                  subject_id=lease["id"], server_id=lease["server_id"], encoder=lease["encoder"],
                  licence_type=lease["licence_type"], count=lease["count"], reason=reason)
 
@@ -227,7 +229,7 @@ def acquire(
                count=count, now=int(now), expires_at=exp)
         _lease_seats(tx, lease_id, pool_id, plan)
         grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
-        audit.record(tx, now, server, server.estate_id, "lease.granted", pool_id=pool_id,
+        audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_GRANTED, pool_id=pool_id,
                      subject_id=lease_id, encoder=encoder, licence_type=licence_type,
                      before=0, after=count)
         return grant
@@ -263,7 +265,7 @@ def acquire(
                     created=False)
     after = {"licence_type": licence_type, "count": count}
     if after != before:
-        audit.record(tx, now, server, server.estate_id, "lease.changed", pool_id=pool_id,
+        audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_CHANGED, pool_id=pool_id,
                      subject_id=lease["id"], encoder=encoder, before=before, after=after)
     return grant
 
@@ -296,14 +298,14 @@ def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
     tx.run("server_seen", server_id=server.server_id, now=int(now))
     if lease["state"] != "active":
         reason = "lapsed" if lease["state"] == "lapsed" else lease["state"]
-        audit.record(tx, now, server, lease["estate_id"], "lease.renewal_refused",
+        audit.record(tx, now, server, lease["estate_id"], audit.Action.LEASE_RENEWAL_REFUSED,
                      pool_id=lease["pool_id"], subject_id=lease_id, reason=reason)
         return Gone(reason)
     seats = tx.all("lease_seats", lease_id=lease_id)
     if now >= lease["expires_at"] or any(now >= purchases.grace_end(s) for s in seats):
         _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended",
              None)
-        audit.record(tx, now, server, lease["estate_id"], "lease.renewal_refused",
+        audit.record(tx, now, server, lease["estate_id"], audit.Action.LEASE_RENEWAL_REFUSED,
                      pool_id=lease["pool_id"], subject_id=lease_id, reason="lapsed")
         return Gone("lapsed")
     if binding["pool_id"] == lease["pool_id"]:

@@ -56,7 +56,7 @@ def create(
     pool_id = new_id("pool")
     tx.run("pool_insert", id=pool_id, estate_id=estate_id, name=name, name_key=key,
            is_default=0, lease_seconds=lease_seconds, now=int(now))
-    audit.record(tx, now, actor, estate_id, "pool.created", pool_id=pool_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.POOL_CREATED, pool_id=pool_id,
                  subject_id=pool_id, name=name)
     if moves:
         move(tx, now, actor, estate_id, default["id"], pool_id, moves)
@@ -73,7 +73,7 @@ def update(
     new_seconds = row["lease_seconds"] if lease_seconds is None else lease_seconds
     tx.run("pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key,
            lease_seconds=new_seconds)
-    audit.record(tx, now, actor, estate_id, "pool.updated", pool_id=pool_id, subject_id=pool_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.POOL_UPDATED, pool_id=pool_id, subject_id=pool_id,
                  before={"name": row["name"], "lease_seconds": row["lease_seconds"]},
                  after={"name": new_name, "lease_seconds": new_seconds})
     return view(tx, now, estate_id, pool_id)
@@ -104,7 +104,7 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
     # A live code of a deleted pool would bind a new server to a pool that is gone.
     tx.run("codes_revoke_of_pool", pool_id=pool_id)
     tx.run("pool_delete", pool_id=pool_id, estate_id=estate_id, now=int(now))
-    audit.record(tx, now, actor, estate_id, "pool.deleted", pool_id=pool_id, subject_id=pool_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.POOL_DELETED, pool_id=pool_id, subject_id=pool_id,
                  name=row["name"], returned_to_default=returned)
 
 
@@ -156,7 +156,7 @@ def move(
         p: {"from_allocated": before[p]["from_allocated"] - c,
             "to_allocated": before[p]["to_allocated"] + c} for p, c in wanted.items()
     }
-    audit.record(tx, now, actor, estate_id, "licences.moved", pool_id=to_pool, subject_id=move_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.LICENCES_MOVED, pool_id=to_pool, subject_id=move_id,
                  from_pool=from_pool, to_pool=to_pool, items=moved, before=before, after=after)
     return {"id": move_id, "from_pool": from_pool, "to_pool": to_pool, "items": moved,
             "at": format_ts(now)}

@@ -75,7 +75,7 @@ def record(
            licence_type=licence_type, quantity=quantity, expires_at=expires_at,
            status="valid", held_at=None, now=int(now))
     tx.run("holding_add", pool_id=default["id"], purchase_id=purchase_id, count=quantity)
-    audit.record(tx, now, actor, estate_id, "purchase.recorded", pool_id=default["id"],
+    audit.record(tx, now, actor, estate_id, audit.Action.PURCHASE_RECORDED, pool_id=default["id"],
                  subject_id=purchase_id, sales_order=sales_order, licence_type=licence_type,
                  quantity=quantity, expires_at=format_ts(expires_at))
     row = tx.one("purchase_by_id", purchase_id=purchase_id, estate_id=estate_id)
@@ -100,7 +100,7 @@ def update(
         raise ValidationFailed([{"field": "expires_at", "message": "is implausibly early"}])
     tx.run("purchase_update", purchase_id=purchase_id, estate_id=estate_id,
            status=new_status, held_at=held_at, expires_at=new_expiry)
-    audit.record(tx, now, actor, estate_id, "purchase.updated", subject_id=purchase_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.PURCHASE_UPDATED, subject_id=purchase_id,
                  sales_order=row["sales_order"],
                  before={"status": row["status"], "expires_at": format_ts(row["expires_at"])},
                  after={"status": new_status, "expires_at": format_ts(new_expiry)})

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from pathlib import Path
 
 from broker.ids import new_token
-from broker.signing import write_private
+from shared.secretfile import write_secret
 
 log = logging.getLogger("tenure.broker")
 
@@ -21,7 +20,7 @@ def code_key(data_dir: Path) -> bytes:
     """The HMAC key for authentication codes: 32 random bytes, made once."""
     path = data_dir / "code-key"
     if not path.exists():
-        write_private(path, secrets.token_bytes(32))
+        write_secret(path, secrets.token_bytes(32))
     data = path.read_bytes()
     if len(data) < 32:
         raise RuntimeError(f"{path} is damaged (shorter than 32 bytes)")
@@ -38,11 +37,8 @@ def operator_token(data_dir: Path, configured: str | None) -> str:
         if token:
             return token
     token = new_token("op")
-    write_private(path, (token + "\n").encode())
+    write_secret(path, (token + "\n").encode())
     log.info("generated the operator token into %s (mode 0600); move it into a secret store",
              path)
     return token
 
-
-def file_mode(path: Path) -> int:
-    return os.stat(path).st_mode & 0o777

@@ -42,7 +42,7 @@ def rebind(
             leases=len(held),
         )
     tx.run("server_rebind", server_id=server_id, pool_id=pool_id)
-    audit.record(tx, now, actor, estate_id, "server.rebound", pool_id=pool_id,
+    audit.record(tx, now, actor, estate_id, audit.Action.SERVER_REBOUND, pool_id=pool_id,
                  subject_id=server_id, name=server["name"],
                  before={"pool_id": server["pool_id"]}, after={"pool_id": pool_id})
     return next(s for s in list_all(tx, now, estate_id) if s["id"] == server_id)
@@ -53,7 +53,7 @@ def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str)
     server = get(tx, estate_id, server_id)
     freed = leases.revoke_all_of_server(tx, now, actor, server_id)
     tx.run("server_remove", server_id=server_id, now=int(now))
-    audit.record(tx, now, actor, estate_id, "server.removed", pool_id=server["pool_id"],
+    audit.record(tx, now, actor, estate_id, audit.Action.SERVER_REMOVED, pool_id=server["pool_id"],
                  subject_id=server_id, name=server["name"], kind=server["kind"],
                  leases_freed=freed)
     return freed

@@ -10,7 +10,6 @@ longest lease lifetime, plus the reload interval and a margin.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from shared import jws
+from shared.secretfile import write_secret
 
 log = logging.getLogger("tenure.keys")
 MAX_LEASE_SECONDS = 30 * 86400
@@ -31,23 +31,6 @@ class StoredKey:
     key: jws.SigningKey
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file atomically with mode 0600 (never readable by others)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def rotate(data_dir: Path, now: float) -> jws.SigningKey:
     """Add a new signing key; it becomes the one that signs."""
     folder = data_dir / "keys"
@@ -55,7 +38,7 @@ def rotate(data_dir: Path, now: float) -> jws.SigningKey:
     existing = load(data_dir)
     created = max([int(now)] + [k.created + 1 for k in existing])
     key = jws.SigningKey.generate()
-    write_private(folder / f"key-{created}-{key.kid[:12]}.pem", key.to_pem())
+    write_secret(folder / f"key-{created}-{key.kid[:12]}.pem", key.to_pem())
     log.info("new lease-signing key %s", key.kid)
     return key
 

@@ -1,7 +1,7 @@
 """Lease tokens: compact JWS signed with Ed25519 (``alg: EdDSA``, RFC 8037).
 
 Both the broker (signing) and the agent (offline verification) use this module, so
-that there is exactly one reading of the token format of DESIGN.md §4.
+that there is exactly one reading of the token format (docs/design.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-# Claims every lease token carries (DESIGN.md §4).
+# Claims every lease token carries (docs/design.md).
 LEASE_CLAIMS = ("iss", "sub", "lid", "est", "pool", "srv", "lt", "n", "iat", "nbf", "exp")
 
 

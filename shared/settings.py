@@ -1,14 +1,22 @@
-"""Reading one setting's value, as both the broker's and the agent's config do it.
+"""Reading settings, as both the broker's and the agent's config do it.
 
-Values come from TOML (already typed) or from the environment and flags (strings);
+Each side keeps its own frozen ``Config`` dataclass (fields with ``help`` and optional
+``min``, ``max``, ``choices``, ``octal`` metadata) and its own words for errors; the
+reading is here: a TOML file's table (``file_settings``), ``TENURE_*`` variables
+(``env_settings``) and one value's conversion and checks (``setting_value``). Values
+come from TOML (already typed) or from the environment and flags (strings);
 ``parse_value`` turns either into the setting's declared type and raises
 ``ValueError`` for anything else, so that each config can name the setting in its
-own words.
+own words. Precedence (flags > environment > file > default) is each loader's order
+of applying them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import tomllib
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +58,74 @@ def parse_value(kind: str, raw: Any, *, octal: bool = False) -> Any:
     if not isinstance(raw, str):
         raise ValueError("not text")
     return raw
+
+
+class SettingProblem(ValueError):
+    """A value that does not fit its setting; each config words the message its own way."""
+
+
+class OutOfRange(SettingProblem):
+    def __init__(self, value: Any, low: Any, high: Any) -> None:
+        super().__init__(f"{value!r} is outside {low}..{high}")
+        self.value, self.low, self.high = value, low, high
+
+
+class NotAChoice(SettingProblem):
+    def __init__(self, value: Any, choices: Sequence[str]) -> None:
+        super().__init__(f"{value!r} is not one of {', '.join(choices)}")
+        self.value, self.choices = value, tuple(choices)
+
+
+class NotATable(SettingProblem):
+    """The file's ``[section]`` is a value, not a table."""
+
+
+class UnknownSetting(SettingProblem):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown setting '{name}'")
+        self.name = name
+
+
+def setting_value(f: dataclasses.Field[Any], raw: Any) -> Any:
+    """``raw`` as the value of setting ``f``, checked against its ``min``/``max``/``choices``.
+
+    Raises ``ValueError`` when ``raw`` is not of the setting's type, ``OutOfRange`` or
+    ``NotAChoice`` when it is but does not fit.
+    """
+    value = parse_value(str(f.type), raw, octal=bool(f.metadata.get("octal")))
+    if value is None:
+        return None
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise NotAChoice(value, choices)
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise OutOfRange(value, low, high)
+    return value
+
+
+def file_settings(path: Path, section: str, known: Collection[str]) -> dict[str, Any]:
+    """The raw settings of TOML file ``path``: its ``[section]`` table, else its top level.
+
+    Raises ``OSError`` (unreadable), ``tomllib.TOMLDecodeError``, ``NotATable`` or
+    ``UnknownSetting`` (a key that is no setting).
+    """
+    with path.open("rb") as handle:
+        data = tomllib.load(handle)
+    table = data.get(section, data)
+    if not isinstance(table, dict):
+        raise NotATable(section)
+    for key in table:
+        if key not in known:
+            raise UnknownSetting(key)
+    return dict(table)
+
+
+def env_settings(env: Mapping[str, str], prefix: str, known: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Each setting given in ``env`` as ``PREFIX`` + its name in capitals: name → (variable, text)."""
+    found = {}
+    for name in known:
+        var = prefix + name.upper()
+        if var in env:
+            found[name] = (var, env[var])
+    return found

@@ -14,15 +14,14 @@ from functools import lru_cache
 from typing import Any
 
 from broker.errors import ValidationFailed
+from shared.names import NAME_MAX, NAME_PATTERN
 from shared.timefmt import parse_ts
 
 Schema = dict[str, Any]
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-# Printable: no C0/C1 controls, line separators or bidi overrides (a name shown to an
-# admin must read as what it is).
-NAME = {"type": "string", "minLength": 1, "maxLength": 64,
-        "pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+$"}
+# The one name rule, shared with the agent (see shared/names.py).
+NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
 SERIAL = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9._:-]+$"}
 LICENCE_TYPE = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9-]+$"}
 ID = {"type": "string", "pattern": ID_PATTERN}

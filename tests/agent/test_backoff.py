@@ -8,8 +8,9 @@ from tenacity import RetryCallState, Retrying
 
 from agent.errors import BrokerUnavailable
 from agent.keeper import Keeper
+from agent.records import EncoderRecord, Held, LeaseState, Want
 from agent.runner import Runner
-from agent.state import EncoderRecord, Held, LeaseState, Secret, Want
+from shared.secret import Secret
 from tests.agent.conftest import FakeClock
 
 

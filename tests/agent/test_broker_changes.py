@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.state import load_leases
+from agent.records import load_leases
 from broker import signing
 from tests.agent.conftest import (
     AgentFactory,

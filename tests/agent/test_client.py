@@ -9,7 +9,7 @@ from aiohttp import web
 
 from agent.client import BrokerClient
 from agent.errors import BrokerRefused, BrokerUnavailable
-from agent.state import Secret
+from shared.secret import Secret
 from tests.agent.conftest import LT, LiveBroker
 
 

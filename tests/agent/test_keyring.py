@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from agent.client import LeaseGrant
 from agent.errors import TokenRejected
 from agent.keyring import REFRESH_INTERVAL, KeyRing
-from agent.state import Secret
 from shared import jws
+from shared.secret import Secret
+from shared.wire import Lease
 from tests.agent.conftest import T0, tamper
 
 SIGNER = jws.SigningKey.generate()
@@ -22,14 +22,15 @@ def jwks(*keys: jws.SigningKey) -> dict[str, Any]:
     return {"keys": [jws.jwk(k.private.public_key()) for k in keys]}
 
 
-def grant(key: jws.SigningKey = SIGNER, **changes: Any) -> LeaseGrant:
+def grant(key: jws.SigningKey = SIGNER, **changes: Any) -> Lease:
     claims = {"iss": "tenure", "sub": "ENC-1", "lid": "lse_1", "est": "est_1", "pool": "pool_1",
               "srv": "srv_1", "lt": "one-in-one-out", "n": 3, "iat": int(T0), "nbf": int(T0),
               "exp": int(T0) + 300}
     claims.update(changes)
-    return LeaseGrant(id="lse_1", token=Secret(jws.sign(claims, key)), encoder="ENC-1", count=3,
-                      licence_type="one-in-one-out", expires_at=int(T0) + 300,
-                      renew_after=int(T0) + 100, server_time=int(T0), state="valid", seats=())
+    return Lease(id="lse_1", token=Secret(jws.sign(claims, key)), encoder="ENC-1", count=3,
+                 licence_type="one-in-one-out", pool_id="pool_1", expires_at=int(T0) + 300,
+                 renew_after=int(T0) + 100, lease_seconds=300, server_time=int(T0), state="valid",
+                 seats=())
 
 
 class Keys:
@@ -45,7 +46,7 @@ class Keys:
         return jwks(*self.keys)
 
 
-async def verify(ring: KeyRing, g: LeaseGrant, broker_now: float | None = None) -> dict[str, Any]:
+async def verify(ring: KeyRing, g: Lease, broker_now: float | None = None) -> dict[str, Any]:
     at = float(g.server_time) if broker_now is None else broker_now
     return await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1",
                              broker_now=lambda: at)
@@ -62,7 +63,7 @@ async def test_a_tampered_token_is_rejected() -> None:
     keys = Keys(SIGNER)
     ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     g = grant()
-    forged = LeaseGrant(**{**g.__dict__, "token": Secret(tamper(g.token.reveal()))})
+    forged = Lease(**{**g.__dict__, "token": Secret(tamper(g.token.reveal()))})
     with pytest.raises(TokenRejected, match="bad signature"):
         await verify(ring, forged)
 
@@ -83,7 +84,7 @@ async def test_an_expired_token_is_rejected_by_the_brokers_own_time() -> None:
     keys = Keys(SIGNER)
     ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now)
     g = grant(exp=int(T0) - 120)
-    stale = LeaseGrant(**{**g.__dict__, "expires_at": int(T0) - 120})
+    stale = Lease(**{**g.__dict__, "expires_at": int(T0) - 120})
     with pytest.raises(TokenRejected, match="expired"):
         await verify(ring, stale)
 

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from agent.config import Config
-from agent.state import Want, load_leases, save_leases
+from agent.records import Want, load_leases, save_leases
 from tests.agent.conftest import (
     LT,
     T0,

@@ -21,6 +21,7 @@ from broker import signing
 from broker.app import create_app
 from broker.clock import ManualClock
 from shared import jws
+from shared.secretfile import write_secret
 from tests.broker.leasing import ONE, Site, header_of, make_site, ts
 from tests.conftest import DAY, Broker
 
@@ -235,7 +236,7 @@ async def test_a_bad_key_file_does_not_stop_later_rotations(
     encrypted = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"))
-    signing.write_private(bad, encrypted)
+    write_secret(bad, encrypted)
     await asyncio.sleep(0.3)  # several reload rounds meet the bad file
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == first
     bad.unlink()
