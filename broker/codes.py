@@ -86,8 +86,10 @@ def redeem(
 ) -> dict[str, Any]:
     """Use a code once: create the server or domain bound to the code's pool.
 
-    Runs inside the single writer's transaction, so two hosts racing for one code
-    cannot both win: the second finds it used.
+    Two hosts racing for one code cannot both win, whichever store runs this and however
+    it orders transactions: ``code_use`` is an UPDATE guarded by ``state = 'live'``, so
+    only the first changes a row; the second changes none and is refused, and its
+    transaction, server row included, is rolled back.
     """
     digits = normalise(code)
     row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits),

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from broker import audit, purchases
+from broker import audit, leases, purchases
 from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
 from broker.ids import new_id
 from broker.principal import Principal
@@ -81,8 +81,6 @@ def update(
 
 def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -> None:
     """Delete a custom pool with no servers and no live leases; holdings go home."""
-    from broker import leases  # leases builds on pools
-
     row = get(tx, estate_id, pool_id)
     if row["is_default"]:
         raise DefaultPoolFixed("The Default Pool cannot be deleted.")
@@ -113,8 +111,6 @@ def move(
     items: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
     """Move unused seats per purchase, all or nothing."""
-    from broker import leases
-
     src, dst = get(tx, estate_id, from_pool), get(tx, estate_id, to_pool)
     if src["id"] == dst["id"]:
         raise ValidationFailed([{"field": "to_pool", "message": "must differ from from_pool"}])
