@@ -24,8 +24,3 @@ def new_token(kind: str) -> str:
 def token_hash(token: str) -> bytes:
     """What is stored for a token. SHA-256 suffices: the token has 256 bits of entropy."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-def fingerprint(token: str) -> str:
-    """A short, non-reversible tag for logs: never the token itself."""
-    return token_hash(token).hex()[:8]
