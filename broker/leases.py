@@ -19,7 +19,6 @@ from typing import Any
 
 from broker import audit, purchases
 from broker.errors import NotFound, PoolExhausted, Unauthenticated
-from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
@@ -230,7 +229,7 @@ def _grant_new(
     seats = [{"purchase_id": c["purchase_id"], "count": take, "sales_order": c["sales_order"],
               "licence_type": licence_type, "expires_at": c["expires_at"],
               "status": c["status"], "held_at": c["held_at"]} for c, take in plan]
-    lease_id = new_id("lse")
+    lease_id = tx.new_id("lse")
     fresh = {"id": lease_id, "estate_id": server.estate_id, "pool_id": pool_id,
              "server_id": server.server_id, "encoder": encoder, "licence_type": licence_type,
              "state": "active", "created_at": int(now), "end_reason": None}

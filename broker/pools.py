@@ -17,7 +17,6 @@ from typing import Any
 
 from broker import audit, leases, purchases
 from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
-from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
@@ -53,7 +52,7 @@ def create(
     if default is None:
         raise NotFound("No such estate.")
     key = _check_name(tx, estate_id, name)
-    pool_id = new_id("pool")
+    pool_id = tx.new_id("pool")
     tx.run("pool_insert", id=pool_id, estate_id=estate_id, name=name, name_key=key,
            is_default=0, lease_seconds=lease_seconds, now=int(now))
     audit.record(tx, now, actor, estate_id, "pool.created", pool_id=pool_id,
@@ -144,7 +143,7 @@ def move(
         changed = tx.run("holding_take", pool_id=from_pool, purchase_id=purchase_id, count=count)
         assert changed == 1, "unused seats vanished inside the transaction"
         tx.run("holding_add", pool_id=to_pool, purchase_id=purchase_id, count=count)
-    move_id = new_id("mov")
+    move_id = tx.new_id("mov")
     moved = [{"purchase_id": p, "count": c} for p, c in wanted.items()]
     tx.run("move_insert", id=move_id, estate_id=estate_id, from_pool=from_pool, to_pool=to_pool,
            items=json.dumps(moved), actor=actor.actor_id or actor.kind, now=int(now))

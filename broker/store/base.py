@@ -43,6 +43,10 @@ class Tx(Protocol):
     def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
         ...
 
+    def new_id(self, prefix: str) -> str:
+        """The id of a new row, such as ``pool_4kq9…``, from the store's id source."""
+        ...
+
 
 @dataclass
 class StoreStats:
