@@ -14,7 +14,7 @@ from typing import Any
 
 from broker import audit, pools
 from broker.errors import AuthCodeInvalid, NotFound, NoValidLicences
-from broker.ids import new_id, new_token, token_hash
+from broker.ids import new_token, token_hash
 from broker.principal import Principal
 from broker.store.base import Tx
 from shared.codes import CODE_DIGITS, normalise_code
@@ -45,7 +45,7 @@ def make(
         code_mac = mac(key, code)
         if tx.one("code_live_by_mac", code_mac=code_mac, now=int(now)) is None:
             break
-    code_id = new_id("code")
+    code_id = tx.new_id("code")
     tx.run("code_insert", id=code_id, estate_id=estate_id, pool_id=pool_id, code_mac=code_mac,
            now=int(now), expires_at=expires_at, created_by=actor.actor_id or actor.kind)
     audit.record(tx, now, actor, estate_id, audit.Action.AUTH_CODE_CREATED, pool_id=pool_id,
@@ -76,15 +76,17 @@ def redeem(
 ) -> dict[str, Any]:
     """Use a code once: create the server or domain bound to the code's pool.
 
-    Runs inside the single writer's transaction, so two hosts racing for one code
-    cannot both win: the second finds it used.
+    Two hosts racing for one code cannot both win, whichever store runs this and however
+    it orders transactions: ``code_use`` is an UPDATE guarded by ``state = 'live'``, so
+    only the first changes a row; the second changes none and is refused, and its
+    transaction, server row included, is rolled back.
     """
     digits = normalise_code(code)
     row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits),
                                               now=int(now))
     if row is None:
         raise AuthCodeInvalid(INVALID_MESSAGE)
-    server_id, token = new_id("srv"), new_token("srv")
+    server_id, token = tx.new_id("srv"), new_token("srv")
     tx.run("server_insert", id=server_id, estate_id=row["estate_id"], pool_id=row["pool_id"],
            name=name, kind=kind, token_hash=token_hash(token), now=int(now))
     if tx.run("code_use", code_id=row["id"], now=int(now), server_id=server_id) != 1:

@@ -1,27 +1,36 @@
-"""Domain errors, and the one table that maps them onto HTTP problems.
+"""Domain errors: what the API reports on purpose, each with its HTTP status and code.
 
-Domain code raises these; ``broker.api.middleware`` renders them as
-``application/problem+json`` (RFC 9457) with a stable ``code``, looking each
-exception's class up along its MRO so that a subclass inherits its parent's answer.
+Domain code raises these; the ``problems`` middleware (``broker.api.middleware``) renders
+any ``TenureError`` as ``application/problem+json`` (RFC 9457) from the class's own
+``status``, ``code`` and ``title``, so a subclass answers as its parent unless it says
+otherwise: the class is the mapping, and there is no table to keep in step with it.
+The middleware maps aiohttp's own HTTP errors (no route, wrong method, body too large)
+onto these classes; anything else raised is logged and answered with a generic 500.
 
-    TenureError
-    ├── ValidationFailed          400 validation_error
-    ├── Unauthenticated           401 unauthenticated
-    ├── Forbidden                 403 forbidden
-    ├── AuthCodeInvalid           403 auth_code_invalid
-    ├── NotFound                  404 not_found
-    ├── Conflict                  409 (code given by subclass)
-    │   ├── LicencesInUse         409 licences_in_use
-    │   ├── PoolExhausted         409 pool_exhausted
-    │   ├── NameTaken             409 name_taken
-    │   ├── PoolNotEmpty          409 pool_not_empty
-    │   ├── ServerHasLeases       409 server_has_leases
-    │   └── NoValidLicences       409 no_valid_licences
-    ├── LeaseGone                 410 lease_gone
-    ├── PayloadTooLarge           413 payload_too_large
-    ├── IdempotencyKeyReused      422 idempotency_key_reused
-    ├── RateLimited               429 rate_limited (+ Retry-After)
-    └── StorageUnavailable        503 storage_unavailable
+The tree, including the classes defined beside the code that raises them:
+
+    TenureError                           500 internal_error
+    ├── ValidationFailed                  400 validation_error
+    ├── Unauthenticated                   401 unauthenticated
+    ├── Forbidden                         403 forbidden
+    │   └── CsrfFailed                    403 csrf_failed          (broker.console)
+    ├── AuthCodeInvalid                   403 auth_code_invalid
+    ├── NotFound                          404 not_found
+    ├── Conflict                          409 conflict
+    │   ├── LicencesInUse                 409 licences_in_use
+    │   ├── PoolExhausted                 409 pool_exhausted
+    │   ├── NameTaken                     409 name_taken
+    │   ├── PoolNotEmpty                  409 pool_not_empty
+    │   │   └── DefaultPoolFixed          409 default_pool         (broker.pools)
+    │   ├── PrimaryAdmin                  409 primary_admin        (broker.estates)
+    │   ├── ServerHasLeases               409 server_has_leases
+    │   └── NoValidLicences               409 no_valid_licences
+    ├── LeaseGone                         410 lease_gone
+    ├── PayloadTooLarge                   413 payload_too_large
+    ├── UnsupportedMediaType              415 unsupported_media_type (broker.console)
+    ├── IdempotencyKeyReused              422 idempotency_key_reused
+    ├── RateLimited                       429 rate_limited (+ Retry-After)
+    └── StorageUnavailable                503 storage_unavailable
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Any
 
 from broker import audit
 from broker.errors import Conflict, Forbidden, NotFound
-from broker.ids import new_id, new_token, token_hash
+from broker.ids import new_token, token_hash
 from broker.principal import Principal
 from broker.store.base import Tx
 from shared.timefmt import format_ts
@@ -22,7 +22,7 @@ def create(
     tx: Tx, now: float, actor: Principal, name: str, admin_name: str, lease_seconds: int
 ) -> dict[str, Any]:
     """A new estate with its Default Pool and primary admin, in one transaction."""
-    estate_id, pool_id, admin_id = new_id("est"), new_id("pool"), new_id("adm")
+    estate_id, pool_id, admin_id = tx.new_id("est"), tx.new_id("pool"), tx.new_id("adm")
     token = new_token("adm")
     tx.run("estate_insert", id=estate_id, name=name, now=int(now))
     tx.run(
@@ -55,7 +55,7 @@ def get(tx: Tx, estate_id: str) -> dict[str, Any]:
 def add_admin(tx: Tx, now: float, actor: Principal, estate_id: str, name: str) -> dict[str, Any]:
     _require_primary(actor)
     get(tx, estate_id)
-    admin_id, token = new_id("adm"), new_token("adm")
+    admin_id, token = tx.new_id("adm"), new_token("adm")
     tx.run("admin_insert", id=admin_id, estate_id=estate_id, name=name,
            token_hash=token_hash(token), is_primary=0, now=int(now))
     audit.record(tx, now, actor, estate_id, audit.Action.ADMIN_ADDED, subject_id=admin_id, name=name)

@@ -19,7 +19,6 @@ from typing import Any
 
 from broker import audit, purchases
 from broker.errors import NotFound, PoolExhausted, Unauthenticated
-from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.secret import Secret
@@ -201,72 +200,108 @@ def acquire(
     """Make (server, encoder) hold exactly ``count`` seats of ``licence_type``.
 
     Returns the grant, or None when ``count`` is 0 (released). All or nothing: on
-    ``PoolExhausted`` the lease stays as it was.
+    ``PoolExhausted`` the lease stays as it was. The encoder's lease, if it has one, is
+    resized, or replaced when the type differs; otherwise a new lease is granted.
     """
     pool = _binding(tx, server)
-    pool_id = pool["pool_id"]
     tx.run("server_seen", server_id=server.server_id, now=int(now))
-    lapse_due(tx, now, pool_id)
+    lapse_due(tx, now, pool["pool_id"])
     lease = tx.one("lease_active_of_encoder", server_id=server.server_id, encoder=encoder)
     if count == 0:
         if lease is not None:
             _end(tx, now, lease, "released", "released", server)
         return None
     if lease is None:
-        # A new lease is written once, as it will stand: its seats are chosen first, so
-        # its expiry is known before the insert, and nothing written is read back.
-        plan = _grantable(tx, now, pool_id, licence_type, count)
-        seats = [{"purchase_id": c["purchase_id"], "count": take, "sales_order": c["sales_order"],
-                  "licence_type": licence_type, "expires_at": c["expires_at"],
-                  "status": c["status"], "held_at": c["held_at"]} for c, take in plan]
-        lease_id = new_id("lse")
-        fresh = {"id": lease_id, "estate_id": server.estate_id, "pool_id": pool_id,
-                 "server_id": server.server_id, "encoder": encoder, "licence_type": licence_type,
-                 "state": "active", "created_at": int(now), "end_reason": None}
-        fresh, exp = _describe(now, fresh, seats, pool["lease_seconds"])
-        tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=pool_id,
-               server_id=server.server_id, encoder=encoder, licence_type=licence_type,
-               count=count, now=int(now), expires_at=exp)
-        _lease_seats(tx, lease_id, pool_id, plan)
-        grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
-        audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_GRANTED, pool_id=pool_id,
-                     subject_id=lease_id, encoder=encoder, licence_type=licence_type,
-                     before=0, after=count)
-        return grant
-    seats = tx.all("lease_seats", lease_id=lease["id"])
-    before = {"licence_type": lease["licence_type"], "count": lease["count"]}
-    touched = True
+        return _grant_new(tx, now, server, pool, encoder, licence_type, count)
     if lease["licence_type"] != licence_type:
-        # Another type replaces the lease atomically: the new seats are found first,
-        # so a refusal leaves the old ones untouched.
-        for seat in seats:
+        return _change_type(tx, now, server, pool, lease, licence_type, count)
+    return _resize(tx, now, server, pool, lease, count)
+
+
+def _grant_new(
+    tx: Tx, now: float, server: Principal, pool: Row, encoder: str, licence_type: str, count: int,
+) -> Grant:
+    """A new lease of ``count`` seats, written once, as it will stand.
+
+    Its seats are chosen first, so its expiry is known before the insert, and nothing
+    written is read back.
+    """
+    pool_id = pool["pool_id"]
+    plan = _grantable(tx, now, pool_id, licence_type, count)
+    seats = [{"purchase_id": c["purchase_id"], "count": take, "sales_order": c["sales_order"],
+              "licence_type": licence_type, "expires_at": c["expires_at"],
+              "status": c["status"], "held_at": c["held_at"]} for c, take in plan]
+    lease_id = tx.new_id("lse")
+    fresh = {"id": lease_id, "estate_id": server.estate_id, "pool_id": pool_id,
+             "server_id": server.server_id, "encoder": encoder, "licence_type": licence_type,
+             "state": "active", "created_at": int(now), "end_reason": None}
+    fresh, exp = _describe(now, fresh, seats, pool["lease_seconds"])
+    tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=pool_id,
+           server_id=server.server_id, encoder=encoder, licence_type=licence_type,
+           count=count, now=int(now), expires_at=exp)
+    _lease_seats(tx, lease_id, pool_id, plan)
+    grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
+    audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_GRANTED, pool_id=pool_id,
+                 subject_id=lease_id, encoder=encoder, licence_type=licence_type,
+                 before=0, after=count)
+    return grant
+
+
+def _change_type(
+    tx: Tx, now: float, server: Principal, pool: Row, lease: Row, licence_type: str, count: int,
+) -> Grant:
+    """Replace the lease's seats with ``count`` seats of another type, atomically.
+
+    The old seats go back first (they are of the other type, so this frees none that
+    could be taken); if the new ones are not there, ``PoolExhausted`` rolls the whole
+    transaction back, and the lease keeps its old seats.
+    """
+    for seat in tx.all("lease_seats", lease_id=lease["id"]):
+        _drop_seat(tx, lease, seat, seat["count"])
+    tx.run("lease_update", lease_id=lease["id"], count=count, licence_type=licence_type,
+           now=int(now), expires_at=lease["expires_at"])
+    _take(tx, now, lease["id"], pool["pool_id"], licence_type, count)
+    return _changed(tx, now, server, pool, lease, {**lease, "licence_type": licence_type}, None)
+
+
+def _resize(tx: Tx, now: float, server: Principal, pool: Row, lease: Row, count: int) -> Grant:
+    """Grow or shrink the lease to ``count`` seats of its type.
+
+    Seats past their grace are dropped and replaced from valid licences; growth takes the
+    earliest-expiring free seats, a shrink gives back the latest-expiring first.
+    """
+    seats = tx.all("lease_seats", lease_id=lease["id"])
+    held = 0
+    dropped = False
+    for seat in list(seats):
+        if now >= purchases.grace_end(seat):
             _drop_seat(tx, lease, seat, seat["count"])
-        tx.run("lease_update", lease_id=lease["id"], count=count, licence_type=licence_type,
-               now=int(now), expires_at=lease["expires_at"])
-        _take(tx, now, lease["id"], pool_id, licence_type, count)
-    else:
-        # Seats past their grace are dropped and replaced from valid licences.
-        held = 0
-        dropped = False
-        for seat in list(seats):
-            if now >= purchases.grace_end(seat):
-                _drop_seat(tx, lease, seat, seat["count"])
-                seats.remove(seat)
-                dropped = True
-            else:
-                held += seat["count"]
-        touched = dropped or count != held
-        if count > held:
-            _take(tx, now, lease["id"], pool_id, licence_type, count - held)
-        elif count < held:
-            _give_back(tx, lease, seats, held - count)
-    lease = {**lease, "licence_type": licence_type}
-    grant = _finish(tx, now, lease, None if touched else seats, pool["lease_seconds"],
-                    created=False)
-    after = {"licence_type": licence_type, "count": count}
-    if after != before:
-        audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_CHANGED, pool_id=pool_id,
-                     subject_id=lease["id"], encoder=encoder, before=before, after=after)
+            seats.remove(seat)
+            dropped = True
+        else:
+            held += seat["count"]
+    if count > held:
+        _take(tx, now, lease["id"], pool["pool_id"], lease["licence_type"], count - held)
+    elif count < held:
+        _give_back(tx, lease, seats, held - count)
+    touched = dropped or count != held
+    return _changed(tx, now, server, pool, lease, lease, None if touched else seats)
+
+
+def _changed(
+    tx: Tx, now: float, server: Principal, pool: Row, before: Row, lease: Row,
+    seats: list[Row] | None,
+) -> Grant:
+    """Finish an existing lease after a change, auditing it if type or count moved.
+
+    ``seats`` as ``_finish`` takes them: None when this transaction changed them.
+    """
+    grant = _finish(tx, now, lease, seats, pool["lease_seconds"], created=False)
+    was = {"licence_type": before["licence_type"], "count": before["count"]}
+    now_is = {"licence_type": grant.lease["licence_type"], "count": grant.lease["count"]}
+    if now_is != was:
+        audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_CHANGED, pool_id=pool["pool_id"],
+                     subject_id=lease["id"], encoder=lease["encoder"], before=was, after=now_is)
     return grant
 
 

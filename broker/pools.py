@@ -15,9 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from broker import audit, purchases
+from broker import audit, leases, purchases
 from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
-from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
@@ -53,7 +52,7 @@ def create(
     if default is None:
         raise NotFound("No such estate.")
     key = _check_name(tx, estate_id, name)
-    pool_id = new_id("pool")
+    pool_id = tx.new_id("pool")
     tx.run("pool_insert", id=pool_id, estate_id=estate_id, name=name, name_key=key,
            is_default=0, lease_seconds=lease_seconds, now=int(now))
     audit.record(tx, now, actor, estate_id, audit.Action.POOL_CREATED, pool_id=pool_id,
@@ -81,8 +80,6 @@ def update(
 
 def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -> None:
     """Delete a custom pool with no servers and no live leases; holdings go home."""
-    from broker import leases  # leases builds on pools
-
     row = get(tx, estate_id, pool_id)
     if row["is_default"]:
         raise DefaultPoolFixed("The Default Pool cannot be deleted.")
@@ -113,8 +110,6 @@ def move(
     items: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
     """Move unused seats per purchase, all or nothing."""
-    from broker import leases
-
     src, dst = get(tx, estate_id, from_pool), get(tx, estate_id, to_pool)
     if src["id"] == dst["id"]:
         raise ValidationFailed([{"field": "to_pool", "message": "must differ from from_pool"}])
@@ -148,7 +143,7 @@ def move(
         changed = tx.run("holding_take", pool_id=from_pool, purchase_id=purchase_id, count=count)
         assert changed == 1, "unused seats vanished inside the transaction"
         tx.run("holding_add", pool_id=to_pool, purchase_id=purchase_id, count=count)
-    move_id = new_id("mov")
+    move_id = tx.new_id("mov")
     moved = [{"purchase_id": p, "count": c} for p, c in wanted.items()]
     tx.run("move_insert", id=move_id, estate_id=estate_id, from_pool=from_pool, to_pool=to_pool,
            items=json.dumps(moved), actor=actor.actor_id or actor.kind, now=int(now))

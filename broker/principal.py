@@ -31,13 +31,5 @@ class Principal:
         if self.estate_id != estate_id:
             raise NotFound("No such estate.")
 
-    def require_operator(self) -> None:
-        if self.kind != "operator":
-            raise Forbidden("Only the operator may do this.")
-
-    def require_server(self) -> None:
-        if self.kind != "server":
-            raise Forbidden("This route is for enrolled servers and domains (a server token).")
-
 
 OPERATOR_NAME = "operator"

@@ -48,9 +48,6 @@ class PrincipalCache:
             ):
                 del self._entries[digest]
 
-    def forget_all(self) -> None:
-        self._entries.clear()
-
 
 def lookup(tx: Tx, digest: bytes) -> Principal | None:
     admin = tx.one("admin_by_token", token_hash=digest)

@@ -14,7 +14,6 @@ from typing import Any
 
 from broker import audit
 from broker.errors import NotFound, ValidationFailed
-from broker.ids import new_id
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
@@ -70,7 +69,7 @@ def record(
     default = tx.one("default_pool", estate_id=estate_id)
     if default is None:
         raise NotFound("No such estate.")
-    purchase_id = new_id("pur")
+    purchase_id = tx.new_id("pur")
     tx.run("purchase_insert", id=purchase_id, estate_id=estate_id, sales_order=sales_order,
            licence_type=licence_type, quantity=quantity, expires_at=expires_at,
            status="valid", held_at=None, now=int(now))

@@ -17,26 +17,38 @@ log = logging.getLogger("tenure.reaper")
 async def lapse_loop(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.config.reaper_interval_seconds)
-        try:
-            now = svc.clock.now()
-            count = await svc.store.write(partial(leases.reap, now=now))
-            if count:
-                log.info("lapsed %d lease(s) that were neither renewed nor released", count)
-        except StorageUnavailable as exc:
-            log.warning("lease reaper: %s", exc.detail)
-        except Exception:  # the loop must outlive any one bad round
-            log.exception("lease reaper failed; trying again next round")
+        await lapse_due(svc)
+
+
+async def lapse_due(svc: Services) -> None:
+    """One round of ``lapse_loop``: lapse a batch of leases past ``exp``. Never raises:
+    the loop must outlive any one bad round."""
+    try:
+        now = svc.clock.now()
+        count = await svc.store.write(partial(leases.reap, now=now))
+        if count:
+            log.info("lapsed %d lease(s) that were neither renewed nor released", count)
+    except StorageUnavailable as exc:
+        log.warning("lease reaper: %s", exc.detail)
+    except Exception:
+        log.exception("lease reaper failed; trying again next round")
 
 
 async def key_loop(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.config.key_reload_seconds)
-        try:
-            await asyncio.to_thread(svc.keyring.reload, svc.clock.now())
-        except (OSError, ValueError) as exc:
-            log.error("cannot reload signing keys from %s: %s", svc.data_dir / "keys", exc)
-        except Exception:  # keep reloading: a later rotation must still be picked up
-            log.exception("cannot reload signing keys from %s", svc.data_dir / "keys")
+        await reload_keys(svc)
+
+
+async def reload_keys(svc: Services) -> None:
+    """One round of ``key_loop``: re-read the key directory. Never raises: a bad file is
+    logged and the keys in force stay, so that a later rotation is still picked up."""
+    try:
+        await asyncio.to_thread(svc.keyring.reload, svc.clock.now())
+    except (OSError, ValueError) as exc:
+        log.error("cannot reload signing keys from %s: %s", svc.data_dir / "keys", exc)
+    except Exception:
+        log.exception("cannot reload signing keys from %s", svc.data_dir / "keys")
 
 
 async def purge_loop(svc: Services) -> None:

@@ -2,10 +2,14 @@
 
 Domain code never speaks SQL. It writes a plain function of a ``Tx`` and hands it to
 ``Store.write`` (one transaction, all or nothing) or ``Store.read`` (a consistent
-snapshot). The function runs on the store's own thread, so a whole transaction is a
-single hand-off from the event loop; inside it, queries are called by name
-(``tx.one("pool_by_id", pool_id=...)``) and the SQL behind each name lives with the
-store (``broker/store/queries/*.sql``), where a PostgreSQL store would keep its own.
+snapshot). Inside it, queries are called by name (``tx.one("pool_by_id", pool_id=...)``)
+and the SQL behind each name lives with the store (``broker/store/queries/*.sql``),
+where a PostgreSQL store would keep its own.
+
+Where ``fn`` runs is the store's business, so ``fn`` must be synchronous, quick, and
+touch nothing but ``tx`` and its arguments. ``SqliteStore`` runs a write's ``fn`` on the
+event loop itself, batched with the other writes waiting into one transaction (only the
+COMMIT goes to a thread), and a read's ``fn`` on its reader thread.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class Tx(Protocol):
         ...
 
     def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        ...
+
+    def new_id(self, prefix: str) -> str:
+        """The id of a new row, such as ``pool_4kq9…``, from the store's id source."""
         ...
 
 

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from broker.errors import StorageUnavailable
+from broker.ids import IdSource, new_id
 from broker.store.base import Row, StoreStats, Tx
 
 log = logging.getLogger("tenure.store")
@@ -137,10 +138,11 @@ def connect(path: Path, synchronous: str = "full") -> sqlite3.Connection:
 
 
 class SqliteTx:
-    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str], ids: IdSource) -> None:
         self._conn = conn
         self._q = queries
         self._names: dict[str, list[str]] = {}
+        self._ids = ids
 
     def _columns(self, query: str, cursor: sqlite3.Cursor) -> list[str]:
         names = self._names.get(query)
@@ -173,6 +175,9 @@ class SqliteTx:
     def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
         self._conn.executemany(self._q[query], rows)
 
+    def new_id(self, prefix: str) -> str:
+        return self._ids(prefix)
+
 
 @dataclass
 class _Job:
@@ -202,12 +207,14 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 class SqliteStore:
     """``Store`` on one SQLite file. Create with ``await SqliteStore.open(path)``.
 
-    Writes must come from the event loop the store was opened on.
+    Writes must come from the event loop the store was opened on. New rows take their
+    ids from ``ids`` (random by default).
     """
 
-    def __init__(self, path: Path, synchronous: str = "full") -> None:
+    def __init__(self, path: Path, synchronous: str = "full", ids: IdSource = new_id) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.ids = ids
         self.stats = StoreStats()
         self._queries = load_queries()
         self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -224,8 +231,8 @@ class SqliteStore:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="tenure-db-committer")
 
     @classmethod
-    async def open(cls, path: Path, synchronous: str = "full") -> SqliteStore:
-        store = cls(path, synchronous)
+    async def open(cls, path: Path, synchronous: str = "full", ids: IdSource = new_id) -> SqliteStore:
+        store = cls(path, synchronous, ids)
         await asyncio.to_thread(store._prepare)
         await store._reconnect()
         store._reader_thread.start()
@@ -306,7 +313,7 @@ class SqliteStore:
         except sqlite3.Error:
             log.exception("cannot open the database for writing")
             return False
-        self._conn, self._tx = conn, SqliteTx(conn, self._queries)
+        self._conn, self._tx = conn, SqliteTx(conn, self._queries, self.ids)
         return True
 
     async def _flush(self) -> None:
@@ -435,14 +442,14 @@ class SqliteStore:
 
     def _reader(self) -> None:
         conn = self._open_conn()
-        tx = SqliteTx(conn, self._queries) if conn is not None else None
+        tx = SqliteTx(conn, self._queries, self.ids) if conn is not None else None
         while True:
             job = self._reads.get()
             if job is _STOP:
                 break
             if conn is None:
                 conn = self._open_conn()
-                tx = SqliteTx(conn, self._queries) if conn is not None else None
+                tx = SqliteTx(conn, self._queries, self.ids) if conn is not None else None
             if conn is None:
                 _deliver([_Outcome(job, False, StorageUnavailable("the database cannot be opened"))])
                 continue

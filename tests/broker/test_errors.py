@@ -4,9 +4,11 @@ problem+json with a stable code, never a 500, never a traceback."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from broker import errors
 from broker.api.http import MAX_BODY
 from tests.broker.estate_kit import assert_problem, base, estate, raw
 from tests.conftest import Broker
@@ -242,3 +244,31 @@ async def test_an_unexpected_failure_is_a_generic_500_without_details(broker: Br
     body = assert_problem(r, 500, "internal_error")
     assert "secret internals" not in r.text and "/etc/shadow" not in r.text
     assert body["detail"] == "Something went wrong on the broker; it is logged."
+
+
+def _drawn_tree() -> dict[str, tuple[str | None, int, str]]:
+    """Class → (parent, status, code) as the errors module's docstring draws them."""
+    drawn: dict[str, tuple[str | None, int, str]] = {}
+    stack: list[str] = []
+    for line in (errors.__doc__ or "").splitlines():
+        match = re.match(r"^ {4}([│├└─ ]*)(\w+)\s+(\d{3}) (\w+)", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 4
+        del stack[depth:]
+        drawn[match.group(2)] = (stack[-1] if stack else None, int(match.group(3)), match.group(4))
+        stack.append(match.group(2))
+    return drawn
+
+
+def test_the_errors_docstring_draws_every_error_class() -> None:
+    import broker.app  # noqa: F401 - imports every module that defines an error
+
+    real: dict[str, tuple[str | None, int, str]] = {}
+    todo = [errors.TenureError]
+    while todo:
+        cls = todo.pop()
+        parent = cls.__base__.__name__ if cls is not errors.TenureError else None
+        real[cls.__name__] = (parent, cls.status, cls.code)
+        todo.extend(cls.__subclasses__())
+    assert _drawn_tree() == real

@@ -1,4 +1,4 @@
-"""Concurrent acquires over HTTP never grant a seat that is not there (DESIGN §2.2)."""
+"""Concurrent acquires over HTTP never grant a seat that is not there (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The books, read straight from the SQLite file, and DESIGN.md §2's invariants over them.
+"""The books, read straight from the SQLite file, and docs/design.md's invariants over them.
 
 The tests in this folder call ``check_books(path)`` after every step, every kill and
 every storage fault: it opens its own read-only connection, so it sees exactly what a

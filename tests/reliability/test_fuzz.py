@@ -14,6 +14,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from broker.clock import ManualClock
 from broker.config import load
 from broker.ids import new_token
 from tests.conftest import T0
+from tests.reliability.invariants import check_books, integrity_ok
 from tests.reliability.live import LiveBroker, request
 
 # Figures for docs/reliability.md.
@@ -89,14 +91,21 @@ class Estate:
         return rng.choice([None, self.admin, self.server])
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveBroker, str]]:
+@contextmanager
+def serve(folder: Path) -> Iterator[tuple[LiveBroker, str]]:
+    """A fresh broker on ``folder`` whose code-failure budget the fuzzer cannot exhaust."""
     operator = new_token("op")
-    config = load(None, env={}, data_dir=tmp_path_factory.mktemp("fuzz") / "data",
+    config = load(None, env={}, data_dir=folder / "data",
                   operator_token=operator, clock=ManualClock(T0), sqlite_synchronous="normal",
                   redeem_failures_per_address=10**6, redeem_failures_global=10**9)
     with LiveBroker(config) as broker:
         yield broker, operator
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveBroker, str]]:
+    with serve(tmp_path_factory.mktemp("fuzz")) as started:
+        yield started
 
 
 def operations(schema: Any) -> list[Any]:
@@ -113,9 +122,14 @@ def test_the_openapi_document_is_valid_and_complete(live: tuple[LiveBroker, str]
     assert documented == {f"{r.method} {r.path}" for r in ROUTES} - {"GET /v1/openapi.json"}
 
 
-@pytest.mark.slow
-def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
-    broker, operator = live
+def fuzz(broker: LiveBroker, operator: str, examples: int, modes: tuple[GenerationMode, ...],
+         writes_only: bool = False) -> list[str]:
+    """Fuzz every JSON operation (or every one that writes) in ``modes`` with ``examples``
+    cases each; the failures.
+
+    Counts go to ``FIGURES``, and to ``FIGURES["writes accepted"]`` for every 2xx answer
+    to a method that changes something.
+    """
     schema = schemathesis.openapi.from_url(f"{broker.url}/v1/openapi.json")
     estate = Estate(broker.url, operator)
     session = requests.Session()
@@ -127,7 +141,7 @@ def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
         if mode is GenerationMode.NEGATIVE:
             checks.append(negative_data_rejection)
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy(generation_mode=mode))
         def one(case: Any) -> None:
@@ -148,6 +162,8 @@ def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
             FIGURES[f"{mode.value} cases"] += 1
             if response.status_code >= 500:
                 FIGURES["5xx"] += 1
+            if case.method.upper() != "GET" and response.status_code < 300:
+                FIGURES["writes accepted"] += 1
             try:
                 case.validate_response(response, checks=checks, headers=headers)
             except Exception as exc:
@@ -169,11 +185,40 @@ def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
     for operation in operations(schema):
         if operation.path == "/metrics":
             continue  # text/plain exposition, not JSON: checked by the metrics tests
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        if writes_only and operation.method.upper() == "GET":
+            continue
+        for mode in modes:
             run(operation, mode)
     print(f"\nfuzz figures: {dict(FIGURES)}")
+    return failures
+
+
+def assert_books_intact(broker: LiveBroker) -> dict[str, int]:
+    db = Path(broker.config.db_path)
+    counts = check_books(db)
+    integrity_ok(db)
+    return counts
+
+
+@pytest.mark.slow
+def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
+    broker, operator = live
+    FIGURES.clear()
+    failures = fuzz(broker, operator, EXAMPLES, (GenerationMode.POSITIVE, GenerationMode.NEGATIVE))
     assert not failures, "\n".join(failures)
     assert FIGURES["5xx"] == 0
+    assert_books_intact(broker)
+
+
+def test_a_short_fuzz_leaves_the_books_intact(tmp_path: Path) -> None:
+    """Its own broker and its own fuzz: the books it checks are the ones it just wrote."""
+    with serve(tmp_path) as (broker, operator):
+        FIGURES.clear()
+        failures = fuzz(broker, operator, 3, (GenerationMode.POSITIVE,), writes_only=True)
+        assert not failures, "\n".join(failures)
+        assert FIGURES["writes accepted"] > 0, "the fuzz changed nothing: nothing to check"
+        counts = assert_books_intact(broker)
+    assert counts["purchases"] > 0 and counts["active_leases"] > 0
 
 
 # -- by hand ---------------------------------------------------------------------------
@@ -359,12 +404,3 @@ def test_idempotency_key_hostile(estate: Estate) -> None:
                    json.dumps({"name": f"Idem {len(key)} {ord(key[0]) if key else 0}"}).encode(),
                    {"Idempotency-Key": key})
         assert resp.status_code == expect, (key[:10], resp.status_code, resp.text[:200])
-
-
-def test_fuzz_left_the_books_intact(live: tuple[LiveBroker, str]) -> None:
-    from tests.reliability.invariants import check_books, integrity_ok
-
-    broker, _ = live
-    db = Path(broker.config.db_path)
-    check_books(db)
-    integrity_ok(db)

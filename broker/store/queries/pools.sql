@@ -72,11 +72,6 @@ ON CONFLICT (pool_id, purchase_id) DO UPDATE SET allocated = allocated + exclude
 -- name: holdings_clear
 DELETE FROM holdings WHERE pool_id = :pool_id
 
--- name: dead_seats_of_pool
-SELECT s.purchase_id, SUM(s.count) AS n FROM leases l JOIN lease_seats s ON s.lease_id = l.id
-WHERE l.pool_id = :pool_id AND l.state = 'active' AND l.expires_at <= :now
-GROUP BY s.purchase_id
-
 -- name: dead_seats_of_estate
 SELECT s.pool_id, s.purchase_id, SUM(s.count) AS n FROM leases l JOIN lease_seats s ON s.lease_id = l.id
 WHERE l.estate_id = :estate_id AND l.state = 'active' AND l.expires_at <= :now
