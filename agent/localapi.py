@@ -39,8 +39,8 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse, json_response
 from aiohttp.web_server import Server
 
+from agent.host import Host
 from agent.keeper import Keeper
-from agent.service import Agent
 from agent.state import Want
 
 log = logging.getLogger(__name__)
@@ -92,20 +92,20 @@ def _float_query(request: BaseRequest, name: str, default: float) -> float:
     return value
 
 
-def _keeper_or_404(agent: Agent, serial: str) -> Keeper:
-    keeper = agent.runner.get(serial)
+def _keeper_or_404(host: Host, serial: str) -> Keeper:
+    keeper = host.runner.get(serial)
     if keeper is None or keeper.record.want is None:
         raise Problem(404, "not_found", f"encoder {serial} has asked for no lease")
     return keeper
 
 
-async def get_status(agent: Agent, request: BaseRequest) -> Response:
+async def get_status(host: Host, request: BaseRequest) -> Response:
     probe = request.query.get("probe", "") in ("1", "true", "yes")
-    return json_response(await agent.status(probe=probe))
+    return json_response(await host.status(probe=probe))
 
 
-async def list_encoders(agent: Agent, request: BaseRequest) -> Response:
-    runner = agent.runner
+async def list_encoders(host: Host, request: BaseRequest) -> Response:
+    runner = host.runner
     items = [runner.keepers[s].view(with_token=False) for s in sorted(runner.keepers)]
     return json_response({"items": items})
 
@@ -135,22 +135,22 @@ async def _want_from(request: BaseRequest) -> Want:
     return Want(licence_type, count, domain)
 
 
-async def put_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
+async def put_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     want = await _want_from(request)
-    if agent.bindings().get(want.domain) is None:
+    if host.bindings().get(want.domain) is None:
         what = f'domain "{want.domain}"' if want.domain else "this host"
         raise Problem(409, "not_enrolled", f"{what} is not enrolled: run tenure-agent enroll")
-    keeper = await agent.runner.want(serial, want)
-    deadline = agent.clock.monotonic() + wait
-    while keeper.state() == "pending" and (left := deadline - agent.clock.monotonic()) > 0:
+    keeper = await host.runner.want(serial, want)
+    deadline = host.clock.monotonic() + wait
+    while keeper.state() == "pending" and (left := deadline - host.clock.monotonic()) > 0:
         await keeper.wait_changed(keeper.version, left)
     return json_response(keeper.view())
 
 
-async def get_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
+async def get_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
-    keeper = _keeper_or_404(agent, serial)
+    keeper = _keeper_or_404(host, serial)
     raw_version = request.query.get("version")
     if wait and raw_version is not None:
         try:
@@ -158,25 +158,25 @@ async def get_lease(agent: Agent, request: BaseRequest, serial: str) -> Response
         except ValueError as exc:
             raise Problem(400, "validation_error", "'version' must be an integer") from exc
         await keeper.wait_changed(version, wait)
-        keeper = _keeper_or_404(agent, serial)
+        keeper = _keeper_or_404(host, serial)
     return json_response(keeper.view())
 
 
-async def delete_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
+async def delete_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
-    _keeper_or_404(agent, serial)
-    keeper = await agent.runner.drop(serial)
+    _keeper_or_404(host, serial)
+    keeper = await host.runner.withdraw(serial)
     assert keeper is not None
     if wait:
-        deadline = agent.clock.monotonic() + wait
-        while not keeper.finished.is_set() and (left := deadline - agent.clock.monotonic()) > 0:
+        deadline = host.clock.monotonic() + wait
+        while not keeper.finished.is_set() and (left := deadline - host.clock.monotonic()) > 0:
             await keeper.wait_changed(keeper.version, left)
     state = "released" if keeper.finished.is_set() else "releasing"
     return json_response({"encoder": serial, "state": state})
 
 
-Plain = Callable[[Agent, BaseRequest], Awaitable[Response]]
-PerEncoder = Callable[[Agent, BaseRequest, str], Awaitable[Response]]
+Plain = Callable[[Host, BaseRequest], Awaitable[Response]]
+PerEncoder = Callable[[Host, BaseRequest, str], Awaitable[Response]]
 
 ROUTES: dict[str, dict[str, Plain]] = {
     "/v1/status": {"GET": get_status},
@@ -191,7 +191,7 @@ def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
     return Problem(405, "method_not_allowed", f"{request.method} is not allowed here (only {', '.join(methods)})")
 
 
-async def dispatch(agent: Agent, request: BaseRequest) -> StreamResponse:
+async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
     """Route ``request`` to its handler; every error comes back as a problem document."""
     try:
         path = request.path
@@ -200,13 +200,13 @@ async def dispatch(agent: Agent, request: BaseRequest) -> StreamResponse:
             handler = plain.get(request.method)
             if handler is None:
                 raise _not_allowed(request, plain)
-            return await handler(agent, request)
+            return await handler(host, request)
         match = ENCODER_LEASE.fullmatch(path)
         if match is not None:
             per_encoder = ENCODER_ROUTES.get(request.method)
             if per_encoder is None:
                 raise _not_allowed(request, ENCODER_ROUTES)
-            return await per_encoder(agent, request, _serial(match.group(1)))
+            return await per_encoder(host, request, _serial(match.group(1)))
         raise Problem(404, "not_found", "Not Found")
     except Problem as exc:
         return _problem(exc.status, exc.code, exc.detail, **exc.extra)
@@ -236,9 +236,9 @@ def _claim_socket(path: Path) -> None:
 class LocalServer:
     """The local API listening on a Unix socket with the configured mode and group."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.path = agent.config.socket
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.path = host.config.socket
         self._server: Server | None = None
         self._listener: asyncio.Server | None = None
 
@@ -258,13 +258,13 @@ class LocalServer:
         return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
 
     async def start(self) -> None:
-        config = self.agent.config
+        config = self.host.config
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _claim_socket(self.path)
-        agent = self.agent
+        host = self.host
 
         async def handle(request: BaseRequest) -> StreamResponse:
-            return await dispatch(agent, request)
+            return await dispatch(host, request)
 
         self._server = Server(handle, request_factory=self._request, access_log=None)
         # Create the socket with no more access than it will finally have.

@@ -11,7 +11,8 @@ from agent.errors import TokenRejected
 from agent.keyring import REFRESH_INTERVAL, KeyRing
 from agent.state import Secret
 from shared import jws
-from tests.agent.conftest import T0, tamper
+from tests.agent.harness import T0
+from tests.agent.proxy import tamper
 
 SIGNER = jws.SigningKey.generate()
 ROTATED = jws.SigningKey.generate()

@@ -8,17 +8,17 @@ from typing import Any
 
 from agent.config import Config
 from agent.state import Want, load_leases, save_leases
-from tests.agent.conftest import (
+from tests.agent.harness import (
     LT,
     T0,
     AgentFactory,
     AgentHarness,
     FakeClock,
     LiveBroker,
-    Proxy,
     enroll_agent,
     eventually,
 )
+from tests.agent.proxy import Proxy
 
 
 async def test_acquire_through_the_socket(
@@ -185,7 +185,7 @@ async def test_removed_server_revokes_its_leases(
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     await _active(agent, "ENC-1", 2)
     await _active(agent, "ENC-2", 1)
-    server_id = agent.service.agent.bindings().server.server_id
+    server_id = agent.daemon.host.bindings().server.server_id
     await live_broker.call("DELETE", f"/v1/estates/{live_broker.estate_id}/servers/{server_id}",
                            live_broker.admin, status=204)
     await fake_clock.advance(125)

@@ -9,10 +9,10 @@ import stat
 import pytest
 
 from agent.config import Config
-from agent.daemon import Service
+from agent.daemon import Daemon
 from agent.encoder_client import AgentNotRunning, EncoderClient
 from agent.sdnotify import Notifier
-from tests.agent.conftest import LT, AgentFactory, LiveBroker, enroll_agent
+from tests.agent.harness import LT, AgentFactory, LiveBroker, enroll_agent
 
 
 async def test_socket_is_0660_and_removed_on_stop(start_agent: AgentFactory) -> None:
@@ -27,10 +27,10 @@ async def test_a_second_agent_on_the_same_socket_is_refused(
     start_agent: AgentFactory, agent_config: Config
 ) -> None:
     await start_agent()
-    second = Service(agent_config, notifier=Notifier(env={}))
+    second = Daemon(agent_config, notifier=Notifier(env={}))
     with pytest.raises(OSError, match="another tenure-agent is serving"):
         await second.start()
-    await second.agent.runner.stop(release=False, within=0)
+    await second.host.runner.stop(release=False, within=0)
 
 
 async def test_a_stale_socket_file_is_replaced(
