@@ -39,6 +39,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse, json_response
 from aiohttp.web_server import Server
 
+from agent.clock import wait_event
 from agent.host import Host
 from agent.keeper import Keeper
 from agent.state import Want
@@ -50,9 +51,12 @@ LICENCE_TYPE = re.compile(r"[a-z0-9-]{1,64}")
 MAX_COUNT = 10_000
 MAX_WAIT = 300.0
 MAX_BODY = 64 * 1024
-# On stop, a long-poll in progress gets this long to finish before it is cut: stopping
-# must leave time to release the leases within systemd's TimeoutStopSec.
+# On stop, a long-poll in progress gets this long (on the host's clock) to finish before
+# it is cut: stopping must leave time to release the leases within systemd's
+# TimeoutStopSec.
 SHUTDOWN_TIMEOUT = 1.0
+# Real seconds aiohttp then has to cancel what outlived that grace.
+CUT_TIMEOUT = 0.1
 
 
 class Problem(Exception):
@@ -240,7 +244,15 @@ class LocalServer:
         self.host = host
         self.path = host.config.socket
         self._server: Server | None = None
+        self._busy = 0  # requests being handled
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._listener: asyncio.Server | None = None
+
+    @property
+    def busy(self) -> int:
+        """How many requests are being handled (long polls included)."""
+        return self._busy
 
     @property
     def serving(self) -> bool:
@@ -264,7 +276,14 @@ class LocalServer:
         host = self.host
 
         async def handle(request: BaseRequest) -> StreamResponse:
-            return await dispatch(host, request)
+            self._busy += 1
+            self._idle.clear()
+            try:
+                return await dispatch(host, request)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
 
         self._server = Server(handle, request_factory=self._request, access_log=None)
         # Create the socket with no more access than it will finally have.
@@ -277,15 +296,17 @@ class LocalServer:
             os.chown(self.path, -1, grp.getgrnam(config.socket_group).gr_gid)
         os.chmod(self.path, config.socket_mode)
 
-    async def stop(self) -> None:
-        """Stop listening, close idle connections, give requests in progress a moment."""
+    async def stop(self, *, grace: float = SHUTDOWN_TIMEOUT) -> None:
+        """Stop listening, close idle connections, give requests in progress ``grace``
+        seconds of the host's clock to finish, then cut them."""
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         if self._server is not None:
             await asyncio.sleep(0)  # let requests already accepted start
             self._server.pre_shutdown()
-            await self._server.shutdown(SHUTDOWN_TIMEOUT)
+            await wait_event(self.host.clock, self._idle, grace)
+            await self._server.shutdown(CUT_TIMEOUT)
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
