@@ -4,7 +4,7 @@ A ``Keeper`` task drives its encoder's lease:
 
 - **acquire** (or grow, shrink, change type) when nothing matching is held;
 - **renew** at ``renew_after`` plus a little jitter, so that a fleet started together
-  does not renew together;
+  does not renew together (``agent/deadlines.py`` puts a grant on our own clock);
 - **release** when the encoder no longer wants a lease.
 
 A retryable failure (broker away, 429, 5xx, a token that does not verify) is retried with
@@ -44,6 +44,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from agent.backoff import RetryPolicy, backoff_delay
 from agent.client import BrokerClient, LeaseGrant
 from agent.clock import Clock, wait_event
+from agent.deadlines import held_from_grant
 from agent.errors import BrokerRefused, BrokerUnavailable, Retryable, TokenRejected
 from agent.health import BrokerHealth
 from agent.keyring import KeyRing
@@ -51,20 +52,6 @@ from agent.state import Binding, Bindings, EncoderRecord, Held, Want
 from shared.timefmt import format_ts
 
 log = logging.getLogger(__name__)
-
-# Renew somewhere in the first tenth of the window between renew_after and expiry.
-RENEW_JITTER = 0.1
-# Stop serving a lease this long before the broker expires it: its server_time and exp
-# are whole seconds (the broker may have been up to a second past server_time when it
-# answered), and a monotonic clock may run fast by up to NTP's slew limit (500 ppm).
-DEADLINE_MARGIN = 1.0
-DEADLINE_DRIFT = 0.001
-
-
-def deadline_margin(lifetime: float) -> float:
-    """Seconds to stop serving a lease of ``lifetime`` seconds before its expiry."""
-    return DEADLINE_MARGIN + DEADLINE_DRIFT * max(0.0, lifetime)
-
 
 # Giving leases back on stop is quick or not at all: retry fast, within the stop timeout.
 STOP_RETRY = RetryPolicy(initial=0.2, cap=2.0)
@@ -386,31 +373,9 @@ class Keeper:
             estate_id=binding.estate_id,
             broker_now=broker_now,
         )
-        # The lifetime is the broker's (expiry less its own time of answering), measured
-        # on our monotonic clock from when we asked, which is no later than when it
-        # answered: the host's clock, however wrong or stepped, never enters.
         sent_at, sent_wall = sent
-        lifetime = grant.expires_at - grant.server_time
-        deadline = sent_at + lifetime - deadline_margin(lifetime)
-        renew_after = sent_at + (grant.renew_after - grant.server_time)
-        window = max(0.0, deadline - renew_after)
-        renew_at = renew_after + self._deps.rng.uniform(0, window * RENEW_JITTER)
-        return Held(
-            lease_id=grant.id,
-            token=grant.token,
-            licence_type=grant.licence_type,
-            count=grant.count,
-            domain=binding.domain,
-            server_id=binding.server_id,
-            expires_at=grant.expires_at,
-            renew_after=grant.renew_after,
-            server_time=grant.server_time,
-            deadline=deadline,
-            renew_at=min(renew_at, deadline),
-            wall_deadline=sent_wall + (deadline - sent_at),
-            boot_id=clock.boot_id(),
-            purchase_state=grant.state,
-            seats=grant.seats,
+        return held_from_grant(
+            grant, binding, sent_at=sent_at, sent_wall=sent_wall, boot_id=clock.boot_id(), rng=self._deps.rng
         )
 
     def _sent(self) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.config import Config
-from agent.keeper import deadline_margin
+from agent.deadlines import deadline_margin
 from tests.agent.harness import (
     AgentFactory,
     AgentHarness,
