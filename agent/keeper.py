@@ -107,6 +107,20 @@ class Keeper:
         self.task: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()
 
+    @classmethod
+    def adopt(cls, record: EncoderRecord, deps: KeeperDeps) -> Keeper:
+        """A keeper for ``record`` as read back from the stored state at start.
+
+        A lease it holds is put on this process's clock (``Held.resumed``): on the same
+        boot its deadline stands; after a reboot it is served for no longer than its
+        stored wall-clock deadline allows, and never for more than its lifetime. It is
+        renewed by id at once.
+        """
+        if record.held is not None:
+            clock = deps.clock
+            record.held = record.held.resumed(clock.monotonic(), clock.wall(), clock.boot_id())
+        return cls(record, deps)
+
     # ------------------------------------------------------------------ outside view
 
     def start(self) -> None:

@@ -78,26 +78,17 @@ class Runner:
         task.add_done_callback(self._background.discard)
 
     def start(self) -> None:
-        """Start a keeper for every encoder in the stored state (re-adoption).
-
-        A stored lease keeps its deadline on the same boot; after a reboot it is served
-        for no longer than its stored wall-clock deadline allows and never for more than
-        its lifetime (the host's clock may have been stepped back meanwhile). It is
-        renewed by id at once.
-        """
+        """Start a keeper for every encoder in the stored state (re-adoption, see
+        ``Keeper.adopt``); a record that neither wants nor holds a lease is dropped."""
         self._started = True
-        monotonic, wall, boot = self.clock.monotonic(), self.clock.wall(), self.clock.boot_id()
         for record in list(self.state.encoders.values()):
             if record.want is None and record.held is None:
                 del self.state.encoders[record.encoder]
                 continue
-            if record.held is not None:
-                record.held = record.held.resumed(monotonic, wall, boot)
-            self._keeper(record)
+            self._add(Keeper.adopt(record, self._deps))
 
-    def _keeper(self, record: EncoderRecord) -> Keeper:
-        keeper = Keeper(record, self._deps)
-        self.keepers[record.encoder] = keeper
+    def _add(self, keeper: Keeper) -> Keeper:
+        self.keepers[keeper.encoder] = keeper
         if self._started:
             keeper.start()
         return keeper
@@ -111,7 +102,7 @@ class Runner:
         if keeper is None:
             record = EncoderRecord(encoder=encoder, want=want)
             self.state.encoders[encoder] = record
-            keeper = self._keeper(record)
+            keeper = self._add(Keeper(record, self._deps))
         keeper.want(want)
         await self.save()
         return keeper
