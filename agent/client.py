@@ -1,10 +1,11 @@
-"""The broker's agent API: one method per endpoint (DESIGN.md §3, "Agent").
+"""The broker's agent API: one method per endpoint (the agent endpoints of docs/design.md).
 
 Every failure comes out as an ``agent.errors`` exception: transport errors, timeouts,
 429 and 5xx as ``BrokerUnavailable`` (retryable, with ``retry_after`` when the broker
 said), a garbled answer likewise (a 4xx that is not a problem document too: it is not
-the broker speaking), and other 4xx as a final ``BrokerRefused`` carrying
-the problem document's ``code``. Nothing here retries: that is the runner's business.
+the broker speaking), and other 4xx as a final ``BrokerRefused`` carrying the problem
+document's ``code``. Nothing here retries: that is the keeper's business
+(``agent/keeper.py``).
 """
 
 from __future__ import annotations

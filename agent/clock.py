@@ -5,8 +5,9 @@ Two clocks, for two different questions:
 - ``monotonic()`` measures how long something took or has left: lease deadlines, renewal
   timers, retry delays, long polls. It never jumps when the host's clock is stepped
   (NTP, an operator), so a lease is served exactly as long as the broker granted it,
-  whatever the host's calendar says. On Linux it is ``CLOCK_BOOTTIME``, which also
-  counts time spent suspended: the broker's clock runs on while the host sleeps.
+  whatever the host's calendar says. On Linux ``SystemClock`` reads ``CLOCK_BOOTTIME``,
+  which also counts time spent suspended: the broker's clock runs on while the host
+  sleeps, and so does every deadline measured on this one.
 - ``boot_id()`` names the monotonic clock's origin. Readings under the same id are
   comparable across processes (an agent restarted on the same boot trusts the
   monotonic deadlines its predecessor stored); an empty id means "not comparable".
@@ -14,7 +15,15 @@ Two clocks, for two different questions:
   value must outlive the boot (the persisted lease state, read again after a reboot,
   when monotonic time has started afresh), and for display.
 
-``sleep`` waits in monotonic time.
+``sleep`` waits on a different clock. ``SystemClock.sleep`` is ``asyncio.sleep``, whose
+timers run on the event loop's clock, ``time.monotonic()``: ``CLOCK_MONOTONIC`` on Linux,
+which is not stepped either but stops while the host is suspended. A sleep that spans a
+suspend therefore ends late, by the time spent suspended, measured on ``monotonic()``.
+No deadline is lost by this: every keeper reads ``monotonic()`` again when it wakes, and
+the lease's state (``active`` or ``lost``) is computed from ``monotonic()`` whenever it
+is asked for; only the renewal or retry that fell due during the suspend happens that
+much later. (Sleeping on ``CLOCK_BOOTTIME`` would need a timerfd per sleep, outside
+asyncio.)
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ class Clock(Protocol):
         ...
 
     async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` of monotonic time."""
+        """Wait ``seconds``, as the event loop counts them (see the module's docstring)."""
         ...
 
 
@@ -69,8 +78,8 @@ class SystemClock:
         return time.time()
 
     async def sleep(self, seconds: float) -> None:
-        # The event loop's timers run on time.monotonic(): a wall-clock step does not
-        # shorten or stretch a sleep.
+        # The event loop's timers run on time.monotonic() (CLOCK_MONOTONIC): a wall-clock
+        # step does not shorten or stretch a sleep, but a suspend stretches it.
         await asyncio.sleep(max(0.0, seconds))
 
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from agent.clock import Clock
 from agent.config import Config
+from agent.host import Host
 from agent.localapi import LocalServer
 from agent.sdnotify import Notifier
-from agent.service import Agent
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +23,26 @@ log = logging.getLogger(__name__)
 WORKER_THREADS = 2
 
 
-class Service:
+class Daemon:
     """Start: state, keepers, socket, READY=1. Stop: STOPPING=1, socket, leases."""
 
     def __init__(self, config: Config, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
-        self.notifier = notifier or Notifier()
-        self.agent = Agent(config, clock=clock)
-        self.server = LocalServer(self.agent)
+        self.host = Host(config, clock=clock)
+        self.notifier = notifier or Notifier(clock=self.host.clock)
+        self.server = LocalServer(self.host)
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        bindings = self.agent.bindings().all()
+        bindings = self.host.bindings().all()
         if not bindings:
             log.warning(
                 "not enrolled yet (no bindings in %s); run tenure-agent enroll",
                 self.config.state_dir,
             )
-        self.agent.runner.start()
+        self.host.runner.start()
         await self.server.start()
-        count = len(self.agent.runner.keepers)
+        count = len(self.host.runner.keepers)
         log.info(
             "serving on %s; %d binding(s), %d encoder(s) re-adopted",
             self.config.socket,
@@ -57,8 +57,8 @@ class Service:
         release = not self.config.keep_leases_on_stop
         log.info("stopping; %s leases", "releasing" if release else "keeping")
         await self.server.stop()
-        await self.agent.runner.stop(release=release, within=self.config.stop_timeout)
-        await self.agent.close()
+        await self.host.runner.stop(release=release, within=self.config.stop_timeout)
+        await self.host.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -73,8 +73,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="tenure-agent"))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    service = Service(config)
-    await service.start()
+    daemon = Daemon(config)
+    await daemon.start()
     # What start-up built (modules, classes, the app) lives as long as the process: keep
     # it out of the collector's generations, so that idle collections do not walk it.
     gc.collect()
@@ -84,4 +84,4 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await service.stop()
+        await daemon.stop()

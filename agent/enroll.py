@@ -1,4 +1,4 @@
-"""Enrolment: redeem an 8-digit authentication code for a binding (DESIGN.md §5)."""
+"""Enrolment: redeem an 8-digit authentication code for a binding; see docs/design.md."""
 
 from __future__ import annotations
 

@@ -4,25 +4,29 @@ A ``Keeper`` task drives its encoder's lease:
 
 - **acquire** (or grow, shrink, change type) when nothing matching is held;
 - **renew** at ``renew_after`` plus a little jitter, so that a fleet started together
-  does not renew together;
+  does not renew together (``agent/deadlines.py`` puts a grant on our own clock);
 - **release** when the encoder no longer wants a lease.
 
 A retryable failure (broker away, 429, 5xx, a token that does not verify) is retried with
-tenacity: exponential backoff with full jitter, capped at ``retry_max``, and never past
-the held lease's local deadline. While the broker is away a valid lease is still served
-(state ``offline``); at its deadline the encoder is told it is ``lost`` and the agent
-keeps trying to acquire again, at the capped rate, for as long as the encoder wants one.
+tenacity, waiting ``backoff_delay`` (``agent/backoff.py``): exponential with full jitter,
+capped at the policy's ``cap``, and never past the held lease's local deadline. While the
+broker is away a valid lease is still served (state ``offline``); at its deadline the
+encoder is told it is ``lost`` and the agent keeps trying to acquire again, at the capped
+rate, for as long as the encoder wants one.
 A renewal answered ``lease_gone`` with reason ``lapsed`` (or a lease the broker no longer
 knows) is likewise acquired again. A final refusal stops the trying until the encoder
 asks again: ``denied`` (e.g. ``pool_exhausted``) or ``revoked`` (an admin released or
-revoked the lease, or removed this server: re-acquiring on our own would undo the admin,
-DESIGN.md §2.8).
+revoked the lease, or removed this server: re-acquiring on our own would undo the admin;
+see docs/design.md).
 
 Encoder-visible states: ``pending``, ``active``, ``offline``, ``lost``, ``revoked``,
 ``denied``, and while a wish is being withdrawn ``releasing``/``released``.
 
-What the keepers share (bindings, clients, keys, the clock, persistence) is the
-``Runner``'s, in ``agent/runner.py``.
+A keeper talks out through one narrow door, its ``KeeperDeps`` (the clock, the random
+source, the retry policy, the bindings, broker clients, key rings, persistence, broker
+health, and two reports to its owner: "I am done" and "this binding is gone"). Its owner
+(``Runner``, in ``agent/runner.py``) talks in through the intent methods ``want``,
+``withdraw``, ``binding_removed`` and ``bindings_changed``, and never writes its fields.
 """
 
 from __future__ import annotations
@@ -30,59 +34,94 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
-from tenacity.wait import wait_random_exponential
 
-from agent.bindings import Binding
-from agent.clock import wait_event
+from agent.backoff import RetryPolicy, backoff_delay
+from agent.bindings import Binding, Bindings
+from agent.client import BrokerClient
+from agent.clock import Clock, wait_event
+from agent.deadlines import held_from_grant
 from agent.errors import BrokerRefused, BrokerUnavailable, Retryable, TokenRejected
+from agent.health import BrokerHealth
+from agent.keyring import KeyRing
 from agent.records import EncoderRecord, Held, Want
 from shared.timefmt import format_ts
-from shared.wire import Lease as LeaseGrant
-
-if TYPE_CHECKING:
-    from agent.runner import Runner
+from shared.wire import Lease
 
 log = logging.getLogger(__name__)
 
-# Renew somewhere in the first tenth of the window between renew_after and expiry.
-RENEW_JITTER = 0.1
-# Stop serving a lease this long before the broker expires it: its server_time and exp
-# are whole seconds (the broker may have been up to a second past server_time when it
-# answered), and a monotonic clock may run fast by up to NTP's slew limit (500 ppm).
-DEADLINE_MARGIN = 1.0
-DEADLINE_DRIFT = 0.001
-
-
-def deadline_margin(lifetime: float) -> float:
-    """Seconds to stop serving a lease of ``lifetime`` seconds before its expiry."""
-    return DEADLINE_MARGIN + DEADLINE_DRIFT * max(0.0, lifetime)
+# Giving leases back on stop is quick or not at all: retry fast, within the stop timeout.
+STOP_RETRY = RetryPolicy(initial=0.2, cap=2.0)
 
 
 class _Woken(Exception):
     """The encoder changed its wish while we were waiting to retry."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeeperDeps:
+    """Everything a keeper uses that is not its own: one set, shared by every keeper.
+
+    ``bindings`` returns the current bindings; ``client`` and ``keyring`` the broker
+    client and the pinned keys for a broker URL. ``save`` persists the lease state and
+    ``save_soon`` does so in the background. ``next_version`` numbers changes, across
+    keepers, so that an encoder's version never goes back when its keeper is replaced.
+    ``on_finished`` tells the owner that a keeper has released its lease and stopped;
+    ``on_binding_gone`` that the broker no longer knows a binding.
+    """
+
+    clock: Clock
+    rng: random.Random
+    retry: RetryPolicy
+    bindings: Callable[[], Bindings]
+    client: Callable[[str], BrokerClient]
+    keyring: Callable[[str], KeyRing]
+    save: Callable[[], Awaitable[None]]
+    save_soon: Callable[[], None]
+    health: BrokerHealth
+    next_version: Callable[[], int]
+    on_finished: Callable[[Keeper], None]
+    on_binding_gone: Callable[[Binding], None]
 
 
 class Keeper:
-    """Keeps one encoder's lease in line with what the encoder wants."""
+    """Keeps one encoder's lease in line with what the encoder wants.
 
-    def __init__(self, record: EncoderRecord, runner: Runner) -> None:
+    ``record`` is the encoder's entry in the lease state: from construction on, only
+    the keeper changes it.
+    """
+
+    def __init__(self, record: EncoderRecord, deps: KeeperDeps) -> None:
         self.record = record
-        self.runner = runner
+        self._deps = deps
         self.encoder = record.encoder
-        self.version = runner.next_version()
-        self.offline = False
-        self.lost = False
-        self.in_flight = False
+        self.version = deps.next_version()
+        self._offline = False
+        self._lost = False
+        self._in_flight = False
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()
+
+    @classmethod
+    def adopt(cls, record: EncoderRecord, deps: KeeperDeps) -> Keeper:
+        """A keeper for ``record`` as read back from the stored state at start.
+
+        A lease it holds is put on this process's clock (``Held.resumed``): on the same
+        boot its deadline stands; after a reboot it is served for no longer than its
+        stored wall-clock deadline allows, and never for more than its lifetime. It is
+        renewed by id at once.
+        """
+        if record.held is not None:
+            clock = deps.clock
+            record.held = record.held.resumed(clock.monotonic(), clock.wall(), clock.boot_id())
+        return cls(record, deps)
 
     # ------------------------------------------------------------------ outside view
 
@@ -95,26 +134,61 @@ class Keeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
-    def wake(self) -> None:
+    def want(self, want: Want) -> None:
+        """The encoder asks for ``want``; asking again retries after a refusal."""
+        r = self.record
+        r.want = want
+        r.halted = None
+        r.error = None
+        self._lost = False
         self._wake.set()
+        self._announce()
 
-    def changed(self) -> None:
+    def withdraw(self) -> None:
+        """The encoder wants no lease: release it, then finish."""
+        r = self.record
+        r.want = None
+        r.halted = None
+        r.error = None
+        self._wake.set()
+        self._announce()
+
+    def binding_removed(self, binding: Binding, code: str) -> None:
+        """The broker no longer knows ``binding``: a lease under it is revoked."""
+        r = self.record
+        on_it = (r.held is not None and r.held.server_id == binding.server_id) or (
+            r.held is None and r.want is not None and r.want.domain == binding.domain
+        )
+        if on_it and r.halted != "revoked":
+            self._revoke(code, "this server or domain was removed by an administrator")
+            self._wake.set()
+
+    def bindings_changed(self) -> None:
+        """A binding was added or replaced: retry if we stopped for want of one."""
+        r = self.record
+        if r.halted and (r.error or {}).get("code") in ("server_removed", "not_enrolled"):
+            r.halted = None
+            r.error = None
+            self._announce()
+            self._wake.set()
+
+    def _announce(self) -> None:
         """Bump the version and wake everyone waiting for a change."""
-        self.version = self.runner.next_version()
+        self.version = self._deps.next_version()
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def wait_changed(self, version: int, within: float) -> None:
         """Return when the version is no longer ``version``, or ``within`` seconds (clock)."""
-        deadline = self.runner.clock.monotonic() + within
+        deadline = self._deps.clock.monotonic() + within
         while self.version == version and not self.finished.is_set():
-            left = deadline - self.runner.clock.monotonic()
+            left = deadline - self._deps.clock.monotonic()
             if left <= 0:
                 return
             event = self._changed
             waiter = asyncio.ensure_future(event.wait())
             finished = asyncio.ensure_future(self.finished.wait())
-            sleeper = asyncio.ensure_future(self.runner.clock.sleep(left))
+            sleeper = asyncio.ensure_future(self._deps.clock.sleep(left))
             try:
                 await asyncio.wait({waiter, finished, sleeper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -124,21 +198,21 @@ class Keeper:
 
     def state(self, now: float | None = None) -> str:
         """The encoder-visible state; ``now`` is on the monotonic clock."""
-        now = self.runner.clock.monotonic() if now is None else now
+        now = self._deps.clock.monotonic() if now is None else now
         r = self.record
         if r.want is None:
             return "releasing" if r.held is not None else "released"
         if r.held is not None and now < r.held.deadline:
-            return "offline" if self.offline else "active"
+            return "offline" if self._offline else "active"
         if r.halted is not None:
             return r.halted
-        if self.lost or r.held is not None:
+        if self._lost or r.held is not None:
             return "lost"
         return "pending"
 
     def view(self, *, with_token: bool = True) -> dict[str, Any]:
         """The encoder's lease as the local API shows it."""
-        now = self.runner.clock.monotonic()
+        now = self._deps.clock.monotonic()
         r = self.record
         state = self.state(now)
         lease: dict[str, Any] | None = None
@@ -169,7 +243,7 @@ class Keeper:
 
     async def _run(self) -> None:
         r = self.record
-        clock = self.runner.clock
+        clock = self._deps.clock
         while True:
             self._wake.clear()
             if r.want is None:
@@ -215,23 +289,24 @@ class Keeper:
                 self._note(exc)
 
     def _backoff(self, state: RetryCallState) -> float:
-        base = wait_random_exponential(multiplier=self.runner.retry_initial, max=self.runner.retry_max)(state)
         exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after:
-            base = max(base, min(retry_after, self.runner.retry_max))
-            base += self.runner.rng.uniform(0, base * 0.1)
         held = self.record.held
-        if held is not None:
-            base = min(base, max(0.0, held.deadline - self.runner.clock.monotonic()))
-        return base
+        policy = self._deps.retry
+        return backoff_delay(
+            state.attempt_number,
+            initial=policy.initial,
+            cap=policy.cap,
+            rng=self._deps.rng,
+            retry_after=getattr(exc, "retry_after", None),
+            time_left=None if held is None else held.deadline - self._deps.clock.monotonic(),
+        )
 
     def _give_up(self, state: RetryCallState) -> bool:
         held = self.record.held
-        return held is not None and self.runner.clock.monotonic() >= held.deadline
+        return held is not None and self._deps.clock.monotonic() >= held.deadline
 
     async def _sleep(self, seconds: float) -> None:
-        if await wait_event(self.runner.clock, self._wake, seconds):
+        if await wait_event(self._deps.clock, self._wake, seconds):
             raise _Woken
 
     def _failed(self, state: RetryCallState) -> None:
@@ -242,21 +317,21 @@ class Keeper:
     def _note(self, exc: Retryable) -> None:
         """A retryable failure: the encoder hears that the agent is offline (or why not)."""
         if isinstance(exc, BrokerUnavailable):
-            self.runner.health.failed(exc.url, exc)
+            self._deps.health.failed(exc.url, exc)
             error = {"code": "broker_unavailable", "detail": str(exc)}
         else:
             log.warning("encoder %s: %s; not served, trying again", self.encoder, exc)
             error = {"code": "token_rejected", "detail": str(exc)}
         before = (self.state(), self.record.error)
-        self.offline = True
+        self._offline = True
         self.record.error = error
         if (self.state(), self.record.error) != before:
-            self.changed()
+            self._announce()
 
     def _finish(self) -> None:
-        self.runner.forget(self)
+        self._deps.on_finished(self)
         self.finished.set()
-        self.changed()
+        self._announce()
 
     def _lose(self) -> None:
         held = self.record.held
@@ -269,31 +344,31 @@ class Keeper:
             format_ts(held.expires_at),
         )
         self.record.held = None
-        self.lost = True
-        self.changed()
+        self._lost = True
+        self._announce()
         self._save_later()
 
-    def revoke(self, code: str, detail: str) -> None:
+    def _revoke(self, code: str, detail: str) -> None:
         held = self.record.held
         log.warning("lease revoked: encoder %s (%s)", self.encoder, code)
         self.record.held = None
         self.record.halted = "revoked"
         self.record.error = {"code": code, "detail": detail}
-        self.offline = False
-        self.changed()
+        self._offline = False
+        self._announce()
         if held is not None:
             self._save_later()
 
     def _save_later(self) -> None:
-        self.runner.spawn(self.runner.save())
+        self._deps.save_soon()
 
     # ------------------------------------------------------------------ broker calls
 
     def _binding(self, domain: str | None) -> Binding | None:
-        return self.runner.bindings().get(domain)
+        return self._deps.bindings().get(domain)
 
     async def _accept(
-        self, grant: LeaseGrant, binding: Binding, sent: tuple[float, float], want: Want | None
+        self, grant: Lease, binding: Binding, sent: tuple[float, float], want: Want | None
     ) -> Held:
         """Verify ``grant`` and turn it into a ``Held`` lease on our own monotonic clock.
 
@@ -301,58 +376,36 @@ class Keeper:
         """
         if want is not None and (grant.count != want.count or grant.licence_type != want.licence_type):
             raise TokenRejected("the lease granted does not match the request")
-        clock = self.runner.clock
+        clock = self._deps.clock
         received = clock.monotonic()
 
         def broker_now() -> float:
             return grant.server_time + (clock.monotonic() - received)
 
-        await self.runner.keyring(binding.broker_url).verify(
+        await self._deps.keyring(binding.broker_url).verify(
             grant,
             encoder=self.encoder,
             server_id=binding.server_id,
             estate_id=binding.estate_id,
             broker_now=broker_now,
         )
-        # The lifetime is the broker's (expiry less its own time of answering), measured
-        # on our monotonic clock from when we asked, which is no later than when it
-        # answered: the host's clock, however wrong or stepped, never enters.
         sent_at, sent_wall = sent
-        lifetime = grant.expires_at - grant.server_time
-        deadline = sent_at + lifetime - deadline_margin(lifetime)
-        renew_after = sent_at + (grant.renew_after - grant.server_time)
-        window = max(0.0, deadline - renew_after)
-        renew_at = renew_after + self.runner.rng.uniform(0, window * RENEW_JITTER)
-        return Held(
-            lease_id=grant.id,
-            token=grant.token,
-            licence_type=grant.licence_type,
-            count=grant.count,
-            domain=binding.domain,
-            server_id=binding.server_id,
-            expires_at=grant.expires_at,
-            renew_after=grant.renew_after,
-            server_time=grant.server_time,
-            deadline=deadline,
-            renew_at=min(renew_at, deadline),
-            wall_deadline=sent_wall + (deadline - sent_at),
-            boot_id=clock.boot_id(),
-            purchase_state=grant.state,
-            seats=grant.seats,
+        return held_from_grant(
+            grant, binding, sent_at=sent_at, sent_wall=sent_wall, boot_id=clock.boot_id(), rng=self._deps.rng
         )
 
     def _sent(self) -> tuple[float, float]:
-        clock = self.runner.clock
+        clock = self._deps.clock
         return clock.monotonic(), clock.wall()
 
     async def _store(self, held: Held | None) -> None:
         self.record.held = held
         self.record.error = None
-        self.offline = False
+        self._offline = False
         if held is not None:
-            self.lost = False
-        self.changed()
-        await self.runner.save()
+            self._lost = False
+        self._announce()
+        await self._deps.save()
 
     async def _acquire(self) -> None:
         r = self.record
@@ -367,23 +420,23 @@ class Keeper:
                 "code": "not_enrolled",
                 "detail": f"{what} is not enrolled: run tenure-agent enroll",
             }
-            self.changed()
-            await self.runner.save()
+            self._announce()
+            await self._deps.save()
             return
         if r.held is not None and r.held.server_id != binding.server_id:
             await self._release()  # moving to another binding: give the old seats back
-        client = self.runner.client(binding.broker_url)
+        client = self._deps.client(binding.broker_url)
         sent = self._sent()
-        self.in_flight = True
+        self._in_flight = True
         try:
             grant = await client.acquire(binding.token, self.encoder, want.licence_type, want.count)
         except BrokerRefused as exc:
-            self.runner.health.ok(binding.broker_url)
+            self._deps.health.ok(binding.broker_url)
             await self._refused(exc, binding)
             return
         finally:
-            self.in_flight = False
-        self.runner.health.ok(binding.broker_url)
+            self._in_flight = False
+        self._deps.health.ok(binding.broker_url)
         if grant is None:
             raise BrokerUnavailable(binding.broker_url, "acquire answered with no lease")
         held = await self._accept(grant, binding, sent, want)
@@ -405,9 +458,9 @@ class Keeper:
         r = self.record
         if exc.code == "unauthenticated":
             log.warning("broker no longer knows %s; its leases are revoked", binding.describe())
-            self.runner.revoke_binding(binding, "server_removed")
-            self.revoke("server_removed", "this server or domain was removed by an administrator")
-            await self.runner.save()
+            self._deps.on_binding_gone(binding)
+            self._revoke("server_removed", "this server or domain was removed by an administrator")
+            await self._deps.save()
             return
         log.warning("lease denied: encoder %s (%s)", self.encoder, exc)
         r.halted = "denied"
@@ -415,9 +468,9 @@ class Keeper:
         if isinstance(exc.body.get("available"), int):
             error["available"] = exc.body["available"]
         r.error = error
-        self.offline = False
-        self.changed()
-        await self.runner.save()
+        self._offline = False
+        self._announce()
+        await self._deps.save()
 
     async def _renew(self) -> None:
         r = self.record
@@ -430,16 +483,16 @@ class Keeper:
             # lapses on its own; acquire afresh under the new binding.
             await self._store(None)
             return
-        client = self.runner.client(binding.broker_url)
+        client = self._deps.client(binding.broker_url)
         sent = self._sent()
         try:
             grant = await client.renew(binding.token, held.lease_id)
         except BrokerRefused as exc:
-            self.runner.health.ok(binding.broker_url)
+            self._deps.health.ok(binding.broker_url)
             reason = exc.body.get("reason")
             if exc.code == "lease_gone" and reason in ("released", "revoked"):
-                self.revoke(f"lease_{reason}", f"the lease was {reason} by an administrator")
-                await self.runner.save()
+                self._revoke(f"lease_{reason}", f"the lease was {reason} by an administrator")
+                await self._deps.save()
             elif exc.code == "unauthenticated":
                 await self._refused(exc, binding)
             else:
@@ -450,10 +503,10 @@ class Keeper:
                     self.encoder,
                     reason or exc.code,
                 )
-                self.lost = True
+                self._lost = True
                 await self._store(None)
             return
-        self.runner.health.ok(binding.broker_url)
+        self._deps.health.ok(binding.broker_url)
         fresh = await self._accept(grant, binding, sent, None)
         if fresh.lease_id != held.lease_id or fresh.count != held.count:
             raise TokenRejected("the renewed lease does not match the lease held")
@@ -475,10 +528,10 @@ class Keeper:
         binding = self._binding(held.domain)
         if binding is not None and binding.server_id == held.server_id:
             try:
-                await self.runner.client(binding.broker_url).release(binding.token, held.lease_id)
+                await self._deps.client(binding.broker_url).release(binding.token, held.lease_id)
             except BrokerRefused as exc:
                 log.debug("release of lease %s: %s", held.lease_id, exc.code)
-            self.runner.health.ok(binding.broker_url)
+            self._deps.health.ok(binding.broker_url)
             log.info("lease released: encoder %s, lease %s", self.encoder, held.lease_id)
         await self._store(None)
 
@@ -492,19 +545,30 @@ class Keeper:
         """
         r = self.record
         held = r.held
-        if held is None and not self.in_flight:
+        if held is None and not self._in_flight:
             return True
         domain = held.domain if held is not None else (r.want.domain if r.want else None)
         binding = self._binding(domain)
         if binding is None:
             return False
         licence_type = held.licence_type if held else (r.want.licence_type if r.want else "")
-        client = self.runner.client(binding.broker_url)
+        client = self._deps.client(binding.broker_url)
+        clock = self._deps.clock
+
+        def wait(state: RetryCallState) -> float:
+            return backoff_delay(
+                state.attempt_number,
+                initial=STOP_RETRY.initial,
+                cap=STOP_RETRY.cap,
+                rng=self._deps.rng,
+                time_left=deadline - clock.monotonic(),
+            )
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Retryable),
-            wait=wait_random_exponential(multiplier=0.2, max=2.0),
-            stop=lambda _s: self.runner.clock.monotonic() >= deadline,
-            sleep=self.runner.clock.sleep,
+            wait=wait,
+            stop=lambda _s: clock.monotonic() >= deadline,
+            sleep=clock.sleep,
             reraise=True,
         )
         try:
@@ -517,5 +581,5 @@ class Keeper:
         if held is not None:
             log.info("lease released: encoder %s, lease %s", self.encoder, held.lease_id)
         r.held = None
-        self.in_flight = False
+        self._in_flight = False
         return True

@@ -1,4 +1,4 @@
-"""Verifying lease tokens before any encoder sees them (DESIGN.md §4, §5).
+"""Verifying lease tokens before any encoder sees them (the token contract: docs/design.md).
 
 The keys are pinned: those the broker sent at enrolment, plus those fetched later from
 ``GET /v1/keys`` of the same broker (over the same verified TLS) when a token names a

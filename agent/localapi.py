@@ -39,9 +39,10 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse, json_response
 from aiohttp.web_server import Server
 
+from agent.clock import wait_event
+from agent.host import Host
 from agent.keeper import Keeper
 from agent.records import Want
-from agent.service import Agent
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ LICENCE_TYPE = re.compile(r"[a-z0-9-]{1,64}")
 MAX_COUNT = 10_000
 MAX_WAIT = 300.0
 MAX_BODY = 64 * 1024
-# On stop, a long-poll in progress gets this long to finish before it is cut: stopping
-# must leave time to release the leases within systemd's TimeoutStopSec.
+# On stop, a long-poll in progress gets this long (on the host's clock) to finish before
+# it is cut: stopping must leave time to release the leases within systemd's
+# TimeoutStopSec.
 SHUTDOWN_TIMEOUT = 1.0
+# Real seconds aiohttp then has to cancel what outlived that grace.
+CUT_TIMEOUT = 0.1
 
 
 class Problem(Exception):
@@ -92,20 +96,20 @@ def _float_query(request: BaseRequest, name: str, default: float) -> float:
     return value
 
 
-def _keeper_or_404(agent: Agent, serial: str) -> Keeper:
-    keeper = agent.runner.get(serial)
+def _keeper_or_404(host: Host, serial: str) -> Keeper:
+    keeper = host.runner.get(serial)
     if keeper is None or keeper.record.want is None:
         raise Problem(404, "not_found", f"encoder {serial} has asked for no lease")
     return keeper
 
 
-async def get_status(agent: Agent, request: BaseRequest) -> Response:
+async def get_status(host: Host, request: BaseRequest) -> Response:
     probe = request.query.get("probe", "") in ("1", "true", "yes")
-    return json_response(await agent.status(probe=probe))
+    return json_response(await host.status(probe=probe))
 
 
-async def list_encoders(agent: Agent, request: BaseRequest) -> Response:
-    runner = agent.runner
+async def list_encoders(host: Host, request: BaseRequest) -> Response:
+    runner = host.runner
     items = [runner.keepers[s].view(with_token=False) for s in sorted(runner.keepers)]
     return json_response({"items": items})
 
@@ -135,22 +139,22 @@ async def _want_from(request: BaseRequest) -> Want:
     return Want(licence_type, count, domain)
 
 
-async def put_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
+async def put_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     want = await _want_from(request)
-    if agent.bindings().get(want.domain) is None:
+    if host.bindings().get(want.domain) is None:
         what = f'domain "{want.domain}"' if want.domain else "this host"
         raise Problem(409, "not_enrolled", f"{what} is not enrolled: run tenure-agent enroll")
-    keeper = await agent.runner.want(serial, want)
-    deadline = agent.clock.monotonic() + wait
-    while keeper.state() == "pending" and (left := deadline - agent.clock.monotonic()) > 0:
+    keeper = await host.runner.want(serial, want)
+    deadline = host.clock.monotonic() + wait
+    while keeper.state() == "pending" and (left := deadline - host.clock.monotonic()) > 0:
         await keeper.wait_changed(keeper.version, left)
     return json_response(keeper.view())
 
 
-async def get_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
+async def get_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
-    keeper = _keeper_or_404(agent, serial)
+    keeper = _keeper_or_404(host, serial)
     raw_version = request.query.get("version")
     if wait and raw_version is not None:
         try:
@@ -158,25 +162,25 @@ async def get_lease(agent: Agent, request: BaseRequest, serial: str) -> Response
         except ValueError as exc:
             raise Problem(400, "validation_error", "'version' must be an integer") from exc
         await keeper.wait_changed(version, wait)
-        keeper = _keeper_or_404(agent, serial)
+        keeper = _keeper_or_404(host, serial)
     return json_response(keeper.view())
 
 
-async def delete_lease(agent: Agent, request: BaseRequest, serial: str) -> Response:
+async def delete_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
-    _keeper_or_404(agent, serial)
-    keeper = await agent.runner.drop(serial)
+    _keeper_or_404(host, serial)
+    keeper = await host.runner.withdraw(serial)
     assert keeper is not None
     if wait:
-        deadline = agent.clock.monotonic() + wait
-        while not keeper.finished.is_set() and (left := deadline - agent.clock.monotonic()) > 0:
+        deadline = host.clock.monotonic() + wait
+        while not keeper.finished.is_set() and (left := deadline - host.clock.monotonic()) > 0:
             await keeper.wait_changed(keeper.version, left)
     state = "released" if keeper.finished.is_set() else "releasing"
     return json_response({"encoder": serial, "state": state})
 
 
-Plain = Callable[[Agent, BaseRequest], Awaitable[Response]]
-PerEncoder = Callable[[Agent, BaseRequest, str], Awaitable[Response]]
+Plain = Callable[[Host, BaseRequest], Awaitable[Response]]
+PerEncoder = Callable[[Host, BaseRequest, str], Awaitable[Response]]
 
 ROUTES: dict[str, dict[str, Plain]] = {
     "/v1/status": {"GET": get_status},
@@ -191,7 +195,7 @@ def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
     return Problem(405, "method_not_allowed", f"{request.method} is not allowed here (only {', '.join(methods)})")
 
 
-async def dispatch(agent: Agent, request: BaseRequest) -> StreamResponse:
+async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
     """Route ``request`` to its handler; every error comes back as a problem document."""
     try:
         path = request.path
@@ -200,13 +204,13 @@ async def dispatch(agent: Agent, request: BaseRequest) -> StreamResponse:
             handler = plain.get(request.method)
             if handler is None:
                 raise _not_allowed(request, plain)
-            return await handler(agent, request)
+            return await handler(host, request)
         match = ENCODER_LEASE.fullmatch(path)
         if match is not None:
             per_encoder = ENCODER_ROUTES.get(request.method)
             if per_encoder is None:
                 raise _not_allowed(request, ENCODER_ROUTES)
-            return await per_encoder(agent, request, _serial(match.group(1)))
+            return await per_encoder(host, request, _serial(match.group(1)))
         raise Problem(404, "not_found", "Not Found")
     except Problem as exc:
         return _problem(exc.status, exc.code, exc.detail, **exc.extra)
@@ -236,11 +240,19 @@ def _claim_socket(path: Path) -> None:
 class LocalServer:
     """The local API listening on a Unix socket with the configured mode and group."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.path = agent.config.socket
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.path = host.config.socket
         self._server: Server | None = None
+        self._busy = 0  # requests being handled
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._listener: asyncio.Server | None = None
+
+    @property
+    def busy(self) -> int:
+        """How many requests are being handled (long polls included)."""
+        return self._busy
 
     @property
     def serving(self) -> bool:
@@ -258,13 +270,20 @@ class LocalServer:
         return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
 
     async def start(self) -> None:
-        config = self.agent.config
+        config = self.host.config
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _claim_socket(self.path)
-        agent = self.agent
+        host = self.host
 
         async def handle(request: BaseRequest) -> StreamResponse:
-            return await dispatch(agent, request)
+            self._busy += 1
+            self._idle.clear()
+            try:
+                return await dispatch(host, request)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
 
         self._server = Server(handle, request_factory=self._request, access_log=None)
         # Create the socket with no more access than it will finally have.
@@ -277,15 +296,17 @@ class LocalServer:
             os.chown(self.path, -1, grp.getgrnam(config.socket_group).gr_gid)
         os.chmod(self.path, config.socket_mode)
 
-    async def stop(self) -> None:
-        """Stop listening, close idle connections, give requests in progress a moment."""
+    async def stop(self, *, grace: float = SHUTDOWN_TIMEOUT) -> None:
+        """Stop listening, close idle connections, give requests in progress ``grace``
+        seconds of the host's clock to finish, then cut them."""
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         if self._server is not None:
             await asyncio.sleep(0)  # let requests already accepted start
             self._server.pre_shutdown()
-            await self._server.shutdown(SHUTDOWN_TIMEOUT)
+            await wait_event(self.host.clock, self._idle, grace)
+            await self._server.shutdown(CUT_TIMEOUT)
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -1,10 +1,12 @@
 """The set of keepers, one per encoder, and what they share.
 
 ``Runner`` starts a ``Keeper`` (``agent/keeper.py``) for every encoder that wants a lease,
-including those re-adopted from the stored state at start, records wishes as the local
+including those re-adopted from the stored state at start, passes wishes on as the local
 API hands them over, and on stop gives the leases back within a bounded time.
-``BrokerHealth`` remembers which brokers answer, so that "broker away" and "broker back"
-are each logged once.
+
+The runner drives its keepers and never the other way round: each keeper is handed one
+``KeeperDeps`` and hears from the runner only through its intent methods (``want``,
+``withdraw``, ``binding_removed``, ``bindings_changed``).
 """
 
 from __future__ import annotations
@@ -15,47 +17,16 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from agent.backoff import RetryPolicy
 from agent.bindings import Binding, Bindings
 from agent.client import BrokerClient
 from agent.clock import Clock
-from agent.errors import BrokerUnavailable
-from agent.keeper import Keeper
+from agent.health import BrokerHealth
+from agent.keeper import Keeper, KeeperDeps
 from agent.keyring import KeyRing
 from agent.records import EncoderRecord, LeaseState, Want
 
-__all__ = ["BrokerHealth", "Keeper", "Runner"]
-
 log = logging.getLogger(__name__)
-
-
-class BrokerHealth:
-    """Reachability of each broker, logged once per change (away / back)."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        # Monotonic instants: only ever compared with one another.
-        self.away_since: dict[str, float] = {}
-        self.last_ok: dict[str, float] = {}
-        self.last_error: dict[str, str] = {}
-
-    def ok(self, url: str) -> None:
-        now = self._clock.monotonic()
-        self.last_ok[url] = now
-        since = self.away_since.pop(url, None)
-        self.last_error.pop(url, None)
-        if since is not None:
-            log.info("broker back: %s (away %.0f s)", url, now - since)
-
-    def failed(self, url: str, exc: BrokerUnavailable) -> None:
-        self.last_error[url] = exc.reason
-        if url not in self.away_since:
-            self.away_since[url] = self._clock.monotonic()
-            log.warning("broker away: %s (%s)", url, exc.reason)
-
-    def reachable(self, url: str) -> bool | None:
-        if url in self.away_since:
-            return False
-        return True if url in self.last_ok else None
 
 
 class Runner:
@@ -75,19 +46,27 @@ class Runner:
         rng: random.Random | None = None,
     ) -> None:
         self.state = state
-        self.bindings = bindings
-        self.client = client
-        self.keyring = keyring
         self.save = save
         self.clock = clock
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.health = BrokerHealth(clock)
         self.keepers: dict[str, Keeper] = {}
         self._versions = itertools.count(1)
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
+        self._deps = KeeperDeps(
+            clock=clock,
+            rng=rng or random.Random(),  # noqa: S311 - jitter, not secrets
+            retry=RetryPolicy(initial=retry_initial, cap=retry_max),
+            bindings=bindings,
+            client=client,
+            keyring=keyring,
+            save=save,
+            save_soon=lambda: self.spawn(save()),
+            health=self.health,
+            next_version=lambda: next(self._versions),
+            on_finished=self._forget,
+            on_binding_gone=lambda binding: self.revoke_binding(binding, "server_removed"),
+        )
 
     def spawn(self, work: Awaitable[None]) -> None:
         """Run ``work`` in the background, holding a reference until it is done."""
@@ -99,30 +78,18 @@ class Runner:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def next_version(self) -> int:
-        return next(self._versions)
-
     def start(self) -> None:
-        """Start a keeper for every encoder in the stored state (re-adoption).
-
-        A stored lease keeps its deadline on the same boot; after a reboot it is served
-        for no longer than its stored wall-clock deadline allows and never for more than
-        its lifetime (the host's clock may have been stepped back meanwhile). It is
-        renewed by id at once.
-        """
+        """Start a keeper for every encoder in the stored state (re-adoption, see
+        ``Keeper.adopt``); a record that neither wants nor holds a lease is dropped."""
         self._started = True
-        monotonic, wall, boot = self.clock.monotonic(), self.clock.wall(), self.clock.boot_id()
         for record in list(self.state.encoders.values()):
             if record.want is None and record.held is None:
                 del self.state.encoders[record.encoder]
                 continue
-            if record.held is not None:
-                record.held = record.held.resumed(monotonic, wall, boot)
-            self._keeper(record)
+            self._add(Keeper.adopt(record, self._deps))
 
-    def _keeper(self, record: EncoderRecord) -> Keeper:
-        keeper = Keeper(record, self)
-        self.keepers[record.encoder] = keeper
+    def _add(self, keeper: Keeper) -> Keeper:
+        self.keepers[keeper.encoder] = keeper
         if self._started:
             keeper.start()
         return keeper
@@ -136,31 +103,22 @@ class Runner:
         if keeper is None:
             record = EncoderRecord(encoder=encoder, want=want)
             self.state.encoders[encoder] = record
-            keeper = self._keeper(record)
-        else:
-            keeper.record.want = want
-            keeper.record.halted = None
-            keeper.record.error = None
-            keeper.lost = False
-            keeper.wake()
-        keeper.changed()
+            keeper = self._add(Keeper(record, self._deps))
+        keeper.want(want)
         await self.save()
         return keeper
 
-    async def drop(self, encoder: str) -> Keeper | None:
+    async def withdraw(self, encoder: str) -> Keeper | None:
         """Withdraw ``encoder``'s wish; its keeper releases the lease and goes away."""
         keeper = self.keepers.get(encoder)
         if keeper is None:
             return None
-        keeper.record.want = None
-        keeper.record.halted = None
-        keeper.record.error = None
-        keeper.wake()
-        keeper.changed()
+        keeper.withdraw()
         await self.save()
         return keeper
 
-    def forget(self, keeper: Keeper) -> None:
+    def _forget(self, keeper: Keeper) -> None:
+        """``keeper`` has released its lease and stopped (its report, ``on_finished``)."""
         if self.keepers.get(keeper.encoder) is keeper:
             del self.keepers[keeper.encoder]
             self.state.encoders.pop(keeper.encoder, None)
@@ -168,24 +126,12 @@ class Runner:
     def revoke_binding(self, binding: Binding, code: str) -> None:
         """The broker no longer knows ``binding``: every lease under it is revoked."""
         for keeper in list(self.keepers.values()):
-            held = keeper.record.held
-            want = keeper.record.want
-            on_it = (held is not None and held.server_id == binding.server_id) or (
-                held is None and want is not None and want.domain == binding.domain
-            )
-            if on_it and keeper.record.halted != "revoked":
-                keeper.revoke(code, "this server or domain was removed by an administrator")
-                keeper.wake()
+            keeper.binding_removed(binding, code)
 
     def bindings_changed(self) -> None:
         """A binding was added or replaced: retry encoders stopped for want of one."""
         for keeper in self.keepers.values():
-            error = keeper.record.error or {}
-            if keeper.record.halted and error.get("code") in ("server_removed", "not_enrolled"):
-                keeper.record.halted = None
-                keeper.record.error = None
-                keeper.changed()
-                keeper.wake()
+            keeper.bindings_changed()
 
     async def stop(self, *, release: bool, within: float) -> None:
         """Stop every keeper; with ``release``, give their leases back ``within`` seconds.

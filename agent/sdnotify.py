@@ -7,12 +7,13 @@ is a no-op, so the service runs the same under a terminal or a test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import socket
 from collections.abc import Mapping
+
+from agent.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 class Notifier:
     """Sends ``READY=1``, ``WATCHDOG=1``, ``STATUS=…`` and ``STOPPING=1`` to systemd."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> None:
         env = os.environ if env is None else env
+        self._clock: Clock = clock or SystemClock()
         self.address = _address(env.get("NOTIFY_SOCKET", ""))
         self.watchdog_interval = _watchdog_interval(env)
 
@@ -59,7 +61,7 @@ class Notifier:
             return
         while True:
             self.watchdog()
-            await asyncio.sleep(self.watchdog_interval / 2)
+            await self._clock.sleep(self.watchdog_interval / 2)
 
 
 def _address(value: str) -> str | bytes | None:

@@ -4,71 +4,72 @@ from __future__ import annotations
 
 import random
 
-from tenacity import RetryCallState, Retrying
+import pytest
 
-from agent.errors import BrokerUnavailable
-from agent.keeper import Keeper
-from agent.records import EncoderRecord, Held, LeaseState, Want
-from agent.runner import Runner
-from shared.secret import Secret
-from tests.agent.conftest import FakeClock
+from agent.backoff import backoff_delay
 
 
-def keeper(clock: FakeClock, held: Held | None = None) -> Keeper:
-    async def save() -> None:
-        return None
-
-    runner = Runner(LeaseState(), bindings=lambda: None,  # type: ignore[arg-type,return-value]
-                    client=None, keyring=None,  # type: ignore[arg-type]
-                    save=save, clock=clock, retry_initial=1.0, retry_max=60.0,
-                    rng=random.Random(7))
-    return Keeper(EncoderRecord("ENC-1", want=Want("one-in-one-out", 1), held=held), runner)
-
-
-def attempt(n: int, exc: Exception) -> RetryCallState:
-    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = n
-    state.set_exception((type(exc), exc, None))
-    return state
-
-
-def held(deadline: float) -> Held:
-    return Held(lease_id="l", token=Secret("t"), licence_type="one-in-one-out", count=1,
-                domain=None, server_id="s", expires_at=0, renew_after=0, server_time=0,
-                deadline=deadline, renew_at=deadline - 200, wall_deadline=0.0, boot_id="",
-                purchase_state="valid")
+def delays(attempt: int, *, samples: int = 400, seed: int = 7, **kwargs: float | None) -> list[float]:
+    rng = random.Random(seed)
+    params: dict[str, float] = {"initial": 1.0, "cap": 60.0}
+    params.update({k: v for k, v in kwargs.items() if k in params and v is not None})
+    return [
+        backoff_delay(
+            attempt,
+            initial=params["initial"],
+            cap=params["cap"],
+            rng=rng,
+            retry_after=kwargs.get("retry_after"),
+            time_left=kwargs.get("time_left"),
+        )
+        for _ in range(samples)
+    ]
 
 
-async def test_delays_grow_with_full_jitter_up_to_the_cap() -> None:
-    k = keeper(FakeClock())
-    away = BrokerUnavailable("https://b", "connection refused")
-    for n in range(1, 15):
-        ceiling = min(60.0, 2.0 ** (n - 1))
-        delays = [k._backoff(attempt(n, away)) for _ in range(200)]
-        assert all(0 <= d <= ceiling for d in delays), n
-        assert max(delays) > ceiling * 0.8  # jitter spans the whole window
-        assert min(delays) < ceiling * 0.2
+@pytest.mark.parametrize("attempt", range(1, 15))
+def test_delays_grow_with_full_jitter_up_to_the_cap(attempt: int) -> None:
+    ceiling = min(60.0, 2.0 ** (attempt - 1))
+    got = delays(attempt)
+    assert all(0 <= d <= ceiling for d in got)
+    assert max(got) > ceiling * 0.9  # the jitter spans the whole window...
+    assert min(got) < ceiling * 0.1  # ...from nothing to the ceiling
 
 
-async def test_no_delay_passes_the_lease_deadline() -> None:
-    clock = FakeClock()
-    k = keeper(clock, held(clock.monotonic() + 7))
-    away = BrokerUnavailable("https://b", "connection refused")
-    assert all(k._backoff(attempt(12, away)) <= 7 for _ in range(100))
-    assert not k._give_up(attempt(12, away))
-    await clock.advance(7)
-    assert k._give_up(attempt(13, away))
-    assert k._backoff(attempt(13, away)) == 0
+def test_initial_scales_the_first_ceilings() -> None:
+    assert all(d <= 0.2 for d in delays(1, initial=0.2, cap=2.0))
+    assert all(d <= 0.8 for d in delays(3, initial=0.2, cap=2.0))
+    assert max(delays(3, initial=0.2, cap=2.0)) > 0.7
+    assert all(d <= 2.0 for d in delays(9, initial=0.2, cap=2.0))
 
 
-async def test_without_a_lease_retries_never_give_up() -> None:
-    k = keeper(FakeClock())
-    assert not k._give_up(attempt(10_000, BrokerUnavailable("https://b", "x")))
+def test_a_huge_attempt_number_is_still_capped() -> None:
+    got = delays(100_000)
+    assert all(0 <= d <= 60.0 for d in got)
+    assert max(got) > 50
 
 
-async def test_retry_after_is_honoured_within_the_cap() -> None:
-    k = keeper(FakeClock())
-    busy = BrokerUnavailable("https://b", "rate limited", retry_after=30)
-    assert all(30 <= k._backoff(attempt(1, busy)) <= 33 for _ in range(50))
-    flood = BrokerUnavailable("https://b", "rate limited", retry_after=3600)
-    assert all(k._backoff(attempt(1, flood)) <= 66 for _ in range(50))
+def test_no_delay_passes_the_lease_deadline() -> None:
+    assert all(d <= 7 for d in delays(12, time_left=7))
+    assert max(delays(12, time_left=7)) == 7  # most draws exceed 7 s and are cut to it
+    assert delays(12, time_left=0, samples=10) == [0.0] * 10
+    assert delays(12, time_left=-3, samples=10) == [0.0] * 10  # past the deadline: at once
+
+
+def test_retry_after_is_honoured_with_jitter() -> None:
+    got = delays(1, retry_after=30)
+    assert all(30 <= d <= 33 for d in got)
+    assert max(got) - min(got) > 2  # jittered, not one instant for the whole fleet
+
+
+def test_retry_after_beyond_the_cap_is_bounded() -> None:
+    got = delays(1, retry_after=3600)
+    assert all(60 <= d <= 66 for d in got)
+
+
+def test_retry_after_is_bounded_by_the_deadline_too() -> None:
+    assert all(d <= 5 for d in delays(1, retry_after=30, time_left=5))
+
+
+def test_the_same_seed_gives_the_same_delays() -> None:
+    assert delays(5, seed=11) == delays(5, seed=11)
+    assert delays(5, seed=11) != delays(5, seed=12)

@@ -17,16 +17,16 @@ import pytest
 from agent.config import Config
 from agent.records import load_leases
 from broker import signing
-from tests.agent.conftest import (
+from tests.agent.harness import (
     AgentFactory,
     AgentHarness,
     FakeClock,
     LiveBroker,
-    Proxy,
     enroll_agent,
     eventually,
     serve_broker,
 )
+from tests.agent.proxy import Proxy
 
 
 def kid_of(token: str) -> str:
@@ -105,7 +105,7 @@ async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
     broker, proxy = rotating_broker, rotating_proxy
     agent, first = await _active(broker, proxy, agent_config, start_agent, "ENC-1", 2)
     old_kid = kid_of(str(first["token"]))
-    ring = agent.service.agent.keyring(proxy.url)
+    ring = agent.daemon.host.keyring(proxy.url)
     assert ring.kids == {old_kid}  # pinned at enrolment
 
     new_key = signing.rotate(broker.data_dir, fake_clock.now())

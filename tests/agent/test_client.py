@@ -10,7 +10,7 @@ from aiohttp import web
 from agent.client import BrokerClient
 from agent.errors import BrokerRefused, BrokerUnavailable
 from shared.secret import Secret
-from tests.agent.conftest import LT, LiveBroker
+from tests.agent.harness import LT, LiveBroker
 
 
 @pytest.fixture

@@ -18,17 +18,16 @@ from typing import Any
 import pytest
 
 from agent.config import Config
-from agent.keeper import deadline_margin
-from tests.agent.conftest import (
-    STRANGER_KEY,
+from agent.deadlines import deadline_margin
+from tests.agent.harness import (
     AgentFactory,
     AgentHarness,
     FakeClock,
     LiveBroker,
-    Proxy,
     enroll_agent,
     eventually,
 )
+from tests.agent.proxy import STRANGER_KEY, Proxy
 
 HOURS_2 = 2 * 3600.0
 LEASE = 300  # the pool's lease lifetime (conftest's setup_estate)

@@ -11,7 +11,8 @@ from agent.keyring import REFRESH_INTERVAL, KeyRing
 from shared import jws
 from shared.secret import Secret
 from shared.wire import Lease
-from tests.agent.conftest import T0, tamper
+from tests.agent.harness import T0
+from tests.agent.proxy import tamper
 
 SIGNER = jws.SigningKey.generate()
 ROTATED = jws.SigningKey.generate()

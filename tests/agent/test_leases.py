@@ -8,17 +8,17 @@ from typing import Any
 
 from agent.config import Config
 from agent.records import Want, load_leases, save_leases
-from tests.agent.conftest import (
+from tests.agent.harness import (
     LT,
     T0,
     AgentFactory,
     AgentHarness,
     FakeClock,
     LiveBroker,
-    Proxy,
     enroll_agent,
     eventually,
 )
+from tests.agent.proxy import Proxy
 
 
 async def test_acquire_through_the_socket(
@@ -73,7 +73,7 @@ async def test_renews_at_renew_after_with_jitter(
     renew_after_local = fake_clock.monotonic() - (fake_clock.now() - T0) + 100
     assert renew_after_local <= held.renew_at <= renew_after_local + 20 + 1e-6
     await fake_clock.advance(held.renew_at - fake_clock.monotonic() - 0.5)
-    await asyncio.sleep(0.05)
+    await agent.idle()  # a renewal sent too early would be in flight now, and waited for
     assert not any(r.endswith("/renew") for r in proxy.requests)
     await fake_clock.advance(1.0)
     await eventually(lambda: agent.keeper("ENC-1").record.held.expires_at > held.expires_at,
@@ -93,7 +93,7 @@ async def test_long_poll_returns_at_once_on_a_change(
     view = await _active(agent, "ENC-1", 2)
     poll = asyncio.ensure_future(agent.call(
         "GET", f"/v1/encoders/ENC-1/lease?wait=300&version={view['version']}"))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: agent.daemon.server.busy == 1, what="the long poll to arrive")
     assert not poll.done()
     await live_broker.call("DELETE", f"/v1/estates/{live_broker.estate_id}/leases/"
                            f"{view['lease']['id']}", live_broker.admin, status=204)
@@ -185,7 +185,7 @@ async def test_removed_server_revokes_its_leases(
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     await _active(agent, "ENC-1", 2)
     await _active(agent, "ENC-2", 1)
-    server_id = agent.service.agent.bindings().server.server_id
+    server_id = agent.daemon.host.bindings().server.server_id
     await live_broker.call("DELETE", f"/v1/estates/{live_broker.estate_id}/servers/{server_id}",
                            live_broker.admin, status=204)
     await fake_clock.advance(125)

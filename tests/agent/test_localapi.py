@@ -9,10 +9,11 @@ import stat
 import pytest
 
 from agent.config import Config
-from agent.daemon import Service
+from agent.daemon import Daemon
 from agent.encoder_client import AgentNotRunning, EncoderClient
+from agent.localapi import SHUTDOWN_TIMEOUT
 from agent.sdnotify import Notifier
-from tests.agent.conftest import LT, AgentFactory, LiveBroker, enroll_agent
+from tests.agent.harness import LT, AgentFactory, FakeClock, LiveBroker, enroll_agent, eventually, settle
 
 
 async def test_socket_is_0660_and_removed_on_stop(start_agent: AgentFactory) -> None:
@@ -27,10 +28,10 @@ async def test_a_second_agent_on_the_same_socket_is_refused(
     start_agent: AgentFactory, agent_config: Config
 ) -> None:
     await start_agent()
-    second = Service(agent_config, notifier=Notifier(env={}))
+    second = Daemon(agent_config, notifier=Notifier(env={}))
     with pytest.raises(OSError, match="another tenure-agent is serving"):
         await second.start()
-    await second.agent.runner.stop(release=False, within=0)
+    await second.host.runner.stop(release=False, within=0)
 
 
 async def test_a_stale_socket_file_is_replaced(
@@ -124,7 +125,7 @@ async def test_unknown_paths_methods_and_big_bodies_are_problem_documents(start_
 
 
 async def test_a_long_poll_does_not_hold_up_stopping(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory
+    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, fake_clock: FakeClock
 ) -> None:
     """Encoders long-poll all the time; stopping must still release within stop_timeout."""
     await enroll_agent(agent_config, live_broker.url, await live_broker.code())
@@ -133,12 +134,15 @@ async def test_a_long_poll_does_not_hold_up_stopping(
     await agent.wait_state("ENC-1", "active")
     view = await agent.lease("ENC-1")
     poll = asyncio.ensure_future(agent.call("GET", f"/v1/encoders/ENC-1/lease?wait=300&version={view['version']}"))
-    await asyncio.sleep(0.05)
-    assert not poll.done()
+    await eventually(lambda: agent.daemon.server.busy == 1, what="the long poll to arrive")
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await agent.stop()
-    assert loop.time() - began < 5.0
+    stopping = asyncio.ensure_future(agent.stop())
+    await settle()
+    assert not stopping.done()  # the poll is given its grace...
+    await fake_clock.advance(SHUTDOWN_TIMEOUT)  # ...on the agent's clock, then cut
+    await asyncio.wait_for(stopping, 5)
+    assert loop.time() - began < SHUTDOWN_TIMEOUT  # no real second was slept through
     assert await live_broker.in_use() == 0
     with contextlib.suppress(Exception):  # cut off, or answered: either is fine
         await poll

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.sdnotify import Notifier
+from tests.agent.harness import FakeClock, settle
 
 
 @pytest.fixture
@@ -69,17 +70,39 @@ def test_watchdog_interval(env: dict[str, str], interval: float | None) -> None:
     assert Notifier(env=env).watchdog_interval == interval
 
 
-async def test_watchdog_pings_at_half_the_interval(listener: tuple[socket.socket, str]) -> None:
-    sock, path = listener
+def received(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on ``sock``, without blocking."""
     sock.setblocking(False)
-    notifier = Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
-    task = asyncio.create_task(notifier.keep_watchdog())
-    await asyncio.sleep(0.13)  # pings at 0, 50 and 100 ms
-    task.cancel()
-    pings = []
+    got = []
     while True:
         try:
-            pings.append(sock.recv(64))
+            got.append(sock.recv(64))
         except BlockingIOError:
-            break
-    assert pings.count(b"WATCHDOG=1") >= 3
+            return got
+
+
+async def test_watchdog_pings_at_half_the_interval(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    clock = FakeClock()
+    notifier = Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000000"}, clock=clock)
+    task = asyncio.create_task(notifier.keep_watchdog())
+    try:
+        await settle()
+        assert received(sock) == [b"WATCHDOG=1"]  # at once
+        await clock.advance(9.9)
+        assert received(sock) == []  # not before half the 20 s interval
+        await clock.advance(0.1)
+        assert received(sock) == [b"WATCHDOG=1"]
+        await clock.advance(30)
+        assert received(sock) == [b"WATCHDOG=1"] * 3  # at 20, 30 and 40 s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_without_a_watchdog_nothing_is_pinged(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    clock = FakeClock()
+    await Notifier(env={"NOTIFY_SOCKET": path}, clock=clock).keep_watchdog()  # returns at once
+    assert received(sock) == []
+    assert clock.sleeping == 0

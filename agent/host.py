@@ -1,7 +1,7 @@
-"""The running agent: bindings, broker clients, pinned keys, the runner, persistence.
+"""This host's agent: its bindings, broker clients, pinned keys, runner and persistence.
 
-``Agent`` holds everything the local API and the keepers share; ``agent/daemon.py``
-wires it to the socket, systemd and signals.
+``Host`` holds everything the local API and the keepers share, for one state directory;
+``Daemon`` (``agent/daemon.py``) wires it to the socket, systemd and signals.
 """
 
 from __future__ import annotations
@@ -30,12 +30,10 @@ PROBE_TTL = 10.0
 PROBE_TIMEOUT = 3.0
 
 
-class Agent:
+class Host:
     """One state directory's bindings and leases, kept by a ``Runner``."""
 
-    def __init__(
-        self, config: Config, *, clock: Clock | None = None, runner_kwargs: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.state_dir = config.state_dir
@@ -59,7 +57,6 @@ class Agent:
             clock=self.clock,
             retry_initial=config.retry_initial,
             retry_max=config.retry_max,
-            **(runner_kwargs or {}),
         )
 
     # ------------------------------------------------------------------ shared parts
