@@ -201,6 +201,9 @@ def assert_books_intact(broker: LiveBroker) -> dict[str, int]:
 
 
 @pytest.mark.slow
+# About 40 s on a quiet 2-core machine; the default 60 s per test cut it short under load,
+# and a timeout inside hypothesis's generation reads as a misleading "flaky strategy".
+@pytest.mark.timeout(300)
 def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
     broker, operator = live
     FIGURES.clear()
