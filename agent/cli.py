@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
+from shared import __version__
 
 if TYPE_CHECKING:
     from agent.encoder_client import EncoderClient, LeaseStatus

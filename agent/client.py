@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from agent import __version__
 from agent.errors import BrokerRefused, BrokerUnavailable
+from shared import __version__
 from shared.secret import Secret
 from shared.wire import Lease
 

@@ -11,7 +11,6 @@ import logging
 import os
 from typing import Any
 
-from agent import __version__
 from agent.bindings import Binding, Bindings, bindings_mtime, load_bindings
 from agent.client import BrokerClient
 from agent.clock import Clock, SystemClock
@@ -21,6 +20,7 @@ from agent.keyring import KeyRing
 from agent.records import load_leases, write_leases_snapshot
 from agent.runner import Runner
 from agent.statedir import ensure_dir
+from shared import __version__
 from shared.timefmt import format_ts
 
 log = logging.getLogger(__name__)

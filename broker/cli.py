@@ -14,10 +14,12 @@ from aiohttp import web
 
 from broker import config as configuration
 from broker import signing
+from shared import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tenure-broker", description="Tenure licence broker")
+    parser.add_argument("--version", action="version", version=f"tenure-broker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the broker")
     serve.add_argument("--config", type=Path, help="TOML config file")

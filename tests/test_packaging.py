@@ -34,3 +34,20 @@ def test_wheel_has_queries_migrations_and_console(tmp_path: Path) -> None:
     assert needed, "nothing to check"
     assert "broker/console/static/js/pages/pool.js" in needed  # the console's nested modules too
     assert not [n for n in needed if n not in names]
+    # One version string: the wheel's metadata is the one shared/ holds.
+    from shared import __version__
+    assert wheel.name.startswith(f"tenure-{__version__}-")
+
+
+@pytest.mark.parametrize("program", ["broker", "agent"])
+def test_both_programs_report_the_one_version(program: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import import_module
+    from importlib.metadata import version
+
+    from shared import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        import_module(f"{program}.cli").main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"tenure-{program} {__version__}\n"
+    assert version("tenure") == __version__  # the installed metadata says the same
