@@ -36,9 +36,9 @@ def grouped(code: str) -> str:
 def check_name(name: str, what: str) -> str:
     """``name`` if the broker would take it; the code is not spent on one it would refuse.
 
-    Blank names are refused here too: a host shown as "   " cannot be told apart.
+    The rule is the broker's own (``shared.names``), no stricter and no looser.
     """
-    if not is_name(name) or not name.strip():
+    if not is_name(name):
         raise CodeFormatError(f'{what} "{name}" must be 1–64 printable characters')
     return name
 
