@@ -112,6 +112,22 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
         raise ConfigError(f"{where}: {raw!r} is not a valid {str(f.type).split(' ')[0]}") from exc
 
 
+def _file_values(file: Path, known: Mapping[str, dataclasses.Field[Any]]) -> dict[str, Any]:
+    """The settings of TOML ``file`` (its ``[broker]`` table, else its top level), converted."""
+    where = f"config file {file}"
+    try:
+        table = file_settings(Path(file), "broker", known)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    except NotATable as exc:
+        raise ConfigError(f"{where}: 'broker' must be a table ([broker])") from exc
+    except UnknownSetting as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return {key: _convert(known[key], raw, where) for key, raw in table.items()}
+
+
 def load(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -121,21 +137,7 @@ def load(
     """Build the config: flags > environment > file > defaults; ``overrides`` win over all."""
     env = os.environ if env is None else env
     known = {f.name: f for f in settings()}
-    values: dict[str, Any] = {}
-    if file is not None:
-        where = f"config file {file}"
-        try:
-            table = file_settings(Path(file), "broker", known)
-        except OSError as exc:
-            raise ConfigError(f"{where}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        except NotATable as exc:
-            raise ConfigError(f"{where}: 'broker' must be a table ([broker])") from exc
-        except UnknownSetting as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        for key, raw in table.items():
-            values[key] = _convert(known[key], raw, where)
+    values = {} if file is None else _file_values(file, known)
     for name, (var, raw) in env_settings(env, "TENURE_", known).items():
         if raw != "":
             values[name] = _convert(known[name], raw, f"environment {var}")

@@ -193,6 +193,20 @@ def verify(
         public.verify(b64url_decode(signature), f"{head}.{payload}".encode("ascii"))
     except (InvalidSignature, UnicodeEncodeError) as exc:
         raise TokenInvalid("bad signature") from exc
+    claims = _lease_claims(payload)
+    if now is not None:
+        if not isinstance(claims["exp"], int) or not isinstance(claims["nbf"], int):
+            raise TokenInvalid("exp and nbf must be integers")
+        if now >= claims["exp"] + leeway:
+            raise TokenInvalid("token expired")
+        if now + leeway < claims["nbf"]:
+            raise TokenInvalid("token not yet valid")
+    return claims
+
+
+def _lease_claims(payload: str) -> dict[str, Any]:
+    """The claims in a token's ``payload`` part; ``TokenInvalid`` unless they are a JSON
+    object holding every lease claim."""
     try:
         claims = json.loads(b64url_decode(payload))
     except ValueError as exc:
@@ -202,11 +216,4 @@ def verify(
     for name in LEASE_CLAIMS:
         if name not in claims:
             raise TokenInvalid(f"claim {name!r} missing")
-    if now is not None:
-        if not isinstance(claims["exp"], int) or not isinstance(claims["nbf"], int):
-            raise TokenInvalid("exp and nbf must be integers")
-        if now >= claims["exp"] + leeway:
-            raise TokenInvalid("token expired")
-        if now + leeway < claims["nbf"]:
-            raise TokenInvalid("token not yet valid")
     return claims

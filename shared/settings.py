@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +32,60 @@ def parse_value(kind: str, raw: Any, *, octal: bool = False) -> Any:
         raise ValueError("a boolean where another type was expected")
     if octal:
         return int(raw, 8) if isinstance(raw, str) else int(raw)
-    if kind.startswith("int"):
-        if not isinstance(raw, (int, str)):
-            raise ValueError("not a whole number")
-        return int(raw)
-    if kind.startswith("float"):
-        if not isinstance(raw, (int, float, str)):
-            raise ValueError("not a number")
-        value = float(raw)
-        if not math.isfinite(value):  # nan would slip through every range check
-            raise ValueError("not a finite number")
-        return value
-    if kind.startswith("bool"):
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).lower() in _TRUE:
-            return True
-        if str(raw).lower() in _FALSE:
-            return False
-        raise ValueError("not true or false")
-    if "Path" in kind:
-        if not isinstance(raw, (str, Path)) or str(raw) == "":
-            raise ValueError("not a path")
-        return Path(raw)
+    return _parser(kind)(raw)
+
+
+def _parse_int(raw: Any) -> int:
+    if not isinstance(raw, (int, str)):
+        raise ValueError("not a whole number")
+    return int(raw)
+
+
+def _parse_float(raw: Any) -> float:
+    if not isinstance(raw, (int, float, str)):
+        raise ValueError("not a number")
+    value = float(raw)
+    if not math.isfinite(value):  # nan would slip through every range check
+        raise ValueError("not a finite number")
+    return value
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if str(raw).lower() in _TRUE:
+        return True
+    if str(raw).lower() in _FALSE:
+        return False
+    raise ValueError("not true or false")
+
+
+def _parse_path(raw: Any) -> Path:
+    if not isinstance(raw, (str, Path)) or str(raw) == "":
+        raise ValueError("not a path")
+    return Path(raw)
+
+
+def _parse_text(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError("not text")
     return raw
+
+
+# A field's type as text ("int", "float | None"...) starts with its kind; "Path | None"
+# and "str" are matched in _parser.
+_BY_PREFIX: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("int", _parse_int),
+    ("float", _parse_float),
+    ("bool", _parse_bool),
+)
+
+
+def _parser(kind: str) -> Callable[[Any], Any]:
+    for prefix, parser in _BY_PREFIX:
+        if kind.startswith(prefix):
+            return parser
+    return _parse_path if "Path" in kind else _parse_text
 
 
 class SettingProblem(ValueError):

@@ -71,58 +71,85 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 
 def _check(value: Any, schema: Schema, path: str, errors: list[dict[str, str]]) -> None:
+    """Append to ``errors`` each way ``value`` (at ``path``) breaks ``schema``."""
+    wrong_type = _type_problem(value, schema)
+    if wrong_type is not None:
+        errors.append({"field": path, "message": wrong_type})
+        return
+    # By the value's own kind (a bool is an int here; boolean schemas carry no bounds).
+    if isinstance(value, dict):
+        _check_object(value, schema, path, errors)
+    elif isinstance(value, list):
+        _check_array(value, schema, path, errors)
+    elif isinstance(value, str):
+        message = _string_problem(value, schema)
+        if message is not None:
+            errors.append({"field": path, "message": message})
+    elif isinstance(value, int):
+        _check_integer(value, schema, path, errors)
+
+
+def _type_problem(value: Any, schema: Schema) -> str | None:
     kinds = schema.get("type", [])
     kinds = [kinds] if isinstance(kinds, str) else kinds
-    if kinds and not any(_type_ok(value, k) for k in kinds):
-        want = " or ".join("a number" if k == "integer" else f"a {k}" for k in kinds)
-        if kinds == ["integer"]:
-            want = "a whole number"
-        errors.append({"field": path, "message": f"must be {want}"})
-        return
-    if value is None:
-        return
-    if isinstance(value, dict):
-        props: dict[str, Schema] = schema.get("properties", {})
-        for name in schema.get("required", []):
-            if name not in value:
-                errors.append({"field": _join(path, name), "message": "is required"})
-        for name, item in value.items():
-            if name in props:
-                _check(item, props[name], _join(path, name), errors)
-            elif schema.get("additionalProperties") is False:
-                errors.append({"field": _join(path, str(name)[:64]), "message": "is not a known field"})
-    elif isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errors.append({"field": path, "message": f"needs at least {schema['minItems']} item(s)"})
-        if len(value) > schema.get("maxItems", 10**9):
-            errors.append({"field": path, "message": f"takes at most {schema['maxItems']} items"})
-        else:
-            for i, item in enumerate(value):
-                _check(item, schema.get("items", {}), f"{path}[{i}]", errors)
-    elif isinstance(value, str):
-        if _SURROGATE.search(value):
-            # JSON's \ud800 escapes decode to lone surrogates: not text, and not storable.
-            errors.append({"field": path, "message": "is not valid Unicode text"})
-        elif "enum" in schema and value not in schema["enum"]:
-            errors.append({"field": path, "message": f"must be one of: {', '.join(schema['enum'])}"})
-        elif len(value) < schema.get("minLength", 0):
-            errors.append({"field": path, "message": "must not be empty" if schema.get("minLength") == 1
-                           else f"needs at least {schema['minLength']} characters"})
-        elif len(value) > schema.get("maxLength", 10**9):
-            errors.append({"field": path, "message": f"takes at most {schema['maxLength']} characters"})
-        elif "pattern" in schema and not _pattern(schema["pattern"]).search(value):
-            message = schema.get("x-pattern-message", "has characters that are not allowed")
-            errors.append({"field": path, "message": message})
-        elif schema.get("format") == "date-time":
-            try:
-                parse_ts(value)
-            except (ValueError, OverflowError, OSError):
-                message = "must be an RFC 3339 timestamp such as 2027-01-31T00:00:00Z"
-                errors.append({"field": path, "message": message})
-    elif isinstance(value, int):
-        if value < schema.get("minimum", -(2**63)) or value > schema.get("maximum", 2**63 - 1):
-            bounds = f"{schema.get('minimum')} and {schema.get('maximum')}"
-            errors.append({"field": path, "message": f"must be between {bounds}"})
+    if not kinds or any(_type_ok(value, k) for k in kinds):
+        return None
+    if kinds == ["integer"]:
+        return "must be a whole number"
+    return "must be " + " or ".join("a number" if k == "integer" else f"a {k}" for k in kinds)
+
+
+def _check_object(value: dict[str, Any], schema: Schema, path: str, errors: list[dict[str, str]]) -> None:
+    props: dict[str, Schema] = schema.get("properties", {})
+    for name in schema.get("required", []):
+        if name not in value:
+            errors.append({"field": _join(path, name), "message": "is required"})
+    for name, item in value.items():
+        if name in props:
+            _check(item, props[name], _join(path, name), errors)
+        elif schema.get("additionalProperties") is False:
+            errors.append({"field": _join(path, str(name)[:64]), "message": "is not a known field"})
+
+
+def _check_array(value: list[Any], schema: Schema, path: str, errors: list[dict[str, str]]) -> None:
+    if len(value) < schema.get("minItems", 0):
+        errors.append({"field": path, "message": f"needs at least {schema['minItems']} item(s)"})
+    if len(value) > schema.get("maxItems", 10**9):
+        # Too long to be worth walking: the items are not checked.
+        errors.append({"field": path, "message": f"takes at most {schema['maxItems']} items"})
+    else:
+        for i, item in enumerate(value):
+            _check(item, schema.get("items", {}), f"{path}[{i}]", errors)
+
+
+def _string_problem(value: str, schema: Schema) -> str | None:
+    """The first rule of ``schema`` that ``value`` breaks, as a message; a string gets one at most."""
+    if _SURROGATE.search(value):
+        # JSON's \ud800 escapes decode to lone surrogates: not text, and not storable.
+        return "is not valid Unicode text"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"must be one of: {', '.join(schema['enum'])}"
+    if len(value) < schema.get("minLength", 0):
+        if schema.get("minLength") == 1:
+            return "must not be empty"
+        return f"needs at least {schema['minLength']} characters"
+    if len(value) > schema.get("maxLength", 10**9):
+        return f"takes at most {schema['maxLength']} characters"
+    if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
+        message: str = schema.get("x-pattern-message", "has characters that are not allowed")
+        return message
+    if schema.get("format") == "date-time":
+        try:
+            parse_ts(value)
+        except (ValueError, OverflowError, OSError):
+            return "must be an RFC 3339 timestamp such as 2027-01-31T00:00:00Z"
+    return None
+
+
+def _check_integer(value: int, schema: Schema, path: str, errors: list[dict[str, str]]) -> None:
+    if value < schema.get("minimum", -(2**63)) or value > schema.get("maximum", 2**63 - 1):
+        bounds = f"{schema.get('minimum')} and {schema.get('maximum')}"
+        errors.append({"field": path, "message": f"must be between {bounds}"})
 
 
 def _join(path: str, name: str) -> str:
