@@ -114,9 +114,7 @@ class Host:
             snapshot = self.leases.to_json()
             try:
                 # Shielded: a cancelled caller must not let a second write overtake this one.
-                await asyncio.shield(
-                    asyncio.to_thread(write_leases_snapshot, self.state_dir, snapshot)
-                )
+                await asyncio.shield(asyncio.to_thread(write_leases_snapshot, self.state_dir, snapshot))
             except StateError as exc:
                 log.error("%s", exc)
 

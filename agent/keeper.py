@@ -367,9 +367,7 @@ class Keeper:
     def _binding(self, domain: str | None) -> Binding | None:
         return self._deps.bindings().get(domain)
 
-    async def _accept(
-        self, grant: Lease, binding: Binding, sent: tuple[float, float], want: Want | None
-    ) -> Held:
+    async def _accept(self, grant: Lease, binding: Binding, sent: tuple[float, float], want: Want | None) -> Held:
         """Verify ``grant`` and turn it into a ``Held`` lease on our own monotonic clock.
 
         ``sent`` is (monotonic, wall) when the request that won it left.

@@ -31,8 +31,9 @@ from bench.stats import Result
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="short runs, 16 and 64 clients")
     p.add_argument("--scale", action="store_true", help="also the 100k-lease and 1M-row runs")
     p.add_argument("--only-scale", action="store_true", help="only the scale runs")
@@ -41,8 +42,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", help="comma-separated client counts for the sweeps")
     p.add_argument("--scale-servers", type=int, default=20_000)
     p.add_argument("--scale-encoders", type=int, default=5)
-    p.add_argument("--scale-lease-seconds", type=int, default=300,
-                   help="pool lease lifetime in the scale run (renewals every third of it)")
+    p.add_argument(
+        "--scale-lease-seconds",
+        type=int,
+        default=300,
+        help="pool lease lifetime in the scale run (renewals every third of it)",
+    )
     p.add_argument("--seed-leases", type=int, default=1_000_000)
     p.add_argument("--out", type=Path, default=Path("bench/results.json"), help="JSON results")
     p.add_argument("--plot", type=Path, help="write SVG plots into this directory (needs matplotlib)")
@@ -64,14 +69,12 @@ class Report:
         self.sections.setdefault(section, []).append(d)
 
 
-def focused(args: argparse.Namespace, report: Report, sweep: list[int], duration: float,
-            work: Path) -> None:
+def focused(args: argparse.Namespace, report: Report, sweep: list[int], duration: float, work: Path) -> None:
     print(f"\n== Ceiling: aiohttp POST-JSON echo ({args.procs} client processes)", flush=True)
     echo = start_echo()
     try:
         for c in sweep:
-            r, _ = load.run("echo", echo, [load.Task() for _ in range(c)], procs=args.procs,
-                            duration=duration)
+            r, _ = load.run("echo", echo, [load.Task() for _ in range(c)], procs=args.procs, duration=duration)
             report.ceiling[c] = r.rate
             report.add("echo", r)
     finally:
@@ -83,10 +86,11 @@ def focused(args: argparse.Namespace, report: Report, sweep: list[int], duration
         try:
             est = asyncio.run(setup.make_estate(broker.url, lease_seconds=3600))
             tokens = asyncio.run(setup.enroll(est, max(sweep)))
-            for c in (sweep if sync == "full" else [64]):
+            for c in sweep if sync == "full" else [64]:
                 tag = f"{sync[0]}{c}x"
-                r, acquired = load.run("acquire", broker, load.tasks_for(tokens, c), procs=args.procs,
-                                       duration=duration, tag=tag)
+                r, acquired = load.run(
+                    "acquire", broker, load.tasks_for(tokens, c), procs=args.procs, duration=duration, tag=tag
+                )
                 report.add(f"acquire-{sync}", r)
                 leases = load.lease_tasks(acquired, c)
                 r, _ = load.run("renew", broker, leases, procs=args.procs, duration=duration)
@@ -111,18 +115,31 @@ def _db_stats(path: Path) -> dict[str, int]:
         conn.close()
 
 
-def fleet_run(args: argparse.Namespace, report: Report, work: Path, *, servers: int, encoders: int,
-              lease_seconds: int, measure: float, section: str) -> None:
+def fleet_run(
+    args: argparse.Namespace,
+    report: Report,
+    work: Path,
+    *,
+    servers: int,
+    encoders: int,
+    lease_seconds: int,
+    measure: float,
+    section: str,
+) -> None:
     broker = start_broker(work / section, log=work / f"broker-{section}.log")
     try:
         est = asyncio.run(setup.make_estate(broker.url, lease_seconds=lease_seconds))
         t = time.monotonic()
         tokens = asyncio.run(setup.enroll(est, servers, concurrency=64, progress=True))
-        print(f"  enrolled {servers:,} servers in {time.monotonic() - t:.0f} s; "
-              f"{servers * encoders:,} encoders, leases of {lease_seconds} s renewed every "
-              f"{lease_seconds // 3} s, ramp {lease_seconds // 3} s, measured {measure:.0f} s", flush=True)
-        for r in fleet.run(broker, tokens, encoders=encoders, ramp=lease_seconds / 3, measure=measure,
-                           procs=args.procs, name=section):
+        print(
+            f"  enrolled {servers:,} servers in {time.monotonic() - t:.0f} s; "
+            f"{servers * encoders:,} encoders, leases of {lease_seconds} s renewed every "
+            f"{lease_seconds // 3} s, ramp {lease_seconds // 3} s, measured {measure:.0f} s",
+            flush=True,
+        )
+        for r in fleet.run(
+            broker, tokens, encoders=encoders, ramp=lease_seconds / 3, measure=measure, procs=args.procs, name=section
+        ):
             report.add(section, r, ratio_at=-1)
     finally:
         broker.stop()
@@ -147,10 +164,16 @@ def growth(args: argparse.Namespace, report: Report, work: Path) -> None:
         broker = start_broker(data, log=work / "broker-growth.log")
         try:
             for c in (1, 64):
-                r, _ = load.run("acquire", broker, load.tasks_for(tokens, c), procs=min(args.procs, c),
-                                duration=3.0, tag=f"g{label}{c}x", name=f"acquire @{label}")
-                r.extra = {"leases_in_db": stats["leases"], "active": stats["active"],
-                           "events": stats["events"]}
+                r, _ = load.run(
+                    "acquire",
+                    broker,
+                    load.tasks_for(tokens, c),
+                    procs=min(args.procs, c),
+                    duration=3.0,
+                    tag=f"g{label}{c}x",
+                    name=f"acquire @{label}",
+                )
+                r.extra = {"leases_in_db": stats["leases"], "active": stats["active"], "events": stats["events"]}
                 report.add("growth", r)
         finally:
             broker.stop()
@@ -158,40 +181,58 @@ def growth(args: argparse.Namespace, report: Report, work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    sweep = [int(x) for x in args.concurrency.split(",")] if args.concurrency else (
-        [16, 64] if args.quick else [1, 4, 16, 64, 128])
+    sweep = (
+        [int(x) for x in args.concurrency.split(",")]
+        if args.concurrency
+        else ([16, 64] if args.quick else [1, 4, 16, 64, 128])
+    )
     duration = args.duration or (2.0 if args.quick else 5.0)
     report = Report()
-    print(f"Tenure benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; {args.procs} client processes share the cores with "
-          f"the server under test, so ratios are to the ceiling measured the same way.")
-    print(f"load average before: {open('/proc/loadavg').read().strip()} (other work on the machine skews "
-          "every figure; 'box' is how busy all cores were)")
-    print("columns: throughput, ratio to the echo ceiling at the same client count, latency "
-          "percentiles, broker CPU (% of one core) and peak RSS over the measured window")
+    print(
+        f"Tenure benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; {args.procs} client processes share the cores with "
+        f"the server under test, so ratios are to the ceiling measured the same way."
+    )
+    print(
+        f"load average before: {open('/proc/loadavg').read().strip()} (other work on the machine skews "
+        "every figure; 'box' is how busy all cores were)"
+    )
+    print(
+        "columns: throughput, ratio to the echo ceiling at the same client count, latency "
+        "percentiles, broker CPU (% of one core) and peak RSS over the measured window"
+    )
     with tempfile.TemporaryDirectory(prefix="tenure-bench-") as tmp:
         work = Path(tmp)
         if not args.only_scale:
             focused(args, report, sweep, duration, work)
             print("\n== Fleet: agents acquiring, renewing at renew_after, churning", flush=True)
             if args.quick:
-                fleet_run(args, report, work, servers=300, encoders=4, lease_seconds=60, measure=25,
-                          section="fleet")
+                fleet_run(args, report, work, servers=300, encoders=4, lease_seconds=60, measure=25, section="fleet")
             else:
-                fleet_run(args, report, work, servers=2_000, encoders=5, lease_seconds=60, measure=40,
-                          section="fleet")
+                fleet_run(args, report, work, servers=2_000, encoders=5, lease_seconds=60, measure=40, section="fleet")
         if args.scale or args.only_scale:
             n = args.scale_servers * args.scale_encoders
             print(f"\n== Scale: {n:,} live leases renewed on schedule", flush=True)
-            fleet_run(args, report, work, servers=args.scale_servers, encoders=args.scale_encoders,
-                      lease_seconds=args.scale_lease_seconds,
-                      measure=args.scale_lease_seconds / 3 + 10, section="scale")
-            print(f"\n== Scale: acquire with ~1,000 vs {args.seed_leases:,} leases in the database",
-                  flush=True)
+            fleet_run(
+                args,
+                report,
+                work,
+                servers=args.scale_servers,
+                encoders=args.scale_encoders,
+                lease_seconds=args.scale_lease_seconds,
+                measure=args.scale_lease_seconds / 3 + 10,
+                section="scale",
+            )
+            print(f"\n== Scale: acquire with ~1,000 vs {args.seed_leases:,} leases in the database", flush=True)
             growth(args, report, work)
-    report_data = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "procs": args.procs,
-                   "cores": os.cpu_count(), "python": platform.python_version(),
-                   "ceiling": report.ceiling, "sections": report.sections}
+    report_data = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "procs": args.procs,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "ceiling": report.ceiling,
+        "sections": report.sections,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report_data, indent=1))
     print(f"\nresults written to {args.out}")

@@ -52,9 +52,13 @@ def _auth_code(url: str, encoders: int, lease_seconds: int) -> str:
     est = _call(url, "POST", "/v1/estates", OPERATOR_TOKEN, {"name": "Footprint", "admin_name": "Bench"})
     estate, admin, pool = est["id"], est["admin_token"], est["default_pool_id"]
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 365 * 86400))
-    _call(url, "POST", f"/v1/estates/{estate}/purchases", OPERATOR_TOKEN,
-          {"sales_order": "SO-BENCH", "licence_type": LICENCE_TYPE, "quantity": encoders * 2,
-           "expires_at": expires})
+    _call(
+        url,
+        "POST",
+        f"/v1/estates/{estate}/purchases",
+        OPERATOR_TOKEN,
+        {"sales_order": "SO-BENCH", "licence_type": LICENCE_TYPE, "quantity": encoders * 2, "expires_at": expires},
+    )
     _call(url, "PATCH", f"/v1/estates/{estate}/pools/{pool}", admin, {"lease_seconds": lease_seconds})
     return str(_call(url, "POST", f"/v1/estates/{estate}/pools/{pool}/auth-codes", admin, {})["code"])
 
@@ -109,8 +113,13 @@ def run_once(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         env.update(dict(kv.split("=", 1) for kv in args.env))
         state, sock = work / "state", work / "a.sock"
         common = ["--state-dir", str(state), "--socket", str(sock)]
-        subprocess.run([*_agent_exe(), "enroll", code, "--broker", broker.url, *common],
-                       env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run(
+            [*_agent_exe(), "enroll", code, "--broker", broker.url, *common],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
         log = open(work / "agent.log", "ab")
         agent = subprocess.Popen([*_agent_exe(), "run", *common], env=env, stdout=log, stderr=log, cwd=ROOT)
         log.close()
@@ -172,12 +181,16 @@ IMPORT_STEPS = [
     ("+ ssl, default context", "import asyncio, ssl; ssl.create_default_context()"),
     ("+ aiohttp (client)", "import asyncio, ssl, aiohttp; ssl.create_default_context()"),
     ("+ aiohttp.web (local API)", "import asyncio, ssl, aiohttp, aiohttp.web; ssl.create_default_context()"),
-    ("+ cryptography Ed25519",
-     "import asyncio, ssl, aiohttp, aiohttp.web; ssl.create_default_context()\n"
-     "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey"),
-    ("+ tenacity",
-     "import asyncio, ssl, aiohttp, aiohttp.web, tenacity; ssl.create_default_context()\n"
-     "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey"),
+    (
+        "+ cryptography Ed25519",
+        "import asyncio, ssl, aiohttp, aiohttp.web; ssl.create_default_context()\n"
+        "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey",
+    ),
+    (
+        "+ tenacity",
+        "import asyncio, ssl, aiohttp, aiohttp.web, tenacity; ssl.create_default_context()\n"
+        "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey",
+    ),
     ("agent's `run` imports (agent.cli + agent.daemon)", "import agent.cli, agent.daemon"),
 ]
 
@@ -190,8 +203,9 @@ def imports(env: dict[str, str]) -> None:
     for name, code in IMPORT_STEPS:
         values = []
         for _ in range(3):
-            out = subprocess.run([sys.executable, "-c", code + _PROBE], capture_output=True, text=True,
-                                 cwd=ROOT, env=env, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", code + _PROBE], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+            )
             values.append(int(out.stdout.strip()) / 1024)
         value = min(values)
         delta = "" if before is None or name.startswith("agent") else f"  (+{value - before:.1f})"
@@ -207,14 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="wait before sampling (default 5)")
     parser.add_argument("--lease-seconds", type=int, default=3600, help="the pool's lease lifetime (default 3600)")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the agent, e.g. MALLOC_ARENA_MAX=2")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the agent, e.g. MALLOC_ARENA_MAX=2",
+    )
     parser.add_argument("--imports", action="store_true", help="also print the RSS cost of each import")
     args = parser.parse_args(argv)
     if args.imports:
         imports({**os.environ, **dict(kv.split("=", 1) for kv in args.env)})
-    print(f"agent: {args.encoders} encoders, lease {args.lease_seconds} s, idle window {args.seconds:g} s "
-          f"(clock tick {1000 // CLK_TCK} ms)")
+    print(
+        f"agent: {args.encoders} encoders, lease {args.lease_seconds} s, idle window {args.seconds:g} s "
+        f"(clock tick {1000 // CLK_TCK} ms)"
+    )
     for run in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="tfp-", dir="/tmp") as tmp:
             r = run_once(args, Path(tmp))

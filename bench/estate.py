@@ -25,8 +25,9 @@ class Estate:
     purchase_id: str
 
 
-async def _call(session: aiohttp.ClientSession, method: str, url: str, token: str | None,
-                body: Any = None, expect: int = 201) -> Any:
+async def _call(
+    session: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any = None, expect: int = 201
+) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     for attempt in range(5):
         async with session.request(method, url, json=body, headers=headers) as resp:
@@ -42,20 +43,34 @@ async def _call(session: aiohttp.ClientSession, method: str, url: str, token: st
 
 async def make_estate(url: str, *, lease_seconds: int, quantity: int = 10_000_000) -> Estate:
     async with aiohttp.ClientSession() as s:
-        est = await _call(s, "POST", f"{url}/v1/estates", OPERATOR_TOKEN,
-                          {"name": "Bench Broadcast", "admin_name": "Bench"})
+        est = await _call(
+            s, "POST", f"{url}/v1/estates", OPERATOR_TOKEN, {"name": "Bench Broadcast", "admin_name": "Bench"}
+        )
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2 * 365 * 86400))
-        purchase = await _call(s, "POST", f"{url}/v1/estates/{est['id']}/purchases", OPERATOR_TOKEN,
-                               {"sales_order": "SO-BENCH", "licence_type": LICENCE,
-                                "quantity": quantity, "expires_at": expires})
-        pool = await _call(s, "POST", f"{url}/v1/estates/{est['id']}/pools", est["admin_token"],
-                           {"name": "Bench pool", "lease_seconds": lease_seconds,
-                            "moves": [{"purchase_id": purchase["id"], "count": quantity}]})
+        purchase = await _call(
+            s,
+            "POST",
+            f"{url}/v1/estates/{est['id']}/purchases",
+            OPERATOR_TOKEN,
+            {"sales_order": "SO-BENCH", "licence_type": LICENCE, "quantity": quantity, "expires_at": expires},
+        )
+        pool = await _call(
+            s,
+            "POST",
+            f"{url}/v1/estates/{est['id']}/pools",
+            est["admin_token"],
+            {
+                "name": "Bench pool",
+                "lease_seconds": lease_seconds,
+                "moves": [{"purchase_id": purchase["id"], "count": quantity}],
+            },
+        )
     return Estate(url, est["id"], est["admin_token"], pool["id"], purchase["id"])
 
 
-async def enroll(estate: Estate, n: int, *, prefix: str = "srv", concurrency: int = 32,
-                 progress: bool = False) -> list[str]:
+async def enroll(
+    estate: Estate, n: int, *, prefix: str = "srv", concurrency: int = 32, progress: bool = False
+) -> list[str]:
     """Enroll ``n`` servers the way a technician would (a code each); returns their tokens."""
     tokens: list[str] = [""] * n
     next_index = 0
@@ -68,8 +83,13 @@ async def enroll(estate: Estate, n: int, *, prefix: str = "srv", concurrency: in
             i = next_index
             next_index += 1
             code = await _call(s, "POST", codes_url, estate.admin_token, {})
-            done = await _call(s, "POST", f"{estate.url}/v1/enroll", None,
-                               {"code": code["code"], "name": f"{prefix}-{i:06d}", "kind": "server"})
+            done = await _call(
+                s,
+                "POST",
+                f"{estate.url}/v1/enroll",
+                None,
+                {"code": code["code"], "name": f"{prefix}-{i:06d}", "kind": "server"},
+            )
             tokens[i] = done["server_token"]
             if progress and i and i % 5000 == 0:
                 print(f"    enrolled {i:,} servers ({time.monotonic() - started:.0f} s)", flush=True)

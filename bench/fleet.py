@@ -49,8 +49,9 @@ class FleetOut:
     live_at_end: int = 0
 
 
-async def _encoder(part: FleetPart, client: Client, token: str, serial: str,
-                   rng: random.Random, out: FleetOut, t0: float, t1: float) -> None:
+async def _encoder(
+    part: FleetPart, client: Client, token: str, serial: str, rng: random.Random, out: FleetOut, t0: float, t1: float
+) -> None:
     headers = bearer(token)
 
     async def call(op: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
@@ -68,8 +69,7 @@ async def _encoder(part: FleetPart, client: Client, token: str, serial: str,
         return status, data
 
     def acquire_body(count: int) -> bytes:
-        return b'{"encoder":"%s","licence_type":"%s","count":%d}' % (
-            serial.encode(), LICENCE.encode(), count)
+        return b'{"encoder":"%s","licence_type":"%s","count":%d}' % (serial.encode(), LICENCE.encode(), count)
 
     await asyncio.sleep(max(0.0, part.start_at + rng.random() * part.ramp - time.time()))
     lease_id: str | None = None
@@ -125,10 +125,15 @@ async def _run(part: FleetPart) -> FleetOut:
     t0 = part.start_at + part.ramp
     t1 = t0 + part.measure
     client = Client(part.url, 256)  # agents share a pool of keep-alive connections
-    await asyncio.gather(*(
-        _encoder(part, client, token, f"enc-{part.first_server + s:06d}-{e}",
-                 random.Random(rng.random()), out, t0, t1)
-        for s, token in enumerate(part.tokens) for e in range(part.encoders)))
+    await asyncio.gather(
+        *(
+            _encoder(
+                part, client, token, f"enc-{part.first_server + s:06d}-{e}", random.Random(rng.random()), out, t0, t1
+            )
+            for s, token in enumerate(part.tokens)
+            for e in range(part.encoders)
+        )
+    )
     client.close()
     return out
 
@@ -137,12 +142,23 @@ def _child(part: FleetPart) -> FleetOut:
     return asyncio.run(_run(part))
 
 
-def run(broker: Proc, tokens: list[str], *, encoders: int, ramp: float, measure: float,
-        procs: int, churn: float = 0.05, name: str = "fleet") -> list[Result]:
+def run(
+    broker: Proc,
+    tokens: list[str],
+    *,
+    encoders: int,
+    ramp: float,
+    measure: float,
+    procs: int,
+    churn: float = 0.05,
+    name: str = "fleet",
+) -> list[Result]:
     start_at = time.time() + 1.0
     step = (len(tokens) + procs - 1) // procs
-    parts = [FleetPart(broker.url, tokens[i:i + step], i, encoders, start_at, ramp, measure, churn, i)
-             for i in range(0, len(tokens), step)]
+    parts = [
+        FleetPart(broker.url, tokens[i : i + step], i, encoders, start_at, ramp, measure, churn, i)
+        for i in range(0, len(tokens), step)
+    ]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(len(parts)) as pool:
         pending = pool.map_async(_child, parts)
@@ -166,12 +182,12 @@ def run(broker: Proc, tokens: list[str], *, encoders: int, ramp: float, measure:
         r.machine_busy = 100 * (m1[0] - m0[0]) / max(1e-9, m1[1] - m0[1])
         results.append(r)
     all_lat = [x for o in outs for op in OPS for x in o.latencies[op]]
-    total = Result.of(f"{name} all", live, all_lat, measure,
-                      sum((o.errors for o in outs), Counter()))
+    total = Result.of(f"{name} all", live, all_lat, measure, sum((o.errors for o in outs), Counter()))
     total.broker_cpu, total.broker_peak_mb = results[0].broker_cpu, results[0].broker_peak_mb
     total.machine_busy = results[0].machine_busy
     total.extra = {
-        "servers": len(tokens), "encoders": live,
+        "servers": len(tokens),
+        "encoders": live,
         "renewals_scheduled": sum(o.renewals_scheduled for o in outs),
         "renewals_late_over_1s": sum(o.renewals_late for o in outs),
         "max_lateness_s": round(max(o.max_lateness for o in outs), 3),

@@ -38,7 +38,7 @@ class _Conn(asyncio.Protocol):
         at = head.find(b"\r\ncontent-length:")
         if at >= 0:
             stop = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17:stop if stop >= 0 else len(head)])
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
         elif b"transfer-encoding: chunked" in head:
             self.waiter.set_exception(RuntimeError("chunked answers are not supported"))
             self.waiter = None
@@ -47,7 +47,7 @@ class _Conn(asyncio.Protocol):
         if len(self.buf) < total:
             return
         status = int(head[9:12])
-        body = bytes(self.buf[end + 4:total])
+        body = bytes(self.buf[end + 4 : total])
         del self.buf[:total]
         waiter, self.waiter = self.waiter, None
         if not waiter.done():
@@ -103,8 +103,10 @@ class Client:
         try:
             conn.waiter = asyncio.get_running_loop().create_future()
             assert conn.transport is not None
-            conn.transport.write(b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
-                method.encode(), path.encode(), self._host_header, headers, len(body), body))
+            conn.transport.write(
+                b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s"
+                % (method.encode(), path.encode(), self._host_header, headers, len(body), body)
+            )
             # Bounded: a request that never completes is an error, never a hang.
             return await asyncio.wait_for(conn.waiter, ANSWER_TIMEOUT)
         except BaseException:

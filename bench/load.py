@@ -61,7 +61,11 @@ async def _task(part: Part, index: int, task: Task, out: PartResult, t0: float, 
             method, target, body = "POST", f"{url}/echo", ECHO_BODY
         elif part.kind == "acquire":
             body = b'{"encoder":"%s-%d-%d","licence_type":"%s","count":1}' % (
-                part.tag.encode(), index, n, LICENCE.encode())
+                part.tag.encode(),
+                index,
+                n,
+                LICENCE.encode(),
+            )
             method, target = "POST", f"{url}/v1/leases"
         elif part.kind == "renew":
             method, target, body = "POST", f"{url}/v1/leases/{task.leases[n % len(task.leases)]}/renew", b"{}"
@@ -101,13 +105,21 @@ def _child(part: Part) -> PartResult:
     return asyncio.run(_run_part(part))
 
 
-def run(kind: str, target: Proc, tasks: list[Task], *, procs: int, duration: float,
-        warmup: float = 1.0, tag: str = "b", name: str | None = None) -> tuple[Result, list[tuple[str, str]]]:
+def run(
+    kind: str,
+    target: Proc,
+    tasks: list[Task],
+    *,
+    procs: int,
+    duration: float,
+    warmup: float = 1.0,
+    tag: str = "b",
+    name: str | None = None,
+) -> tuple[Result, list[tuple[str, str]]]:
     """Run ``len(tasks)`` closed-loop clients against ``target`` and measure the broker."""
     procs = max(1, min(procs, len(tasks)))
     start_at = time.time() + 0.6
-    parts = [Part(kind, target.url, f"{tag}{p}", start_at, warmup, duration, tasks[p::procs])
-             for p in range(procs)]
+    parts = [Part(kind, target.url, f"{tag}{p}", start_at, warmup, duration, tasks[p::procs]) for p in range(procs)]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(procs) as pool:
         pending = pool.map_async(_child, parts)

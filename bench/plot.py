@@ -17,8 +17,12 @@ def write(data: dict[str, Any], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     secs = data["sections"]
     out: list[Path] = []
-    series = [("echo", "aiohttp echo (ceiling)", "k--"), ("acquire-full", "acquire (FULL)", "C0-o"),
-              ("renew-full", "renew (FULL)", "C1-o"), ("release-full", "release (FULL)", "C2-o")]
+    series = [
+        ("echo", "aiohttp echo (ceiling)", "k--"),
+        ("acquire-full", "acquire (FULL)", "C0-o"),
+        ("renew-full", "renew (FULL)", "C1-o"),
+        ("release-full", "release (FULL)", "C2-o"),
+    ]
     if any(s in secs for s, _, _ in series):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         for key, label, style in series:
@@ -29,8 +33,10 @@ def write(data: dict[str, Any], folder: Path) -> list[Path]:
             a1.plot(xs, [r["rate"] for r in rows], style, label=label)
             if key != "echo":
                 a2.plot(xs, [r["p99"] for r in rows], style, label=label)
-        for ax, title, unit in ((a1, "Throughput vs concurrent clients", "requests/s"),
-                                (a2, "p99 latency vs concurrent clients", "ms")):
+        for ax, title, unit in (
+            (a1, "Throughput vs concurrent clients", "requests/s"),
+            (a2, "p99 latency vs concurrent clients", "ms"),
+        ):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("concurrent clients")
             ax.set_ylabel(unit)

@@ -109,22 +109,30 @@ def _started(proc: subprocess.Popen[bytes], port: int) -> Proc:
     return p
 
 
-def start_broker(data_dir: Path, *, synchronous: str = "full", port: int | None = None,
-                 log: Path | None = None) -> Proc:
+def start_broker(
+    data_dir: Path, *, synchronous: str = "full", port: int | None = None, log: Path | None = None
+) -> Proc:
     port = port or free_port()
     # Every bench client enrols from 127.0.0.1, and a redemption in flight counts against
     # the per-address failure budget (10 by default) until it succeeds: enrolling with 64
     # workers would be refused 429. The budget guards against guessing, not load; it is
     # raised here so that setting up thousands of servers is not what is measured.
-    env = {**os.environ, "TENURE_OPERATOR_TOKEN": OPERATOR_TOKEN,
-           "TENURE_SQLITE_SYNCHRONOUS": synchronous, "TENURE_LOG_LEVEL": "warning",
-           "TENURE_REDEEM_FAILURES_PER_ADDRESS": "100000"}
+    env = {
+        **os.environ,
+        "TENURE_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "TENURE_SQLITE_SYNCHRONOUS": synchronous,
+        "TENURE_LOG_LEVEL": "warning",
+        "TENURE_REDEEM_FAILURES_PER_ADDRESS": "100000",
+    }
     exe = shutil.which("tenure-broker", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "broker.cli"]
     out = open(log or os.devnull, "ab")
     proc = subprocess.Popen(
         [*cmd, "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=out, stderr=out, cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=out,
+        cwd=ROOT,
     )
     out.close()
     return _started(proc, port)
@@ -132,6 +140,7 @@ def start_broker(data_dir: Path, *, synchronous: str = "full", port: int | None 
 
 def start_echo() -> Proc:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.echo", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return _started(proc, port)

@@ -27,11 +27,9 @@ from broker.store.sqlite import SqliteStore, load_queries
 
 QUERIES = load_queries()
 # A pool view: the pool, its holdings, the estate's pools, and the dead and revoked seats.
-POOL_VIEW = ["pool_by_id", "holdings_of_pool", "pools_of_estate", "dead_seats_of_estate",
-             "revoked_unexpired_of_estate"]
+POOL_VIEW = ["pool_by_id", "holdings_of_pool", "pools_of_estate", "dead_seats_of_estate", "revoked_unexpired_of_estate"]
 TOKEN_LOOKUP = ["server_by_token"]
-PARAMS: dict[str, Any] = {"pool_id": "p1", "estate_id": "e1", "now": 0, "digest": b"x" * 32,
-                          "token_hash": b"x" * 32}
+PARAMS: dict[str, Any] = {"pool_id": "p1", "estate_id": "e1", "now": 0, "digest": b"x" * 32, "token_hash": b"x" * 32}
 
 
 def _params(name: str) -> dict[str, Any]:
@@ -102,8 +100,9 @@ async def main(seconds: float, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.reader", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.reader", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure")
     args = parser.parse_args()

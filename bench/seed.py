@@ -32,8 +32,11 @@ def leases(db: Path, est: Estate, n: int, *, active_share: float = 0.1, per_serv
     conn.executemany(
         "INSERT INTO servers (id, estate_id, pool_id, name, kind, token_hash, created_at, last_seen_at) "
         "VALUES (?, ?, ?, ?, 'server', ?, ?, ?)",
-        ((sid, est.estate_id, est.pool_id, f"seed-{i:07d}", os.urandom(32), now - 86400, now)
-         for i, sid in enumerate(servers)))
+        (
+            (sid, est.estate_id, est.pool_id, f"seed-{i:07d}", os.urandom(32), now - 86400, now)
+            for i, sid in enumerate(servers)
+        ),
+    )
     active = int(n * active_share)
     rows: list[tuple[str, str, int, str, int, int, int | None]] = []
 
@@ -46,26 +49,46 @@ def leases(db: Path, est: Estate, n: int, *, active_share: float = 0.1, per_serv
             else:
                 state = rng.choice(("released", "lapsed", "revoked"))
                 exp = now - rng.randrange(30 * 86400)
-                ended, reason = exp - rng.randrange(3600), {"released": "released", "lapsed": "expired",
-                                                             "revoked": "revoked_by_admin"}[state]
+                ended, reason = (
+                    exp - rng.randrange(3600),
+                    {"released": "released", "lapsed": "expired", "revoked": "revoked_by_admin"}[state],
+                )
             rows.append((lid, sid, exp, state, i, exp - 3600, ended))
-            yield (lid, est.estate_id, est.pool_id, sid, f"enc-{i % per_server}", LICENCE, 1, state,
-                   exp - 3600, exp - 3600, exp, ended, reason)
+            yield (
+                lid,
+                est.estate_id,
+                est.pool_id,
+                sid,
+                f"enc-{i % per_server}",
+                LICENCE,
+                1,
+                state,
+                exp - 3600,
+                exp - 3600,
+                exp,
+                ended,
+                reason,
+            )
 
     conn.executemany(
         "INSERT INTO leases (id, estate_id, pool_id, server_id, encoder, licence_type, count, state, "
         "created_at, renewed_at, expires_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        lease_rows())
+        lease_rows(),
+    )
     conn.executemany(
         "INSERT INTO lease_seats (lease_id, purchase_id, pool_id, count) VALUES (?, ?, ?, 1)",
-        ((r[0], est.purchase_id, est.pool_id) for r in rows))
+        ((r[0], est.purchase_id, est.pool_id) for r in rows),
+    )
     details = json.dumps({"after": 1, "before": 0, "encoder": "enc", "licence_type": LICENCE})
     conn.executemany(
         "INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, "
         "subject_id, details) VALUES (?, ?, 'server', ?, 'seed', 'lease.granted', ?, ?, ?)",
-        ((est.estate_id, r[5], r[1], est.pool_id, r[0], details) for r in rows))
-    conn.execute("UPDATE holdings SET leased = leased + ? WHERE pool_id = ? AND purchase_id = ?",
-                 (active, est.pool_id, est.purchase_id))
+        ((est.estate_id, r[5], r[1], est.pool_id, r[0], details) for r in rows),
+    )
+    conn.execute(
+        "UPDATE holdings SET leased = leased + ? WHERE pool_id = ? AND purchase_id = ?",
+        (active, est.pool_id, est.purchase_id),
+    )
     conn.execute("COMMIT")
     conn.execute("ANALYZE") if os.environ.get("BENCH_ANALYZE") else None
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

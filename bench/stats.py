@@ -39,20 +39,27 @@ class Result:
         return self.broker_cpu / 100 * 1e6 / self.rate if self.rate > 0 else float("nan")
 
     @classmethod
-    def of(cls, name: str, concurrency: int, latencies_ms: list[float], seconds: float,
-           errors: dict[str, int] | None = None) -> Result:
+    def of(
+        cls,
+        name: str,
+        concurrency: int,
+        latencies_ms: list[float],
+        seconds: float,
+        errors: dict[str, int] | None = None,
+    ) -> Result:
         lat = sorted(latencies_ms)
-        return cls(name, concurrency, len(lat), seconds, dict(errors or {}),
-                   pct(lat, 50), pct(lat, 95), pct(lat, 99))
+        return cls(name, concurrency, len(lat), seconds, dict(errors or {}), pct(lat, 50), pct(lat, 95), pct(lat, 99))
 
     def line(self, ceiling: float | None = None) -> str:
         ratio = f"{self.rate / ceiling:5.2f}x" if ceiling else "   -  "
         errs = sum(self.errors.values())
         err_text = f"{errs}" + (f" {dict(self.errors)}" if errs else "")
-        return (f"{self.name:<22} c={self.concurrency:<4} {self.rate:8.0f}/s {ratio}  "
-                f"p50 {self.p50:6.2f}  p95 {self.p95:6.2f}  p99 {self.p99:6.2f} ms  "
-                f"cpu {self.broker_cpu:4.0f}% {self.cpu_us:4.0f}us/req  box {self.machine_busy:3.0f}%  "
-                f"peak {self.broker_peak_mb:5.0f} MB  err {err_text}")
+        return (
+            f"{self.name:<22} c={self.concurrency:<4} {self.rate:8.0f}/s {ratio}  "
+            f"p50 {self.p50:6.2f}  p95 {self.p95:6.2f}  p99 {self.p99:6.2f} ms  "
+            f"cpu {self.broker_cpu:4.0f}% {self.cpu_us:4.0f}us/req  box {self.machine_busy:3.0f}%  "
+            f"peak {self.broker_peak_mb:5.0f} MB  err {err_text}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -25,8 +25,7 @@ log = logging.getLogger("tenure.broker")
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[metrics.measure, security_headers, problems],
-                          client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[metrics.measure, security_headers, problems], client_max_size=MAX_BODY)
     app[metrics.REQUESTS] = metrics.RequestMetrics()
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
@@ -51,18 +50,27 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             store=store,
             keyring=keyring,
             principals=PrincipalCache(store, config.clock),
-            limiter=FailureLimiter(config.clock, config.redeem_failures_per_address,
-                                   config.redeem_failures_global, config.redeem_window_seconds),
+            limiter=FailureLimiter(
+                config.clock,
+                config.redeem_failures_per_address,
+                config.redeem_failures_global,
+                config.redeem_window_seconds,
+            ),
             code_key=secretfiles.code_key(config.data_dir),
             operator_hash=token_hash(op_token),
             issuer=config.public_url or "tenure",
         )
-        log.info("broker data in %s (database %s, synchronous=%s)", config.data_dir,
-                 config.db_path.name, config.sqlite_synchronous)
+        log.info(
+            "broker data in %s (database %s, synchronous=%s)",
+            config.data_dir,
+            config.db_path.name,
+            config.sqlite_synchronous,
+        )
         try:
             yield
         finally:
             await store.close()
+
     return ctx
 
 
@@ -79,4 +87,5 @@ def _background(
                 await task
             except asyncio.CancelledError:
                 pass
+
     return ctx

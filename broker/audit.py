@@ -81,8 +81,12 @@ def page(
 ) -> dict[str, Any]:
     """Events oldest first, from just after the cursor ``after``; ``next`` continues."""
     rows = tx.all(
-        "events_page", estate_id=estate_id, after=after, limit=limit + 1,
-        pool_id=pool_id, action=action,
+        "events_page",
+        estate_id=estate_id,
+        after=after,
+        limit=limit + 1,
+        pool_id=pool_id,
+        action=action,
     )
     more = len(rows) > limit
     rows = rows[:limit]

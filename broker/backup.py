@@ -55,11 +55,12 @@ def _describe(conn: sqlite3.Connection, path: Path) -> Copied:
         (version,) = conn.execute("PRAGMA user_version").fetchone() or (0,)
         known = max(v for v, _, _ in migrations())
         if not 1 <= version <= known:
-            raise BackupError(f"{path} is not a Tenure database this broker knows "
-                              f"(schema version {version}; this broker knows 1 to {known})")
+            raise BackupError(
+                f"{path} is not a Tenure database this broker knows "
+                f"(schema version {version}; this broker knows 1 to {known})"
+            )
         (estates,) = conn.execute("SELECT COUNT(*) FROM estates").fetchone() or (0,)
-        (leases,) = conn.execute(
-            "SELECT COUNT(*) FROM leases WHERE state = 'active'").fetchone() or (0,)
+        (leases,) = conn.execute("SELECT COUNT(*) FROM leases WHERE state = 'active'").fetchone() or (0,)
     except sqlite3.Error as exc:
         raise BackupError(f"{path} is not a Tenure database: {exc}") from exc
     return Copied(path, int(version), int(estates), int(leases), path.stat().st_size)
@@ -106,7 +107,6 @@ def restore(backup_file: Path, target: Path) -> Copied:
         conn.close()
     data_dir = target.parent
     if data_dir.exists() and any(data_dir.iterdir()):
-        raise BackupError(f"{data_dir} is not empty; restore into a new data directory "
-                          "(nothing was overwritten)")
+        raise BackupError(f"{data_dir} is not empty; restore into a new data directory (nothing was overwritten)")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return _copy(backup_file, target, "WAL")

@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = signing.rotate(cfg.data_dir, time.time())
-        print(f"Added signing key {key.kid}; a running broker signs with it within "
-              f"{int(cfg.key_reload_seconds)} seconds.")
+        print(
+            f"Added signing key {key.kid}; a running broker signs with it within {int(cfg.key_reload_seconds)} seconds."
+        )
         return 0
     if args.command in ("backup", "restore"):
         return _copy(args.command, args.file, cfg)
@@ -77,14 +78,18 @@ def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
     try:
         if command == "backup":
             done = backup.backup(cfg.db_path, file)
-            print(f"Backed up {done.estates} estate(s) and {done.live_leases} live lease(s) "
-                  f"({done.size:,} bytes, schema {done.schema_version}) into {done.path}. "
-                  f"It does not hold {cfg.data_dir / 'keys'} or {cfg.data_dir / 'code-key'}: keep those apart.")
+            print(
+                f"Backed up {done.estates} estate(s) and {done.live_leases} live lease(s) "
+                f"({done.size:,} bytes, schema {done.schema_version}) into {done.path}. "
+                f"It does not hold {cfg.data_dir / 'keys'} or {cfg.data_dir / 'code-key'}: keep those apart."
+            )
         else:
             done = backup.restore(file, cfg.db_path)
-            print(f"Restored {done.estates} estate(s) and {done.live_leases} live lease(s) into "
-                  f"{cfg.data_dir}. Copy the old data directory's keys/ and code-key beside it "
-                  "before starting the broker.")
+            print(
+                f"Restored {done.estates} estate(s) and {done.live_leases} live lease(s) into "
+                f"{cfg.data_dir}. Copy the old data directory's keys/ and code-key beside it "
+                "before starting the broker."
+            )
     except backup.BackupError as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 1
@@ -103,14 +108,19 @@ def serve(cfg: configuration.Config) -> int:
             print(f"tenure-broker: setting 'tls_cert'/'tls_key': {exc}", file=sys.stderr)
             return 2
     scheme = "https" if ssl_context else "http"
-    logging.getLogger("tenure.broker").info(
-        "listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
+    logging.getLogger("tenure.broker").info("listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
     try:
-        web.run_app(create_app(cfg), host=cfg.host, port=cfg.port, ssl_context=ssl_context,
-                    print=None, access_log=None, shutdown_timeout=10)
+        web.run_app(
+            create_app(cfg),
+            host=cfg.host,
+            port=cfg.port,
+            ssl_context=ssl_context,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
     except OSError as exc:
-        print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
-              file=sys.stderr)
+        print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
 

@@ -21,8 +21,7 @@ from shared.codes import CODE_DIGITS, normalise_code
 from shared.timefmt import format_ts
 
 INVALID_MESSAGE = (
-    "That code is not valid: it may be mistyped, already used, revoked or expired. "
-    "Ask your admin for a new code."
+    "That code is not valid: it may be mistyped, already used, revoked or expired. Ask your admin for a new code."
 )
 
 
@@ -31,14 +30,17 @@ def mac(key: bytes, code: str) -> bytes:
 
 
 def make(
-    tx: Tx, now: float, actor: Principal, key: bytes, estate_id: str, pool_id: str,
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    key: bytes,
+    estate_id: str,
+    pool_id: str,
     ttl_seconds: int,
 ) -> dict[str, Any]:
     pool = pools.get(tx, estate_id, pool_id)
     if tx.one("pool_has_grantable", pool_id=pool_id, now=int(now)) is None:
-        raise NoValidLicences(
-            f"Pool {pool['name']!r} holds no valid licence; move licences into it first."
-        )
+        raise NoValidLicences(f"Pool {pool['name']!r} holds no valid licence; move licences into it first.")
     expires_at = int(now) + ttl_seconds
     while True:
         code = f"{secrets.randbelow(10**CODE_DIGITS):08d}"
@@ -46,18 +48,39 @@ def make(
         if tx.one("code_live_by_mac", code_mac=code_mac, now=int(now)) is None:
             break
     code_id = tx.new_id("code")
-    tx.run("code_insert", id=code_id, estate_id=estate_id, pool_id=pool_id, code_mac=code_mac,
-           now=int(now), expires_at=expires_at, created_by=actor.actor_id or actor.kind)
-    audit.record(tx, now, actor, estate_id, audit.Action.AUTH_CODE_CREATED, pool_id=pool_id,
-                 subject_id=code_id, expires_at=format_ts(expires_at))
+    tx.run(
+        "code_insert",
+        id=code_id,
+        estate_id=estate_id,
+        pool_id=pool_id,
+        code_mac=code_mac,
+        now=int(now),
+        expires_at=expires_at,
+        created_by=actor.actor_id or actor.kind,
+    )
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.AUTH_CODE_CREATED,
+        pool_id=pool_id,
+        subject_id=code_id,
+        expires_at=format_ts(expires_at),
+    )
     return {"id": code_id, "code": code, "pool_id": pool_id, "expires_at": format_ts(expires_at)}
 
 
 def list_live(tx: Tx, now: float, estate_id: str, pool_id: str | None) -> list[dict[str, Any]]:
     return [
-        {"id": r["id"], "pool_id": r["pool_id"], "pool_name": r["pool_name"],
-         "created_at": format_ts(r["created_at"]), "expires_at": format_ts(r["expires_at"]),
-         "created_by": r["created_by"]}
+        {
+            "id": r["id"],
+            "pool_id": r["pool_id"],
+            "pool_name": r["pool_name"],
+            "created_at": format_ts(r["created_at"]),
+            "expires_at": format_ts(r["expires_at"]),
+            "created_by": r["created_by"],
+        }
         for r in tx.all("codes_live_of_estate", estate_id=estate_id, now=int(now), pool_id=pool_id)
     ]
 
@@ -67,13 +90,12 @@ def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, code_id: str) -
     if row is None:
         raise NotFound("No such authentication code in this estate.")
     if tx.run("code_revoke", code_id=code_id):
-        audit.record(tx, now, actor, estate_id, audit.Action.AUTH_CODE_REVOKED, pool_id=row["pool_id"],
-                     subject_id=code_id)
+        audit.record(
+            tx, now, actor, estate_id, audit.Action.AUTH_CODE_REVOKED, pool_id=row["pool_id"], subject_id=code_id
+        )
 
 
-def redeem(
-    tx: Tx, now: float, key: bytes, code: str, name: str, kind: str
-) -> dict[str, Any]:
+def redeem(tx: Tx, now: float, key: bytes, code: str, name: str, kind: str) -> dict[str, Any]:
     """Use a code once: create the server or domain bound to the code's pool.
 
     Two hosts racing for one code cannot both win, whichever store runs this and however
@@ -82,23 +104,51 @@ def redeem(
     transaction, server row included, is rolled back.
     """
     digits = normalise_code(code)
-    row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits),
-                                              now=int(now))
+    row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits), now=int(now))
     if row is None:
         raise AuthCodeInvalid(INVALID_MESSAGE)
     server_id, token = tx.new_id("srv"), new_token("srv")
-    tx.run("server_insert", id=server_id, estate_id=row["estate_id"], pool_id=row["pool_id"],
-           name=name, kind=kind, token_hash=token_hash(token), now=int(now))
+    tx.run(
+        "server_insert",
+        id=server_id,
+        estate_id=row["estate_id"],
+        pool_id=row["pool_id"],
+        name=name,
+        kind=kind,
+        token_hash=token_hash(token),
+        now=int(now),
+    )
     if tx.run("code_use", code_id=row["id"], now=int(now), server_id=server_id) != 1:
         raise AuthCodeInvalid(INVALID_MESSAGE)
     names = tx.one("estate_pool_names", pool_id=row["pool_id"])
     assert names is not None
-    actor = Principal(kind="server", token_hash=b"", estate_id=row["estate_id"],
-                      server_id=server_id, name=name, pool_id=row["pool_id"])
-    audit.record(tx, now, actor, row["estate_id"], audit.Action.SERVER_ENROLLED, pool_id=row["pool_id"],
-                 subject_id=server_id, name=name, kind=kind, auth_code_id=row["id"])
+    actor = Principal(
+        kind="server",
+        token_hash=b"",
+        estate_id=row["estate_id"],
+        server_id=server_id,
+        name=name,
+        pool_id=row["pool_id"],
+    )
+    audit.record(
+        tx,
+        now,
+        actor,
+        row["estate_id"],
+        audit.Action.SERVER_ENROLLED,
+        pool_id=row["pool_id"],
+        subject_id=server_id,
+        name=name,
+        kind=kind,
+        auth_code_id=row["id"],
+    )
     return {
-        "server_id": server_id, "server_token": token, "name": name, "kind": kind,
-        "estate_id": row["estate_id"], "estate_name": names["estate_name"],
-        "pool_id": row["pool_id"], "pool_name": names["pool_name"],
+        "server_id": server_id,
+        "server_token": token,
+        "name": name,
+        "kind": kind,
+        "estate_id": row["estate_id"],
+        "estate_name": names["estate_name"],
+        "pool_id": row["pool_id"],
+        "pool_name": names["pool_name"],
     }

@@ -57,22 +57,18 @@ class Config:
         choices=("full", "normal"),
     )
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
-    default_lease_seconds: int = _setting(
-        3600, "Lease lifetime of new pools.", min=60, max=30 * 86400
-    )
-    code_ttl_seconds: int = _setting(
-        86400, "Default lifetime of an authentication code.", min=60, max=7 * 86400
-    )
+    default_lease_seconds: int = _setting(3600, "Lease lifetime of new pools.", min=60, max=30 * 86400)
+    code_ttl_seconds: int = _setting(86400, "Default lifetime of an authentication code.", min=60, max=7 * 86400)
     redeem_failures_per_address: int = _setting(
         10, "Failed code redemptions allowed per client address per window.", min=1, max=10**6
     )
     redeem_failures_global: int = _setting(
-        1000, "Failed code redemptions allowed from all addresses together per window.",
-        min=1, max=10**9,
+        1000,
+        "Failed code redemptions allowed from all addresses together per window.",
+        min=1,
+        max=10**9,
     )
-    redeem_window_seconds: int = _setting(
-        900, "Window of the redemption rate limits.", min=1, max=86400
-    )
+    redeem_window_seconds: int = _setting(900, "Window of the redemption rate limits.", min=1, max=86400)
     trust_forwarded_for: bool = _setting(
         False, "Take the client address from X-Forwarded-For (only behind a trusted proxy)."
     )
@@ -80,8 +76,10 @@ class Config:
         5.0, "How often lapsed leases are recorded in the audit log.", min=0.05, max=3600
     )
     key_reload_seconds: float = _setting(
-        30.0, "How often the signing-key directory is re-read (keys rotate without restart).",
-        min=0.05, max=60,
+        30.0,
+        "How often the signing-key directory is re-read (keys rotate without restart).",
+        min=0.05,
+        max=60,
     )
     clock: Clock = field(default_factory=SystemClock, metadata={"internal": True}, compare=False)
 

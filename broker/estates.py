@@ -18,24 +18,41 @@ class PrimaryAdmin(Conflict):
     code, title = "primary_admin", "The primary admin cannot be removed"
 
 
-def create(
-    tx: Tx, now: float, actor: Principal, name: str, admin_name: str, lease_seconds: int
-) -> dict[str, Any]:
+def create(tx: Tx, now: float, actor: Principal, name: str, admin_name: str, lease_seconds: int) -> dict[str, Any]:
     """A new estate with its Default Pool and primary admin, in one transaction."""
     estate_id, pool_id, admin_id = tx.new_id("est"), tx.new_id("pool"), tx.new_id("adm")
     token = new_token("adm")
     tx.run("estate_insert", id=estate_id, name=name, now=int(now))
     tx.run(
-        "pool_insert", id=pool_id, estate_id=estate_id, name=DEFAULT_POOL_NAME,
-        name_key=DEFAULT_POOL_NAME.casefold(), is_default=1, lease_seconds=lease_seconds,
+        "pool_insert",
+        id=pool_id,
+        estate_id=estate_id,
+        name=DEFAULT_POOL_NAME,
+        name_key=DEFAULT_POOL_NAME.casefold(),
+        is_default=1,
+        lease_seconds=lease_seconds,
         now=int(now),
     )
     tx.run(
-        "admin_insert", id=admin_id, estate_id=estate_id, name=admin_name,
-        token_hash=token_hash(token), is_primary=1, now=int(now),
+        "admin_insert",
+        id=admin_id,
+        estate_id=estate_id,
+        name=admin_name,
+        token_hash=token_hash(token),
+        is_primary=1,
+        now=int(now),
     )
-    audit.record(tx, now, actor, estate_id, audit.Action.ESTATE_CREATED, subject_id=estate_id,
-                 name=name, admin_name=admin_name, default_pool_id=pool_id)
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.ESTATE_CREATED,
+        subject_id=estate_id,
+        name=name,
+        admin_name=admin_name,
+        default_pool_id=pool_id,
+    )
     return {
         "id": estate_id,
         "name": name,
@@ -56,8 +73,15 @@ def add_admin(tx: Tx, now: float, actor: Principal, estate_id: str, name: str) -
     _require_primary(actor)
     get(tx, estate_id)
     admin_id, token = tx.new_id("adm"), new_token("adm")
-    tx.run("admin_insert", id=admin_id, estate_id=estate_id, name=name,
-           token_hash=token_hash(token), is_primary=0, now=int(now))
+    tx.run(
+        "admin_insert",
+        id=admin_id,
+        estate_id=estate_id,
+        name=name,
+        token_hash=token_hash(token),
+        is_primary=0,
+        now=int(now),
+    )
     audit.record(tx, now, actor, estate_id, audit.Action.ADMIN_ADDED, subject_id=admin_id, name=name)
     return {"id": admin_id, "name": name, "primary": False, "token": token}
 
@@ -76,8 +100,7 @@ def remove_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id:
 def list_admins(tx: Tx, estate_id: str) -> list[dict[str, Any]]:
     get(tx, estate_id)
     return [
-        {"id": r["id"], "name": r["name"], "primary": bool(r["is_primary"]),
-         "created_at": format_ts(r["created_at"])}
+        {"id": r["id"], "name": r["name"], "primary": bool(r["is_primary"]), "created_at": format_ts(r["created_at"])}
         for r in tx.all("admins_of_estate", estate_id=estate_id)
     ]
 

@@ -35,10 +35,8 @@ class IdempotencyKey:
     @classmethod
     def derive(cls, key: str, scope: bytes, method: str, path: str, body: bytes) -> IdempotencyKey:
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-            raise ValidationFailed([{"field": "Idempotency-Key",
-                                     "message": "must be 1-255 printable characters"}])
-        material = HKDF(hashes.SHA256(), 64, salt=scope, info=b"tenure-idempotency").derive(
-            key.encode())
+            raise ValidationFailed([{"field": "Idempotency-Key", "message": "must be 1-255 printable characters"}])
+        material = HKDF(hashes.SHA256(), 64, salt=scope, info=b"tenure-idempotency").derive(key.encode())
         request = hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).digest()
         return cls(material[:32], material[32:], request)
 
@@ -51,8 +49,7 @@ def run(tx: Tx, now: float, key: IdempotencyKey, fn: Callable[[], Answer]) -> An
     row = tx.one("idempotency_get", key_hash=key.lookup)
     if row is not None and row["created_at"] + TTL_SECONDS > now:
         if row["request_hash"] != key.request_hash:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was used for a different request; use a new key.")
+            raise IdempotencyKeyReused("This Idempotency-Key was used for a different request; use a new key.")
         body = AESGCM(key.secret).decrypt(row["nonce"], row["body"], key.lookup)
         return int(row["status"]), json.loads(body) if body else None
     if row is not None:
@@ -60,8 +57,15 @@ def run(tx: Tx, now: float, key: IdempotencyKey, fn: Callable[[], Answer]) -> An
     status, payload = fn()
     nonce = os.urandom(12)
     plain = b"" if payload is None else json.dumps(payload).encode()
-    tx.run("idempotency_put", key_hash=key.lookup, request_hash=key.request_hash, status=status,
-           nonce=nonce, body=AESGCM(key.secret).encrypt(nonce, plain, key.lookup), now=int(now))
+    tx.run(
+        "idempotency_put",
+        key_hash=key.lookup,
+        request_hash=key.request_hash,
+        status=status,
+        nonce=nonce,
+        body=AESGCM(key.secret).encrypt(nonce, plain, key.lookup),
+        now=int(now),
+    )
     return status, payload
 
 

@@ -42,9 +42,15 @@ class Grant:
     def claims(self) -> dict[str, Any]:
         lease = self.lease
         return {
-            "sub": lease["encoder"], "lid": lease["id"], "est": lease["estate_id"],
-            "pool": lease["pool_id"], "srv": lease["server_id"], "lt": lease["licence_type"],
-            "n": lease["count"], "iat": self.issued_at, "nbf": self.issued_at,
+            "sub": lease["encoder"],
+            "lid": lease["id"],
+            "est": lease["estate_id"],
+            "pool": lease["pool_id"],
+            "srv": lease["server_id"],
+            "lt": lease["licence_type"],
+            "n": lease["count"],
+            "iat": self.issued_at,
+            "nbf": self.issued_at,
             "exp": lease["expires_at"],
         }
 
@@ -64,9 +70,13 @@ class Grant:
             server_time=self.issued_at,
             state=self.state,
             seats=tuple(
-                {"purchase_id": s["purchase_id"], "sales_order": s["sales_order"],
-                 "count": s["count"], "expires_at": format_ts(s["expires_at"]),
-                 "state": purchases.state(s, self.issued_at)}
+                {
+                    "purchase_id": s["purchase_id"],
+                    "sales_order": s["sales_order"],
+                    "count": s["count"],
+                    "expires_at": format_ts(s["expires_at"]),
+                    "state": purchases.state(s, self.issued_at),
+                }
                 for s in self.seats
             ),
         ).to_json()
@@ -83,11 +93,21 @@ def _end(tx: Tx, now: float, lease: Row, state: str, reason: str, actor: Princip
     if tx.run("lease_end", lease_id=lease["id"], state=state, now=int(now), reason=reason) != 1:
         return
     for seat in tx.all("lease_seats", lease_id=lease["id"]):
-        tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"],
-               count=seat["count"])
-    audit.record(tx, now, actor, lease["estate_id"], audit.Action(f"lease.{state}"), pool_id=lease["pool_id"],
-                 subject_id=lease["id"], server_id=lease["server_id"], encoder=lease["encoder"],
-                 licence_type=lease["licence_type"], count=lease["count"], reason=reason)
+        tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"], count=seat["count"])
+    audit.record(
+        tx,
+        now,
+        actor,
+        lease["estate_id"],
+        audit.Action(f"lease.{state}"),
+        pool_id=lease["pool_id"],
+        subject_id=lease["id"],
+        server_id=lease["server_id"],
+        encoder=lease["encoder"],
+        licence_type=lease["licence_type"],
+        count=lease["count"],
+        reason=reason,
+    )
 
 
 def lapse_due(tx: Tx, now: float, pool_id: str) -> int:
@@ -111,13 +131,14 @@ def _grantable(tx: Tx, now: float, pool_id: str, licence_type: str, n: int) -> l
 
     Raises ``PoolExhausted`` when the pool has fewer than ``n`` free. Reads only.
     """
-    candidates = tx.all("grantable_holdings", pool_id=pool_id, licence_type=licence_type,
-                        now=int(now))
+    candidates = tx.all("grantable_holdings", pool_id=pool_id, licence_type=licence_type, now=int(now))
     available = sum(c["allocated"] - c["leased"] for c in candidates)
     if available < n:
         raise PoolExhausted(
             f"The pool has {available} {licence_type} licence(s) available; {n} more were asked for.",
-            available=available, requested=n, licence_type=licence_type,
+            available=available,
+            requested=n,
+            licence_type=licence_type,
         )
     plan = []
     for c in candidates:
@@ -136,8 +157,7 @@ def _lease_seats(tx: Tx, lease_id: str, pool_id: str, plan: list[tuple[Row, int]
     for c, take in plan:
         changed = tx.run("holding_lease", pool_id=pool_id, purchase_id=c["purchase_id"], count=take)
         assert changed == 1, "free seats vanished inside the transaction"
-        tx.run("lease_seat_add", lease_id=lease_id, purchase_id=c["purchase_id"], pool_id=pool_id,
-               count=take)
+        tx.run("lease_seat_add", lease_id=lease_id, purchase_id=c["purchase_id"], pool_id=pool_id, count=take)
 
 
 def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n: int) -> None:
@@ -162,8 +182,7 @@ def _drop_seat(tx: Tx, lease: Row, seat: Row, n: int) -> None:
     if n >= seat["count"]:
         tx.run("lease_seat_delete", lease_id=lease["id"], purchase_id=seat["purchase_id"])
     else:
-        tx.run("lease_seat_set", lease_id=lease["id"], purchase_id=seat["purchase_id"],
-               count=seat["count"] - n)
+        tx.run("lease_seat_set", lease_id=lease["id"], purchase_id=seat["purchase_id"], count=seat["count"] - n)
 
 
 def _describe(now: float, lease: Row, seats: list[Row], lease_seconds: int) -> tuple[Row, int]:
@@ -178,8 +197,7 @@ def _grant(now: float, lease: Row, seats: list[Row], lease_seconds: int, created
     return Grant(lease, seats, int(now), created, state, lease_seconds)
 
 
-def _finish(tx: Tx, now: float, lease: Row, seats: list[Row] | None, lease_seconds: int,
-            created: bool) -> Grant:
+def _finish(tx: Tx, now: float, lease: Row, seats: list[Row] | None, lease_seconds: int, created: bool) -> Grant:
     """Set ``exp`` from the pool's lifetime and the seats' grace, and describe the lease.
 
     ``seats`` are the lease's seats as they stand, or None when this transaction has
@@ -189,13 +207,24 @@ def _finish(tx: Tx, now: float, lease: Row, seats: list[Row] | None, lease_secon
         seats = tx.all("lease_seats", lease_id=lease["id"])
     assert seats
     lease, exp = _describe(now, lease, seats, lease_seconds)
-    tx.run("lease_update", lease_id=lease["id"], count=lease["count"],
-           licence_type=lease["licence_type"], now=int(now), expires_at=exp)
+    tx.run(
+        "lease_update",
+        lease_id=lease["id"],
+        count=lease["count"],
+        licence_type=lease["licence_type"],
+        now=int(now),
+        expires_at=exp,
+    )
     return _grant(now, lease, seats, lease_seconds, created)
 
 
 def acquire(
-    tx: Tx, now: float, server: Principal, encoder: str, licence_type: str, count: int,
+    tx: Tx,
+    now: float,
+    server: Principal,
+    encoder: str,
+    licence_type: str,
+    count: int,
 ) -> Grant | None:
     """Make (server, encoder) hold exactly ``count`` seats of ``licence_type``.
 
@@ -219,7 +248,13 @@ def acquire(
 
 
 def _grant_new(
-    tx: Tx, now: float, server: Principal, pool: Row, encoder: str, licence_type: str, count: int,
+    tx: Tx,
+    now: float,
+    server: Principal,
+    pool: Row,
+    encoder: str,
+    licence_type: str,
+    count: int,
 ) -> Grant:
     """A new lease of ``count`` seats, written once, as it will stand.
 
@@ -228,27 +263,69 @@ def _grant_new(
     """
     pool_id = pool["pool_id"]
     plan = _grantable(tx, now, pool_id, licence_type, count)
-    seats = [{"purchase_id": c["purchase_id"], "count": take, "sales_order": c["sales_order"],
-              "licence_type": licence_type, "expires_at": c["expires_at"],
-              "status": c["status"], "held_at": c["held_at"]} for c, take in plan]
+    seats = [
+        {
+            "purchase_id": c["purchase_id"],
+            "count": take,
+            "sales_order": c["sales_order"],
+            "licence_type": licence_type,
+            "expires_at": c["expires_at"],
+            "status": c["status"],
+            "held_at": c["held_at"],
+        }
+        for c, take in plan
+    ]
     lease_id = tx.new_id("lse")
-    fresh = {"id": lease_id, "estate_id": server.estate_id, "pool_id": pool_id,
-             "server_id": server.server_id, "encoder": encoder, "licence_type": licence_type,
-             "state": "active", "created_at": int(now), "end_reason": None}
+    fresh = {
+        "id": lease_id,
+        "estate_id": server.estate_id,
+        "pool_id": pool_id,
+        "server_id": server.server_id,
+        "encoder": encoder,
+        "licence_type": licence_type,
+        "state": "active",
+        "created_at": int(now),
+        "end_reason": None,
+    }
     fresh, exp = _describe(now, fresh, seats, pool["lease_seconds"])
-    tx.run("lease_insert", id=lease_id, estate_id=server.estate_id, pool_id=pool_id,
-           server_id=server.server_id, encoder=encoder, licence_type=licence_type,
-           count=count, now=int(now), expires_at=exp)
+    tx.run(
+        "lease_insert",
+        id=lease_id,
+        estate_id=server.estate_id,
+        pool_id=pool_id,
+        server_id=server.server_id,
+        encoder=encoder,
+        licence_type=licence_type,
+        count=count,
+        now=int(now),
+        expires_at=exp,
+    )
     _lease_seats(tx, lease_id, pool_id, plan)
     grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
-    audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_GRANTED, pool_id=pool_id,
-                 subject_id=lease_id, encoder=encoder, licence_type=licence_type,
-                 before=0, after=count)
+    audit.record(
+        tx,
+        now,
+        server,
+        server.estate_id,
+        audit.Action.LEASE_GRANTED,
+        pool_id=pool_id,
+        subject_id=lease_id,
+        encoder=encoder,
+        licence_type=licence_type,
+        before=0,
+        after=count,
+    )
     return grant
 
 
 def _change_type(
-    tx: Tx, now: float, server: Principal, pool: Row, lease: Row, licence_type: str, count: int,
+    tx: Tx,
+    now: float,
+    server: Principal,
+    pool: Row,
+    lease: Row,
+    licence_type: str,
+    count: int,
 ) -> Grant:
     """Replace the lease's seats with ``count`` seats of another type, atomically.
 
@@ -258,8 +335,14 @@ def _change_type(
     """
     for seat in tx.all("lease_seats", lease_id=lease["id"]):
         _drop_seat(tx, lease, seat, seat["count"])
-    tx.run("lease_update", lease_id=lease["id"], count=count, licence_type=licence_type,
-           now=int(now), expires_at=lease["expires_at"])
+    tx.run(
+        "lease_update",
+        lease_id=lease["id"],
+        count=count,
+        licence_type=licence_type,
+        now=int(now),
+        expires_at=lease["expires_at"],
+    )
     _take(tx, now, lease["id"], pool["pool_id"], licence_type, count)
     return _changed(tx, now, server, pool, lease, {**lease, "licence_type": licence_type}, None)
 
@@ -289,7 +372,12 @@ def _resize(tx: Tx, now: float, server: Principal, pool: Row, lease: Row, count:
 
 
 def _changed(
-    tx: Tx, now: float, server: Principal, pool: Row, before: Row, lease: Row,
+    tx: Tx,
+    now: float,
+    server: Principal,
+    pool: Row,
+    before: Row,
+    lease: Row,
     seats: list[Row] | None,
 ) -> Grant:
     """Finish an existing lease after a change, auditing it if type or count moved.
@@ -300,8 +388,18 @@ def _changed(
     was = {"licence_type": before["licence_type"], "count": before["count"]}
     now_is = {"licence_type": grant.lease["licence_type"], "count": grant.lease["count"]}
     if now_is != was:
-        audit.record(tx, now, server, server.estate_id, audit.Action.LEASE_CHANGED, pool_id=pool["pool_id"],
-                     subject_id=lease["id"], encoder=lease["encoder"], before=was, after=now_is)
+        audit.record(
+            tx,
+            now,
+            server,
+            server.estate_id,
+            audit.Action.LEASE_CHANGED,
+            pool_id=pool["pool_id"],
+            subject_id=lease["id"],
+            encoder=lease["encoder"],
+            before=was,
+            after=now_is,
+        )
     return grant
 
 
@@ -333,15 +431,30 @@ def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
     tx.run("server_seen", server_id=server.server_id, now=int(now))
     if lease["state"] != "active":
         reason = "lapsed" if lease["state"] == "lapsed" else lease["state"]
-        audit.record(tx, now, server, lease["estate_id"], audit.Action.LEASE_RENEWAL_REFUSED,
-                     pool_id=lease["pool_id"], subject_id=lease_id, reason=reason)
+        audit.record(
+            tx,
+            now,
+            server,
+            lease["estate_id"],
+            audit.Action.LEASE_RENEWAL_REFUSED,
+            pool_id=lease["pool_id"],
+            subject_id=lease_id,
+            reason=reason,
+        )
         return Gone(reason)
     seats = tx.all("lease_seats", lease_id=lease_id)
     if now >= lease["expires_at"] or any(now >= purchases.grace_end(s) for s in seats):
-        _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended",
-             None)
-        audit.record(tx, now, server, lease["estate_id"], audit.Action.LEASE_RENEWAL_REFUSED,
-                     pool_id=lease["pool_id"], subject_id=lease_id, reason="lapsed")
+        _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended", None)
+        audit.record(
+            tx,
+            now,
+            server,
+            lease["estate_id"],
+            audit.Action.LEASE_RENEWAL_REFUSED,
+            pool_id=lease["pool_id"],
+            subject_id=lease_id,
+            reason="lapsed",
+        )
         return Gone("lapsed")
     if binding["pool_id"] == lease["pool_id"]:
         lease_seconds = binding["lease_seconds"]  # the same pool row, read a moment ago
@@ -377,19 +490,41 @@ def revoke_all_of_server(tx: Tx, now: float, actor: Principal, server_id: str) -
 
 
 def list_live(
-    tx: Tx, now: float, estate_id: str, *, pool_id: str | None, server_id: str | None,
-    encoder: str | None, after: str, limit: int,
+    tx: Tx,
+    now: float,
+    estate_id: str,
+    *,
+    pool_id: str | None,
+    server_id: str | None,
+    encoder: str | None,
+    after: str,
+    limit: int,
 ) -> dict[str, Any]:
-    rows = tx.all("leases_of_estate", estate_id=estate_id, now=int(now), after=after,
-                  pool_id=pool_id, server_id=server_id, encoder=encoder, limit=limit + 1)
+    rows = tx.all(
+        "leases_of_estate",
+        estate_id=estate_id,
+        now=int(now),
+        after=after,
+        pool_id=pool_id,
+        server_id=server_id,
+        encoder=encoder,
+        limit=limit + 1,
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     items = [
-        {"id": r["id"], "pool_id": r["pool_id"], "server_id": r["server_id"],
-         "server_name": r["server_name"], "encoder": r["encoder"],
-         "licence_type": r["licence_type"], "count": r["count"],
-         "created_at": format_ts(r["created_at"]), "renewed_at": format_ts(r["renewed_at"]),
-         "expires_at": format_ts(r["expires_at"])}
+        {
+            "id": r["id"],
+            "pool_id": r["pool_id"],
+            "server_id": r["server_id"],
+            "server_name": r["server_name"],
+            "encoder": r["encoder"],
+            "licence_type": r["licence_type"],
+            "count": r["count"],
+            "created_at": format_ts(r["created_at"]),
+            "renewed_at": format_ts(r["renewed_at"]),
+            "expires_at": format_ts(r["expires_at"]),
+        }
         for r in rows
     ]
     return {"items": items, "next": rows[-1]["id"] if more and rows else None}

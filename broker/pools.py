@@ -44,7 +44,12 @@ def _check_name(tx: Tx, estate_id: str, name: str, except_id: str | None = None)
 
 
 def create(
-    tx: Tx, now: float, actor: Principal, estate_id: str, name: str, lease_seconds: int,
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    name: str,
+    lease_seconds: int,
     moves: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A new pool, optionally filled from the Default Pool in the same transaction."""
@@ -53,28 +58,48 @@ def create(
         raise NotFound("No such estate.")
     key = _check_name(tx, estate_id, name)
     pool_id = tx.new_id("pool")
-    tx.run("pool_insert", id=pool_id, estate_id=estate_id, name=name, name_key=key,
-           is_default=0, lease_seconds=lease_seconds, now=int(now))
-    audit.record(tx, now, actor, estate_id, audit.Action.POOL_CREATED, pool_id=pool_id,
-                 subject_id=pool_id, name=name)
+    tx.run(
+        "pool_insert",
+        id=pool_id,
+        estate_id=estate_id,
+        name=name,
+        name_key=key,
+        is_default=0,
+        lease_seconds=lease_seconds,
+        now=int(now),
+    )
+    audit.record(tx, now, actor, estate_id, audit.Action.POOL_CREATED, pool_id=pool_id, subject_id=pool_id, name=name)
     if moves:
         move(tx, now, actor, estate_id, default["id"], pool_id, moves)
     return view(tx, now, estate_id, pool_id)
 
 
 def update(
-    tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str, *,
-    name: str | None, lease_seconds: int | None,
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    pool_id: str,
+    *,
+    name: str | None,
+    lease_seconds: int | None,
 ) -> dict[str, Any]:
     row = get(tx, estate_id, pool_id)
     new_name = row["name"] if name is None else name
     key = _check_name(tx, estate_id, new_name, except_id=pool_id)
     new_seconds = row["lease_seconds"] if lease_seconds is None else lease_seconds
-    tx.run("pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key,
-           lease_seconds=new_seconds)
-    audit.record(tx, now, actor, estate_id, audit.Action.POOL_UPDATED, pool_id=pool_id, subject_id=pool_id,
-                 before={"name": row["name"], "lease_seconds": row["lease_seconds"]},
-                 after={"name": new_name, "lease_seconds": new_seconds})
+    tx.run("pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key, lease_seconds=new_seconds)
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.POOL_UPDATED,
+        pool_id=pool_id,
+        subject_id=pool_id,
+        before={"name": row["name"], "lease_seconds": row["lease_seconds"]},
+        after={"name": new_name, "lease_seconds": new_seconds},
+    )
     return view(tx, now, estate_id, pool_id)
 
 
@@ -90,23 +115,37 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
         raise PoolNotEmpty(
             f"The pool still has {counts['servers']} server(s) or domain(s) and "
             f"{counts['leases']} lease(s); remove or rebind them first.",
-            servers=counts["servers"], leases=counts["leases"],
+            servers=counts["servers"],
+            leases=counts["leases"],
         )
     default = tx.one("default_pool", estate_id=estate_id)
     assert default is not None
-    returned = {h["purchase_id"]: h["allocated"]
-                for h in tx.all("holdings_of_pool", pool_id=pool_id)}
+    returned = {h["purchase_id"]: h["allocated"] for h in tx.all("holdings_of_pool", pool_id=pool_id)}
     tx.run("holdings_move_all_to", from_pool=pool_id, to_pool=default["id"])
     tx.run("holdings_clear", pool_id=pool_id)
     # A live code of a deleted pool would bind a new server to a pool that is gone.
     tx.run("codes_revoke_of_pool", pool_id=pool_id)
     tx.run("pool_delete", pool_id=pool_id, estate_id=estate_id, now=int(now))
-    audit.record(tx, now, actor, estate_id, audit.Action.POOL_DELETED, pool_id=pool_id, subject_id=pool_id,
-                 name=row["name"], returned_to_default=returned)
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.POOL_DELETED,
+        pool_id=pool_id,
+        subject_id=pool_id,
+        name=row["name"],
+        returned_to_default=returned,
+    )
 
 
 def move(
-    tx: Tx, now: float, actor: Principal, estate_id: str, from_pool: str, to_pool: str,
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    from_pool: str,
+    to_pool: str,
     items: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
     """Move unused seats per purchase, all or nothing."""
@@ -125,13 +164,17 @@ def move(
         allocated = holding["allocated"] if holding else 0
         unused = allocated - (holding["leased"] if holding else 0)
         target = tx.one("holding_get", pool_id=to_pool, purchase_id=purchase_id)
-        before[purchase_id] = {"from_allocated": allocated,
-                               "to_allocated": target["allocated"] if target else 0}
+        before[purchase_id] = {"from_allocated": allocated, "to_allocated": target["allocated"] if target else 0}
         if unused < count:
-            lacking.append({
-                "purchase_id": purchase_id, "sales_order": purchase["sales_order"],
-                "requested": count, "unused": unused, "lacking": count - unused,
-            })
+            lacking.append(
+                {
+                    "purchase_id": purchase_id,
+                    "sales_order": purchase["sales_order"],
+                    "requested": count,
+                    "unused": unused,
+                    "lacking": count - unused,
+                }
+            )
     if lacking:
         first = lacking[0]
         raise LicencesInUse(
@@ -145,24 +188,41 @@ def move(
         tx.run("holding_add", pool_id=to_pool, purchase_id=purchase_id, count=count)
     move_id = tx.new_id("mov")
     moved = [{"purchase_id": p, "count": c} for p, c in wanted.items()]
-    tx.run("move_insert", id=move_id, estate_id=estate_id, from_pool=from_pool, to_pool=to_pool,
-           items=json.dumps(moved), actor=actor.actor_id or actor.kind, now=int(now))
+    tx.run(
+        "move_insert",
+        id=move_id,
+        estate_id=estate_id,
+        from_pool=from_pool,
+        to_pool=to_pool,
+        items=json.dumps(moved),
+        actor=actor.actor_id or actor.kind,
+        now=int(now),
+    )
     after = {
-        p: {"from_allocated": before[p]["from_allocated"] - c,
-            "to_allocated": before[p]["to_allocated"] + c} for p, c in wanted.items()
+        p: {"from_allocated": before[p]["from_allocated"] - c, "to_allocated": before[p]["to_allocated"] + c}
+        for p, c in wanted.items()
     }
-    audit.record(tx, now, actor, estate_id, audit.Action.LICENCES_MOVED, pool_id=to_pool, subject_id=move_id,
-                 from_pool=from_pool, to_pool=to_pool, items=moved, before=before, after=after)
-    return {"id": move_id, "from_pool": from_pool, "to_pool": to_pool, "items": moved,
-            "at": format_ts(now)}
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.LICENCES_MOVED,
+        pool_id=to_pool,
+        subject_id=move_id,
+        from_pool=from_pool,
+        to_pool=to_pool,
+        items=moved,
+        before=before,
+        after=after,
+    )
+    return {"id": move_id, "from_pool": from_pool, "to_pool": to_pool, "items": moved, "at": format_ts(now)}
 
 
 # -- views -------------------------------------------------------------------
 
 
-def _render(
-    pool: Row, holdings: list[Row], dead: dict[str, int], revoked_unexpired: int, now: float
-) -> dict[str, Any]:
+def _render(pool: Row, holdings: list[Row], dead: dict[str, int], revoked_unexpired: int, now: float) -> dict[str, Any]:
     totals = {"allocated": 0, "in_use": 0, "available": 0}
     by_type: dict[str, dict[str, int]] = {}
     rendered = []
@@ -174,16 +234,18 @@ def _render(
             bucket["allocated"] += h["allocated"]
             bucket["in_use"] += in_use
             bucket["available"] += free
-        rendered.append({
-            "purchase_id": h["purchase_id"],
-            "sales_order": h["sales_order"],
-            "licence_type": h["licence_type"],
-            "expires_at": format_ts(h["expires_at"]),
-            "state": purchases.state(h, now),
-            "allocated": h["allocated"],
-            "in_use": in_use,
-            "unused": h["allocated"] - in_use,
-        })
+        rendered.append(
+            {
+                "purchase_id": h["purchase_id"],
+                "sales_order": h["sales_order"],
+                "licence_type": h["licence_type"],
+                "expires_at": format_ts(h["expires_at"]),
+                "state": purchases.state(h, now),
+                "allocated": h["allocated"],
+                "in_use": in_use,
+                "unused": h["allocated"] - in_use,
+            }
+        )
     return {
         "id": pool["id"],
         "name": pool["name"],
@@ -211,10 +273,8 @@ def list_views(tx: Tx, now: float, estate_id: str) -> list[dict[str, Any]]:
     dead: dict[str, dict[str, int]] = defaultdict(dict)
     for d in tx.all("dead_seats_of_estate", estate_id=estate_id, now=int(now)):
         dead[d["pool_id"]][d["purchase_id"]] = d["n"]
-    revoked = {r["pool_id"]: r["n"] for r in
-               tx.all("revoked_unexpired_of_estate", estate_id=estate_id, now=int(now))}
-    return [_render(p, holdings[p["id"]], dead[p["id"]], revoked.get(p["id"], 0), now)
-            for p in pools]
+    revoked = {r["pool_id"]: r["n"] for r in tx.all("revoked_unexpired_of_estate", estate_id=estate_id, now=int(now))}
+    return [_render(p, holdings[p["id"]], dead[p["id"]], revoked.get(p["id"], 0), now) for p in pools]
 
 
 def summary(tx: Tx, now: float, estate_id: str) -> dict[str, Any]:
@@ -222,8 +282,9 @@ def summary(tx: Tx, now: float, estate_id: str) -> dict[str, Any]:
     by_type: dict[str, dict[str, int]] = {}
     for pool in list_views(tx, now, estate_id):
         for h in pool["holdings"]:
-            t = by_type.setdefault(h["licence_type"], {
-                "total": 0, "in_use": 0, "available": 0, "expiring": 0, "unavailable": 0})
+            t = by_type.setdefault(
+                h["licence_type"], {"total": 0, "in_use": 0, "available": 0, "expiring": 0, "unavailable": 0}
+            )
             t["total"] += h["allocated"]
             t["in_use"] += h["in_use"]
             if h["state"] in ("valid", "expiring"):

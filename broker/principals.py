@@ -43,21 +43,29 @@ class PrincipalCache:
 
     def forget(self, *, admin_id: str | None = None, server_id: str | None = None) -> None:
         for digest, (_, p) in list(self._entries.items()):
-            if p is not None and (
-                (admin_id and p.admin_id == admin_id) or (server_id and p.server_id == server_id)
-            ):
+            if p is not None and ((admin_id and p.admin_id == admin_id) or (server_id and p.server_id == server_id)):
                 del self._entries[digest]
 
 
 def lookup(tx: Tx, digest: bytes) -> Principal | None:
     admin = tx.one("admin_by_token", token_hash=digest)
     if admin is not None:
-        return Principal(kind="admin", token_hash=digest, estate_id=admin["estate_id"],
-                         admin_id=admin["admin_id"], name=admin["name"],
-                         primary=bool(admin["is_primary"]))
+        return Principal(
+            kind="admin",
+            token_hash=digest,
+            estate_id=admin["estate_id"],
+            admin_id=admin["admin_id"],
+            name=admin["name"],
+            primary=bool(admin["is_primary"]),
+        )
     server = tx.one("server_by_token", token_hash=digest)
     if server is not None:
-        return Principal(kind="server", token_hash=digest, estate_id=server["estate_id"],
-                         server_id=server["server_id"], name=server["name"],
-                         pool_id=server["pool_id"])
+        return Principal(
+            kind="server",
+            token_hash=digest,
+            estate_id=server["estate_id"],
+            server_id=server["server_id"],
+            name=server["name"],
+            pool_id=server["pool_id"],
+        )
     return None

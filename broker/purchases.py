@@ -62,29 +62,61 @@ def render(p: Row, now: float) -> dict[str, Any]:
 
 
 def record(
-    tx: Tx, now: float, actor: Principal, estate_id: str, *, sales_order: str,
-    licence_type: str, quantity: int, expires_at: int,
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    *,
+    sales_order: str,
+    licence_type: str,
+    quantity: int,
+    expires_at: int,
 ) -> dict[str, Any]:
     """Record a purchase; all of it lands in the estate's Default Pool."""
     default = tx.one("default_pool", estate_id=estate_id)
     if default is None:
         raise NotFound("No such estate.")
     purchase_id = tx.new_id("pur")
-    tx.run("purchase_insert", id=purchase_id, estate_id=estate_id, sales_order=sales_order,
-           licence_type=licence_type, quantity=quantity, expires_at=expires_at,
-           status="valid", held_at=None, now=int(now))
+    tx.run(
+        "purchase_insert",
+        id=purchase_id,
+        estate_id=estate_id,
+        sales_order=sales_order,
+        licence_type=licence_type,
+        quantity=quantity,
+        expires_at=expires_at,
+        status="valid",
+        held_at=None,
+        now=int(now),
+    )
     tx.run("holding_add", pool_id=default["id"], purchase_id=purchase_id, count=quantity)
-    audit.record(tx, now, actor, estate_id, audit.Action.PURCHASE_RECORDED, pool_id=default["id"],
-                 subject_id=purchase_id, sales_order=sales_order, licence_type=licence_type,
-                 quantity=quantity, expires_at=format_ts(expires_at))
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.PURCHASE_RECORDED,
+        pool_id=default["id"],
+        subject_id=purchase_id,
+        sales_order=sales_order,
+        licence_type=licence_type,
+        quantity=quantity,
+        expires_at=format_ts(expires_at),
+    )
     row = tx.one("purchase_by_id", purchase_id=purchase_id, estate_id=estate_id)
     assert row is not None
     return render(row, now)
 
 
 def update(
-    tx: Tx, now: float, actor: Principal, estate_id: str, purchase_id: str, *,
-    status: str | None, expires_at: int | None,
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    purchase_id: str,
+    *,
+    status: str | None,
+    expires_at: int | None,
 ) -> dict[str, Any]:
     """Put on hold, lift a hold, or change the expiry."""
     row = get(tx, estate_id, purchase_id)
@@ -97,12 +129,25 @@ def update(
     new_expiry = row["expires_at"] if expires_at is None else expires_at
     if new_expiry <= row["created_at"] - 366 * DAY:
         raise ValidationFailed([{"field": "expires_at", "message": "is implausibly early"}])
-    tx.run("purchase_update", purchase_id=purchase_id, estate_id=estate_id,
-           status=new_status, held_at=held_at, expires_at=new_expiry)
-    audit.record(tx, now, actor, estate_id, audit.Action.PURCHASE_UPDATED, subject_id=purchase_id,
-                 sales_order=row["sales_order"],
-                 before={"status": row["status"], "expires_at": format_ts(row["expires_at"])},
-                 after={"status": new_status, "expires_at": format_ts(new_expiry)})
+    tx.run(
+        "purchase_update",
+        purchase_id=purchase_id,
+        estate_id=estate_id,
+        status=new_status,
+        held_at=held_at,
+        expires_at=new_expiry,
+    )
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.PURCHASE_UPDATED,
+        subject_id=purchase_id,
+        sales_order=row["sales_order"],
+        before={"status": row["status"], "expires_at": format_ts(row["expires_at"])},
+        after={"status": new_status, "expires_at": format_ts(new_expiry)},
+    )
     return render(get(tx, estate_id, purchase_id), now)
 
 

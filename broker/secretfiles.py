@@ -38,7 +38,5 @@ def operator_token(data_dir: Path, configured: str | None) -> str:
             return token
     token = new_token("op")
     write_secret(path, (token + "\n").encode())
-    log.info("generated the operator token into %s (mode 0600); move it into a secret store",
-             path)
+    log.info("generated the operator token into %s (mode 0600); move it into a secret store", path)
     return token
-

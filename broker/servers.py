@@ -20,17 +20,21 @@ def get(tx: Tx, estate_id: str, server_id: str) -> Row:
 
 def list_all(tx: Tx, now: float, estate_id: str, pool_id: str | None = None) -> list[dict[str, Any]]:
     return [
-        {"id": r["id"], "name": r["name"], "kind": r["kind"], "pool_id": r["pool_id"],
-         "enrolled_at": format_ts(r["created_at"]),
-         "last_seen_at": format_ts(r["last_seen_at"]) if r["last_seen_at"] else None,
-         "in_use": r["in_use"], "leases": r["leases"]}
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "kind": r["kind"],
+            "pool_id": r["pool_id"],
+            "enrolled_at": format_ts(r["created_at"]),
+            "last_seen_at": format_ts(r["last_seen_at"]) if r["last_seen_at"] else None,
+            "in_use": r["in_use"],
+            "leases": r["leases"],
+        }
         for r in tx.all("servers_of_estate", estate_id=estate_id, now=int(now), pool_id=pool_id)
     ]
 
 
-def rebind(
-    tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str
-) -> dict[str, Any]:
+def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str) -> dict[str, Any]:
     """Bind the server to another pool of the estate; refused while it holds leases."""
     server = get(tx, estate_id, server_id)
     pools.get(tx, estate_id, pool_id)
@@ -42,9 +46,18 @@ def rebind(
             leases=len(held),
         )
     tx.run("server_rebind", server_id=server_id, pool_id=pool_id)
-    audit.record(tx, now, actor, estate_id, audit.Action.SERVER_REBOUND, pool_id=pool_id,
-                 subject_id=server_id, name=server["name"],
-                 before={"pool_id": server["pool_id"]}, after={"pool_id": pool_id})
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.SERVER_REBOUND,
+        pool_id=pool_id,
+        subject_id=server_id,
+        name=server["name"],
+        before={"pool_id": server["pool_id"]},
+        after={"pool_id": pool_id},
+    )
     return next(s for s in list_all(tx, now, estate_id) if s["id"] == server_id)
 
 
@@ -53,7 +66,16 @@ def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str)
     server = get(tx, estate_id, server_id)
     freed = leases.revoke_all_of_server(tx, now, actor, server_id)
     tx.run("server_remove", server_id=server_id, now=int(now))
-    audit.record(tx, now, actor, estate_id, audit.Action.SERVER_REMOVED, pool_id=server["pool_id"],
-                 subject_id=server_id, name=server["name"], kind=server["kind"],
-                 leases_freed=freed)
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.SERVER_REMOVED,
+        pool_id=server["pool_id"],
+        subject_id=server_id,
+        name=server["name"],
+        kind=server["kind"],
+        leases_freed=freed,
+    )
     return freed

@@ -18,4 +18,3 @@ def normalise_code(typed: str) -> str | None:
     if len(digits) != CODE_DIGITS or not digits.isascii() or not digits.isdigit():
         return None
     return digits
-

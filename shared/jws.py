@@ -122,10 +122,7 @@ def sign(claims: Mapping[str, Any], key: SigningKey) -> str:
     """Sign ``claims`` into a compact JWS."""
     header = _HEADER_CACHE.get(key.kid)
     if header is None:
-        header = b64url(
-            json.dumps({"alg": "EdDSA", "typ": "JWT", "kid": key.kid}, separators=(",", ":"))
-            .encode()
-        )
+        header = b64url(json.dumps({"alg": "EdDSA", "typ": "JWT", "kid": key.kid}, separators=(",", ":")).encode())
         _HEADER_CACHE[key.kid] = header
     payload = b64url(_COMPACT(claims).encode())
     signing_input = f"{header}.{payload}"

@@ -41,6 +41,7 @@ def config_factory(tmp_path: Path, clock: ManualClock, operator_token: str) -> C
         }
         base.update(overrides)
         return load(None, env={}, **base)
+
     return make
 
 
@@ -55,9 +56,15 @@ class Broker:
     def auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
-    async def call(self, method: str, path: str, token: str | None = None,
-                   json: Any = None, status: int | None = None,
-                   headers: dict[str, str] | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        json: Any = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs.update(self.auth(token))
@@ -69,25 +76,41 @@ class Broker:
 
     async def estate(self, name: str = "Acme Broadcast") -> dict[str, Any]:
         body: dict[str, Any] = await self.call(
-            "POST", "/v1/estates", self.operator, {"name": name, "admin_name": "Alice"}, 201)
+            "POST", "/v1/estates", self.operator, {"name": name, "admin_name": "Alice"}, 201
+        )
         return body
 
-    async def purchase(self, estate_id: str, sales_order: str = "SO-1001",
-                       quantity: int = 10, licence_type: str = "one-in-one-out",
-                       expires_in_days: float = 365) -> dict[str, Any]:
+    async def purchase(
+        self,
+        estate_id: str,
+        sales_order: str = "SO-1001",
+        quantity: int = 10,
+        licence_type: str = "one-in-one-out",
+        expires_in_days: float = 365,
+    ) -> dict[str, Any]:
         from shared.timefmt import format_ts
 
         body: dict[str, Any] = await self.call(
-            "POST", f"/v1/estates/{estate_id}/purchases", self.operator,
-            {"sales_order": sales_order, "licence_type": licence_type, "quantity": quantity,
-             "expires_at": format_ts(self.clock.now() + expires_in_days * DAY)}, 201)
+            "POST",
+            f"/v1/estates/{estate_id}/purchases",
+            self.operator,
+            {
+                "sales_order": sales_order,
+                "licence_type": licence_type,
+                "quantity": quantity,
+                "expires_at": format_ts(self.clock.now() + expires_in_days * DAY),
+            },
+            201,
+        )
         return body
 
 
 @pytest.fixture
 async def broker(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> Broker:
     client = await aiohttp_client(create_app(config_factory()))
     return Broker(client, operator_token, clock)

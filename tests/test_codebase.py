@@ -53,8 +53,9 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
-        graph[name] = {dotted for dotted in _imported(name, path, tree, modules)
-                       if dotted in modules and dotted != name}
+        graph[name] = {
+            dotted for dotted in _imported(name, path, tree, modules) if dotted in modules and dotted != name
+        }
     return graph
 
 
@@ -120,11 +121,18 @@ def test_the_graph_sees_every_kind_of_import() -> None:
         "from broker.api import agent\n"
         "from broker.store.base import Tx\n"
     )
-    modules = {"broker", "broker.pools", "broker.leases", "broker.audit", "broker.errors",
-               "broker.api", "broker.api.agent", "broker.store.base"}
+    modules = {
+        "broker",
+        "broker.pools",
+        "broker.leases",
+        "broker.audit",
+        "broker.errors",
+        "broker.api",
+        "broker.api.agent",
+        "broker.store.base",
+    }
     seen = set(_imported("broker.pools", ROOT / "broker" / "pools.py", ast.parse(source), modules))
-    assert seen == {"typing", "broker.leases", "broker.audit", "broker.errors", "broker.api.agent",
-                    "broker.store.base"}
+    assert seen == {"typing", "broker.leases", "broker.audit", "broker.errors", "broker.api.agent", "broker.store.base"}
     assert "broker.api.agent" in import_graph()["broker.app"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 

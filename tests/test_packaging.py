@@ -17,25 +17,38 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_has_queries_migrations_and_console(tmp_path: Path) -> None:
     # Build from a clean copy: a stale *.egg-info in the work tree would leak files in.
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "*.egg-info", "build", "__pycache__", ".*_cache", "test-artifacts",
-        "tenure-data"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "*.egg-info", "build", "__pycache__", ".*_cache", "test-artifacts", "tenure-data"
+        ),
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(src)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     wheel = next(tmp_path.glob("tenure-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    needed = [p.relative_to(ROOT).as_posix() for pattern in (
-        "broker/store/queries/*.sql", "broker/store/migrations/*.sql", "broker/console/static/**/*",
-    ) for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
+    needed = [
+        p.relative_to(ROOT).as_posix()
+        for pattern in (
+            "broker/store/queries/*.sql",
+            "broker/store/migrations/*.sql",
+            "broker/console/static/**/*",
+        )
+        for p in ROOT.glob(pattern)
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
     assert needed, "nothing to check"
     assert "broker/console/static/js/pages/pool.js" in needed  # the console's nested modules too
     assert not [n for n in needed if n not in names]
     # One version string: the wheel's metadata is the one shared/ holds.
     from shared import __version__
+
     assert wheel.name.startswith(f"tenure-{__version__}-")
 
 

@@ -23,12 +23,21 @@ from shared.settings import (
 )
 
 
-@pytest.mark.parametrize(("kind", "raw", "expected"), [
-    ("int", "42", 42), ("int", 42, 42), ("float", "0.5", 0.5), ("float", 2, 2.0),
-    ("bool", "yes", True), ("bool", "off", False), ("bool", True, True),
-    ("Path | None", "/var/lib/x", Path("/var/lib/x")), ("str", "info", "info"),
-    ("int", None, None),
-])
+@pytest.mark.parametrize(
+    ("kind", "raw", "expected"),
+    [
+        ("int", "42", 42),
+        ("int", 42, 42),
+        ("float", "0.5", 0.5),
+        ("float", 2, 2.0),
+        ("bool", "yes", True),
+        ("bool", "off", False),
+        ("bool", True, True),
+        ("Path | None", "/var/lib/x", Path("/var/lib/x")),
+        ("str", "info", "info"),
+        ("int", None, None),
+    ],
+)
 def test_values_of_each_kind(kind: str, raw: object, expected: object) -> None:
     assert parse_value(kind, raw) == expected
 
@@ -37,10 +46,20 @@ def test_octal_modes() -> None:
     assert parse_value("int", "0660", octal=True) == 0o660
 
 
-@pytest.mark.parametrize(("kind", "raw"), [
-    ("int", True), ("int", 1.5), ("int", "ten"), ("float", "nan"), ("float", "inf"),
-    ("float", False), ("bool", "maybe"), ("Path", ""), ("str", 5),
-])
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        ("int", True),
+        ("int", 1.5),
+        ("int", "ten"),
+        ("float", "nan"),
+        ("float", "inf"),
+        ("float", False),
+        ("bool", "maybe"),
+        ("Path", ""),
+        ("str", 5),
+    ],
+)
 def test_bad_values_refused(kind: str, raw: object) -> None:
     with pytest.raises(ValueError):
         parse_value(kind, raw)
@@ -57,13 +76,13 @@ def test_nan_is_refused_by_both_configs(tmp_path: Path) -> None:
 
 def test_a_file_table_or_its_top_level_and_no_unknown_key(tmp_path: Path) -> None:
     file = tmp_path / "both.toml"
-    file.write_text('port = 1\n[broker]\nport = 8500\n')
+    file.write_text("port = 1\n[broker]\nport = 8500\n")
     assert file_settings(file, "broker", ["port"]) == {"port": 8500}
     assert file_settings(file, "agent", ["port", "broker"])["port"] == 1
-    file.write_text('broker = 5\n')
+    file.write_text("broker = 5\n")
     with pytest.raises(NotATable):
         file_settings(file, "broker", ["port"])
-    file.write_text('[broker]\nprot = 8500\n')
+    file.write_text("[broker]\nprot = 8500\n")
     with pytest.raises(UnknownSetting, match="'prot'"):
         file_settings(file, "broker", ["port"])
 

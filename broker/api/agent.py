@@ -20,8 +20,10 @@ from broker.errors import AuthCodeInvalid, LeaseGone
 from broker.services import Services
 from shared import jws
 
-ENROL = obj({"code": {"type": "string", "minLength": 1, "maxLength": 32}, "name": NAME},
-            {"kind": {"type": "string", "enum": ["server", "domain"]}})
+ENROL = obj(
+    {"code": {"type": "string", "minLength": 1, "maxLength": 32}, "name": NAME},
+    {"kind": {"type": "string", "enum": ["server", "domain"]}},
+)
 ACQUIRE = obj({"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer(0, 10_000)})
 RENEW = obj({})
 
@@ -34,8 +36,14 @@ def client_address(request: web.Request, svc: Services) -> str:
     return request.remote or "unknown"
 
 
-@route("POST", "/v1/enroll", summary="Redeem an 8-digit code: bind a server or domain to a pool",
-       tag="agent", body=ENROL, responses={201: shapes.ENROLLED})
+@route(
+    "POST",
+    "/v1/enroll",
+    summary="Redeem an 8-digit code: bind a server or domain to a pool",
+    tag="agent",
+    body=ENROL,
+    responses={201: shapes.ENROLLED},
+)
 async def enroll(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     address = client_address(request, svc)
@@ -46,8 +54,9 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     now = svc.clock.now()
     try:
         body = parse_json(await read_body(request), ENROL)
-        result = await svc.store.write(lambda tx: codes.redeem(
-            tx, now, svc.code_key, body["code"], body["name"], body.get("kind", "server")))
+        result = await svc.store.write(
+            lambda tx: codes.redeem(tx, now, svc.code_key, body["code"], body["name"], body.get("kind", "server"))
+        )
     except AuthCodeInvalid:
         failed = True
         raise
@@ -62,23 +71,37 @@ def _signed(svc: Services, grant: leases.Grant) -> dict[str, object]:
     return grant.render(jws.sign(claims, svc.keyring.current))
 
 
-@route("POST", "/v1/leases", summary="Acquire, grow, shrink or (count 0) release an encoder's lease",
-       tag="agent", auth=("server",), body=ACQUIRE,
-       responses={200: shapes.LEASE, 201: shapes.LEASE, 204: None})
+@route(
+    "POST",
+    "/v1/leases",
+    summary="Acquire, grow, shrink or (count 0) release an encoder's lease",
+    tag="agent",
+    auth=("server",),
+    body=ACQUIRE,
+    responses={200: shapes.LEASE, 201: shapes.LEASE, 204: None},
+)
 async def acquire(request: web.Request) -> web.StreamResponse:
     server = await authenticate(request, ("server",))
     body = parse_json(await read_body(request), ACQUIRE)
     svc = services(request)
     now = svc.clock.now()
-    grant = await svc.store.write(lambda tx: leases.acquire(
-        tx, now, server, body["encoder"], body["licence_type"], body["count"]))
+    grant = await svc.store.write(
+        lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"])
+    )
     if grant is None:
         return answer(204, None)
     return answer(201 if grant.created else 200, _signed(svc, grant))
 
 
-@route("POST", "/v1/leases/{lease}/renew", summary="Renew a lease: a new token, a later expiry",
-       tag="agent", auth=("server",), body=RENEW, responses={200: shapes.LEASE})
+@route(
+    "POST",
+    "/v1/leases/{lease}/renew",
+    summary="Renew a lease: a new token, a later expiry",
+    tag="agent",
+    auth=("server",),
+    body=RENEW,
+    responses={200: shapes.LEASE},
+)
 async def renew(request: web.Request) -> web.StreamResponse:
     server = await authenticate(request, ("server",))
     lease_id = path_id(request, "lease")
@@ -91,8 +114,14 @@ async def renew(request: web.Request) -> web.StreamResponse:
     return answer(200, _signed(svc, outcome))
 
 
-@route("DELETE", "/v1/leases/{lease}", summary="Release a lease (idempotent)",
-       tag="agent", auth=("server",), responses={204: None})
+@route(
+    "DELETE",
+    "/v1/leases/{lease}",
+    summary="Release a lease (idempotent)",
+    tag="agent",
+    auth=("server",),
+    responses={204: None},
+)
 async def release(request: web.Request) -> web.StreamResponse:
     server = await authenticate(request, ("server",))
     lease_id = path_id(request, "lease")

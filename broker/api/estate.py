@@ -24,10 +24,23 @@ SERVER_PATCH = obj({"pool_id": ID})
 NEW_ADMIN = obj({"name": NAME})
 
 
-@route("GET", "/v1/estates/{estate}", summary="The estate, its summary per licence type and admins",
-       tag="estate", auth=ADMIN, responses={200: shapes.shape({
-           "id": ID, "name": shapes.STR, "summary": shapes.SUMMARY,
-           "admins": {"type": "array", "items": shapes.ADMIN}})})
+@route(
+    "GET",
+    "/v1/estates/{estate}",
+    summary="The estate, its summary per licence type and admins",
+    tag="estate",
+    auth=ADMIN,
+    responses={
+        200: shapes.shape(
+            {
+                "id": ID,
+                "name": shapes.STR,
+                "summary": shapes.SUMMARY,
+                "admins": {"type": "array", "items": shapes.ADMIN},
+            }
+        )
+    },
+)
 async def get_estate(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     svc = services(request)
@@ -35,44 +48,64 @@ async def get_estate(request: web.Request) -> web.StreamResponse:
 
     def read(tx):  # type: ignore[no-untyped-def]
         row = estates.get(tx, estate_id)
-        return {"id": row["id"], "name": row["name"],
-                "summary": pools.summary(tx, now, estate_id),
-                "admins": estates.list_admins(tx, estate_id)}
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "summary": pools.summary(tx, now, estate_id),
+            "admins": estates.list_admins(tx, estate_id),
+        }
 
     return web.json_response(await svc.store.read(read))
 
 
-@route("GET", "/v1/estates/{estate}/servers", summary="Servers and domains with their seats in use",
-       tag="servers", auth=ADMIN, responses={200: shapes.list_of(shapes.SERVER)},
-       query={"pool": ID})
+@route(
+    "GET",
+    "/v1/estates/{estate}/servers",
+    summary="Servers and domains with their seats in use",
+    tag="servers",
+    auth=ADMIN,
+    responses={200: shapes.list_of(shapes.SERVER)},
+    query={"pool": ID},
+)
 async def list_servers(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     pool_id = query_str(request, "pool", ID)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(lambda tx: (
-        estates.get(tx, estate_id), servers.list_all(tx, now, estate_id, pool_id))[1])
+    items = await svc.store.read(
+        lambda tx: (estates.get(tx, estate_id), servers.list_all(tx, now, estate_id, pool_id))[1]
+    )
     return web.json_response({"items": items})
 
 
-@route("PATCH", "/v1/estates/{estate}/servers/{server}",
-       summary="Bind a server to another pool (refused while it holds leases)",
-       tag="servers", auth=ADMIN, body=SERVER_PATCH, responses={200: shapes.SERVER})
+@route(
+    "PATCH",
+    "/v1/estates/{estate}/servers/{server}",
+    summary="Bind a server to another pool (refused while it holds leases)",
+    tag="servers",
+    auth=ADMIN,
+    body=SERVER_PATCH,
+    responses={200: shapes.SERVER},
+)
 async def rebind_server(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     server_id = path_id(request, "server")
     body = parse_json(await read_body(request), SERVER_PATCH)
     svc = services(request)
     now = svc.clock.now()
-    result = await svc.store.write(
-        lambda tx: servers.rebind(tx, now, actor, estate_id, server_id, body["pool_id"]))
+    result = await svc.store.write(lambda tx: servers.rebind(tx, now, actor, estate_id, server_id, body["pool_id"]))
     svc.principals.forget(server_id=server_id)
     return web.json_response(result)
 
 
-@route("DELETE", "/v1/estates/{estate}/servers/{server}",
-       summary="Remove a server: its leases are freed and its token stops working",
-       tag="servers", auth=ADMIN, responses={204: None})
+@route(
+    "DELETE",
+    "/v1/estates/{estate}/servers/{server}",
+    summary="Remove a server: its leases are freed and its token stops working",
+    tag="servers",
+    auth=ADMIN,
+    responses={204: None},
+)
 async def remove_server(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     server_id = path_id(request, "server")
@@ -83,29 +116,48 @@ async def remove_server(request: web.Request) -> web.StreamResponse:
     return answer(204, None)
 
 
-@route("GET", "/v1/estates/{estate}/admins", summary="The estate's admins",
-       tag="estate", auth=ADMIN, responses={200: shapes.list_of(shapes.ADMIN)})
+@route(
+    "GET",
+    "/v1/estates/{estate}/admins",
+    summary="The estate's admins",
+    tag="estate",
+    auth=ADMIN,
+    responses={200: shapes.list_of(shapes.ADMIN)},
+)
 async def list_admins(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     items = await services(request).store.read(lambda tx: estates.list_admins(tx, estate_id))
     return web.json_response({"items": items})
 
 
-@route("POST", "/v1/estates/{estate}/admins", summary="Add an admin (primary admin only)",
-       tag="estate", auth=ADMIN, body=NEW_ADMIN, responses={201: shapes.NEW_ADMIN},
-       idempotent=True)
+@route(
+    "POST",
+    "/v1/estates/{estate}/admins",
+    summary="Add an admin (primary admin only)",
+    tag="estate",
+    auth=ADMIN,
+    body=NEW_ADMIN,
+    responses={201: shapes.NEW_ADMIN},
+    idempotent=True,
+)
 async def add_admin(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     raw = await read_body(request)
     body = parse_json(raw, NEW_ADMIN)
     now = services(request).clock.now()
-    return await idempotent_write(request, actor, raw, lambda tx: (201, estates.add_admin(
-        tx, now, actor, estate_id, body["name"])))
+    return await idempotent_write(
+        request, actor, raw, lambda tx: (201, estates.add_admin(tx, now, actor, estate_id, body["name"]))
+    )
 
 
-@route("DELETE", "/v1/estates/{estate}/admins/{admin}",
-       summary="Remove an admin (primary admin only); their token stops working",
-       tag="estate", auth=ADMIN, responses={204: None})
+@route(
+    "DELETE",
+    "/v1/estates/{estate}/admins/{admin}",
+    summary="Remove an admin (primary admin only); their token stops working",
+    tag="estate",
+    auth=ADMIN,
+    responses={204: None},
+)
 async def remove_admin(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     admin_id = path_id(request, "admin")
@@ -116,10 +168,21 @@ async def remove_admin(request: web.Request) -> web.StreamResponse:
     return answer(204, None)
 
 
-@route("GET", "/v1/estates/{estate}/leases", summary="Live leases, filtered and cursor-paged",
-       tag="leases", auth=ADMIN, responses={200: shapes.page_of(shapes.ADMIN_LEASE)},
-       query={"pool": ID, "server": ID, "encoder": SERIAL, "after": ID,
-              "limit": {"type": "integer", "minimum": 1, "maximum": 500}})
+@route(
+    "GET",
+    "/v1/estates/{estate}/leases",
+    summary="Live leases, filtered and cursor-paged",
+    tag="leases",
+    auth=ADMIN,
+    responses={200: shapes.page_of(shapes.ADMIN_LEASE)},
+    query={
+        "pool": ID,
+        "server": ID,
+        "encoder": SERIAL,
+        "after": ID,
+        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+    },
+)
 async def list_leases(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     pool_id = query_str(request, "pool", ID)
@@ -129,15 +192,25 @@ async def list_leases(request: web.Request) -> web.StreamResponse:
     limit = query_int(request, "limit", 100, 1, 500)
     svc = services(request)
     now = svc.clock.now()
-    page = await svc.store.read(lambda tx: (estates.get(tx, estate_id), leases.list_live(
-        tx, now, estate_id, pool_id=pool_id, server_id=server_id, encoder=encoder,
-        after=after, limit=limit))[1])
+    page = await svc.store.read(
+        lambda tx: (
+            estates.get(tx, estate_id),
+            leases.list_live(
+                tx, now, estate_id, pool_id=pool_id, server_id=server_id, encoder=encoder, after=after, limit=limit
+            ),
+        )[1]
+    )
     return web.json_response(page)
 
 
-@route("DELETE", "/v1/estates/{estate}/leases/{lease}",
-       summary="Force-release a lease (its agent learns at its next renewal)",
-       tag="leases", auth=ADMIN, responses={204: None})
+@route(
+    "DELETE",
+    "/v1/estates/{estate}/leases/{lease}",
+    summary="Force-release a lease (its agent learns at its next renewal)",
+    tag="leases",
+    auth=ADMIN,
+    responses={204: None},
+)
 async def revoke_lease(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     lease_id = path_id(request, "lease")
@@ -147,11 +220,20 @@ async def revoke_lease(request: web.Request) -> web.StreamResponse:
     return answer(204, None)
 
 
-@route("GET", "/v1/estates/{estate}/events", summary="The audit log, oldest first, cursor-paged",
-       tag="estate", auth=ADMIN, responses={200: shapes.page_of(shapes.EVENT)},
-       query={"after": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-              "limit": {"type": "integer", "minimum": 1, "maximum": 500},
-              "pool": ID, "action": {"type": "string", "pattern": "^[a-z_.]{1,64}$"}})
+@route(
+    "GET",
+    "/v1/estates/{estate}/events",
+    summary="The audit log, oldest first, cursor-paged",
+    tag="estate",
+    auth=ADMIN,
+    responses={200: shapes.page_of(shapes.EVENT)},
+    query={
+        "after": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+        "pool": ID,
+        "action": {"type": "string", "pattern": "^[a-z_.]{1,64}$"},
+    },
+)
 async def list_events(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     after = query_int(request, "after", 0, 0, 10**18 - 1)
@@ -159,6 +241,10 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     pool_id = query_str(request, "pool", ID)
     action = query_str(request, "action", {"type": "string", "pattern": "^[a-z_.]{1,64}$"})
     svc = services(request)
-    page = await svc.store.read(lambda tx: (estates.get(tx, estate_id), audit.page(
-        tx, estate_id, after=after, limit=limit, pool_id=pool_id, action=action))[1])
+    page = await svc.store.read(
+        lambda tx: (
+            estates.get(tx, estate_id),
+            audit.page(tx, estate_id, after=after, limit=limit, pool_id=pool_id, action=action),
+        )[1]
+    )
     return web.json_response(page)

@@ -45,14 +45,23 @@ ROUTES: list[Route] = []
 
 
 def route(
-    method: str, path: str, *, summary: str, tag: str, auth: tuple[str, ...] = (),
-    body: Schema | None = None, responses: dict[int, Schema | None] | None = None,
-    query: dict[str, Schema] | None = None, idempotent: bool = False,
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    tag: str,
+    auth: tuple[str, ...] = (),
+    body: Schema | None = None,
+    responses: dict[int, Schema | None] | None = None,
+    query: dict[str, Schema] | None = None,
+    idempotent: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        ROUTES.append(Route(method, path, handler, summary, tag, auth, body,
-                            responses or {200: None}, query or {}, idempotent))
+        ROUTES.append(
+            Route(method, path, handler, summary, tag, auth, body, responses or {200: None}, query or {}, idempotent)
+        )
         return handler
+
     return register
 
 
@@ -170,7 +179,9 @@ async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Princi
 
 
 async def idempotent_write(
-    request: web.Request, principal: Principal, raw: bytes,
+    request: web.Request,
+    principal: Principal,
+    raw: bytes,
     fn: Callable[[Any], idempotency.Answer],
 ) -> web.Response:
     """Run ``fn(tx)`` in one write transaction, honouring an Idempotency-Key header."""
@@ -180,10 +191,8 @@ async def idempotent_write(
     if key_text is None:
         status, payload = await svc.store.write(fn)
         return answer(status, payload)
-    key = idempotency.IdempotencyKey.derive(
-        key_text, principal.token_hash, request.method, request.path_qs, raw)
-    status, payload = await svc.store.write(
-        lambda tx: idempotency.run(tx, now, key, lambda: fn(tx)))
+    key = idempotency.IdempotencyKey.derive(key_text, principal.token_hash, request.method, request.path_qs, raw)
+    status, payload = await svc.store.write(lambda tx: idempotency.run(tx, now, key, lambda: fn(tx)))
     response = answer(status, payload)
     response.headers["Idempotency-Key"] = key_text
     return response

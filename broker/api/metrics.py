@@ -47,8 +47,7 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     info = request.match_info.route.resource
     path = info.canonical if info is not None else "unmatched"
-    request.app[REQUESTS].observe(request.method, path, response.status,
-                                  time.perf_counter() - start)
+    request.app[REQUESTS].observe(request.method, path, response.status, time.perf_counter() - start)
     return response
 
 
@@ -59,8 +58,14 @@ def _line(name: str, labels: dict[str, Any], value: float) -> str:
     return f"{name} {value}"
 
 
-@route("GET", "/metrics", summary="Prometheus metrics (operator token)", tag="public",
-       auth=("operator",), responses={200: None})
+@route(
+    "GET",
+    "/metrics",
+    summary="Prometheus metrics (operator token)",
+    tag="public",
+    auth=("operator",),
+    responses={200: None},
+)
 async def metrics(request: web.Request) -> web.StreamResponse:
     await authenticate(request, ("operator",))
     svc = services(request)
@@ -71,15 +76,17 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     for name in ("estates", "pools", "servers", "live_leases", "seats_in_use"):
         out += [f"# TYPE tenure_{name} gauge", _line(f"tenure_{name}", {}, counts[name])]
     stats = svc.store.stats
-    for name, value in (("commits", stats.commits), ("write_jobs", stats.write_jobs),
-                        ("read_jobs", stats.read_jobs), ("failed_commits", stats.failed_commits)):
-        out += [f"# TYPE tenure_store_{name}_total counter",
-                _line(f"tenure_store_{name}_total", {}, value)]
+    for name, value in (
+        ("commits", stats.commits),
+        ("write_jobs", stats.write_jobs),
+        ("read_jobs", stats.read_jobs),
+        ("failed_commits", stats.failed_commits),
+    ):
+        out += [f"# TYPE tenure_store_{name}_total counter", _line(f"tenure_store_{name}_total", {}, value)]
     req = request.app[REQUESTS]
     out.append("# TYPE tenure_http_requests_total counter")
     for (method, path, status), n in sorted(req.count.items()):
-        out.append(_line("tenure_http_requests_total",
-                         {"method": method, "route": path, "status": status}, n))
+        out.append(_line("tenure_http_requests_total", {"method": method, "route": path, "status": status}, n))
     out.append("# TYPE tenure_http_request_seconds histogram")
     for (method, path), counts_ in sorted(req.buckets.items()):
         labels = {"method": method, "route": path}

@@ -20,8 +20,7 @@ _HTTP_CODES = {
 
 
 def problem(err: errors.TenureError) -> web.Response:
-    response = web.json_response(err.problem(), status=err.status,
-                                 content_type="application/problem+json")
+    response = web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
     if isinstance(err, errors.RateLimited):
         response.headers["Retry-After"] = str(err.retry_after)
     return response
@@ -39,8 +38,11 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         kind, detail = _HTTP_CODES.get(exc.status, (errors.TenureError, exc.reason))
         err = kind(detail)
         if kind is errors.TenureError:
-            err.status, err.code, err.title = exc.status, {
-                405: "method_not_allowed"}.get(exc.status, "http_error"), exc.reason
+            err.status, err.code, err.title = (
+                exc.status,
+                {405: "method_not_allowed"}.get(exc.status, "http_error"),
+                exc.reason,
+            )
         response = problem(err)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]

@@ -36,19 +36,29 @@ def document() -> dict[str, Any]:
             "tags": [r.tag],
             "responses": {},
         }
-        params = [{"name": n, "in": "path", "required": True,
-                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
-                  for n in _PARAM.findall(r.path)]
-        params += [{"name": n, "in": "query", "required": False, "schema": s}
-                   for n, s in r.query.items()]
+        params = [
+            {
+                "name": n,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            }
+            for n in _PARAM.findall(r.path)
+        ]
+        params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in r.query.items()]
         if r.idempotent:
-            params.append({"name": "Idempotency-Key", "in": "header", "required": False,
-                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+            params.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                }
+            )
         if params:
             op["parameters"] = params
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": r.body}}}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
         if r.auth:
             op["security"] = [{"bearer": []}]
             op["description"] = "Tokens: " + ", ".join(r.auth) + "."
@@ -60,13 +70,17 @@ def document() -> dict[str, Any]:
                 entry["content"] = {"application/problem+json": {"schema": schema}}
             op["responses"][str(status)] = entry
         for status, text in _ERRORS.items():
-            op["responses"].setdefault(str(status), {"description": text, "content": {
-                "application/problem+json": {"schema": shapes.PROBLEM}}})
+            op["responses"].setdefault(
+                str(status), {"description": text, "content": {"application/problem+json": {"schema": shapes.PROBLEM}}}
+            )
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Tenure licence broker", "version": "1",
-                 "description": "Estates, pools, authentication codes and signed leases."},
+        "info": {
+            "title": "Tenure licence broker",
+            "version": "1",
+            "description": "Estates, pools, authentication codes and signed leases.",
+        },
         "paths": paths,
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

@@ -19,9 +19,13 @@ from broker.api.path import estate_scope, path_id
 from broker.api.schema import ID, NAME, array, integer, obj
 
 MOVE_ITEMS = array(obj({"purchase_id": ID, "count": integer(1, 10_000_000)}), 1, 100)
-NEW_POOL = obj({"name": NAME}, {"moves": array(obj(
-    {"purchase_id": ID, "count": integer(1, 10_000_000)}), 0, 100),
-    "lease_seconds": integer(60, 30 * 86400)})
+NEW_POOL = obj(
+    {"name": NAME},
+    {
+        "moves": array(obj({"purchase_id": ID, "count": integer(1, 10_000_000)}), 0, 100),
+        "lease_seconds": integer(60, 30 * 86400),
+    },
+)
 POOL_PATCH = obj({}, {"name": NAME, "lease_seconds": integer(60, 30 * 86400)})
 NEW_MOVE = obj({"from_pool": ID, "to_pool": ID, "items": MOVE_ITEMS})
 NEW_CODE = obj({}, {"ttl_seconds": integer(60, 7 * 86400)})
@@ -29,20 +33,32 @@ NEW_CODE = obj({}, {"ttl_seconds": integer(60, 7 * 86400)})
 ADMIN = ("operator", "admin")
 
 
-@route("GET", "/v1/estates/{estate}/pools", summary="List pools with their counts",
-       tag="pools", auth=ADMIN, responses={200: shapes.list_of(shapes.POOL)})
+@route(
+    "GET",
+    "/v1/estates/{estate}/pools",
+    summary="List pools with their counts",
+    tag="pools",
+    auth=ADMIN,
+    responses={200: shapes.list_of(shapes.POOL)},
+)
 async def list_pools(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(
-        lambda tx: (estates.get(tx, estate_id), pools.list_views(tx, now, estate_id))[1])
+    items = await svc.store.read(lambda tx: (estates.get(tx, estate_id), pools.list_views(tx, now, estate_id))[1])
     return web.json_response({"items": items})
 
 
-@route("POST", "/v1/estates/{estate}/pools",
-       summary="Create a pool, optionally moving licences from the Default Pool",
-       tag="pools", auth=ADMIN, body=NEW_POOL, responses={201: shapes.POOL}, idempotent=True)
+@route(
+    "POST",
+    "/v1/estates/{estate}/pools",
+    summary="Create a pool, optionally moving licences from the Default Pool",
+    tag="pools",
+    auth=ADMIN,
+    body=NEW_POOL,
+    responses={201: shapes.POOL},
+    idempotent=True,
+)
 async def create_pool(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     raw = await read_body(request)
@@ -50,37 +66,62 @@ async def create_pool(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     now = svc.clock.now()
     seconds = body.get("lease_seconds", svc.config.default_lease_seconds)
-    return await idempotent_write(request, actor, raw, lambda tx: (201, pools.create(
-        tx, now, actor, estate_id, body["name"], seconds, body.get("moves"))))
+    return await idempotent_write(
+        request,
+        actor,
+        raw,
+        lambda tx: (201, pools.create(tx, now, actor, estate_id, body["name"], seconds, body.get("moves"))),
+    )
 
 
-@route("GET", "/v1/estates/{estate}/pools/{pool}", summary="One pool with its holdings",
-       tag="pools", auth=ADMIN, responses={200: shapes.POOL})
+@route(
+    "GET",
+    "/v1/estates/{estate}/pools/{pool}",
+    summary="One pool with its holdings",
+    tag="pools",
+    auth=ADMIN,
+    responses={200: shapes.POOL},
+)
 async def get_pool(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     pool_id = path_id(request, "pool")
     svc = services(request)
     now = svc.clock.now()
-    return web.json_response(await svc.store.read(
-        lambda tx: pools.view(tx, now, estate_id, pool_id)))
+    return web.json_response(await svc.store.read(lambda tx: pools.view(tx, now, estate_id, pool_id)))
 
 
-@route("PATCH", "/v1/estates/{estate}/pools/{pool}", summary="Rename a pool or set its lease lifetime",
-       tag="pools", auth=ADMIN, body=POOL_PATCH, responses={200: shapes.POOL})
+@route(
+    "PATCH",
+    "/v1/estates/{estate}/pools/{pool}",
+    summary="Rename a pool or set its lease lifetime",
+    tag="pools",
+    auth=ADMIN,
+    body=POOL_PATCH,
+    responses={200: shapes.POOL},
+)
 async def update_pool(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     pool_id = path_id(request, "pool")
     body = parse_json(await read_body(request), POOL_PATCH)
     svc = services(request)
     now = svc.clock.now()
-    return web.json_response(await svc.store.write(lambda tx: pools.update(
-        tx, now, actor, estate_id, pool_id, name=body.get("name"),
-        lease_seconds=body.get("lease_seconds"))))
+    return web.json_response(
+        await svc.store.write(
+            lambda tx: pools.update(
+                tx, now, actor, estate_id, pool_id, name=body.get("name"), lease_seconds=body.get("lease_seconds")
+            )
+        )
+    )
 
 
-@route("DELETE", "/v1/estates/{estate}/pools/{pool}",
-       summary="Delete a pool (its holdings return to the Default Pool)",
-       tag="pools", auth=ADMIN, responses={204: None})
+@route(
+    "DELETE",
+    "/v1/estates/{estate}/pools/{pool}",
+    summary="Delete a pool (its holdings return to the Default Pool)",
+    tag="pools",
+    auth=ADMIN,
+    responses={204: None},
+)
 async def delete_pool(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     pool_id = path_id(request, "pool")
@@ -90,20 +131,39 @@ async def delete_pool(request: web.Request) -> web.StreamResponse:
     return answer(204, None)
 
 
-@route("POST", "/v1/estates/{estate}/moves", summary="Move unused licences between pools",
-       tag="pools", auth=ADMIN, body=NEW_MOVE, responses={201: shapes.MOVE}, idempotent=True)
+@route(
+    "POST",
+    "/v1/estates/{estate}/moves",
+    summary="Move unused licences between pools",
+    tag="pools",
+    auth=ADMIN,
+    body=NEW_MOVE,
+    responses={201: shapes.MOVE},
+    idempotent=True,
+)
 async def move(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     raw = await read_body(request)
     body = parse_json(raw, NEW_MOVE)
     now = services(request).clock.now()
-    return await idempotent_write(request, actor, raw, lambda tx: (201, pools.move(
-        tx, now, actor, estate_id, body["from_pool"], body["to_pool"], body["items"])))
+    return await idempotent_write(
+        request,
+        actor,
+        raw,
+        lambda tx: (201, pools.move(tx, now, actor, estate_id, body["from_pool"], body["to_pool"], body["items"])),
+    )
 
 
-@route("POST", "/v1/estates/{estate}/pools/{pool}/auth-codes",
-       summary="Make an 8-digit code that binds a server or domain to this pool",
-       tag="codes", auth=ADMIN, body=NEW_CODE, responses={201: shapes.NEW_CODE}, idempotent=True)
+@route(
+    "POST",
+    "/v1/estates/{estate}/pools/{pool}/auth-codes",
+    summary="Make an 8-digit code that binds a server or domain to this pool",
+    tag="codes",
+    auth=ADMIN,
+    body=NEW_CODE,
+    responses={201: shapes.NEW_CODE},
+    idempotent=True,
+)
 async def make_code(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     pool_id = path_id(request, "pool")
@@ -112,25 +172,39 @@ async def make_code(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     now = svc.clock.now()
     ttl = body.get("ttl_seconds", svc.config.code_ttl_seconds)
-    return await idempotent_write(request, actor, raw, lambda tx: (201, codes.make(
-        tx, now, actor, svc.code_key, estate_id, pool_id, ttl)))
+    return await idempotent_write(
+        request, actor, raw, lambda tx: (201, codes.make(tx, now, actor, svc.code_key, estate_id, pool_id, ttl))
+    )
 
 
-@route("GET", "/v1/estates/{estate}/auth-codes", summary="Live codes (never their digits)",
-       tag="codes", auth=ADMIN, responses={200: shapes.list_of(shapes.CODE)},
-       query={"pool": ID})
+@route(
+    "GET",
+    "/v1/estates/{estate}/auth-codes",
+    summary="Live codes (never their digits)",
+    tag="codes",
+    auth=ADMIN,
+    responses={200: shapes.list_of(shapes.CODE)},
+    query={"pool": ID},
+)
 async def list_codes(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     pool_id = query_str(request, "pool", ID)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(lambda tx: (
-        estates.get(tx, estate_id), codes.list_live(tx, now, estate_id, pool_id))[1])
+    items = await svc.store.read(
+        lambda tx: (estates.get(tx, estate_id), codes.list_live(tx, now, estate_id, pool_id))[1]
+    )
     return web.json_response({"items": items})
 
 
-@route("DELETE", "/v1/estates/{estate}/auth-codes/{code}", summary="Revoke a live code",
-       tag="codes", auth=ADMIN, responses={204: None})
+@route(
+    "DELETE",
+    "/v1/estates/{estate}/auth-codes/{code}",
+    summary="Revoke a live code",
+    tag="codes",
+    auth=ADMIN,
+    responses={204: None},
+)
 async def revoke_code(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     code_id = path_id(request, "code")

@@ -6,13 +6,11 @@ from broker.api.schema import ID, TIMESTAMP, Schema
 
 
 def shape(props: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    return {"type": "object", "properties": props,
-            "required": list(props) if required is None else required}
+    return {"type": "object", "properties": props, "required": list(props) if required is None else required}
 
 
 def page_of(item: Schema) -> Schema:
-    return shape({"items": {"type": "array", "items": item},
-                  "next": {"type": ["string", "null"]}}, ["items"])
+    return shape({"items": {"type": "array", "items": item}, "next": {"type": ["string", "null"]}}, ["items"])
 
 
 def list_of(item: Schema) -> Schema:
@@ -23,56 +21,143 @@ STR: Schema = {"type": "string"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
 NULLABLE_TS: Schema = {"type": ["string", "null"], "format": "date-time"}
-PURCHASE_STATE: Schema = {"type": "string",
-                          "enum": ["valid", "expiring", "expired", "ended", "on_hold"]}
+PURCHASE_STATE: Schema = {"type": "string", "enum": ["valid", "expiring", "expired", "ended", "on_hold"]}
 
-PROBLEM = shape({"type": STR, "title": STR, "status": INT, "code": STR, "detail": STR},
-                ["title", "status", "code", "detail"])
+PROBLEM = shape(
+    {"type": STR, "title": STR, "status": INT, "code": STR, "detail": STR}, ["title", "status", "code", "detail"]
+)
 ESTATE = shape({"id": ID, "name": STR, "default_pool_id": ID, "admin_id": ID, "admin_token": STR})
-PURCHASE = shape({"id": ID, "sales_order": STR, "licence_type": STR, "quantity": INT,
-                  "expires_at": TIMESTAMP, "status": {"type": "string", "enum": ["valid", "on_hold"]},
-                  "state": PURCHASE_STATE, "grace_ends_at": TIMESTAMP})
+PURCHASE = shape(
+    {
+        "id": ID,
+        "sales_order": STR,
+        "licence_type": STR,
+        "quantity": INT,
+        "expires_at": TIMESTAMP,
+        "status": {"type": "string", "enum": ["valid", "on_hold"]},
+        "state": PURCHASE_STATE,
+        "grace_ends_at": TIMESTAMP,
+    }
+)
 COUNTS = shape({"allocated": INT, "in_use": INT, "available": INT})
-HOLDING = shape({"purchase_id": ID, "sales_order": STR, "licence_type": STR,
-                 "expires_at": TIMESTAMP, "state": PURCHASE_STATE, "allocated": INT,
-                 "in_use": INT, "unused": INT})
-POOL = shape({"id": ID, "name": STR, "is_default": BOOL, "lease_seconds": INT,
-              "created_at": TIMESTAMP, "allocated": INT, "in_use": INT, "available": INT,
-              "revoked_unexpired": INT,
-              "by_type": {"type": "object", "additionalProperties": COUNTS},
-              "holdings": {"type": "array", "items": HOLDING}})
+HOLDING = shape(
+    {
+        "purchase_id": ID,
+        "sales_order": STR,
+        "licence_type": STR,
+        "expires_at": TIMESTAMP,
+        "state": PURCHASE_STATE,
+        "allocated": INT,
+        "in_use": INT,
+        "unused": INT,
+    }
+)
+POOL = shape(
+    {
+        "id": ID,
+        "name": STR,
+        "is_default": BOOL,
+        "lease_seconds": INT,
+        "created_at": TIMESTAMP,
+        "allocated": INT,
+        "in_use": INT,
+        "available": INT,
+        "revoked_unexpired": INT,
+        "by_type": {"type": "object", "additionalProperties": COUNTS},
+        "holdings": {"type": "array", "items": HOLDING},
+    }
+)
 MOVE_ITEM = shape({"purchase_id": ID, "count": INT})
-MOVE = shape({"id": ID, "from_pool": ID, "to_pool": ID,
-              "items": {"type": "array", "items": MOVE_ITEM}, "at": TIMESTAMP})
-NEW_CODE = shape({"id": ID, "code": {"type": "string", "pattern": "^[0-9]{8}$"}, "pool_id": ID,
-                  "expires_at": TIMESTAMP})
-CODE = shape({"id": ID, "pool_id": ID, "pool_name": STR, "created_at": TIMESTAMP,
-              "expires_at": TIMESTAMP, "created_by": STR})
-SERVER = shape({"id": ID, "name": STR, "kind": {"type": "string", "enum": ["server", "domain"]},
-                "pool_id": ID, "enrolled_at": TIMESTAMP, "last_seen_at": NULLABLE_TS,
-                "in_use": INT, "leases": INT})
+MOVE = shape(
+    {"id": ID, "from_pool": ID, "to_pool": ID, "items": {"type": "array", "items": MOVE_ITEM}, "at": TIMESTAMP}
+)
+NEW_CODE = shape(
+    {"id": ID, "code": {"type": "string", "pattern": "^[0-9]{8}$"}, "pool_id": ID, "expires_at": TIMESTAMP}
+)
+CODE = shape(
+    {"id": ID, "pool_id": ID, "pool_name": STR, "created_at": TIMESTAMP, "expires_at": TIMESTAMP, "created_by": STR}
+)
+SERVER = shape(
+    {
+        "id": ID,
+        "name": STR,
+        "kind": {"type": "string", "enum": ["server", "domain"]},
+        "pool_id": ID,
+        "enrolled_at": TIMESTAMP,
+        "last_seen_at": NULLABLE_TS,
+        "in_use": INT,
+        "leases": INT,
+    }
+)
 ADMIN = shape({"id": ID, "name": STR, "primary": BOOL, "created_at": TIMESTAMP})
 NEW_ADMIN = shape({"id": ID, "name": STR, "primary": BOOL, "token": STR})
-EVENT = shape({"id": STR, "at": TIMESTAMP,
-               "actor": shape({"kind": STR, "id": {"type": ["string", "null"]},
-                               "name": {"type": ["string", "null"]}}),
-               "action": STR, "pool_id": {"type": ["string", "null"]},
-               "subject_id": {"type": ["string", "null"]}, "details": {"type": "object"}})
-ADMIN_LEASE = shape({"id": ID, "pool_id": ID, "server_id": ID, "server_name": STR,
-                     "encoder": STR, "licence_type": STR, "count": INT,
-                     "created_at": TIMESTAMP, "renewed_at": TIMESTAMP, "expires_at": TIMESTAMP})
-SEAT = shape({"purchase_id": ID, "sales_order": STR, "count": INT, "expires_at": TIMESTAMP,
-              "state": PURCHASE_STATE})
-LEASE = shape({"id": ID, "token": STR, "encoder": STR, "licence_type": STR, "count": INT,
-               "pool_id": ID, "expires_at": TIMESTAMP, "renew_after": TIMESTAMP,
-               "lease_seconds": INT, "server_time": TIMESTAMP, "state": PURCHASE_STATE,
-               "seats": {"type": "array", "items": SEAT}})
-JWKS = shape({"keys": {"type": "array", "items": shape(
-    {"kty": STR, "crv": STR, "x": STR, "kid": STR, "alg": STR, "use": STR})}})
-ENROLLED = shape({"server_id": ID, "server_token": STR, "name": STR,
-                  "kind": {"type": "string", "enum": ["server", "domain"]}, "estate_id": ID,
-                  "estate_name": STR, "pool_id": ID, "pool_name": STR, "keys": JWKS})
+EVENT = shape(
+    {
+        "id": STR,
+        "at": TIMESTAMP,
+        "actor": shape({"kind": STR, "id": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]}}),
+        "action": STR,
+        "pool_id": {"type": ["string", "null"]},
+        "subject_id": {"type": ["string", "null"]},
+        "details": {"type": "object"},
+    }
+)
+ADMIN_LEASE = shape(
+    {
+        "id": ID,
+        "pool_id": ID,
+        "server_id": ID,
+        "server_name": STR,
+        "encoder": STR,
+        "licence_type": STR,
+        "count": INT,
+        "created_at": TIMESTAMP,
+        "renewed_at": TIMESTAMP,
+        "expires_at": TIMESTAMP,
+    }
+)
+SEAT = shape({"purchase_id": ID, "sales_order": STR, "count": INT, "expires_at": TIMESTAMP, "state": PURCHASE_STATE})
+LEASE = shape(
+    {
+        "id": ID,
+        "token": STR,
+        "encoder": STR,
+        "licence_type": STR,
+        "count": INT,
+        "pool_id": ID,
+        "expires_at": TIMESTAMP,
+        "renew_after": TIMESTAMP,
+        "lease_seconds": INT,
+        "server_time": TIMESTAMP,
+        "state": PURCHASE_STATE,
+        "seats": {"type": "array", "items": SEAT},
+    }
+)
+JWKS = shape(
+    {"keys": {"type": "array", "items": shape({"kty": STR, "crv": STR, "x": STR, "kid": STR, "alg": STR, "use": STR})}}
+)
+ENROLLED = shape(
+    {
+        "server_id": ID,
+        "server_token": STR,
+        "name": STR,
+        "kind": {"type": "string", "enum": ["server", "domain"]},
+        "estate_id": ID,
+        "estate_name": STR,
+        "pool_id": ID,
+        "pool_name": STR,
+        "keys": JWKS,
+    }
+)
 ME = shape({"kind": {"type": "string", "enum": ["operator", "admin", "server"]}}, ["kind"])
-SUMMARY = shape({"by_type": {"type": "object", "additionalProperties": shape(
-    {"total": INT, "in_use": INT, "available": INT, "expiring": INT, "unavailable": INT})}})
+SUMMARY = shape(
+    {
+        "by_type": {
+            "type": "object",
+            "additionalProperties": shape(
+                {"total": INT, "in_use": INT, "available": INT, "expiring": INT, "unavailable": INT}
+            ),
+        }
+    }
+)
 HEALTH = shape({"status": STR})

@@ -41,8 +41,10 @@ log = logging.getLogger("tenure.console")
 COOKIE = "tenure_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
 STATIC = Path(__file__).parent / "static"
 _TYPES = {
     ".html": "text/html",
@@ -133,11 +135,13 @@ def _asset(path: Path) -> Handler:
 
 def _describe(request: web.Request, csrf_token: str, expires_at: float) -> web.Response:
     svc = services(request)
-    response = web.json_response({
-        "csrf_token": csrf_token,
-        "expires_at": format_ts(expires_at),
-        "broker_url": svc.config.public_url,
-    })
+    response = web.json_response(
+        {
+            "csrf_token": csrf_token,
+            "expires_at": format_ts(expires_at),
+            "broker_url": svc.config.public_url,
+        }
+    )
     _harden(response)
     return response
 
@@ -145,7 +149,7 @@ def _describe(request: web.Request, csrf_token: str, expires_at: float) -> web.R
 async def sign_in(request: web.Request) -> web.StreamResponse:
     if request.content_type != "application/json":
         # A cross-site form cannot send JSON without a CORS preflight, which we never allow.
-        raise UnsupportedMediaType("Sign in with a JSON body: {\"token\": \"tnr_adm_…\"}.")
+        raise UnsupportedMediaType('Sign in with a JSON body: {"token": "tnr_adm_…"}.')
     body = parse_json(await read_body(request), SIGN_IN)
     token = body["token"].strip()
     if not token:
@@ -167,8 +171,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     session_id, session = sessions.open(digest, now)
     log.info("console sign-in by admin %s of estate %s", principal.admin_id, principal.estate_id)
     response = _describe(request, session.csrf_token, session.expires_at())
-    response.set_cookie(COOKIE, session_id, path="/", httponly=True, samesite="Strict",
-                        secure=_over_tls(request), max_age=MAX_SECONDS)
+    response.set_cookie(
+        COOKIE, session_id, path="/", httponly=True, samesite="Strict", secure=_over_tls(request), max_age=MAX_SECONDS
+    )
     return response
 
 

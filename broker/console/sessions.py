@@ -36,8 +36,7 @@ class Session:
     def csrf_matches(self, presented: str | None) -> bool:
         if presented is None:
             return False
-        return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
-                                   self.csrf_token.encode("ascii"))
+        return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), self.csrf_token.encode("ascii"))
 
 
 def _key(session_id: str) -> bytes:

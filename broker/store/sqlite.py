@@ -126,7 +126,10 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
 
 def connect(path: Path, synchronous: str = "full") -> sqlite3.Connection:
     conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=2.0,
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=2.0,
         cached_statements=512,
     )
     conn.row_factory = _dict_row

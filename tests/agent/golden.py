@@ -67,7 +67,9 @@ def expand(text: str, variables: dict[str, str]) -> str:
 
 
 def check(
-    step: Step, variables: dict[str, str], run: Callable[[list[str]], tuple[int, str, str]],
+    step: Step,
+    variables: dict[str, str],
+    run: Callable[[list[str]], tuple[int, str, str]],
     where: str,
 ) -> None:
     argv = shlex.split(expand(step.text, variables))

@@ -117,9 +117,7 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-async def eventually(
-    condition: Callable[[], bool], *, within: float = 15.0, what: str = "condition"
-) -> None:
+async def eventually(condition: Callable[[], bool], *, within: float = 15.0, what: str = "condition") -> None:
     """Wait (real time, briefly) for work in flight, e.g. an HTTP round trip, to land."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within
@@ -158,32 +156,42 @@ class LiveBroker:
         await self.server.start()
 
     async def call(
-        self, method: str, path: str, token: str | None = None, body: Any = None,
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
         status: int | None = None,
     ) -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.request(
-            method, self.url + path, json=body, headers=headers
-        ) as resp:
+        async with self.session.request(method, self.url + path, json=body, headers=headers) as resp:
             data = await resp.json() if resp.status != 204 else None
             if status is not None:
                 assert resp.status == status, (resp.status, data)
             return data
 
     async def setup_estate(self, quantity: int = 10, lease_seconds: int = 300) -> None:
-        est = await self.call("POST", "/v1/estates", self.operator,
-                              {"name": "Acme Broadcast", "admin_name": "Alice"}, 201)
+        est = await self.call(
+            "POST", "/v1/estates", self.operator, {"name": "Acme Broadcast", "admin_name": "Alice"}, 201
+        )
         self.estate_id, self.admin = est["id"], est["admin_token"]
         self.default_pool = est["default_pool_id"]
         await self.buy(quantity)
-        await self.call("PATCH", self.pool_path(self.default_pool), self.admin,
-                        {"lease_seconds": lease_seconds}, 200)
+        await self.call("PATCH", self.pool_path(self.default_pool), self.admin, {"lease_seconds": lease_seconds}, 200)
 
     async def buy(self, quantity: int, licence_type: str = LT, sales_order: str = "SO-1001") -> str:
         purchase = await self.call(
-            "POST", f"/v1/estates/{self.estate_id}/purchases", self.operator,
-            {"sales_order": sales_order, "licence_type": licence_type, "quantity": quantity,
-             "expires_at": format_ts(self.clock.now() + 365 * DAY)}, 201)
+            "POST",
+            f"/v1/estates/{self.estate_id}/purchases",
+            self.operator,
+            {
+                "sales_order": sales_order,
+                "licence_type": licence_type,
+                "quantity": quantity,
+                "expires_at": format_ts(self.clock.now() + 365 * DAY),
+            },
+            201,
+        )
         self.purchases.append(purchase["id"])
         return str(purchase["id"])
 
@@ -192,27 +200,31 @@ class LiveBroker:
 
     async def new_pool(self, name: str, count: int, lease_seconds: int = 300) -> str:
         pool = await self.call(
-            "POST", f"/v1/estates/{self.estate_id}/pools", self.admin,
-            {"name": name, "lease_seconds": lease_seconds,
-             "moves": [{"purchase_id": self.purchases[0], "count": count}]}, 201)
+            "POST",
+            f"/v1/estates/{self.estate_id}/pools",
+            self.admin,
+            {
+                "name": name,
+                "lease_seconds": lease_seconds,
+                "moves": [{"purchase_id": self.purchases[0], "count": count}],
+            },
+            201,
+        )
         return str(pool["id"])
 
     async def code(self, pool: str | None = None) -> str:
-        made = await self.call(
-            "POST", self.pool_path(pool or self.default_pool) + "/auth-codes", self.admin, {}, 201)
+        made = await self.call("POST", self.pool_path(pool or self.default_pool) + "/auth-codes", self.admin, {}, 201)
         return str(made["code"])
 
     async def pool(self, pool: str | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = await self.call(
-            "GET", self.pool_path(pool or self.default_pool), self.admin, status=200)
+        data: dict[str, Any] = await self.call("GET", self.pool_path(pool or self.default_pool), self.admin, status=200)
         return data
 
     async def in_use(self, pool: str | None = None) -> int:
         return int((await self.pool(pool))["in_use"])
 
     async def leases(self) -> list[dict[str, Any]]:
-        data = await self.call("GET", f"/v1/estates/{self.estate_id}/leases", self.admin,
-                               status=200)
+        data = await self.call("GET", f"/v1/estates/{self.estate_id}/leases", self.admin, status=200)
         return list(data["items"])
 
 
@@ -249,15 +261,21 @@ async def serve_broker(data_dir: Path, clock: FakeClock, **settings: Any) -> Asy
     """The real broker on ``data_dir`` with an estate set up; ``settings`` override its config."""
     operator = new_token("op")
     config = load_broker_config(
-        None, env={}, data_dir=data_dir, operator_token=operator,
-        clock=clock, sqlite_synchronous="normal", **settings,
+        None,
+        env={},
+        data_dir=data_dir,
+        operator_token=operator,
+        clock=clock,
+        sqlite_synchronous="normal",
+        **settings,
     )
     server = BrokerServer(config)
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:
-            broker = LiveBroker(f"http://127.0.0.1:{server.port}", operator, clock, session,
-                                data_dir=data_dir, server=server)
+            broker = LiveBroker(
+                f"http://127.0.0.1:{server.port}", operator, clock, session, data_dir=data_dir, server=server
+            )
             await broker.setup_estate()
             yield broker
     finally:
@@ -268,7 +286,11 @@ async def serve_broker(data_dir: Path, clock: FakeClock, **settings: Any) -> Asy
 
 
 async def enroll_agent(
-    config: Config, broker_url: str, code: str, *, name: str = "enc-host-7",
+    config: Config,
+    broker_url: str,
+    code: str,
+    *,
+    name: str = "enc-host-7",
     domain: str | None = None,
 ) -> None:
     await enroll(config, code, broker_url=broker_url, name=name, domain=domain)
@@ -296,8 +318,7 @@ class AgentHarness:
         async with self.session.request(method, "http://agent" + path, json=body) as resp:
             return resp.status, (await resp.json() if resp.status != 204 else None)
 
-    async def want(self, encoder: str, count: int, licence_type: str = LT,
-                   domain: str | None = None) -> dict[str, Any]:
+    async def want(self, encoder: str, count: int, licence_type: str = LT, domain: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"licence_type": licence_type, "count": count}
         if domain:
             body["domain"] = domain
@@ -318,16 +339,23 @@ class AgentHarness:
         """
 
         def waiting() -> bool:
-            busy = [k for k in self.runner.keepers.values()
-                    if k.task is not None and not k.task.done()
-                    and not (k.record.held is None and k.record.halted is not None)]
+            busy = [
+                k
+                for k in self.runner.keepers.values()
+                if k.task is not None
+                and not k.task.done()
+                and not (k.record.held is None and k.record.halted is not None)
+            ]
             return self.clock.sleeping >= len(busy)
 
         await eventually(waiting, within=within, what="the keepers to be idle")
 
     async def wait_state(self, encoder: str, state: str, within: float = 15.0) -> None:
-        await eventually(lambda: self.keeper(encoder).state() == state, within=within,
-                         what=f"{encoder} to be {state} (is {self.keeper(encoder).state()})")
+        await eventually(
+            lambda: self.keeper(encoder).state() == state,
+            within=within,
+            what=f"{encoder} to be {state} (is {self.keeper(encoder).state()})",
+        )
 
     async def stop(self) -> None:
         await self.daemon.stop()

@@ -39,9 +39,10 @@ class BrokerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "TENURE_OPERATOR_TOKEN": self.operator}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(data_dir),
-             "--port", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         wait_for(self._healthy, "the broker to start")
 
@@ -56,7 +57,8 @@ class BrokerProcess:
 
     def call(self, method: str, path: str, token: str, body: Any = None) -> Any:
         request = urllib.request.Request(
-            self.url + path, method=method,
+            self.url + path,
+            method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
@@ -76,25 +78,33 @@ class Estate:
 
     def __init__(self, broker: BrokerProcess) -> None:
         self.broker = broker
-        est = broker.call("POST", "/v1/estates", broker.operator,
-                          {"name": "Acme Broadcast", "admin_name": "Alice"})
+        est = broker.call("POST", "/v1/estates", broker.operator, {"name": "Acme Broadcast", "admin_name": "Alice"})
         self.id, self.admin, self.default_pool = est["id"], est["admin_token"], est["default_pool_id"]
-        purchase = broker.call("POST", f"/v1/estates/{self.id}/purchases", broker.operator,
-                               {"sales_order": "SO-1001", "licence_type": "one-in-one-out",
-                                "quantity": 10, "expires_at": "2099-01-01T00:00:00Z"})
-        paris = broker.call("POST", f"/v1/estates/{self.id}/pools", self.admin,
-                            {"name": "Paris", "moves": [{"purchase_id": purchase["id"],
-                                                         "count": 4}]})
+        purchase = broker.call(
+            "POST",
+            f"/v1/estates/{self.id}/purchases",
+            broker.operator,
+            {
+                "sales_order": "SO-1001",
+                "licence_type": "one-in-one-out",
+                "quantity": 10,
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
+        )
+        paris = broker.call(
+            "POST",
+            f"/v1/estates/{self.id}/pools",
+            self.admin,
+            {"name": "Paris", "moves": [{"purchase_id": purchase["id"], "count": 4}]},
+        )
         self.pools = {"Default": self.default_pool, "Paris": paris["id"]}
 
     def code(self, pool: str = "Default") -> str:
-        made = self.broker.call(
-            "POST", f"/v1/estates/{self.id}/pools/{self.pools[pool]}/auth-codes", self.admin, {})
+        made = self.broker.call("POST", f"/v1/estates/{self.id}/pools/{self.pools[pool]}/auth-codes", self.admin, {})
         return str(made["code"])
 
     def in_use(self, pool: str = "Default") -> int:
-        data = self.broker.call(
-            "GET", f"/v1/estates/{self.id}/pools/{self.pools[pool]}", self.admin)
+        data = self.broker.call("GET", f"/v1/estates/{self.id}/pools/{self.pools[pool]}", self.admin)
         return int(data["in_use"])
 
 
@@ -106,9 +116,10 @@ class AgentProcess:
         self.log = state_dir.parent / "agent.log"
         self._log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(state_dir),
-             "--socket", str(socket_path)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(state_dir), "--socket", str(socket_path)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self._serving, "the agent to serve its socket")
 

@@ -81,8 +81,16 @@ class Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fault(self, path: str, kind: str, *, times: int | None = 1, status: int = 200,
-              body: bytes = b"", content_type: str = "application/json") -> Fault:
+    def fault(
+        self,
+        path: str,
+        kind: str,
+        *,
+        times: int | None = 1,
+        status: int = 200,
+        body: bytes = b"",
+        content_type: str = "application/json",
+    ) -> Fault:
         """Misbehave on the next ``times`` requests (``None``: until ``clear``) to ``path``.
 
         ``drop_request``: close the connection once the request is read; the broker never
@@ -126,33 +134,42 @@ class Proxy:
             self.holding += 1
             await self._gate.wait()  # a slow network: the request reaches the broker late
             self.holding -= 1
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("authorization", "content-type", "accept")}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type", "accept")}
         try:
             async with self._session.request(
-                request.method, self.upstream + request.path_qs, data=data, headers=headers,
+                request.method,
+                self.upstream + request.path_qs,
+                data=data,
+                headers=headers,
             ) as upstream:
                 body = await upstream.read()
                 status = upstream.status
-                passed = {n: upstream.headers[n] for n in ("Content-Type", "Retry-After")
-                          if n in upstream.headers}
+                passed = {n: upstream.headers[n] for n in ("Content-Type", "Retry-After") if n in upstream.headers}
         except aiohttp.ClientError:
-            return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>",
-                                content_type="text/html", headers={"Connection": "close"})
+            return web.Response(
+                status=502,
+                text="<html><body>502 Bad Gateway</body></html>",
+                content_type="text/html",
+                headers={"Connection": "close"},
+            )
         if held and self._hold_answer:
             self.holding += 1
             await self._gate.wait()  # a slow broker: it has acted, the answer comes late
             self.holding -= 1
         if fault is not None and fault.kind in ("drop_answer", "cut_answer"):
             if fault.kind == "cut_answer":
-                response = web.StreamResponse(status=status, headers={
-                    **passed, "Content-Length": str(len(body)), "Connection": "close"})
+                response = web.StreamResponse(
+                    status=status, headers={**passed, "Content-Length": str(len(body)), "Connection": "close"}
+                )
                 await response.prepare(request)
                 await response.write(body[: len(body) // 2])
             return self._cut(request)
         if fault is not None and fault.kind == "replace":
-            return web.Response(status=fault.status, body=fault.body,
-                                headers={"Content-Type": fault.content_type, "Connection": "close"})
+            return web.Response(
+                status=fault.status,
+                body=fault.body,
+                headers={"Content-Type": fault.content_type, "Connection": "close"},
+            )
         if (self.tampering or (fault is not None and fault.kind == "resign")) and status < 300 and body:
             data = json.loads(body)
             if isinstance(data, dict) and isinstance(data.get("token"), str):

@@ -13,9 +13,19 @@ from shared.secret import Secret
 
 
 def _binding(kind: str = "server", name: str = "enc-host-7") -> Binding:
-    return Binding(kind=kind, name=name, server_id="srv_1", token=Secret("tnr_srv_SECRET"),
-                   estate_id="est_1", estate_name="Acme", pool_id="pool_1", pool_name="Paris",
-                   broker_url="https://b.example", keys={"keys": []}, enrolled_at=1)
+    return Binding(
+        kind=kind,
+        name=name,
+        server_id="srv_1",
+        token=Secret("tnr_srv_SECRET"),
+        estate_id="est_1",
+        estate_name="Acme",
+        pool_id="pool_1",
+        pool_name="Paris",
+        broker_url="https://b.example",
+        keys={"keys": []},
+        enrolled_at=1,
+    )
 
 
 def mode(path: Path) -> int:

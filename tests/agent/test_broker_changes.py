@@ -45,8 +45,12 @@ async def _active(
 
 
 async def test_a_renewal_answered_lapsed_acquires_again_on_its_own(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
-    fake_clock: FakeClock, caplog: pytest.LogCaptureFixture,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
+    fake_clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="agent")
     agent, first = await _active(live_broker, proxy, agent_config, start_agent, "ENC-1", 3)
@@ -79,8 +83,10 @@ async def test_a_renewal_answered_lapsed_acquires_again_on_its_own(
     fresh = agent.keeper("ENC-1").record.held
     assert fresh is not None
     await fake_clock.advance(fresh.renew_at - fake_clock.monotonic() + 0.1)
-    await eventually(lambda: (h := agent.keeper("ENC-1").record.held) is not None
-                     and h.expires_at > fresh.expires_at, what="the new lease's renewal")
+    await eventually(
+        lambda: (h := agent.keeper("ENC-1").record.held) is not None and h.expires_at > fresh.expires_at,
+        what="the new lease's renewal",
+    )
 
 
 @pytest.fixture
@@ -99,7 +105,10 @@ async def rotating_proxy(rotating_broker: LiveBroker) -> AsyncIterator[Proxy]:
 
 
 async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
-    rotating_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, rotating_proxy: Proxy,
+    rotating_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    rotating_proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     broker, proxy = rotating_broker, rotating_proxy
@@ -119,8 +128,10 @@ async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
     held = agent.keeper("ENC-1").record.held
     assert held is not None
     await fake_clock.advance(held.renew_at - fake_clock.monotonic() + 0.1)
-    await eventually(lambda: (h := agent.keeper("ENC-1").record.held) is not None
-                     and h.expires_at > held.expires_at, what="the renewal")
+    await eventually(
+        lambda: (h := agent.keeper("ENC-1").record.held) is not None and h.expires_at > held.expires_at,
+        what="the renewal",
+    )
     view = await agent.lease("ENC-1")
     assert view["state"] == "active"
     assert view["lease"]["id"] == first["id"]
@@ -129,8 +140,10 @@ async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
     assert proxy.requests.count("GET /v1/keys") == 1
     assert ring.kids == {old_kid, new_key.kid}
     # The fetched keys are kept with the leases, so a restart verifies without asking.
-    await eventually(lambda: new_key.kid in json.dumps(load_leases(agent_config.state_dir).keys.get(proxy.url)),
-                     what="the new key to be saved")
+    await eventually(
+        lambda: new_key.kid in json.dumps(load_leases(agent_config.state_dir).keys.get(proxy.url)),
+        what="the new key to be saved",
+    )
     # A new encoder's token, signed by the new key, needs no further fetch.
     await agent.want("ENC-2", 1)
     await agent.wait_state("ENC-2", "active")

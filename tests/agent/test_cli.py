@@ -30,8 +30,12 @@ def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerP
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_golden(
-    script: Path, broker_process: BrokerProcess, tmp_path: Path, short_dir: Path,
-    agent_env: dict[str, str], capsys: pytest.CaptureFixture[str],
+    script: Path,
+    broker_process: BrokerProcess,
+    tmp_path: Path,
+    short_dir: Path,
+    agent_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     estate = Estate(broker_process)
     variables = {
@@ -60,8 +64,7 @@ def test_golden(
                 variables[args[0] + "_SPACED"] = f"{code[:4]} {code[4:]}"
                 variables[args[0] + "_DASHED"] = f"{code[:4]}-{code[4:]}"
             elif verb == "agent" and args == ["start"]:
-                agent = AgentProcess(Path(variables["STATE"]), Path(variables["SOCKET"]),
-                                     agent_env)
+                agent = AgentProcess(Path(variables["STATE"]), Path(variables["SOCKET"]), agent_env)
             elif verb == "agent" and args == ["stop"]:
                 assert agent is not None
                 assert agent.stop() == 0, agent.log.read_text()

@@ -18,8 +18,7 @@ async def odd_server() -> AsyncIterator[str]:
     """A server that answers like a broken proxy in front of the broker would."""
 
     async def overloaded(request: web.Request) -> web.Response:
-        return web.json_response({"code": "storage_unavailable"}, status=503,
-                                 headers={"Retry-After": "7"})
+        return web.json_response({"code": "storage_unavailable"}, status=503, headers={"Retry-After": "7"})
 
     async def html(request: web.Request) -> web.Response:
         return web.Response(text="<html>captive portal</html>", content_type="text/html")

@@ -22,8 +22,7 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
 
 def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
     file = tmp_path / "agent.toml"
-    file.write_text('state_dir = "/from/file"\nsocket = "/from/file.sock"\n'
-                    'retry_max = 30\nsocket_mode = "0640"\n')
+    file.write_text('state_dir = "/from/file"\nsocket = "/from/file.sock"\nretry_max = 30\nsocket_mode = "0640"\n')
     config = load_config(
         file,
         env={"TENURE_AGENT_SOCKET": "/from/env.sock", "TENURE_AGENT_RETRY_MAX": "20"},
@@ -73,8 +72,13 @@ def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://licences.example.com", "http://127.0.0.1:8400", "http://[::1]:8400",
-     "http://localhost:8400", "https://10.0.0.5:8443/"],
+    [
+        "https://licences.example.com",
+        "http://127.0.0.1:8400",
+        "http://[::1]:8400",
+        "http://localhost:8400",
+        "https://10.0.0.5:8443/",
+    ],
 )
 def test_secure_or_loopback_urls_are_accepted(url: str) -> None:
     assert check_broker_url(url) == url.rstrip("/")

@@ -45,8 +45,12 @@ def kid_of(token: str) -> str:
 
 
 async def start(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
-    config: Config | None = None, wants: dict[str, int] | None = None,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
+    config: Config | None = None,
+    wants: dict[str, int] | None = None,
 ) -> tuple[AgentHarness, dict[str, dict[str, Any]]]:
     """An enrolled agent (through the proxy) whose encoders hold ``wants``; their leases."""
     config = config or agent_config
@@ -71,14 +75,20 @@ def assert_nothing_stale(agent: AgentHarness, clock: FakeClock) -> dict[str, dic
             exp = claims_of(lease["token"])["exp"]
             assert clock.now() < exp, (
                 f"{encoder} is served a token that expired {clock.now() - exp:.0f} s ago "
-                f"on the broker's clock (state {view['state']})")
+                f"on the broker's clock (state {view['state']})"
+            )
         views[encoder] = view
     return views
 
 
 async def advance_until(
-    clock: FakeClock, agent: AgentHarness, condition: Callable[[], bool], *, what: str,
-    step: float = 2.0, within: float = 120.0,
+    clock: FakeClock,
+    agent: AgentHarness,
+    condition: Callable[[], bool],
+    *,
+    what: str,
+    step: float = 2.0,
+    within: float = 120.0,
 ) -> float:
     """Move the clock ``step`` at a time until ``condition`` holds; after each step, the
     round trips it set off land (real milliseconds) and the tokens served are checked."""
@@ -112,15 +122,17 @@ def states(agent: AgentHarness, *wanted: str) -> Callable[[], bool]:
 async def assert_books(broker: LiveBroker, leases: dict[str, dict[str, Any]]) -> None:
     """The broker holds exactly these leases (by id), each seat once."""
     assert await broker.in_use() == sum(lease["count"] for lease in leases.values())
-    assert sorted(lease["id"] for lease in await broker.leases()) == sorted(
-        lease["id"] for lease in leases.values())
+    assert sorted(lease["id"] for lease in await broker.leases()) == sorted(lease["id"] for lease in leases.values())
 
 
 # --------------------------------------------------------------------------- broker restart
 
 
 async def test_broker_restart_leases_carry_on_and_renewals_resume(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent, first = await start(live_broker, agent_config, start_agent, proxy)
@@ -147,7 +159,10 @@ async def test_broker_restart_leases_carry_on_and_renewals_resume(
 
 
 async def test_slow_answers_are_retried_and_the_lease_kept_until_its_deadline(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     config = dataclasses.replace(agent_config, request_timeout=0.5)  # real seconds
@@ -191,8 +206,12 @@ async def test_slow_answers_are_retried_and_the_lease_kept_until_its_deadline(
 
 @pytest.mark.parametrize("kind", ["drop_request", "drop_answer", "cut_answer"])
 async def test_dropped_connections_are_retried_without_a_second_seat(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
-    fake_clock: FakeClock, kind: str,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
+    fake_clock: FakeClock,
+    kind: str,
 ) -> None:
     await enroll_agent(agent_config, proxy.url, await live_broker.code())
     agent = await start_agent()
@@ -220,8 +239,7 @@ GARBAGE = {
     "not_json_200": (200, b"OK", "text/plain"),
     "truncated_json": (200, b'{"id": "lse_0123", "token": "eyJhbGciOiJFZERTQSIsInR5cCI6Ik', "application/json"),
     "json_not_a_lease": (200, b'{"status": "ok"}', "application/json"),
-    "html_502": (502, b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
-                 "text/html"),
+    "html_502": (502, b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>", "text/html"),
     "html_200": (200, b"<!doctype html><title>Sign in to the guest network</title>", "text/html"),
     "html_404": (404, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html"),
 }
@@ -229,17 +247,21 @@ GARBAGE = {
 
 @pytest.mark.parametrize("name", list(GARBAGE))
 async def test_garbage_from_the_broker_is_retried_and_never_served(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
-    fake_clock: FakeClock, name: str,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
+    fake_clock: FakeClock,
+    name: str,
 ) -> None:
     status, body, content_type = GARBAGE[name]
     await enroll_agent(agent_config, proxy.url, await live_broker.code())
     agent = await start_agent()
-    acquire = proxy.fault("/v1/leases", "replace", times=2, status=status, body=body,
-                          content_type=content_type)
+    acquire = proxy.fault("/v1/leases", "replace", times=2, status=status, body=body, content_type=content_type)
     await agent.want("ENC-1", 2)
-    await eventually(lambda: acquire.fired >= 1 and agent.keeper("ENC-1").record.error is not None,
-                     what="the garbled answer")
+    await eventually(
+        lambda: acquire.fired >= 1 and agent.keeper("ENC-1").record.error is not None, what="the garbled answer"
+    )
     view = await agent.lease("ENC-1")
     assert view["state"] == "pending" and view["lease"] is None
     assert view["error"]["code"] == "broker_unavailable"
@@ -248,12 +270,17 @@ async def test_garbage_from_the_broker_is_retried_and_never_served(
     await assert_books(live_broker, first)  # the garbled grants were the same lease
     # Renewals answered with garbage until the deadline: the lease is served (offline),
     # never dropped early and never replaced by anything but a verified token.
-    renew = proxy.fault("/renew", "replace", times=None, status=status, body=body,
-                        content_type=content_type)
+    renew = proxy.fault("/renew", "replace", times=None, status=status, body=body, content_type=content_type)
     held = agent.keeper("ENC-1").record.held
     assert held is not None
-    await advance_until(fake_clock, agent, lambda: fake_clock.monotonic() >= held.deadline - 6,
-                        what="almost the deadline", step=5, within=400)
+    await advance_until(
+        fake_clock,
+        agent,
+        lambda: fake_clock.monotonic() >= held.deadline - 6,
+        what="almost the deadline",
+        step=5,
+        within=400,
+    )
     assert renew.fired >= 2
     view = await agent.lease("ENC-1")
     assert view["state"] == "offline"
@@ -267,7 +294,10 @@ async def test_garbage_from_the_broker_is_retried_and_never_served(
 
 
 async def test_another_brokers_signature_is_never_served(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     await enroll_agent(agent_config, proxy.url, await live_broker.code())
@@ -276,8 +306,9 @@ async def test_another_brokers_signature_is_never_served(
     assert STRANGER_KEY.kid not in broker_kids
     resign = proxy.fault("/v1/leases", "resign", times=None)
     await agent.want("ENC-1", 2)
-    await eventually(lambda: (agent.keeper("ENC-1").record.error or {}).get("code") == "token_rejected",
-                     what="the rejection")
+    await eventually(
+        lambda: (agent.keeper("ENC-1").record.error or {}).get("code") == "token_rejected", what="the rejection"
+    )
     # It did not take the unknown kid on trust: it fetched the broker's key set (through
     # the same channel), found no such key, and served nothing.
     assert proxy.requests.count("GET /v1/keys") == 1
@@ -299,8 +330,14 @@ async def test_another_brokers_signature_is_never_served(
     proxy.fault("/renew", "resign", times=None)
     held = agent.keeper("ENC-1").record.held
     assert held is not None
-    await advance_until(fake_clock, agent, lambda: fake_clock.monotonic() >= held.deadline - 6,
-                        what="almost the deadline", step=5, within=400)
+    await advance_until(
+        fake_clock,
+        agent,
+        lambda: fake_clock.monotonic() >= held.deadline - 6,
+        what="almost the deadline",
+        step=5,
+        within=400,
+    )
     view = await agent.lease("ENC-1")
     assert view["state"] == "offline" and view["error"]["code"] == "token_rejected"
     assert view["lease"]["token"] == first["ENC-1"]["token"]
@@ -315,8 +352,13 @@ async def test_another_brokers_signature_is_never_served(
 @pytest.mark.parametrize("step", [HOURS_2, -HOURS_2], ids=["forward", "back"])
 @pytest.mark.parametrize("broker", ["reachable", "away"])
 async def test_host_clock_steps_neither_drop_nor_stretch_a_lease(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
-    fake_clock: FakeClock, step: float, broker: str,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
+    fake_clock: FakeClock,
+    step: float,
+    broker: str,
 ) -> None:
     agent, first = await start(live_broker, agent_config, start_agent, proxy)
     exp = min(claims_of(lease["token"])["exp"] for lease in first.values())
@@ -359,7 +401,10 @@ async def test_host_clock_steps_neither_drop_nor_stretch_a_lease(
 
 
 async def test_a_restart_after_the_clock_went_back_serves_no_token_past_its_expiry(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     """Monotonic time does not survive a restart; the stored wall-clock deadline is only an
@@ -390,7 +435,10 @@ async def test_a_restart_after_the_clock_went_back_serves_no_token_past_its_expi
 
 
 async def test_a_restart_after_the_clock_went_forward_keeps_the_lease(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     """On the same boot the stored monotonic deadline stands: a wall clock gone forward
@@ -407,14 +455,23 @@ async def test_a_restart_after_the_clock_went_forward_keeps_the_lease(
         view = await again.lease(encoder)
         assert view["state"] == "active" and view["lease"]["token"] == lease["token"]
     proxy.let_go()
-    await eventually(lambda: all(again.keeper(e).record.held.server_time  # type: ignore[union-attr]
-                                 == int(fake_clock.now()) for e in first), what="the renewals")
+    await eventually(
+        lambda: all(
+            again.keeper(e).record.held.server_time  # type: ignore[union-attr]
+            == int(fake_clock.now())
+            for e in first
+        ),
+        what="the renewals",
+    )
     assert sorted(proxy.requests) == sorted(f"POST /v1/leases/{v['id']}/renew" for v in first.values())
     await assert_books(live_broker, first)
 
 
 async def test_after_a_reboot_the_wall_clock_bounds_a_stored_lease_by_its_lifetime(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     """After a reboot only the wall clock links then and now. Gone forward: the stored

@@ -27,9 +27,7 @@ def imports_of(path: Path) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    modules = {
-        "agent" if p.name == "__init__.py" else f"agent.{p.stem}": p for p in PACKAGE.glob("*.py")
-    }
+    modules = {"agent" if p.name == "__init__.py" else f"agent.{p.stem}": p for p in PACKAGE.glob("*.py")}
     return {name: imports_of(path) & modules.keys() - {name} for name, path in modules.items()}
 
 
@@ -39,7 +37,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
     def visit(node: str, path: list[str]) -> list[str] | None:
         if node in path:
-            return [*path[path.index(node):], node]
+            return [*path[path.index(node) :], node]
         if node in done:
             return None
         for nxt in sorted(edges[node]):

@@ -24,14 +24,34 @@ def jwks(*keys: jws.SigningKey) -> dict[str, Any]:
 
 
 def grant(key: jws.SigningKey = SIGNER, **changes: Any) -> Lease:
-    claims = {"iss": "tenure", "sub": "ENC-1", "lid": "lse_1", "est": "est_1", "pool": "pool_1",
-              "srv": "srv_1", "lt": "one-in-one-out", "n": 3, "iat": int(T0), "nbf": int(T0),
-              "exp": int(T0) + 300}
+    claims = {
+        "iss": "tenure",
+        "sub": "ENC-1",
+        "lid": "lse_1",
+        "est": "est_1",
+        "pool": "pool_1",
+        "srv": "srv_1",
+        "lt": "one-in-one-out",
+        "n": 3,
+        "iat": int(T0),
+        "nbf": int(T0),
+        "exp": int(T0) + 300,
+    }
     claims.update(changes)
-    return Lease(id="lse_1", token=Secret(jws.sign(claims, key)), encoder="ENC-1", count=3,
-                 licence_type="one-in-one-out", pool_id="pool_1", expires_at=int(T0) + 300,
-                 renew_after=int(T0) + 100, lease_seconds=300, server_time=int(T0), state="valid",
-                 seats=())
+    return Lease(
+        id="lse_1",
+        token=Secret(jws.sign(claims, key)),
+        encoder="ENC-1",
+        count=3,
+        licence_type="one-in-one-out",
+        pool_id="pool_1",
+        expires_at=int(T0) + 300,
+        renew_after=int(T0) + 100,
+        lease_seconds=300,
+        server_time=int(T0),
+        state="valid",
+        seats=(),
+    )
 
 
 class Keys:
@@ -49,8 +69,7 @@ class Keys:
 
 async def verify(ring: KeyRing, g: Lease, broker_now: float | None = None) -> dict[str, Any]:
     at = float(g.server_time) if broker_now is None else broker_now
-    return await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1",
-                             broker_now=lambda: at)
+    return await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1", broker_now=lambda: at)
 
 
 async def test_a_good_token_verifies() -> None:
@@ -71,8 +90,15 @@ async def test_a_tampered_token_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("claim", "value"),
-    [("sub", "ENC-2"), ("lid", "lse_2"), ("n", 4), ("lt", "four-in-one-out"), ("srv", "srv_2"),
-     ("est", "est_2"), ("exp", int(T0) + 3000)],
+    [
+        ("sub", "ENC-2"),
+        ("lid", "lse_2"),
+        ("n", 4),
+        ("lt", "four-in-one-out"),
+        ("srv", "srv_2"),
+        ("est", "est_2"),
+        ("exp", int(T0) + 3000),
+    ],
 )
 async def test_a_token_for_something_else_is_rejected(claim: str, value: Any) -> None:
     keys = Keys(SIGNER)
@@ -93,8 +119,7 @@ async def test_an_expired_token_is_rejected_by_the_brokers_own_time() -> None:
 async def test_an_unknown_kid_fetches_the_key_set_once() -> None:
     keys = Keys(SIGNER, ROTATED)
     remembered: list[dict[str, Any]] = []
-    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now,
-                   on_refresh=remembered.append)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now, on_refresh=remembered.append)
     assert (await verify(ring, grant(ROTATED)))["n"] == 3
     assert keys.fetches == 1
     assert remembered == [jwks(SIGNER, ROTATED)]
@@ -138,5 +163,6 @@ async def test_a_key_fetch_that_outlasts_the_token_is_not_a_pass() -> None:
     ring = KeyRing([jwks(SIGNER)], slow_fetch, monotonic=lambda: T0 + elapsed[0])
     g = grant(ROTATED)
     with pytest.raises(TokenRejected, match="expired"):
-        await ring.verify(g, encoder="ENC-1", server_id="srv_1", estate_id="est_1",
-                          broker_now=lambda: g.server_time + elapsed[0])
+        await ring.verify(
+            g, encoder="ENC-1", server_id="srv_1", estate_id="est_1", broker_now=lambda: g.server_time + elapsed[0]
+        )

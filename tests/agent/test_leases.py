@@ -26,9 +26,7 @@ async def test_acquire_through_the_socket(
 ) -> None:
     await enroll_agent(agent_config, live_broker.url, await live_broker.code())
     agent = await start_agent()
-    status, view = await agent.call(
-        "PUT", "/v1/encoders/ENC-1/lease?wait=5", {"licence_type": LT, "count": 3}
-    )
+    status, view = await agent.call("PUT", "/v1/encoders/ENC-1/lease?wait=5", {"licence_type": LT, "count": 3})
     assert status == 200, view
     assert view["state"] == "active"
     assert view["lease"]["count"] == 3
@@ -37,7 +35,10 @@ async def test_acquire_through_the_socket(
 
 
 async def _enrolled(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     config: Config | None = None,
 ) -> AgentHarness:
     await enroll_agent(config or agent_config, proxy.url, await live_broker.code())
@@ -62,7 +63,10 @@ async def advance_in_steps(clock: FakeClock, total: float, step: float = 5.0) ->
 
 
 async def test_renews_at_renew_after_with_jitter(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
@@ -76,8 +80,7 @@ async def test_renews_at_renew_after_with_jitter(
     await agent.idle()  # a renewal sent too early would be in flight now, and waited for
     assert not any(r.endswith("/renew") for r in proxy.requests)
     await fake_clock.advance(1.0)
-    await eventually(lambda: agent.keeper("ENC-1").record.held.expires_at > held.expires_at,
-                     what="renewal")
+    await eventually(lambda: agent.keeper("ENC-1").record.held.expires_at > held.expires_at, what="renewal")
     second = await agent.lease("ENC-1")
     assert second["lease"]["id"] == first["lease"]["id"]
     assert second["lease"]["token"] != first["lease"]["token"]
@@ -86,17 +89,20 @@ async def test_renews_at_renew_after_with_jitter(
 
 
 async def test_long_poll_returns_at_once_on_a_change(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     view = await _active(agent, "ENC-1", 2)
-    poll = asyncio.ensure_future(agent.call(
-        "GET", f"/v1/encoders/ENC-1/lease?wait=300&version={view['version']}"))
+    poll = asyncio.ensure_future(agent.call("GET", f"/v1/encoders/ENC-1/lease?wait=300&version={view['version']}"))
     await eventually(lambda: agent.daemon.server.busy == 1, what="the long poll to arrive")
     assert not poll.done()
-    await live_broker.call("DELETE", f"/v1/estates/{live_broker.estate_id}/leases/"
-                           f"{view['lease']['id']}", live_broker.admin, status=204)
+    await live_broker.call(
+        "DELETE", f"/v1/estates/{live_broker.estate_id}/leases/{view['lease']['id']}", live_broker.admin, status=204
+    )
     await fake_clock.advance(125)  # past renew_at: the renewal hears "revoked"
     status, changed = await asyncio.wait_for(poll, 5)
     assert status == 200
@@ -106,7 +112,10 @@ async def test_long_poll_returns_at_once_on_a_change(
 
 
 async def test_outage_shorter_than_the_lease_loses_nothing(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
@@ -132,7 +141,10 @@ async def test_outage_shorter_than_the_lease_loses_nothing(
 
 
 async def test_outage_longer_than_the_lease_reports_loss_then_recovers(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
@@ -141,8 +153,9 @@ async def test_outage_longer_than_the_lease_reports_loss_then_recovers(
     await proxy.down()
     await advance_in_steps(fake_clock, deadline - fake_clock.monotonic() - 1, step=10)
     assert agent.keeper("ENC-1").state() == "offline"
-    poll = asyncio.ensure_future(agent.call(
-        "GET", f"/v1/encoders/ENC-1/lease?wait=60&version={agent.keeper('ENC-1').version}"))
+    poll = asyncio.ensure_future(
+        agent.call("GET", f"/v1/encoders/ENC-1/lease?wait=60&version={agent.keeper('ENC-1').version}")
+    )
     await advance_in_steps(fake_clock, 2, step=1)
     _, lost = await asyncio.wait_for(poll, 5)
     assert lost["state"] == "lost" and lost["lease"] is None
@@ -158,13 +171,17 @@ async def test_outage_longer_than_the_lease_reports_loss_then_recovers(
 
 
 async def test_revoked_lease_is_not_taken_again(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     view = await _active(agent, "ENC-1", 2)
-    await live_broker.call("DELETE", f"/v1/estates/{live_broker.estate_id}/leases/"
-                           f"{view['lease']['id']}", live_broker.admin, status=204)
+    await live_broker.call(
+        "DELETE", f"/v1/estates/{live_broker.estate_id}/leases/{view['lease']['id']}", live_broker.admin, status=204
+    )
     await fake_clock.advance(125)
     await agent.wait_state("ENC-1", "revoked")
     acquires = proxy.requests.count("POST /v1/leases")
@@ -179,15 +196,19 @@ async def test_revoked_lease_is_not_taken_again(
 
 
 async def test_removed_server_revokes_its_leases(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     await _active(agent, "ENC-1", 2)
     await _active(agent, "ENC-2", 1)
     server_id = agent.daemon.host.bindings().server.server_id
-    await live_broker.call("DELETE", f"/v1/estates/{live_broker.estate_id}/servers/{server_id}",
-                           live_broker.admin, status=204)
+    await live_broker.call(
+        "DELETE", f"/v1/estates/{live_broker.estate_id}/servers/{server_id}", live_broker.admin, status=204
+    )
     await fake_clock.advance(125)
     await agent.wait_state("ENC-1", "revoked")
     await agent.wait_state("ENC-2", "revoked")
@@ -195,7 +216,10 @@ async def test_removed_server_revokes_its_leases(
 
 
 async def test_pool_exhausted_is_denied_and_a_refused_grow_keeps_the_lease(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     await agent.want("ENC-BIG", 11)
@@ -205,8 +229,7 @@ async def test_pool_exhausted_is_denied_and_a_refused_grow_keeps_the_lease(
     assert denied["lease"] is None
     held = await _active(agent, "ENC-1", 3)
     await agent.want("ENC-1", 20)
-    await eventually(lambda: (agent.keeper("ENC-1").record.error or {}).get("code")
-                     == "pool_exhausted", what="refusal")
+    await eventually(lambda: (agent.keeper("ENC-1").record.error or {}).get("code") == "pool_exhausted", what="refusal")
     view = await agent.lease("ENC-1")
     assert view["state"] == "active"
     assert view["lease"]["count"] == 3 and view["lease"]["id"] == held["lease"]["id"]
@@ -214,7 +237,10 @@ async def test_pool_exhausted_is_denied_and_a_refused_grow_keeps_the_lease(
 
 
 async def test_shrink_keeps_the_lease_and_delete_releases_it(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     first = await _active(agent, "ENC-1", 4)
@@ -230,14 +256,18 @@ async def test_shrink_keeps_the_lease_and_delete_releases_it(
 
 
 async def test_tampered_token_is_never_served(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     proxy.tampering = True
     await agent.want("ENC-1", 2)
-    await eventually(lambda: (agent.keeper("ENC-1").record.error or {}).get("code")
-                     == "token_rejected", what="rejection")
+    await eventually(
+        lambda: (agent.keeper("ENC-1").record.error or {}).get("code") == "token_rejected", what="rejection"
+    )
     view = await agent.lease("ENC-1")
     assert view["state"] == "pending" and view["lease"] is None
     proxy.tampering = False
@@ -248,7 +278,10 @@ async def test_tampered_token_is_never_served(
 
 
 async def test_stop_releases_and_keeps_the_wishes(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
 ) -> None:
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     await _active(agent, "ENC-1", 2)
@@ -266,7 +299,10 @@ async def test_stop_releases_and_keeps_the_wishes(
 
 
 async def test_restart_readopts_leases_without_taking_seats_twice(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
     fake_clock: FakeClock,
 ) -> None:
     keep = dataclasses.replace(agent_config, keep_leases_on_stop=True)
@@ -287,16 +323,23 @@ async def test_restart_readopts_leases_without_taking_seats_twice(
     await eventually(lambda: proxy.holding == 2, what="both renewals on their way")
     proxy.let_go()
     for encoder, before in (("ENC-1", one), ("ENC-2", two)):
-        await eventually(lambda e=encoder: again.keeper(e).record.held.server_time  # type: ignore[misc]
-                         == int(fake_clock.now()), what=f"{encoder}'s renewal")
+        await eventually(
+            lambda e=encoder: (
+                again.keeper(e).record.held.server_time  # type: ignore[misc]
+                == int(fake_clock.now())
+            ),
+            what=f"{encoder}'s renewal",
+        )
         assert (await again.lease(encoder))["lease"]["id"] == before["lease"]["id"]
-    assert sorted(proxy.requests) == sorted(
-        f"POST /v1/leases/{v['lease']['id']}/renew" for v in (one, two))
+    assert sorted(proxy.requests) == sorted(f"POST /v1/leases/{v['lease']['id']}/renew" for v in (one, two))
     assert await live_broker.in_use() == 5
 
 
 async def test_a_grant_lost_in_a_crash_is_found_again(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
 ) -> None:
     """Crash after the broker granted but before the agent wrote it down."""
     keep = dataclasses.replace(agent_config, keep_leases_on_stop=True)
@@ -313,7 +356,10 @@ async def test_a_grant_lost_in_a_crash_is_found_again(
 
 
 async def test_domain_binding_takes_from_its_own_pool(
-    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory, proxy: Proxy,
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
 ) -> None:
     paris = await live_broker.new_pool("Paris", 4)
     await enroll_agent(agent_config, proxy.url, await live_broker.code())
@@ -325,11 +371,13 @@ async def test_domain_binding_takes_from_its_own_pool(
     assert await live_broker.in_use(paris) == 3
     assert await live_broker.in_use() == 1
     status, body = await agent.call(
-        "PUT", "/v1/encoders/ENC-X/lease", {"licence_type": LT, "count": 1, "domain": "nope"})
+        "PUT", "/v1/encoders/ENC-X/lease", {"licence_type": LT, "count": 1, "domain": "nope"}
+    )
     assert status == 409 and body["code"] == "not_enrolled"
     # Moving an encoder to another domain gives the old seats back.
     await agent.want("ENC-T", 2)
-    await eventually(lambda: (held := agent.keeper("ENC-T").record.held) is not None
-                     and held.domain is None, what="move")
+    await eventually(
+        lambda: (held := agent.keeper("ENC-T").record.held) is not None and held.domain is None, what="move"
+    )
     assert await live_broker.in_use(paris) == 0
     assert await live_broker.in_use() == 3

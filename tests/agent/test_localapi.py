@@ -24,9 +24,7 @@ async def test_socket_is_0660_and_removed_on_stop(start_agent: AgentFactory) -> 
     assert not agent.config.socket.exists()
 
 
-async def test_a_second_agent_on_the_same_socket_is_refused(
-    start_agent: AgentFactory, agent_config: Config
-) -> None:
+async def test_a_second_agent_on_the_same_socket_is_refused(start_agent: AgentFactory, agent_config: Config) -> None:
     await start_agent()
     second = Daemon(agent_config, notifier=Notifier(env={}))
     with pytest.raises(OSError, match="another tenure-agent is serving"):
@@ -34,9 +32,7 @@ async def test_a_second_agent_on_the_same_socket_is_refused(
     await second.host.runner.stop(release=False, within=0)
 
 
-async def test_a_stale_socket_file_is_replaced(
-    start_agent: AgentFactory, agent_config: Config
-) -> None:
+async def test_a_stale_socket_file_is_replaced(start_agent: AgentFactory, agent_config: Config) -> None:
     agent_config.socket.write_text("left behind by a crash")
     agent = await start_agent()
     status, _ = await agent.call("GET", "/v1/status")
@@ -75,8 +71,7 @@ async def test_bad_serials_and_waits(start_agent: AgentFactory) -> None:
 
 async def test_not_enrolled_is_a_clear_refusal(start_agent: AgentFactory) -> None:
     agent = await start_agent()
-    status, problem = await agent.call(
-        "PUT", "/v1/encoders/ENC-1/lease", {"licence_type": LT, "count": 1})
+    status, problem = await agent.call("PUT", "/v1/encoders/ENC-1/lease", {"licence_type": LT, "count": 1})
     assert status == 409
     assert problem["code"] == "not_enrolled"
     assert "tenure-agent enroll" in problem["detail"]

@@ -24,12 +24,15 @@ def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerP
 def enrolled(broker: BrokerProcess, estate: Estate, state: Path, env: dict[str, str]) -> None:
     from agent.cli import main
 
-    assert main(["enroll", estate.code(), "--broker", broker.url, "--state-dir", str(state),
-                 "--name", "enc-host-7"]) == 0
+    assert (
+        main(["enroll", estate.code(), "--broker", broker.url, "--state-dir", str(state), "--name", "enc-host-7"]) == 0
+    )
 
 
 def test_crash_and_restart_readopts_without_changing_in_use(
-    broker_process: BrokerProcess, tmp_path: Path, short_dir: Path,
+    broker_process: BrokerProcess,
+    tmp_path: Path,
+    short_dir: Path,
     agent_env: dict[str, str],
 ) -> None:
     estate = Estate(broker_process)
@@ -37,8 +40,7 @@ def test_crash_and_restart_readopts_without_changing_in_use(
     enrolled(broker_process, estate, state, agent_env)
     agent = AgentProcess(state, sock, agent_env)
     client = EncoderClient(sock)
-    first = {s: client.acquire(s, "one-in-one-out", n, wait=10) for s, n in
-             (("ENC-1", 2), ("ENC-2", 3))}
+    first = {s: client.acquire(s, "one-in-one-out", n, wait=10) for s, n in (("ENC-1", 2), ("ENC-2", 3))}
     assert all(lease.state == "active" for lease in first.values())
     assert estate.in_use() == 5
     agent.stop(signal.SIGKILL)  # a crash: nothing released, the socket file left behind
@@ -56,7 +58,9 @@ def test_crash_and_restart_readopts_without_changing_in_use(
 
 
 def test_systemd_hears_ready_and_stopping(
-    broker_process: BrokerProcess, tmp_path: Path, short_dir: Path,
+    broker_process: BrokerProcess,
+    tmp_path: Path,
+    short_dir: Path,
     agent_env: dict[str, str],
 ) -> None:
     estate = Estate(broker_process)
@@ -65,15 +69,13 @@ def test_systemd_hears_ready_and_stopping(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(short_dir / "notify"))
     notify.settimeout(10)
-    env = {**agent_env, "NOTIFY_SOCKET": str(short_dir / "notify"),
-           "WATCHDOG_USEC": "2000000"}
+    env = {**agent_env, "NOTIFY_SOCKET": str(short_dir / "notify"), "WATCHDOG_USEC": "2000000"}
     try:
         agent = AgentProcess(state, sock, env)
         messages = [notify.recv(4096).decode()]
         assert messages[0].startswith("READY=1")
         assert sock.exists()  # READY only once the socket is served
-        wait_for(lambda: messages.append(notify.recv(4096).decode()) or "WATCHDOG=1" in messages,
-                 "a watchdog ping")
+        wait_for(lambda: messages.append(notify.recv(4096).decode()) or "WATCHDOG=1" in messages, "a watchdog ping")
         assert agent.stop() == 0
         rest = []
         notify.settimeout(0.5)
@@ -88,8 +90,11 @@ def test_systemd_hears_ready_and_stopping(
 
 
 def test_status_json_from_a_running_service(
-    broker_process: BrokerProcess, tmp_path: Path, short_dir: Path,
-    agent_env: dict[str, str], capsys: pytest.CaptureFixture[str],
+    broker_process: BrokerProcess,
+    tmp_path: Path,
+    short_dir: Path,
+    agent_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from agent.cli import main
 

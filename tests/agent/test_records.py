@@ -14,22 +14,36 @@ from shared.secret import Secret
 
 def _held(**changes: Any) -> Held:
     fields: dict[str, Any] = dict(
-        lease_id="lse_1", token=Secret("a.b.c"), licence_type="one-in-one-out", count=3,
-        domain=None, server_id="srv_1", expires_at=2100, renew_after=1900, server_time=1800,
-        deadline=7298.0, renew_at=7105.0, wall_deadline=2098.0, boot_id="boot-1",
+        lease_id="lse_1",
+        token=Secret("a.b.c"),
+        licence_type="one-in-one-out",
+        count=3,
+        domain=None,
+        server_id="srv_1",
+        expires_at=2100,
+        renew_after=1900,
+        server_time=1800,
+        deadline=7298.0,
+        renew_at=7105.0,
+        wall_deadline=2098.0,
+        boot_id="boot-1",
         purchase_state="valid",
-        seats=({"purchase_id": "pur_1", "count": 3},))
+        seats=({"purchase_id": "pur_1", "count": 3},),
+    )
     fields.update(changes)
     return Held(**fields)
 
 
 def test_leases_round_trip(tmp_path: Path) -> None:
     held = _held()
-    state = LeaseState(encoders={
-        "ENC-1": EncoderRecord("ENC-1", want=Want("one-in-one-out", 3), held=held),
-        "ENC-2": EncoderRecord("ENC-2", want=Want("four-in-one-out", 1, "tenant-a"),
-                               halted="denied", error={"code": "pool_exhausted"}),
-    })
+    state = LeaseState(
+        encoders={
+            "ENC-1": EncoderRecord("ENC-1", want=Want("one-in-one-out", 3), held=held),
+            "ENC-2": EncoderRecord(
+                "ENC-2", want=Want("four-in-one-out", 1, "tenant-a"), halted="denied", error={"code": "pool_exhausted"}
+            ),
+        }
+    )
     ensure_dir(tmp_path)
     save_leases(tmp_path, state)
     back = load_leases(tmp_path)
@@ -76,8 +90,7 @@ def test_a_lease_resumed_after_a_reboot_trusts_the_wall_clock_only_as_an_upper_b
 
 def test_a_lease_stored_without_server_time_is_bounded_by_renew_after(tmp_path: Path) -> None:
     held = _held()
-    state = LeaseState(encoders={"ENC-1": EncoderRecord("ENC-1", want=Want("one-in-one-out", 3),
-                                                        held=held)})
+    state = LeaseState(encoders={"ENC-1": EncoderRecord("ENC-1", want=Want("one-in-one-out", 3), held=held)})
     ensure_dir(tmp_path)
     save_leases(tmp_path, state)
     path = tmp_path / "leases.json"

@@ -34,8 +34,7 @@ async def pools(broker: Broker, est: Estate) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in body["items"]}
 
 
-async def new_pool(broker: Broker, est: Estate, name: str,
-                   moves: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+async def new_pool(broker: Broker, est: Estate, name: str, moves: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"name": name}
     if moves is not None:
         payload["moves"] = moves
@@ -43,19 +42,22 @@ async def new_pool(broker: Broker, est: Estate, name: str,
     return body
 
 
-async def enroll(broker: Broker, est: Estate, pool_id: str, name: str = "enc-host-1",
-                 kind: str = "server") -> dict[str, Any]:
+async def enroll(
+    broker: Broker, est: Estate, pool_id: str, name: str = "enc-host-1", kind: str = "server"
+) -> dict[str, Any]:
     code = await broker.call("POST", f"{base(est)}/pools/{pool_id}/auth-codes", est.admin, {}, 201)
     body: dict[str, Any] = await broker.call(
-        "POST", "/v1/enroll", None, {"code": code["code"], "name": name, "kind": kind}, 201)
+        "POST", "/v1/enroll", None, {"code": code["code"], "name": name, "kind": kind}, 201
+    )
     return body
 
 
-async def lease(broker: Broker, server_token: str, encoder: str, count: int,
-                licence_type: str = "one-in-one-out", status: int = 201) -> dict[str, Any]:
+async def lease(
+    broker: Broker, server_token: str, encoder: str, count: int, licence_type: str = "one-in-one-out", status: int = 201
+) -> dict[str, Any]:
     body: dict[str, Any] = await broker.call(
-        "POST", "/v1/leases", server_token,
-        {"encoder": encoder, "licence_type": licence_type, "count": count}, status)
+        "POST", "/v1/leases", server_token, {"encoder": encoder, "licence_type": licence_type, "count": count}, status
+    )
     return body
 
 
@@ -70,8 +72,14 @@ class Raw:
         return json.loads(self.text)
 
 
-async def raw(broker: Broker, method: str, path: str, token: str | None = None,
-              data: bytes | str | None = None, headers: dict[str, str] | None = None) -> Raw:
+async def raw(
+    broker: Broker,
+    method: str,
+    path: str,
+    token: str | None = None,
+    data: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Raw:
     hdrs = dict(headers or {})
     if token is not None:
         hdrs["Authorization"] = f"Bearer {token}"

@@ -31,26 +31,27 @@ class Site:
     server: str
     purchases: dict[str, dict[str, Any]] = field(default_factory=dict)  # by sales order
 
-    async def acquire(self, encoder: str, count: int, licence_type: str = ONE,
-                      status: int | None = None, token: str | None = None) -> Any:
+    async def acquire(
+        self, encoder: str, count: int, licence_type: str = ONE, status: int | None = None, token: str | None = None
+    ) -> Any:
         return await self.broker.call(
-            "POST", "/v1/leases", token or self.server,
-            {"encoder": encoder, "licence_type": licence_type, "count": count}, status)
+            "POST",
+            "/v1/leases",
+            token or self.server,
+            {"encoder": encoder, "licence_type": licence_type, "count": count},
+            status,
+        )
 
-    async def renew(self, lease_id: str, status: int | None = None,
-                    token: str | None = None) -> Any:
-        return await self.broker.call("POST", f"/v1/leases/{lease_id}/renew", token or self.server,
-                                      {}, status)
+    async def renew(self, lease_id: str, status: int | None = None, token: str | None = None) -> Any:
+        return await self.broker.call("POST", f"/v1/leases/{lease_id}/renew", token or self.server, {}, status)
 
-    async def release(self, lease_id: str, status: int | None = 204,
-                      token: str | None = None) -> Any:
-        return await self.broker.call("DELETE", f"/v1/leases/{lease_id}", token or self.server,
-                                      None, status)
+    async def release(self, lease_id: str, status: int | None = 204, token: str | None = None) -> Any:
+        return await self.broker.call("DELETE", f"/v1/leases/{lease_id}", token or self.server, None, status)
 
     async def pool(self, pool_id: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = await self.broker.call(
-            "GET", f"/v1/estates/{self.estate_id}/pools/{pool_id or self.pool_id}", self.admin,
-            status=200)
+            "GET", f"/v1/estates/{self.estate_id}/pools/{pool_id or self.pool_id}", self.admin, status=200
+        )
         return body
 
     async def holding(self, sales_order: str, pool_id: str | None = None) -> dict[str, Any]:
@@ -60,47 +61,48 @@ class Site:
 
     async def leases(self, **filters: str) -> list[dict[str, Any]]:
         query = "&".join(f"{k}={v}" for k, v in filters.items())
-        body = await self.broker.call("GET", f"/v1/estates/{self.estate_id}/leases?{query}",
-                                      self.admin, status=200)
+        body = await self.broker.call("GET", f"/v1/estates/{self.estate_id}/leases?{query}", self.admin, status=200)
         items: list[dict[str, Any]] = body["items"]
         return items
 
     async def events(self, action: str | None = None) -> list[dict[str, Any]]:
         query = f"?action={action}&limit=500" if action else "?limit=500"
-        body = await self.broker.call("GET", f"/v1/estates/{self.estate_id}/events{query}",
-                                      self.admin, status=200)
+        body = await self.broker.call("GET", f"/v1/estates/{self.estate_id}/events{query}", self.admin, status=200)
         items: list[dict[str, Any]] = body["items"]
         return items
 
     async def servers(self) -> list[dict[str, Any]]:
-        body = await self.broker.call("GET", f"/v1/estates/{self.estate_id}/servers", self.admin,
-                                      status=200)
+        body = await self.broker.call("GET", f"/v1/estates/{self.estate_id}/servers", self.admin, status=200)
         items: list[dict[str, Any]] = body["items"]
         return items
 
-    async def enrol(self, name: str = "host-2", pool_id: str | None = None,
-                    kind: str = "server") -> dict[str, Any]:
-        return await enrol(self.broker, self.admin, self.estate_id, pool_id or self.pool_id,
-                           name, kind)
+    async def enrol(self, name: str = "host-2", pool_id: str | None = None, kind: str = "server") -> dict[str, Any]:
+        return await enrol(self.broker, self.admin, self.estate_id, pool_id or self.pool_id, name, kind)
 
     async def set_lease_seconds(self, seconds: int, pool_id: str | None = None) -> None:
-        await self.broker.call("PATCH", f"/v1/estates/{self.estate_id}/pools/{pool_id or self.pool_id}",
-                               self.admin, {"lease_seconds": seconds}, 200)
+        await self.broker.call(
+            "PATCH",
+            f"/v1/estates/{self.estate_id}/pools/{pool_id or self.pool_id}",
+            self.admin,
+            {"lease_seconds": seconds},
+            200,
+        )
 
     async def set_purchase(self, sales_order: str, **patch: Any) -> dict[str, Any]:
         pid = self.purchases[sales_order]["id"]
         body: dict[str, Any] = await self.broker.call(
-            "PATCH", f"/v1/estates/{self.estate_id}/purchases/{pid}", self.broker.operator,
-            patch, 200)
+            "PATCH", f"/v1/estates/{self.estate_id}/purchases/{pid}", self.broker.operator, patch, 200
+        )
         return body
 
 
-async def enrol(broker: Broker, admin: str, estate_id: str, pool_id: str,
-                name: str = "host-1", kind: str = "server") -> dict[str, Any]:
-    code = await broker.call("POST", f"/v1/estates/{estate_id}/pools/{pool_id}/auth-codes",
-                             admin, {}, 201)
+async def enrol(
+    broker: Broker, admin: str, estate_id: str, pool_id: str, name: str = "host-1", kind: str = "server"
+) -> dict[str, Any]:
+    code = await broker.call("POST", f"/v1/estates/{estate_id}/pools/{pool_id}/auth-codes", admin, {}, 201)
     body: dict[str, Any] = await broker.call(
-        "POST", "/v1/enroll", None, {"code": code["code"], "name": name, "kind": kind}, 201)
+        "POST", "/v1/enroll", None, {"code": code["code"], "name": name, "kind": kind}, 201
+    )
     return body
 
 
@@ -120,12 +122,23 @@ async def make_site(
         bought[so] = await broker.purchase(est["id"], so, qty, lt, days)
     counts = move or {so: qty for so, qty, _, _ in stock}
     pool = await broker.call(
-        "POST", f"/v1/estates/{est['id']}/pools", est["admin_token"],
-        {"name": "Paris", "moves": [{"purchase_id": bought[so]["id"], "count": n}
-                                    for so, n in counts.items() if n]}, 201)
+        "POST",
+        f"/v1/estates/{est['id']}/pools",
+        est["admin_token"],
+        {"name": "Paris", "moves": [{"purchase_id": bought[so]["id"], "count": n} for so, n in counts.items() if n]},
+        201,
+    )
     server = await enrol(broker, est["admin_token"], est["id"], pool["id"])
-    return Site(broker, est["id"], est["admin_token"], est["default_pool_id"], pool["id"],
-                server["server_id"], server["server_token"], bought)
+    return Site(
+        broker,
+        est["id"],
+        est["admin_token"],
+        est["default_pool_id"],
+        pool["id"],
+        server["server_id"],
+        server["server_token"],
+        bought,
+    )
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -149,5 +162,4 @@ def seats_of(lease: dict[str, Any]) -> dict[str, int]:
     return {s["sales_order"]: s["count"] for s in lease["seats"]}
 
 
-__all__ = ["DAY", "FOUR", "ONE", "Site", "claims_of", "enrol", "header_of", "make_site",
-           "seats_of", "ts"]
+__all__ = ["DAY", "FOUR", "ONE", "Site", "claims_of", "enrol", "header_of", "make_site", "seats_of", "ts"]

@@ -15,8 +15,9 @@ async def events(broker: Broker, est: Estate, query: str = "", token: str | None
     after = ""
     while True:
         sep = "&" if query else ""
-        page = await broker.call("GET", f"{base(est)}/events?{query}{sep}limit=500{after}",
-                                 token or est.admin, status=200)
+        page = await broker.call(
+            "GET", f"{base(est)}/events?{query}{sep}limit=500{after}", token or est.admin, status=200
+        )
         out += page["items"]
         if page["next"] is None:
             return out
@@ -42,9 +43,21 @@ async def test_every_change_is_recorded_with_who_what_when(broker: Broker) -> No
 
     got = await events(broker, est)
     assert [e["action"] for e in got] == [
-        "estate.created", "purchase.recorded", "pool.created", "licences.moved", "pool.updated",
-        "auth_code.created", "auth_code.revoked", "auth_code.created", "server.enrolled",
-        "server.removed", "admin.added", "admin.removed", "purchase.updated", "pool.deleted"]
+        "estate.created",
+        "purchase.recorded",
+        "pool.created",
+        "licences.moved",
+        "pool.updated",
+        "auth_code.created",
+        "auth_code.revoked",
+        "auth_code.created",
+        "server.enrolled",
+        "server.removed",
+        "admin.added",
+        "admin.removed",
+        "purchase.updated",
+        "pool.deleted",
+    ]
     ids = [int(e["id"]) for e in got]
     assert ids == sorted(ids)  # newest last
     by = {e["action"]: e for e in got}
@@ -70,14 +83,22 @@ async def test_move_event_has_counts_before_and_after(broker: Broker) -> None:
     est = await estate(broker)
     p = await broker.purchase(est.id, "SO-1", quantity=10)
     paris = await new_pool(broker, est, "Paris", [{"purchase_id": p["id"], "count": 4}])
-    await broker.call("POST", f"{base(est)}/moves", est.admin, {
-        "from_pool": est.default_pool, "to_pool": paris["id"],
-        "items": [{"purchase_id": p["id"], "count": 5}]}, 201)
+    await broker.call(
+        "POST",
+        f"{base(est)}/moves",
+        est.admin,
+        {"from_pool": est.default_pool, "to_pool": paris["id"], "items": [{"purchase_id": p["id"], "count": 5}]},
+        201,
+    )
     moves = await events(broker, est, "action=licences.moved")
     assert [m["details"]["before"][p["id"]] for m in moves] == [
-        {"from_allocated": 10, "to_allocated": 0}, {"from_allocated": 6, "to_allocated": 4}]
+        {"from_allocated": 10, "to_allocated": 0},
+        {"from_allocated": 6, "to_allocated": 4},
+    ]
     assert [m["details"]["after"][p["id"]] for m in moves] == [
-        {"from_allocated": 6, "to_allocated": 4}, {"from_allocated": 1, "to_allocated": 9}]
+        {"from_allocated": 6, "to_allocated": 4},
+        {"from_allocated": 1, "to_allocated": 9},
+    ]
 
 
 async def test_cursor_paging(broker: Broker) -> None:
@@ -122,9 +143,13 @@ async def test_filter_by_pool_and_action(broker: Broker) -> None:
     p = await broker.purchase(est.id, "SO-1", quantity=10)
     paris = await new_pool(broker, est, "Paris", [{"purchase_id": p["id"], "count": 4}])
     lyon = await new_pool(broker, est, "Lyon")
-    await broker.call("POST", f"{base(est)}/moves", est.admin, {
-        "from_pool": paris["id"], "to_pool": lyon["id"],
-        "items": [{"purchase_id": p["id"], "count": 1}]}, 201)
+    await broker.call(
+        "POST",
+        f"{base(est)}/moves",
+        est.admin,
+        {"from_pool": paris["id"], "to_pool": lyon["id"], "items": [{"purchase_id": p["id"], "count": 1}]},
+        201,
+    )
     await broker.call("PATCH", f"{base(est)}/pools/{lyon['id']}", est.admin, {"lease_seconds": 600}, 200)
     paris_events = await events(broker, est, f"pool={paris['id']}")
     # Licences leaving Paris are part of its history too.
@@ -167,8 +192,11 @@ async def test_events_are_per_estate(broker: Broker) -> None:
 async def test_failed_changes_leave_no_event(broker: Broker) -> None:
     est = await estate(broker)
     before = await events(broker, est)
-    for path, body in (("pools", {"name": "Default pool"}), ("pools/pool_x/auth-codes", {}),
-                       (f"pools/{est.default_pool}/auth-codes", {})):
+    for path, body in (
+        ("pools", {"name": "Default pool"}),
+        ("pools/pool_x/auth-codes", {}),
+        (f"pools/{est.default_pool}/auth-codes", {}),
+    ):
         r = await raw(broker, "POST", f"{base(est)}/{path}", est.admin, str(body).replace("'", '"'))
         assert r.status in (404, 409)
     assert await events(broker, est) == before

@@ -25,7 +25,8 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 async def test_online_backup_is_consistent_private_and_self_contained(
-        broker: Broker, config_factory: Callable[..., Any], tmp_path: Path) -> None:
+    broker: Broker, config_factory: Callable[..., Any], tmp_path: Path
+) -> None:
     est = await estate(broker)
     await broker.purchase(est.id, quantity=500)
     server = await enroll(broker, est, est.default_pool)
@@ -45,15 +46,21 @@ async def test_online_backup_is_consistent_private_and_self_contained(
     assert rows(target, "PRAGMA journal_mode") == [("delete",)]
     # One snapshot: however far the writer had got, every copied lease's seats are copied too.
     leased = rows(target, "SELECT COUNT(*), COALESCE(SUM(count), 0) FROM leases WHERE state = 'active'")[0]
-    seats = rows(target, "SELECT COALESCE(SUM(s.count), 0) FROM lease_seats s JOIN leases l "
-                         "ON l.id = s.lease_id WHERE l.state = 'active'")[0][0]
+    seats = rows(
+        target,
+        "SELECT COALESCE(SUM(s.count), 0) FROM lease_seats s JOIN leases l "
+        "ON l.id = s.lease_id WHERE l.state = 'active'",
+    )[0][0]
     assert copied.live_leases == leased[0] and leased[1] == seats == 2 * leased[0]
     assert copied.estates == 1
 
 
 async def test_a_restored_data_directory_serves_the_same_books_and_tokens(
-        broker: Broker, config_factory: Callable[..., Any], tmp_path: Path,
-        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
+    broker: Broker,
+    config_factory: Callable[..., Any],
+    tmp_path: Path,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> None:
     est = await estate(broker)
     await broker.purchase(est.id, quantity=10)
     server = await enroll(broker, est, est.default_pool)
@@ -75,7 +82,8 @@ async def test_a_restored_data_directory_serves_the_same_books_and_tokens(
 
 
 async def test_backup_never_overwrites_and_restore_refuses_what_it_cannot_trust(
-        broker: Broker, config_factory: Callable[..., Any], tmp_path: Path) -> None:
+    broker: Broker, config_factory: Callable[..., Any], tmp_path: Path
+) -> None:
     await estate(broker)
     db = config_factory().db_path
     taken = tmp_path / "taken.db"
@@ -109,14 +117,14 @@ async def test_backup_never_overwrites_and_restore_refuses_what_it_cannot_trust(
     assert occupied.exists()
 
 
-def test_the_command_line_says_what_it_did_in_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_line_says_what_it_did_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     data.mkdir()  # a data directory whose broker never ran: no database yet
     assert main(["backup", str(tmp_path / "b.db"), "--data-dir", str(data)]) == 1
     assert "no broker database" in capsys.readouterr().err
 
     from broker.store.sqlite import connect, migrate
+
     conn = connect(data / "tenure.db")
     migrate(conn)
     conn.close()

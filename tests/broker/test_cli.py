@@ -73,8 +73,13 @@ def serve(tmp_path: Path) -> Iterator[object]:
         port = free_port()
         log = tmp_path / f"broker-{port}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([*COMMAND, "serve", "--port", str(port), *args], cwd=tmp_path,
-                                    env=env or clean_env(), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [*COMMAND, "serve", "--port", str(port), *args],
+                cwd=tmp_path,
+                env=env or clean_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         served = Served(proc, port, log)
         started.append(served)
         return served
@@ -136,8 +141,9 @@ def test_config_file_and_env_drive_serve(serve: object, tmp_path: Path) -> None:
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=30,
-                          env=env or clean_env(), cwd=cwd)
+    return subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=30, env=env or clean_env(), cwd=cwd
+    )
 
 
 def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
@@ -152,17 +158,24 @@ def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
     assert "Added signing key" in second.stdout
 
 
-@pytest.mark.parametrize("args, env, setting", [
-    (["serve", "--port", "nope"], {}, "port"),
-    (["serve", "--port", "70000"], {}, "port"),
-    (["serve"], {"TENURE_LOG_LEVEL": "loud"}, "log_level"),
-    (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
-    (["serve", "--tls-cert", "/nonexistent.pem"], {}, "tls_key"),
-    (["keys", "rotate"], {"TENURE_DEFAULT_LEASE_SECONDS": "1"}, "default_lease_seconds"),
-])
+@pytest.mark.parametrize(
+    "args, env, setting",
+    [
+        (["serve", "--port", "nope"], {}, "port"),
+        (["serve", "--port", "70000"], {}, "port"),
+        (["serve"], {"TENURE_LOG_LEVEL": "loud"}, "log_level"),
+        (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
+        (["serve", "--tls-cert", "/nonexistent.pem"], {}, "tls_key"),
+        (["keys", "rotate"], {"TENURE_DEFAULT_LEASE_SECONDS": "1"}, "default_lease_seconds"),
+    ],
+)
 def test_bad_config_exits_2_naming_the_setting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    args: list[str], env: dict[str, str], setting: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    env: dict[str, str],
+    setting: str,
 ) -> None:
     # In-process (the same main() the console script calls), to keep the suite fast.
     from broker.cli import main

@@ -20,7 +20,8 @@ async def stocked(broker: Broker) -> Estate:
 
 async def make(broker: Broker, est: Estate, pool: str | None = None, **body: int) -> dict[str, str]:
     got: dict[str, str] = await broker.call(
-        "POST", f"{base(est)}/pools/{pool or est.default_pool}/auth-codes", est.admin, body, 201)
+        "POST", f"{base(est)}/pools/{pool or est.default_pool}/auth-codes", est.admin, body, 201
+    )
     return got
 
 
@@ -43,8 +44,13 @@ async def test_ttl_bounds(broker: Broker) -> None:
     assert (await make(broker, est, ttl_seconds=7 * DAY))["expires_at"] == format_ts(T0 + 7 * DAY)
     assert (await make(broker, est, ttl_seconds=60))["expires_at"] == format_ts(T0 + 60)
     for ttl in (7 * DAY + 1, 59, 0, -1, "3600", 3600.5):
-        r = await raw(broker, "POST", f"{base(est)}/pools/{est.default_pool}/auth-codes", est.admin,
-                      json.dumps({"ttl_seconds": ttl}))
+        r = await raw(
+            broker,
+            "POST",
+            f"{base(est)}/pools/{est.default_pool}/auth-codes",
+            est.admin,
+            json.dumps({"ttl_seconds": ttl}),
+        )
         body = assert_problem(r, 400, "validation_error")
         assert body["errors"][0]["field"] == "ttl_seconds"
 
@@ -129,9 +135,16 @@ async def test_live_codes_listed_without_digits(broker: Broker) -> None:
     a = await new_pool(broker, est, "Paris")
     default_code = await make(broker, est)
     listed = await broker.call("GET", f"{base(est)}/auth-codes", est.admin, status=200)
-    assert listed["items"] == [{"id": default_code["id"], "pool_id": est.default_pool,
-                                "pool_name": "Default Pool", "created_at": format_ts(T0),
-                                "expires_at": format_ts(T0 + DAY), "created_by": est.admin_id}]
+    assert listed["items"] == [
+        {
+            "id": default_code["id"],
+            "pool_id": est.default_pool,
+            "pool_name": "Default Pool",
+            "created_at": format_ts(T0),
+            "expires_at": format_ts(T0 + DAY),
+            "created_by": est.admin_id,
+        }
+    ]
     assert default_code["code"] not in json.dumps(listed)
     # Filter by pool (Paris is empty, so it has no codes; the filter shows none).
     assert a["allocated"] == 0

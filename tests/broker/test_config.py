@@ -42,17 +42,25 @@ def test_precedence_flags_over_env_over_file_over_default(tmp_path: Path) -> Non
 
 
 def test_broker_section_in_the_file(tmp_path: Path) -> None:
-    file = write(tmp_path, '[broker]\ndata_dir = "/srv/tenure"\ntrust_forwarded_for = true\n'
-                 'reaper_interval_seconds = 0.5\n')
+    file = write(
+        tmp_path, '[broker]\ndata_dir = "/srv/tenure"\ntrust_forwarded_for = true\nreaper_interval_seconds = 0.5\n'
+    )
     cfg = load(file, env={})
     assert cfg.data_dir == Path("/srv/tenure") and cfg.trust_forwarded_for is True
     assert cfg.reaper_interval_seconds == 0.5
 
 
 def test_environment_values_are_converted() -> None:
-    cfg = load(None, env={"TENURE_TRUST_FORWARDED_FOR": "yes", "TENURE_DATA_DIR": "/tmp/x",
-                          "TENURE_KEY_RELOAD_SECONDS": "2.5", "TENURE_OPERATOR_TOKEN": TOKEN,
-                          "TENURE_SQLITE_SYNCHRONOUS": "normal"})
+    cfg = load(
+        None,
+        env={
+            "TENURE_TRUST_FORWARDED_FOR": "yes",
+            "TENURE_DATA_DIR": "/tmp/x",
+            "TENURE_KEY_RELOAD_SECONDS": "2.5",
+            "TENURE_OPERATOR_TOKEN": TOKEN,
+            "TENURE_SQLITE_SYNCHRONOUS": "normal",
+        },
+    )
     assert cfg.trust_forwarded_for is True and cfg.data_dir == Path("/tmp/x")
     assert cfg.key_reload_seconds == 2.5 and cfg.operator_token == TOKEN
     assert cfg.sqlite_synchronous == "normal"
@@ -60,37 +68,43 @@ def test_environment_values_are_converted() -> None:
     assert load(None, env={"TENURE_PORT": ""}).port == 8400
 
 
-@pytest.mark.parametrize("env, setting", [
-    ({"TENURE_PORT": "eighty"}, "port"),
-    ({"TENURE_PORT": "70000"}, "port"),
-    ({"TENURE_PORT": "-1"}, "port"),
-    ({"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
-    ({"TENURE_LOG_LEVEL": "loud"}, "log_level"),
-    ({"TENURE_TRUST_FORWARDED_FOR": "maybe"}, "trust_forwarded_for"),
-    ({"TENURE_DEFAULT_LEASE_SECONDS": "59"}, "default_lease_seconds"),
-    ({"TENURE_CODE_TTL_SECONDS": "604801"}, "code_ttl_seconds"),
-    ({"TENURE_REAPER_INTERVAL_SECONDS": "nan"}, "reaper_interval_seconds"),
-    ({"TENURE_KEY_RELOAD_SECONDS": "inf"}, "key_reload_seconds"),
-    ({"TENURE_KEY_RELOAD_SECONDS": "soon"}, "key_reload_seconds"),
-    ({"TENURE_OPERATOR_TOKEN": "short"}, "operator_token"),
-    ({"TENURE_OPERATOR_TOKEN": "tnr_adm_" + "a" * 40}, "operator_token"),
-    ({"TENURE_TLS_CERT": "/etc/cert.pem"}, "tls_cert"),
-])
+@pytest.mark.parametrize(
+    "env, setting",
+    [
+        ({"TENURE_PORT": "eighty"}, "port"),
+        ({"TENURE_PORT": "70000"}, "port"),
+        ({"TENURE_PORT": "-1"}, "port"),
+        ({"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
+        ({"TENURE_LOG_LEVEL": "loud"}, "log_level"),
+        ({"TENURE_TRUST_FORWARDED_FOR": "maybe"}, "trust_forwarded_for"),
+        ({"TENURE_DEFAULT_LEASE_SECONDS": "59"}, "default_lease_seconds"),
+        ({"TENURE_CODE_TTL_SECONDS": "604801"}, "code_ttl_seconds"),
+        ({"TENURE_REAPER_INTERVAL_SECONDS": "nan"}, "reaper_interval_seconds"),
+        ({"TENURE_KEY_RELOAD_SECONDS": "inf"}, "key_reload_seconds"),
+        ({"TENURE_KEY_RELOAD_SECONDS": "soon"}, "key_reload_seconds"),
+        ({"TENURE_OPERATOR_TOKEN": "short"}, "operator_token"),
+        ({"TENURE_OPERATOR_TOKEN": "tnr_adm_" + "a" * 40}, "operator_token"),
+        ({"TENURE_TLS_CERT": "/etc/cert.pem"}, "tls_cert"),
+    ],
+)
 def test_bad_environment_values_name_the_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError, match=f"'{setting}'"):
         load(None, env=env)
 
 
-@pytest.mark.parametrize("text, setting", [
-    ("port = 8400.5", "port"),
-    ('port = "x"', "port"),
-    ("port = true", "port"),
-    ("trust_forwarded_for = 3", "trust_forwarded_for"),
-    ('host = ["a"]', "host"),
-    ('data_dir = ""', "data_dir"),
-    ("colour = 'blue'", "colour"),
-    ("[broker]\nprot = 1", "prot"),
-])
+@pytest.mark.parametrize(
+    "text, setting",
+    [
+        ("port = 8400.5", "port"),
+        ('port = "x"', "port"),
+        ("port = true", "port"),
+        ("trust_forwarded_for = 3", "trust_forwarded_for"),
+        ('host = ["a"]', "host"),
+        ('data_dir = ""', "data_dir"),
+        ("colour = 'blue'", "colour"),
+        ("[broker]\nprot = 1", "prot"),
+    ],
+)
 def test_bad_file_values_name_the_setting(tmp_path: Path, text: str, setting: str) -> None:
     with pytest.raises(ConfigError, match=f"'{setting}'"):
         load(write(tmp_path, text), env={})

@@ -22,16 +22,15 @@ async def _setup(broker: Broker) -> tuple[str, str, str]:
 
 
 async def _code(broker: Broker, estate_id: str, admin: str, pool_id: str, **body: Any) -> str:
-    made = await broker.call("POST", f"/v1/estates/{estate_id}/pools/{pool_id}/auth-codes",
-                             admin, body, 201)
+    made = await broker.call("POST", f"/v1/estates/{estate_id}/pools/{pool_id}/auth-codes", admin, body, 201)
     code: str = made["code"]
     return code
 
 
-async def _redeem(broker: Broker, code: str, name: str = "host-1",
-                  headers: dict[str, str] | None = None, **extra: Any) -> tuple[int, Any, Any]:
-    resp = await broker.client.post("/v1/enroll", json={"code": code, "name": name, **extra},
-                                    headers=headers or {})
+async def _redeem(
+    broker: Broker, code: str, name: str = "host-1", headers: dict[str, str] | None = None, **extra: Any
+) -> tuple[int, Any, Any]:
+    resp = await broker.client.post("/v1/enroll", json={"code": code, "name": name, **extra}, headers=headers or {})
     return resp.status, await resp.json(), resp.headers
 
 
@@ -47,8 +46,13 @@ async def test_code_as_printed_or_as_typed(broker: Broker, shape: str) -> None:
     assert body["estate_name"] == "Acme Broadcast" and body["pool_name"] == "Default Pool"
     assert body["server_token"].startswith("tnr_srv_")
     me = await broker.call("GET", "/v1/me", body["server_token"], status=200)
-    assert me == {"kind": "server", "server_id": body["server_id"], "name": "host-1",
-                  "estate_id": estate_id, "pool_id": pool_id}
+    assert me == {
+        "kind": "server",
+        "server_id": body["server_id"],
+        "name": "host-1",
+        "estate_id": estate_id,
+        "pool_id": pool_id,
+    }
 
 
 async def test_a_domain_binding(broker: Broker) -> None:
@@ -58,8 +62,9 @@ async def test_a_domain_binding(broker: Broker) -> None:
     assert status == 201 and body["kind"] == "domain"
     servers = await broker.call("GET", f"/v1/estates/{estate_id}/servers", admin, status=200)
     assert [(s["name"], s["kind"]) for s in servers["items"]] == [("tenant-a", "domain")]
-    lease = await broker.call("POST", "/v1/leases", body["server_token"],
-                              {"encoder": "E1", "licence_type": ONE, "count": 2}, 201)
+    lease = await broker.call(
+        "POST", "/v1/leases", body["server_token"], {"encoder": "E1", "licence_type": ONE, "count": 2}, 201
+    )
     assert lease["pool_id"] == pool_id
 
 
@@ -69,8 +74,7 @@ async def test_the_enrolment_carries_the_published_keys(broker: Broker) -> None:
     assert status == 201
     published = await broker.call("GET", "/v1/keys", status=200)
     assert body["keys"] == published
-    assert published["keys"] and all(k["kty"] == "OKP" and k["crv"] == "Ed25519"
-                                      for k in published["keys"])
+    assert published["keys"] and all(k["kty"] == "OKP" and k["crv"] == "Ed25519" for k in published["keys"])
 
 
 @pytest.mark.parametrize("code", ["1234567", "123456789", "abcdefgh", "1234 567x", "", "48 21 39 07 1"])
@@ -92,8 +96,7 @@ async def test_used_expired_revoked_and_unknown_codes_get_one_answer(broker: Bro
     live = await broker.call("GET", f"/v1/estates/{estate_id}/auth-codes", admin, status=200)
     # The list never shows digits: the code to revoke is the longer-lived one.
     other = max(live["items"], key=lambda c: c["expires_at"])
-    await broker.call("DELETE", f"/v1/estates/{estate_id}/auth-codes/{other['id']}", admin,
-                      status=204)
+    await broker.call("DELETE", f"/v1/estates/{estate_id}/auth-codes/{other['id']}", admin, status=204)
     broker.clock.advance(61)
     unknown = next(f"{n:08d}" for n in range(10**8) if f"{n:08d}" not in (used, expired, revoked))
     details = set()
@@ -116,8 +119,7 @@ async def test_two_hosts_racing_for_one_code_exactly_one_wins(broker: Broker) ->
     assert statuses == [201] + [403] * 7
     servers = await broker.call("GET", f"/v1/estates/{estate_id}/servers", admin, status=200)
     assert len(servers["items"]) == 1
-    events = await broker.call("GET", f"/v1/estates/{estate_id}/events?action=server.enrolled",
-                               admin, status=200)
+    events = await broker.call("GET", f"/v1/estates/{estate_id}/events?action=server.enrolled", admin, status=200)
     assert len(events["items"]) == 1
 
 
@@ -147,7 +149,9 @@ async def test_ten_failures_from_one_address_then_429(broker: Broker) -> None:
 
 async def test_the_global_failure_budget_trips_across_addresses(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     cfg = config_factory(redeem_failures_global=5, trust_forwarded_for=True)
     broker = Broker(await aiohttp_client(create_app(cfg)), operator_token, clock)

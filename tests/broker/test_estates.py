@@ -11,20 +11,23 @@ TOKEN = re.compile(r"^tnr_adm_[A-Za-z0-9_-]{43}$")
 
 
 async def test_create_estate_returns_ids_and_a_token_once(broker: Broker) -> None:
-    body = await broker.call("POST", "/v1/estates", broker.operator,
-                             {"name": "Acme Broadcast", "admin_name": "Alice"}, 201)
+    body = await broker.call(
+        "POST", "/v1/estates", broker.operator, {"name": "Acme Broadcast", "admin_name": "Alice"}, 201
+    )
     assert set(body) == {"id", "name", "default_pool_id", "admin_id", "admin_token"}
     assert body["name"] == "Acme Broadcast"
     assert TOKEN.match(body["admin_token"])
     # The Default Pool exists, empty, made in the same transaction.
     pools = await broker.call("GET", f"{base(body['id'])}/pools", body["admin_token"], status=200)
     assert [(p["id"], p["name"], p["is_default"], p["allocated"]) for p in pools["items"]] == [
-        (body["default_pool_id"], "Default Pool", True, 0)]
+        (body["default_pool_id"], "Default Pool", True, 0)
+    ]
     # The token is never shown again.
     got = await broker.call("GET", base(body["id"]), body["admin_token"], status=200)
     assert body["admin_token"] not in str(got)
-    assert got["admins"] == [{"id": body["admin_id"], "name": "Alice", "primary": True,
-                              "created_at": "2027-01-01T00:00:00Z"}]
+    assert got["admins"] == [
+        {"id": body["admin_id"], "name": "Alice", "primary": True, "created_at": "2027-01-01T00:00:00Z"}
+    ]
 
 
 async def test_each_estate_gets_distinct_ids_and_tokens(broker: Broker) -> None:
@@ -60,8 +63,14 @@ async def test_primary_admin_adds_and_removes_admins(broker: Broker) -> None:
     assert set(bob) == {"id", "name", "primary", "token"}
     assert bob["name"] == "Bob" and bob["primary"] is False and TOKEN.match(bob["token"])
     me = await broker.call("GET", "/v1/me", bob["token"], status=200)
-    assert me == {"kind": "admin", "estate_id": est.id, "estate_name": "Acme Broadcast",
-                  "admin_id": bob["id"], "name": "Bob", "primary": False}
+    assert me == {
+        "kind": "admin",
+        "estate_id": est.id,
+        "estate_name": "Acme Broadcast",
+        "admin_id": bob["id"],
+        "name": "Bob",
+        "primary": False,
+    }
     # Bob is a real admin of the estate.
     await broker.call("GET", f"{base(est)}/pools", bob["token"], status=200)
     listed = await broker.call("GET", f"{base(est)}/admins", est.admin, status=200)
@@ -131,13 +140,24 @@ async def test_me_for_each_kind_of_token(broker: Broker) -> None:
     assert await broker.call("GET", "/v1/me", broker.operator, status=200) == {"kind": "operator"}
     est = await estate(broker)
     me = await broker.call("GET", "/v1/me", est.admin, status=200)
-    assert me == {"kind": "admin", "estate_id": est.id, "estate_name": "Acme Broadcast",
-                  "admin_id": est.admin_id, "name": "Alice", "primary": True}
+    assert me == {
+        "kind": "admin",
+        "estate_id": est.id,
+        "estate_name": "Acme Broadcast",
+        "admin_id": est.admin_id,
+        "name": "Alice",
+        "primary": True,
+    }
     await broker.purchase(est.id)
     srv = await enroll(broker, est, est.default_pool, "rack-7")
     me = await broker.call("GET", "/v1/me", srv["server_token"], status=200)
-    assert me == {"kind": "server", "server_id": srv["server_id"], "name": "rack-7",
-                  "estate_id": est.id, "pool_id": est.default_pool}
+    assert me == {
+        "kind": "server",
+        "server_id": srv["server_id"],
+        "name": "rack-7",
+        "estate_id": est.id,
+        "pool_id": est.default_pool,
+    }
 
 
 async def test_create_estate_needs_operator(broker: Broker) -> None:
@@ -149,9 +169,13 @@ async def test_create_estate_needs_operator(broker: Broker) -> None:
 async def test_estate_summary_counts_on_hold_as_unavailable(broker: Broker) -> None:
     est = await estate(broker)
     p = await broker.purchase(est.id, "SO-1", quantity=7)
-    await broker.call("PATCH", f"{base(est)}/purchases/{p['id']}", broker.operator,
-                      {"status": "on_hold"}, 200)
+    await broker.call("PATCH", f"{base(est)}/purchases/{p['id']}", broker.operator, {"status": "on_hold"}, 200)
     got = await broker.call("GET", base(est), est.admin, status=200)
     assert got["summary"]["by_type"]["one-in-one-out"] == {
-        "total": 7, "in_use": 0, "available": 0, "expiring": 0, "unavailable": 7}
+        "total": 7,
+        "in_use": 0,
+        "available": 0,
+        "expiring": 0,
+        "unavailable": 7,
+    }
     broker.clock.advance(DAY)

@@ -74,7 +74,9 @@ class FaultyStore(SqliteStore):
 @pytest.fixture
 async def faulty(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: Any, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: Any,
+    operator_token: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Broker:
     global FAULTS
@@ -93,8 +95,9 @@ async def _server(b: Broker, quantity: int) -> tuple[Estate, str, Path]:
 
 
 def _acquire(b: Broker, token: str, encoder: str, count: int = 1) -> Awaitable[Any]:
-    return b.client.post("/v1/leases", json={"encoder": encoder, "licence_type": LICENCE, "count": count},
-                         headers=b.auth(token))
+    return b.client.post(
+        "/v1/leases", json={"encoder": encoder, "licence_type": LICENCE, "count": count}, headers=b.auth(token)
+    )
 
 
 def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -180,14 +183,14 @@ async def test_a_pool_lifetime_change_reaches_the_next_acquire(faulty: Broker) -
     est, token, _ = await _server(b, quantity=10)
     first = await (await _acquire(b, token, "enc-a")).json()
     assert first["lease_seconds"] == 3600
-    await b.call("PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin,
-                 {"lease_seconds": 120}, 200)
+    await b.call("PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin, {"lease_seconds": 120}, 200)
     second = await (await _acquire(b, token, "enc-b")).json()
     assert second["lease_seconds"] == 120
     # A change that is rolled back (the request fails) must not be cached either.
     FAULTS.fail_commits = True
-    resp = await b.client.patch(f"{base(est)}/pools/{est.default_pool}", json={"lease_seconds": 600},
-                                headers=b.auth(est.admin))
+    resp = await b.client.patch(
+        f"{base(est)}/pools/{est.default_pool}", json={"lease_seconds": 600}, headers=b.auth(est.admin)
+    )
     assert resp.status == 503
     FAULTS.fail_commits = False
     third = await (await _acquire(b, token, "enc-c")).json()

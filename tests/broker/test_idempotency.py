@@ -56,11 +56,16 @@ async def test_create_estate_retry_returns_same_answer_and_creates_one(broker: B
 
 async def test_secrets_in_stored_answers_are_not_in_clear(broker: Broker, tmp_path: Path) -> None:
     _, est, _ = await post(broker, "/v1/estates", broker.operator, {"name": "A", "admin_name": "B"}, "k1")
-    _, purchase, _ = await post(broker, f"/v1/estates/{est['id']}/purchases", broker.operator, {
-        "sales_order": "SO-1", "licence_type": "one-in-one-out", "quantity": 3,
-        "expires_at": "2028-01-01T00:00:00Z"}, "k2")
-    _, code, _ = await post(broker, f"/v1/estates/{est['id']}/pools/{est['default_pool_id']}/auth-codes",
-                            est["admin_token"], {}, "k3")
+    _, purchase, _ = await post(
+        broker,
+        f"/v1/estates/{est['id']}/purchases",
+        broker.operator,
+        {"sales_order": "SO-1", "licence_type": "one-in-one-out", "quantity": 3, "expires_at": "2028-01-01T00:00:00Z"},
+        "k2",
+    )
+    _, code, _ = await post(
+        broker, f"/v1/estates/{est['id']}/pools/{est['default_pool_id']}/auth-codes", est["admin_token"], {}, "k3"
+    )
     _, admin, _ = await post(broker, f"/v1/estates/{est['id']}/admins", est["admin_token"], {"name": "C"}, "k4")
     assert purchase["sales_order"] == "SO-1"
     assert db_rows(tmp_path, "SELECT COUNT(*) FROM idempotency") == [(4,)]
@@ -115,8 +120,7 @@ async def test_move_retry_moves_once(broker: Broker) -> None:
     est = await estate(broker)
     p = await broker.purchase(est.id, quantity=10)
     paris = await broker.call("POST", f"{base(est)}/pools", est.admin, {"name": "Paris"}, 201)
-    body = {"from_pool": est.default_pool, "to_pool": paris["id"],
-            "items": [{"purchase_id": p["id"], "count": 3}]}
+    body = {"from_pool": est.default_pool, "to_pool": paris["id"], "items": [{"purchase_id": p["id"], "count": 3}]}
     results = [await post(broker, f"{base(est)}/moves", est.admin, body, "mv") for _ in range(3)]
     assert {r[0] for r in results} == {201}
     assert results[0][1] == results[1][1] == results[2][1]
@@ -136,8 +140,12 @@ async def test_code_retry_returns_the_same_code_and_makes_one(broker: Broker) ->
 
 async def test_purchase_and_admin_retries(broker: Broker, tmp_path: Path) -> None:
     est = await estate(broker)
-    body = {"sales_order": "SO-1", "licence_type": "one-in-one-out", "quantity": 3,
-            "expires_at": "2028-01-01T00:00:00Z"}
+    body = {
+        "sales_order": "SO-1",
+        "licence_type": "one-in-one-out",
+        "quantity": 3,
+        "expires_at": "2028-01-01T00:00:00Z",
+    }
     for _ in range(2):
         await post(broker, f"{base(est)}/purchases", broker.operator, body, "pur")
         await post(broker, f"{base(est)}/admins", est.admin, {"name": "Bob"}, "adm")
@@ -178,8 +186,14 @@ async def test_without_a_key_each_post_acts(broker: Broker, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
 async def test_bad_keys_are_refused(broker: Broker, key: str) -> None:
-    r = await raw(broker, "POST", "/v1/estates", broker.operator,
-                  json.dumps({"name": "A", "admin_name": "B"}), headers={"Idempotency-Key": key})
+    r = await raw(
+        broker,
+        "POST",
+        "/v1/estates",
+        broker.operator,
+        json.dumps({"name": "A", "admin_name": "B"}),
+        headers={"Idempotency-Key": key},
+    )
     assert_problem(r, 400, "validation_error")
 
 
@@ -192,6 +206,9 @@ async def test_replay_survives_a_restart(broker: Broker, aiohttp_client: Any, co
     _, first, _ = await post(broker, f"{base(est)}/pools", est.admin, body, "restart")
     await broker.client.close()
     client = await aiohttp_client(create_app(config_factory()))
-    resp = await client.post(f"{base(est)}/pools", data=json.dumps(body),
-                             headers={"Authorization": f"Bearer {est.admin}", "Idempotency-Key": "restart"})
+    resp = await client.post(
+        f"{base(est)}/pools",
+        data=json.dumps(body),
+        headers={"Authorization": f"Bearer {est.admin}", "Idempotency-Key": "restart"},
+    )
     assert resp.status == 201 and await resp.json() == first

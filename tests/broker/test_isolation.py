@@ -19,7 +19,11 @@ EXPIRY = "2030-01-01T00:00:00Z"
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/estates"): {"name": "Evil", "admin_name": "Mallory"},
     ("POST", "/v1/estates/{estate}/purchases"): {
-        "sales_order": "SO-9", "licence_type": "one-in-one-out", "quantity": 5, "expires_at": EXPIRY},
+        "sales_order": "SO-9",
+        "licence_type": "one-in-one-out",
+        "quantity": 5,
+        "expires_at": EXPIRY,
+    },
     ("PATCH", "/v1/estates/{estate}/purchases/{purchase}"): {"status": "on_hold"},
     ("POST", "/v1/estates/{estate}/pools"): {"name": "Stolen"},
     ("PATCH", "/v1/estates/{estate}/pools/{pool}"): {"name": "Renamed"},
@@ -49,11 +53,17 @@ class Victim:
         srv = await enroll(broker, self.est, paris["id"], "victim-host")
         self.server_token = srv["server_token"]
         lse = await lease(broker, srv["server_token"], "E1", 2)
-        code = await broker.call("POST", f"{base(self.est)}/pools/{paris['id']}/auth-codes",
-                                 self.est.admin, {}, 201)
+        code = await broker.call("POST", f"{base(self.est)}/pools/{paris['id']}/auth-codes", self.est.admin, {}, 201)
         adm = await broker.call("POST", f"{base(self.est)}/admins", self.est.admin, {"name": "Bob"}, 201)
-        self.ids = {"estate": self.est.id, "pool": paris["id"], "server": srv["server_id"],
-                    "lease": lse["id"], "code": code["id"], "admin": adm["id"], "purchase": p["id"]}
+        self.ids = {
+            "estate": self.est.id,
+            "pool": paris["id"],
+            "server": srv["server_id"],
+            "lease": lse["id"],
+            "code": code["id"],
+            "admin": adm["id"],
+            "purchase": p["id"],
+        }
         return self
 
     def path(self, r: Route) -> str:
@@ -64,8 +74,11 @@ class Victim:
             return None
         body = dict(BODIES.get((r.method, r.path), {}))
         if r.path.endswith("/moves"):
-            body = {"from_pool": self.ids["pool"], "to_pool": self.est.default_pool,
-                    "items": [{"purchase_id": self.ids["purchase"], "count": 1}]}
+            body = {
+                "from_pool": self.ids["pool"],
+                "to_pool": self.est.default_pool,
+                "items": [{"purchase_id": self.ids["purchase"], "count": 1}],
+            }
         if r.path.endswith("/servers/{server}"):
             body = {"pool_id": self.est.default_pool}
         return json.dumps(body)
@@ -73,9 +86,14 @@ class Victim:
     async def snapshot(self, broker: Broker) -> list[Any]:
         out = []
         for what in ("pools", "servers", "auth-codes", "admins", "purchases", "leases", "events"):
-            out.append(await broker.call("GET", f"{base(self.est)}/{what}?limit=500"
-                                         if what == "events" else f"{base(self.est)}/{what}",
-                                         broker.operator, status=200))
+            out.append(
+                await broker.call(
+                    "GET",
+                    f"{base(self.est)}/{what}?limit=500" if what == "events" else f"{base(self.est)}/{what}",
+                    broker.operator,
+                    status=200,
+                )
+            )
         return out
 
 
@@ -104,8 +122,9 @@ async def test_another_estates_admin_gets_404_on_every_admin_route(broker: Broke
         got = await raw(broker, r.method, path, attacker.admin, victim.body(r))
         body = assert_problem(got, 404, "not_found")
         # Revealing nothing: the answer is the one for an estate that does not exist.
-        ghost = await raw(broker, r.method, path.replace(victim.est.id, "est_doesnotexist"),
-                          attacker.admin, victim.body(r))
+        ghost = await raw(
+            broker, r.method, path.replace(victim.est.id, "est_doesnotexist"), attacker.admin, victim.body(r)
+        )
         assert ghost.json() == body, r.path
         for secret in ("Victim", "Paris", "SO-VICTIM", "victim-host", "Bob"):
             assert secret not in got.text, (r.path, got.text)
@@ -132,10 +151,22 @@ async def test_attacker_with_own_estate_and_victims_object_ids_gets_404(broker: 
     # Ids of the victim inside bodies: a move from the victim's pool, a rebind to it.
     own = await broker.call("GET", f"{base(attacker)}/pools", attacker.admin, status=200)
     for path, body in (
-        ("moves", {"from_pool": victim.ids["pool"], "to_pool": attacker.default_pool,
-                   "items": [{"purchase_id": victim.ids["purchase"], "count": 1}]}),
-        ("moves", {"from_pool": attacker.default_pool, "to_pool": own["items"][0]["id"],
-                   "items": [{"purchase_id": victim.ids["purchase"], "count": 1}]}),
+        (
+            "moves",
+            {
+                "from_pool": victim.ids["pool"],
+                "to_pool": attacker.default_pool,
+                "items": [{"purchase_id": victim.ids["purchase"], "count": 1}],
+            },
+        ),
+        (
+            "moves",
+            {
+                "from_pool": attacker.default_pool,
+                "to_pool": own["items"][0]["id"],
+                "items": [{"purchase_id": victim.ids["purchase"], "count": 1}],
+            },
+        ),
         ("pools", {"name": "Grab", "moves": [{"purchase_id": victim.ids["purchase"], "count": 1}]}),
     ):
         got = await raw(broker, "POST", f"{base(attacker)}/{path}", attacker.admin, json.dumps(body))

@@ -20,8 +20,7 @@ def check_books(db: Path) -> dict[tuple[str, str], int]:
     """Invariants 1 and 2 read straight from the SQLite file; returns leased per holding."""
     conn = sqlite3.connect(db)
     try:
-        holdings = conn.execute(
-            "SELECT pool_id, purchase_id, allocated, leased FROM holdings").fetchall()
+        holdings = conn.execute("SELECT pool_id, purchase_id, allocated, leased FROM holdings").fetchall()
         for pool_id, purchase_id, allocated, leased in holdings:
             assert 0 <= leased <= allocated, (pool_id, purchase_id, allocated, leased)
         quantities = dict(conn.execute("SELECT id, quantity FROM purchases").fetchall())
@@ -30,15 +29,20 @@ def check_books(db: Path) -> dict[tuple[str, str], int]:
             allocated_sum[purchase_id] = allocated_sum.get(purchase_id, 0) + allocated
         assert allocated_sum == quantities
         # ``leased`` is exactly the seats of the active leases.
-        seated = dict(((p, q), n) for p, q, n in conn.execute(
-            "SELECT s.pool_id, s.purchase_id, SUM(s.count) FROM lease_seats s "
-            "JOIN leases l ON l.id = s.lease_id WHERE l.state = 'active' "
-            "GROUP BY s.pool_id, s.purchase_id").fetchall())
+        seated = dict(
+            ((p, q), n)
+            for p, q, n in conn.execute(
+                "SELECT s.pool_id, s.purchase_id, SUM(s.count) FROM lease_seats s "
+                "JOIN leases l ON l.id = s.lease_id WHERE l.state = 'active' "
+                "GROUP BY s.pool_id, s.purchase_id"
+            ).fetchall()
+        )
         books = {(p, q): leased for p, q, _, leased in holdings if leased}
         assert books == seated
         counts = conn.execute(
             "SELECT l.id, l.count, SUM(s.count) FROM leases l JOIN lease_seats s "
-            "ON s.lease_id = l.id WHERE l.state = 'active' GROUP BY l.id").fetchall()
+            "ON s.lease_id = l.id WHERE l.state = 'active' GROUP BY l.id"
+        ).fetchall()
         assert all(count == total for _, count, total in counts)
         return books
     finally:
@@ -46,40 +50,45 @@ def check_books(db: Path) -> dict[tuple[str, str], int]:
 
 
 async def _post(broker: Broker, token: str, encoder: str, count: int) -> int:
-    resp = await broker.client.post("/v1/leases", headers=broker.auth(token),
-                                    json={"encoder": encoder, "licence_type": ONE, "count": count})
+    resp = await broker.client.post(
+        "/v1/leases", headers=broker.auth(token), json={"encoder": encoder, "licence_type": ONE, "count": count}
+    )
     await resp.read()
     return resp.status
 
 
 async def _site(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> tuple[Broker, Site, Path]:
     config = config_factory()
     broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
     # 50 seats in Paris from three purchases; more of the same purchases stay in Default.
-    site = await make_site(broker, [("SO-A", 30, 100, ONE), ("SO-B", 20, 200, ONE),
-                                    ("SO-C", 10, 300, ONE)],
-                           move={"SO-A": 20, "SO-B": 20, "SO-C": 10})
+    site = await make_site(
+        broker,
+        [("SO-A", 30, 100, ONE), ("SO-B", 20, 200, ONE), ("SO-C", 10, 300, ONE)],
+        move={"SO-A": 20, "SO-B": 20, "SO-C": 10},
+    )
     return broker, site, config.db_path
 
 
 async def test_200_concurrent_acquires_for_50_seats_grant_exactly_50(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     broker, site, db = await _site(aiohttp_client, config_factory, clock, operator_token)
     tokens = [site.server] + [(await site.enrol(f"host-{i}"))["server_token"] for i in range(2, 5)]
-    statuses = await asyncio.gather(*(
-        _post(broker, tokens[i % len(tokens)], f"ENC-{i:03d}", 1) for i in range(200)))
+    statuses = await asyncio.gather(*(_post(broker, tokens[i % len(tokens)], f"ENC-{i:03d}", 1) for i in range(200)))
     assert statuses.count(201) == 50
     assert statuses.count(409) == 150
     assert set(statuses) == {201, 409}
     view = await site.pool()
     assert view["in_use"] == 50 and view["available"] == 0
-    assert {h["sales_order"]: h["in_use"] for h in view["holdings"]} == {
-        "SO-A": 20, "SO-B": 20, "SO-C": 10}
+    assert {h["sales_order"]: h["in_use"] for h in view["holdings"]} == {"SO-A": 20, "SO-B": 20, "SO-C": 10}
     assert len(await site.leases()) == 50
     books = check_books(db)
     assert sum(n for (pool, _), n in books.items() if pool == site.pool_id) == 50
@@ -88,7 +97,9 @@ async def test_200_concurrent_acquires_for_50_seats_grant_exactly_50(
 
 async def test_concurrent_grows_shrinks_and_releases_keep_the_books(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     broker, site, db = await _site(aiohttp_client, config_factory, clock, operator_token)
     other = (await site.enrol("host-2"))["server_token"]
@@ -108,7 +119,9 @@ async def test_concurrent_grows_shrinks_and_releases_keep_the_books(
 
 async def test_the_same_request_raced_makes_one_lease(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     broker, site, db = await _site(aiohttp_client, config_factory, clock, operator_token)
     statuses = await asyncio.gather(*(_post(broker, site.server, "ENC-1", 4) for _ in range(20)))

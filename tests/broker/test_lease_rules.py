@@ -118,23 +118,19 @@ async def test_renew_of_a_gone_lease_says_why(broker: Broker) -> None:
     revoked = await site.acquire("E2", 1, status=201)
     lapsed = await site.acquire("E3", 1, status=201)
     await site.release(released["id"])
-    await broker.call("DELETE", f"/v1/estates/{site.estate_id}/leases/{revoked['id']}", site.admin,
-                      status=204)
+    await broker.call("DELETE", f"/v1/estates/{site.estate_id}/leases/{revoked['id']}", site.admin, status=204)
     broker.clock.advance(1800)
     await site.renew(released["id"], status=410)
     broker.clock.advance(1800)  # E3 was never renewed: it lapses at its exp
     for lease, reason in ((released, "released"), (revoked, "revoked"), (lapsed, "lapsed")):
-        resp = await broker.client.post(f"/v1/leases/{lease['id']}/renew",
-                                        headers=broker.auth(site.server), json={})
+        resp = await broker.client.post(f"/v1/leases/{lease['id']}/renew", headers=broker.auth(site.server), json={})
         assert resp.status == 410
         assert resp.content_type == "application/problem+json"
         body = await resp.json()
         assert body["code"] == "lease_gone" and body["reason"] == reason, body
     # Refused renewals are in the audit log with their reason.
-    refused = {e["subject_id"]: e["details"]["reason"]
-               for e in await site.events("lease.renewal_refused")}
-    assert refused == {released["id"]: "released", revoked["id"]: "revoked",
-                       lapsed["id"]: "lapsed"}
+    refused = {e["subject_id"]: e["details"]["reason"] for e in await site.events("lease.renewal_refused")}
+    assert refused == {released["id"]: "released", revoked["id"]: "revoked", lapsed["id"]: "lapsed"}
 
 
 async def test_a_lease_not_renewed_frees_its_seats_at_exp(broker: Broker) -> None:
@@ -169,7 +165,9 @@ async def test_the_same_encoder_reacquires_after_a_lapse(broker: Broker) -> None
 
 async def test_the_reaper_records_lapses_without_any_request(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     client = await aiohttp_client(create_app(config_factory()))
     broker = Broker(client, operator_token, clock)
@@ -206,8 +204,9 @@ async def test_lease_lifetime_is_a_pool_setting(broker: Broker) -> None:
     renewed = await site.renew(lease["id"], status=200)
     assert ts(renewed["expires_at"]) == now + 290 and ts(renewed["renew_after"]) == now + 230
     for bad in (59, 30 * DAY + 1):
-        await broker.call("PATCH", f"/v1/estates/{site.estate_id}/pools/{site.pool_id}",
-                          site.admin, {"lease_seconds": bad}, 400)
+        await broker.call(
+            "PATCH", f"/v1/estates/{site.estate_id}/pools/{site.pool_id}", site.admin, {"lease_seconds": bad}, 400
+        )
 
 
 async def test_expiring_purchases_are_flagged_to_the_agent(broker: Broker) -> None:

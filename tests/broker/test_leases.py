@@ -11,8 +11,9 @@ async def test_n_seats_grant_n_and_refuse_the_next(broker: Broker) -> None:
     for i in range(5):
         lease = await site.acquire(f"E{i}", 1, status=201)
         assert lease["count"] == 1
-    resp = await broker.client.post("/v1/leases", headers=broker.auth(site.server),
-                                    json={"encoder": "E5", "licence_type": ONE, "count": 1})
+    resp = await broker.client.post(
+        "/v1/leases", headers=broker.auth(site.server), json={"encoder": "E5", "licence_type": ONE, "count": 1}
+    )
     assert resp.status == 409
     assert resp.content_type == "application/problem+json"
     body = await resp.json()
@@ -34,8 +35,7 @@ async def test_refusal_says_how_many_are_available(broker: Broker) -> None:
 
 
 async def test_earliest_expiry_first_and_split_across_purchases(broker: Broker) -> None:
-    site = await make_site(broker, [
-        ("SO-MID", 3, 100, ONE), ("SO-LATE", 5, 200, ONE), ("SO-EARLY", 2, 50, ONE)])
+    site = await make_site(broker, [("SO-MID", 3, 100, ONE), ("SO-LATE", 5, 200, ONE), ("SO-EARLY", 2, 50, ONE)])
     first = await site.acquire("E1", 4, status=201)
     assert seats_of(first) == {"SO-EARLY": 2, "SO-MID": 2}
     assert [s["sales_order"] for s in first["seats"]] == ["SO-EARLY", "SO-MID"]
@@ -51,8 +51,7 @@ async def test_earliest_expiry_first_and_split_across_purchases(broker: Broker) 
 
 
 async def test_shrink_gives_back_the_latest_expiring_first(broker: Broker) -> None:
-    site = await make_site(broker, [
-        ("SO-EARLY", 2, 50, ONE), ("SO-MID", 3, 100, ONE), ("SO-LATE", 5, 200, ONE)])
+    site = await make_site(broker, [("SO-EARLY", 2, 50, ONE), ("SO-MID", 3, 100, ONE), ("SO-LATE", 5, 200, ONE)])
     lease = await site.acquire("E1", 8, status=201)
     assert seats_of(lease) == {"SO-EARLY": 2, "SO-MID": 3, "SO-LATE": 3}
     shrunk = await site.acquire("E1", 4, status=200)
@@ -67,11 +66,13 @@ async def test_shrink_gives_back_the_latest_expiring_first(broker: Broker) -> No
 
 async def test_acquire_is_idempotent_per_server_and_encoder(broker: Broker) -> None:
     site = await make_site(broker, [("SO-1", 5, 365, ONE)])
-    first = await broker.client.post("/v1/leases", headers=broker.auth(site.server),
-                                     json={"encoder": "E1", "licence_type": ONE, "count": 2})
+    first = await broker.client.post(
+        "/v1/leases", headers=broker.auth(site.server), json={"encoder": "E1", "licence_type": ONE, "count": 2}
+    )
     assert first.status == 201
-    again = await broker.client.post("/v1/leases", headers=broker.auth(site.server),
-                                     json={"encoder": "E1", "licence_type": ONE, "count": 2})
+    again = await broker.client.post(
+        "/v1/leases", headers=broker.auth(site.server), json={"encoder": "E1", "licence_type": ONE, "count": 2}
+    )
     assert again.status == 200
     a, b = await first.json(), await again.json()
     assert a["id"] == b["id"] and b["count"] == 2
@@ -150,8 +151,9 @@ async def test_a_refused_replacement_keeps_the_old_lease(broker: Broker) -> None
 async def test_count_zero_releases(broker: Broker) -> None:
     site = await make_site(broker, [("SO-1", 3, 365, ONE)])
     lease = await site.acquire("E1", 3, status=201)
-    resp = await broker.client.post("/v1/leases", headers=broker.auth(site.server),
-                                    json={"encoder": "E1", "licence_type": ONE, "count": 0})
+    resp = await broker.client.post(
+        "/v1/leases", headers=broker.auth(site.server), json={"encoder": "E1", "licence_type": ONE, "count": 0}
+    )
     assert resp.status == 204
     assert await resp.read() == b""
     view = await site.pool()
@@ -199,8 +201,7 @@ async def test_seats_come_only_from_purchases_of_that_type(broker: Broker) -> No
 async def test_lease_response_shape(broker: Broker) -> None:
     site = await make_site(broker, [("SO-1", 2, 365, ONE)])
     lease = await site.acquire("E1", 1, status=201)
-    for key in ("id", "token", "count", "licence_type", "expires_at", "renew_after",
-                "server_time", "seats"):
+    for key in ("id", "token", "count", "licence_type", "expires_at", "renew_after", "server_time", "seats"):
         assert key in lease, key
     assert lease["server_time"] == "2027-01-01T00:00:00Z"
     assert lease["expires_at"] == "2027-01-01T01:00:00Z"  # default lifetime: 1 hour
@@ -210,20 +211,22 @@ async def test_lease_response_shape(broker: Broker) -> None:
 
 async def test_bad_acquire_requests(broker: Broker) -> None:
     site = await make_site(broker, [("SO-1", 2, 365, ONE)])
-    for body in ({"encoder": "E1", "licence_type": ONE, "count": 10_001},
-                 {"encoder": "E1", "licence_type": ONE, "count": -1},
-                 {"encoder": "bad serial!", "licence_type": ONE, "count": 1},
-                 {"encoder": "E1", "licence_type": "One In", "count": 1},
-                 {"encoder": "E1", "licence_type": ONE},
-                 {"encoder": "E1", "licence_type": ONE, "count": 1, "extra": 1}):
+    for body in (
+        {"encoder": "E1", "licence_type": ONE, "count": 10_001},
+        {"encoder": "E1", "licence_type": ONE, "count": -1},
+        {"encoder": "bad serial!", "licence_type": ONE, "count": 1},
+        {"encoder": "E1", "licence_type": "One In", "count": 1},
+        {"encoder": "E1", "licence_type": ONE},
+        {"encoder": "E1", "licence_type": ONE, "count": 1, "extra": 1},
+    ):
         problem = await broker.call("POST", "/v1/leases", site.server, body, 400)
         assert problem["code"] == "validation_error"
-    assert (await broker.call("POST", "/v1/leases", None,
-                              {"encoder": "E1", "licence_type": ONE, "count": 1}, 401)
-            )["code"] == "unauthenticated"
-    assert (await broker.call("POST", "/v1/leases", site.admin,
-                              {"encoder": "E1", "licence_type": ONE, "count": 1}, 403)
-            )["code"] == "forbidden"
+    assert (await broker.call("POST", "/v1/leases", None, {"encoder": "E1", "licence_type": ONE, "count": 1}, 401))[
+        "code"
+    ] == "unauthenticated"
+    assert (
+        await broker.call("POST", "/v1/leases", site.admin, {"encoder": "E1", "licence_type": ONE, "count": 1}, 403)
+    )["code"] == "forbidden"
     assert (await site.pool())["in_use"] == 0
 
 
@@ -239,14 +242,15 @@ async def test_another_estates_server_touches_nothing_here(broker: Broker) -> No
     assert theirs["id"] != lease["id"] and theirs["pool_id"] == there.pool_id
     assert (await here.acquire("E2", 1, status=409, token=intruder))["available"] == 0
     # No admin route answers a server token.
-    for path in (f"/v1/estates/{here.estate_id}/leases", f"/v1/estates/{here.estate_id}/pools",
-                 f"/v1/estates/{here.estate_id}/servers"):
+    for path in (
+        f"/v1/estates/{here.estate_id}/leases",
+        f"/v1/estates/{here.estate_id}/pools",
+        f"/v1/estates/{here.estate_id}/servers",
+    ):
         assert (await broker.call("GET", path, intruder, status=403))["code"] == "forbidden"
-    await broker.call("DELETE", f"/v1/estates/{here.estate_id}/leases/{lease['id']}", intruder,
-                      status=403)
+    await broker.call("DELETE", f"/v1/estates/{here.estate_id}/leases/{lease['id']}", intruder, status=403)
     # The other estate's admin cannot force-release it either.
-    await broker.call("DELETE", f"/v1/estates/{there.estate_id}/leases/{lease['id']}", there.admin,
-                      status=404)
+    await broker.call("DELETE", f"/v1/estates/{there.estate_id}/leases/{lease['id']}", there.admin, status=404)
     held = await here.leases()
     assert [(x["id"], x["count"]) for x in held] == [(lease["id"], 2)]
     assert (await here.renew(lease["id"], status=200))["count"] == 2

@@ -6,12 +6,18 @@ from tests.conftest import Broker
 async def test_metrics_count_leases_commits_and_routes(broker: Broker) -> None:
     est = await broker.estate()
     await broker.purchase(est["id"], quantity=5)
-    code = await broker.call("POST", f"/v1/estates/{est['id']}/pools/{est['default_pool_id']}/auth-codes",
-                             est["admin_token"], {}, 201)
+    code = await broker.call(
+        "POST", f"/v1/estates/{est['id']}/pools/{est['default_pool_id']}/auth-codes", est["admin_token"], {}, 201
+    )
     srv = await broker.call("POST", "/v1/enroll", None, {"code": code["code"], "name": "h1"}, 201)
     for serial in ("E1", "E2"):
-        await broker.call("POST", "/v1/leases", srv["server_token"],
-                          {"encoder": serial, "licence_type": "one-in-one-out", "count": 2}, 201)
+        await broker.call(
+            "POST",
+            "/v1/leases",
+            srv["server_token"],
+            {"encoder": serial, "licence_type": "one-in-one-out", "count": 2},
+            201,
+        )
 
     resp = await broker.client.get("/metrics", headers=broker.auth(broker.operator))
     assert resp.status == 200

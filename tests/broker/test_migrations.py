@@ -20,8 +20,7 @@ LATEST = migrations()[-1][0]
 def schema(path: Path) -> list[tuple[str, str]]:
     conn = sqlite3.connect(path)
     try:
-        rows = conn.execute(
-            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+        rows = conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
         return [(t, n) for t, n in rows]
     finally:
         conn.close()
@@ -45,20 +44,31 @@ def seed_v1(path: Path) -> dict[str, str]:
         now = int(T0)
         conn.execute("BEGIN")
         conn.execute("INSERT INTO estates VALUES ('est_old', 'Old Estate', ?)", (now,))
-        conn.execute("INSERT INTO admins (id, estate_id, name, token_hash, is_primary, created_at) "
-                     "VALUES ('adm_old', 'est_old', 'Olga', ?, 1, ?)", (token_hash(token), now))
+        conn.execute(
+            "INSERT INTO admins (id, estate_id, name, token_hash, is_primary, created_at) "
+            "VALUES ('adm_old', 'est_old', 'Olga', ?, 1, ?)",
+            (token_hash(token), now),
+        )
         for pid, name, default in (("pool_def", "Default Pool", 1), ("pool_old", "Old Pool", 0)):
-            conn.execute("INSERT INTO pools (id, estate_id, name, name_key, is_default, lease_seconds, "
-                         "created_at) VALUES (?, 'est_old', ?, ?, ?, 3600, ?)",
-                         (pid, name, name.casefold(), default, now))
-        conn.execute("INSERT INTO purchases (id, estate_id, sales_order, licence_type, quantity, "
-                     "expires_at, status, held_at, created_at) VALUES ('pur_old', 'est_old', 'SO-OLD', "
-                     "'one-in-one-out', 12, ?, 'valid', NULL, ?)", (now + 400 * 86400, now))
+            conn.execute(
+                "INSERT INTO pools (id, estate_id, name, name_key, is_default, lease_seconds, "
+                "created_at) VALUES (?, 'est_old', ?, ?, ?, 3600, ?)",
+                (pid, name, name.casefold(), default, now),
+            )
+        conn.execute(
+            "INSERT INTO purchases (id, estate_id, sales_order, licence_type, quantity, "
+            "expires_at, status, held_at, created_at) VALUES ('pur_old', 'est_old', 'SO-OLD', "
+            "'one-in-one-out', 12, ?, 'valid', NULL, ?)",
+            (now + 400 * 86400, now),
+        )
         conn.execute("INSERT INTO holdings VALUES ('pool_def', 'pur_old', 7, 0)")
         conn.execute("INSERT INTO holdings VALUES ('pool_old', 'pur_old', 5, 0)")
-        conn.execute("INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, "
-                     "pool_id, subject_id, details) VALUES ('est_old', ?, 'operator', NULL, 'operator', "
-                     "'estate.created', NULL, 'est_old', '{}')", (now,))
+        conn.execute(
+            "INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, "
+            "pool_id, subject_id, details) VALUES ('est_old', ?, 'operator', NULL, 'operator', "
+            "'estate.created', NULL, 'est_old', '{}')",
+            (now,),
+        )
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -74,8 +84,11 @@ def test_first_migration_stops_where_told(tmp_path: Path) -> None:
 
 
 async def test_version_1_database_is_upgraded_in_place(
-    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: Any, operator_token: str,
+    tmp_path: Path,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: Any,
+    operator_token: str,
 ) -> None:
     db = tmp_path / "data" / "tenure.db"
     seeded = seed_v1(db)
@@ -94,14 +107,16 @@ async def test_version_1_database_is_upgraded_in_place(
     # What the later migrations add works on the upgraded database: enrol and lease.
     code = await broker.call("POST", "/v1/estates/est_old/pools/pool_old/auth-codes", seeded["token"], {}, 201)
     srv = await broker.call("POST", "/v1/enroll", None, {"code": code["code"], "name": "h"}, 201)
-    await broker.call("POST", "/v1/leases", srv["server_token"],
-                      {"encoder": "E1", "licence_type": "one-in-one-out", "count": 5}, 201)
+    await broker.call(
+        "POST", "/v1/leases", srv["server_token"], {"encoder": "E1", "licence_type": "one-in-one-out", "count": 5}, 201
+    )
     pool = await broker.call("GET", "/v1/estates/est_old/pools/pool_old", seeded["token"], status=200)
     assert (pool["in_use"], pool["available"]) == (5, 0)
 
 
 async def test_upgraded_schema_equals_a_fresh_one(
-    tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    tmp_path: Path,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     config_factory: Callable[..., Any],
 ) -> None:
     old = tmp_path / "data" / "tenure.db"

@@ -94,8 +94,9 @@ async def test_documented_schemas_match_what_the_api_answers(broker: Broker) -> 
     assert set(body) == set(schema["properties"])
     assert set(schema["required"]) <= set(body)
     pools = await broker.call("GET", f"/v1/estates/{body['id']}/pools", body["admin_token"], status=200)
-    pool_schema = doc["paths"]["/v1/estates/{estate}/pools"]["get"]["responses"]["200"]["content"][
-        "application/json"]["schema"]["properties"]["items"]["items"]
+    pool_schema = doc["paths"]["/v1/estates/{estate}/pools"]["get"]["responses"]["200"]["content"]["application/json"][
+        "schema"
+    ]["properties"]["items"]["items"]
     assert set(pools["items"][0]) == set(pool_schema["properties"])
 
 
@@ -115,9 +116,24 @@ async def test_errors_are_documented_as_problems(broker: Broker) -> None:
 
 
 _TYPES = {"object", "array", "string", "integer", "number", "boolean", "null"}
-_KEYWORDS = {"type", "properties", "required", "additionalProperties", "items", "minItems",
-             "maxItems", "minLength", "maxLength", "pattern", "enum", "format", "minimum",
-             "maximum", "description", "x-pattern-message"}
+_KEYWORDS = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "enum",
+    "format",
+    "minimum",
+    "maximum",
+    "description",
+    "x-pattern-message",
+}
 
 
 def check_schema(schema: Any) -> None:

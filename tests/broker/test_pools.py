@@ -12,13 +12,16 @@ async def test_create_pool_with_moves_from_default(broker: Broker) -> None:
     est = await estate(broker)
     a = await broker.purchase(est.id, "SO-A", quantity=10, expires_in_days=100)
     b = await broker.purchase(est.id, "SO-B", quantity=6, licence_type="four-in-one-out")
-    pool = await new_pool(broker, est, "Paris", [{"purchase_id": a["id"], "count": 4},
-                                                 {"purchase_id": b["id"], "count": 6}])
+    pool = await new_pool(
+        broker, est, "Paris", [{"purchase_id": a["id"], "count": 4}, {"purchase_id": b["id"], "count": 6}]
+    )
     assert pool["name"] == "Paris" and pool["is_default"] is False
     assert pool["lease_seconds"] == 3600 and pool["created_at"] == "2027-01-01T00:00:00Z"
     assert (pool["allocated"], pool["in_use"], pool["available"], pool["revoked_unexpired"]) == (10, 0, 10, 0)
-    assert pool["by_type"] == {"one-in-one-out": {"allocated": 4, "in_use": 0, "available": 4},
-                               "four-in-one-out": {"allocated": 6, "in_use": 0, "available": 6}}
+    assert pool["by_type"] == {
+        "one-in-one-out": {"allocated": 4, "in_use": 0, "available": 4},
+        "four-in-one-out": {"allocated": 6, "in_use": 0, "available": 6},
+    }
     assert [(h["sales_order"], h["allocated"]) for h in pool["holdings"]] == [("SO-A", 4), ("SO-B", 6)]
     views = await pools(broker, est)
     assert list(views) == ["Default Pool", "Paris"]
@@ -30,8 +33,7 @@ async def test_create_pool_with_moves_from_default(broker: Broker) -> None:
 
 async def test_create_pool_without_moves_and_with_lease_seconds(broker: Broker) -> None:
     est = await estate(broker)
-    pool = await broker.call("POST", f"{base(est)}/pools", est.admin,
-                             {"name": "Lyon", "lease_seconds": 600}, 201)
+    pool = await broker.call("POST", f"{base(est)}/pools", est.admin, {"name": "Lyon", "lease_seconds": 600}, 201)
     assert (pool["allocated"], pool["holdings"], pool["lease_seconds"]) == (0, [], 600)
     got = await broker.call("GET", f"{base(est)}/pools/{pool['id']}", est.admin, status=200)
     assert got == pool
@@ -41,11 +43,15 @@ async def test_create_pool_with_a_bad_move_creates_nothing(broker: Broker) -> No
     est = await estate(broker)
     a = await broker.purchase(est.id, "SO-A", quantity=3)
     before = await pools(broker, est)
-    r = await raw(broker, "POST", f"{base(est)}/pools", est.admin,
-                  f'{{"name": "Paris", "moves": [{{"purchase_id": "{a["id"]}", "count": 4}}]}}')
+    r = await raw(
+        broker,
+        "POST",
+        f"{base(est)}/pools",
+        est.admin,
+        f'{{"name": "Paris", "moves": [{{"purchase_id": "{a["id"]}", "count": 4}}]}}',
+    )
     body = assert_problem(r, 409, "licences_in_use")
-    assert body["items"] == [{"purchase_id": a["id"], "sales_order": "SO-A", "requested": 4,
-                              "unused": 3, "lacking": 1}]
+    assert body["items"] == [{"purchase_id": a["id"], "sales_order": "SO-A", "requested": 4, "unused": 3, "lacking": 1}]
     assert await pools(broker, est) == before
     # The name is still free.
     await new_pool(broker, est, "Paris")
@@ -112,13 +118,22 @@ async def test_rename_and_set_lease_seconds(broker: Broker) -> None:
 
 async def test_default_pool_can_be_renamed_and_tuned(broker: Broker) -> None:
     est = await estate(broker)
-    got = await broker.call("PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin,
-                            {"name": "Main", "lease_seconds": 86400}, 200)
+    got = await broker.call(
+        "PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin, {"name": "Main", "lease_seconds": 86400}, 200
+    )
     assert got["is_default"] is True and got["name"] == "Main"
 
 
-@pytest.mark.parametrize("body", ['{"lease_seconds": 59}', '{"lease_seconds": 2592001}',
-                                  '{"name": ""}', '{"is_default": true}', '{"lease_seconds": "60"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"lease_seconds": 59}',
+        '{"lease_seconds": 2592001}',
+        '{"name": ""}',
+        '{"is_default": true}',
+        '{"lease_seconds": "60"}',
+    ],
+)
 async def test_patch_pool_validation(broker: Broker, body: str) -> None:
     est = await estate(broker)
     r = await raw(broker, "PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin, body)
@@ -128,16 +143,20 @@ async def test_patch_pool_validation(broker: Broker, body: str) -> None:
 async def test_lease_seconds_bounds_accepted(broker: Broker) -> None:
     est = await estate(broker)
     for s in (60, 30 * 86400):
-        got = await broker.call("PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin,
-                                {"lease_seconds": s}, 200)
+        got = await broker.call("PATCH", f"{base(est)}/pools/{est.default_pool}", est.admin, {"lease_seconds": s}, 200)
         assert got["lease_seconds"] == s
 
 
 async def test_new_pool_lease_seconds_governs_lease_expiry(broker: Broker) -> None:
     est = await estate(broker)
     p = await broker.purchase(est.id, quantity=2)
-    pool = await broker.call("POST", f"{base(est)}/pools", est.admin, {
-        "name": "Short", "lease_seconds": 300, "moves": [{"purchase_id": p["id"], "count": 2}]}, 201)
+    pool = await broker.call(
+        "POST",
+        f"{base(est)}/pools",
+        est.admin,
+        {"name": "Short", "lease_seconds": 300, "moves": [{"purchase_id": p["id"], "count": 2}]},
+        201,
+    )
     srv = await enroll(broker, est, pool["id"])
     got = await lease(broker, srv["server_token"], "E1", 1)
     assert got["expires_at"] == "2027-01-01T00:05:00Z"
@@ -156,13 +175,13 @@ async def test_delete_returns_holdings_to_default(broker: Broker) -> None:
     est = await estate(broker)
     a = await broker.purchase(est.id, "SO-A", quantity=10)
     b = await broker.purchase(est.id, "SO-B", quantity=5)
-    pool = await new_pool(broker, est, "Paris", [{"purchase_id": a["id"], "count": 4},
-                                                 {"purchase_id": b["id"], "count": 5}])
+    pool = await new_pool(
+        broker, est, "Paris", [{"purchase_id": a["id"], "count": 4}, {"purchase_id": b["id"], "count": 5}]
+    )
     await broker.call("DELETE", f"{base(est)}/pools/{pool['id']}", est.admin, status=204)
     views = await pools(broker, est)
     assert list(views) == ["Default Pool"]
-    assert {h["sales_order"]: h["allocated"] for h in views["Default Pool"]["holdings"]} == {
-        "SO-A": 10, "SO-B": 5}
+    assert {h["sales_order"]: h["allocated"] for h in views["Default Pool"]["holdings"]} == {"SO-A": 10, "SO-B": 5}
     r = await raw(broker, "GET", f"{base(est)}/pools/{pool['id']}", est.admin)
     assert_problem(r, 404, "not_found")
     r = await raw(broker, "DELETE", f"{base(est)}/pools/{pool['id']}", est.admin)
@@ -190,8 +209,7 @@ async def test_pool_with_a_server_cannot_be_deleted(broker: Broker) -> None:
     assert (body["servers"], body["leases"]) == (1, 0)
     assert (await pools(broker, est))["Paris"]["allocated"] == 4
     # Rebinding the server away frees the pool for deletion.
-    await broker.call("PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin,
-                      {"pool_id": est.default_pool}, 200)
+    await broker.call("PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin, {"pool_id": est.default_pool}, 200)
     await broker.call("DELETE", f"{base(est)}/pools/{pool['id']}", est.admin, status=204)
 
 
@@ -225,13 +243,15 @@ async def test_available_excludes_expired_and_held_but_allocated_counts_them(bro
     await broker.purchase(est.id, "SO-OK", quantity=5, expires_in_days=200)
     await broker.purchase(est.id, "SO-OLD", quantity=3, expires_in_days=1)
     held = await broker.purchase(est.id, "SO-HELD", quantity=2, expires_in_days=200)
-    await broker.call("PATCH", f"{base(est)}/purchases/{held['id']}", broker.operator,
-                      {"status": "on_hold"}, 200)
+    await broker.call("PATCH", f"{base(est)}/purchases/{held['id']}", broker.operator, {"status": "on_hold"}, 200)
     broker.clock.advance(2 * DAY)
     view = (await pools(broker, est))["Default Pool"]
     assert (view["allocated"], view["in_use"], view["available"]) == (10, 0, 5)
     assert {h["sales_order"]: h["state"] for h in view["holdings"]} == {
-        "SO-OK": "valid", "SO-OLD": "expired", "SO-HELD": "on_hold"}
+        "SO-OK": "valid",
+        "SO-OLD": "expired",
+        "SO-HELD": "on_hold",
+    }
 
 
 async def test_in_use_and_available_follow_leases(broker: Broker) -> None:
@@ -244,7 +264,9 @@ async def test_in_use_and_available_follow_leases(broker: Broker) -> None:
     assert (view["allocated"], view["in_use"], view["available"]) == (10, 7, 3)
     # Earliest expiry first.
     assert {h["purchase_id"]: (h["in_use"], h["unused"]) for h in view["holdings"]} == {
-        a["id"]: (5, 0), b["id"]: (2, 3)}
+        a["id"]: (5, 0),
+        b["id"]: (2, 3),
+    }
     # When the lease lapses (never renewed), the view counts it free again at once.
     broker.clock.advance(3601)
     view = (await pools(broker, est))["Default Pool"]

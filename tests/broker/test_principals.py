@@ -16,8 +16,9 @@ from tests.conftest import Broker
 
 async def test_a_known_server_renews_without_a_token_lookup(broker: Broker) -> None:
     site = await make_site(broker, [("SO-1", 4, 365, ONE)])
-    lease = await broker.call("POST", "/v1/leases", site.server,
-                              {"encoder": "ENC-1", "licence_type": ONE, "count": 1}, 201)
+    lease = await broker.call(
+        "POST", "/v1/leases", site.server, {"encoder": "ENC-1", "licence_type": ONE, "count": 1}, 201
+    )
     store = broker.client.server.app[SERVICES].store
     before = store.stats.read_jobs
     for _ in range(3):
@@ -28,17 +29,19 @@ async def test_a_known_server_renews_without_a_token_lookup(broker: Broker) -> N
 
 async def test_a_server_removed_through_another_replica_is_refused_on_every_agent_route(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     config = config_factory()
     one = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
     two = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
     site = await make_site(one, [("SO-1", 6, 365, ONE)])
-    lease = await two.call("POST", "/v1/leases", site.server,
-                           {"encoder": "ENC-1", "licence_type": ONE, "count": 2}, 201)
+    lease = await two.call(
+        "POST", "/v1/leases", site.server, {"encoder": "ENC-1", "licence_type": ONE, "count": 2}, 201
+    )
 
-    await one.call("DELETE", f"/v1/estates/{site.estate_id}/servers/{site.server_id}",
-                   site.admin, status=204)
+    await one.call("DELETE", f"/v1/estates/{site.estate_id}/servers/{site.server_id}", site.admin, status=204)
     clock.advance(60)  # past the admin lifetime, within the server entry's on replica two
     for method, path, body in (
         ("POST", "/v1/leases", {"encoder": "ENC-2", "licence_type": ONE, "count": 1}),

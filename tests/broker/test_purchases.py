@@ -13,26 +13,54 @@ from tests.conftest import DAY, T0, Broker
 
 async def test_record_purchase_lands_in_default_pool(broker: Broker) -> None:
     est = await estate(broker)
-    body = await broker.call("POST", f"{base(est)}/purchases", broker.operator, {
-        "sales_order": "SO-1001", "licence_type": "one-in-one-out", "quantity": 25,
-        "expires_at": "2028-01-01T00:00:00Z"}, 201)
-    assert body == {"id": body["id"], "sales_order": "SO-1001", "licence_type": "one-in-one-out",
-                    "quantity": 25, "expires_at": "2028-01-01T00:00:00Z", "status": "valid",
-                    "state": "valid", "grace_ends_at": "2028-01-31T00:00:00Z"}
+    body = await broker.call(
+        "POST",
+        f"{base(est)}/purchases",
+        broker.operator,
+        {
+            "sales_order": "SO-1001",
+            "licence_type": "one-in-one-out",
+            "quantity": 25,
+            "expires_at": "2028-01-01T00:00:00Z",
+        },
+        201,
+    )
+    assert body == {
+        "id": body["id"],
+        "sales_order": "SO-1001",
+        "licence_type": "one-in-one-out",
+        "quantity": 25,
+        "expires_at": "2028-01-01T00:00:00Z",
+        "status": "valid",
+        "state": "valid",
+        "grace_ends_at": "2028-01-31T00:00:00Z",
+    }
     view = (await pools(broker, est))["Default Pool"]
     assert (view["allocated"], view["in_use"], view["available"]) == (25, 0, 25)
-    assert view["holdings"] == [{
-        "purchase_id": body["id"], "sales_order": "SO-1001", "licence_type": "one-in-one-out",
-        "expires_at": "2028-01-01T00:00:00Z", "state": "valid", "allocated": 25, "in_use": 0,
-        "unused": 25}]
+    assert view["holdings"] == [
+        {
+            "purchase_id": body["id"],
+            "sales_order": "SO-1001",
+            "licence_type": "one-in-one-out",
+            "expires_at": "2028-01-01T00:00:00Z",
+            "state": "valid",
+            "allocated": 25,
+            "in_use": 0,
+            "unused": 25,
+        }
+    ]
     assert view["by_type"] == {"one-in-one-out": {"allocated": 25, "in_use": 0, "available": 25}}
 
 
 async def test_expiry_offset_is_normalised_to_utc(broker: Broker) -> None:
     est = await estate(broker)
-    body = await broker.call("POST", f"{base(est)}/purchases", broker.operator, {
-        "sales_order": "SO-1", "licence_type": "x", "quantity": 1,
-        "expires_at": "2028-01-01T02:00:00+02:00"}, 201)
+    body = await broker.call(
+        "POST",
+        f"{base(est)}/purchases",
+        broker.operator,
+        {"sales_order": "SO-1", "licence_type": "x", "quantity": 1, "expires_at": "2028-01-01T02:00:00+02:00"},
+        201,
+    )
     assert body["expires_at"] == "2028-01-01T00:00:00Z"
 
 
@@ -48,16 +76,26 @@ async def test_list_purchases_for_admin_and_operator(broker: Broker) -> None:
 
 
 async def test_record_purchase_unknown_estate_is_404(broker: Broker) -> None:
-    r = await raw(broker, "POST", "/v1/estates/est_none/purchases", broker.operator,
-                  '{"sales_order": "S", "licence_type": "x", "quantity": 1, "expires_at": "2028-01-01T00:00:00Z"}')
+    r = await raw(
+        broker,
+        "POST",
+        "/v1/estates/est_none/purchases",
+        broker.operator,
+        '{"sales_order": "S", "licence_type": "x", "quantity": 1, "expires_at": "2028-01-01T00:00:00Z"}',
+    )
     assert_problem(r, 404, "not_found")
 
 
 async def test_admin_cannot_record_or_change_purchases(broker: Broker) -> None:
     est = await estate(broker)
     p = await broker.purchase(est.id)
-    r = await raw(broker, "POST", f"{base(est)}/purchases", est.admin,
-                  '{"sales_order": "S", "licence_type": "x", "quantity": 1, "expires_at": "2028-01-01T00:00:00Z"}')
+    r = await raw(
+        broker,
+        "POST",
+        f"{base(est)}/purchases",
+        est.admin,
+        '{"sales_order": "S", "licence_type": "x", "quantity": 1, "expires_at": "2028-01-01T00:00:00Z"}',
+    )
     assert_problem(r, 403, "forbidden")
     r = await raw(broker, "PATCH", f"{base(est)}/purchases/{p['id']}", est.admin, '{"status": "valid"}')
     assert_problem(r, 403, "forbidden")
@@ -66,8 +104,15 @@ async def test_admin_cannot_record_or_change_purchases(broker: Broker) -> None:
 @pytest.mark.parametrize("licence_type", ["One-In", "a b", "x" * 65, "", "type/../x"])
 async def test_licence_type_format(broker: Broker, licence_type: str) -> None:
     est = await estate(broker)
-    r = await raw(broker, "POST", f"{base(est)}/purchases", broker.operator, json.dumps(
-        {"sales_order": "S", "licence_type": licence_type, "quantity": 1, "expires_at": "2028-01-01T00:00:00Z"}))
+    r = await raw(
+        broker,
+        "POST",
+        f"{base(est)}/purchases",
+        broker.operator,
+        json.dumps(
+            {"sales_order": "S", "licence_type": licence_type, "quantity": 1, "expires_at": "2028-01-01T00:00:00Z"}
+        ),
+    )
     body = assert_problem(r, 400, "validation_error")
     assert body["errors"][0]["field"] == "licence_type"
 
@@ -156,8 +201,12 @@ async def test_patch_validation(broker: Broker) -> None:
     est = await estate(broker)
     p = await broker.purchase(est.id)
     url = f"{base(est)}/purchases/{p['id']}"
-    for body, field in (('{"status": "expired"}', "status"), ('{"quantity": 5}', "quantity"),
-                        ('{"expires_at": "soon"}', "expires_at"), ('{"status": 1}', "status")):
+    for body, field in (
+        ('{"status": "expired"}', "status"),
+        ('{"quantity": 5}', "quantity"),
+        ('{"expires_at": "soon"}', "expires_at"),
+        ('{"status": 1}', "status"),
+    ):
         r = await raw(broker, "PATCH", url, broker.operator, body)
         got = assert_problem(r, 400, "validation_error")
         assert got["errors"][0]["field"] == field

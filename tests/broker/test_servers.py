@@ -24,12 +24,26 @@ async def test_list_servers_and_domains(broker: Broker) -> None:
     await lease(broker, s1["server_token"], "E1", 3)
     got = await broker.call("GET", f"{base(est)}/servers", est.admin, status=200)
     assert got["items"] == [
-        {"id": s2["server_id"], "name": "a-tenant", "kind": "domain", "pool_id": est.default_pool,
-         "enrolled_at": "2027-01-01T00:00:00Z", "last_seen_at": "2027-01-01T00:00:00Z",
-         "in_use": 0, "leases": 0},
-        {"id": s1["server_id"], "name": "b-host", "kind": "server", "pool_id": paris["id"],
-         "enrolled_at": "2027-01-01T00:00:00Z", "last_seen_at": "2027-01-01T00:00:10Z",
-         "in_use": 3, "leases": 1},
+        {
+            "id": s2["server_id"],
+            "name": "a-tenant",
+            "kind": "domain",
+            "pool_id": est.default_pool,
+            "enrolled_at": "2027-01-01T00:00:00Z",
+            "last_seen_at": "2027-01-01T00:00:00Z",
+            "in_use": 0,
+            "leases": 0,
+        },
+        {
+            "id": s1["server_id"],
+            "name": "b-host",
+            "kind": "server",
+            "pool_id": paris["id"],
+            "enrolled_at": "2027-01-01T00:00:00Z",
+            "last_seen_at": "2027-01-01T00:00:10Z",
+            "in_use": 3,
+            "leases": 1,
+        },
     ]
     only = await broker.call("GET", f"{base(est)}/servers?pool={paris['id']}", est.admin, status=200)
     assert [s["id"] for s in only["items"]] == [s1["server_id"]]
@@ -48,8 +62,9 @@ async def test_rebind_server_to_another_pool(broker: Broker) -> None:
     paris = await new_pool(broker, est, "Paris", [{"purchase_id": p["id"], "count": 5}])
     srv = await enroll(broker, est, est.default_pool)
     await broker.call("GET", "/v1/me", srv["server_token"], status=200)  # cache the token
-    got = await broker.call("PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin,
-                            {"pool_id": paris["id"]}, 200)
+    got = await broker.call(
+        "PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin, {"pool_id": paris["id"]}, 200
+    )
     assert got["pool_id"] == paris["id"] and got["id"] == srv["server_id"]
     me = await broker.call("GET", "/v1/me", srv["server_token"], status=200)
     assert me["pool_id"] == paris["id"]
@@ -67,16 +82,16 @@ async def test_rebind_refused_while_holding_leases(broker: Broker) -> None:
     paris = await new_pool(broker, est, "Paris", [{"purchase_id": p["id"], "count": 5}])
     srv = await enroll(broker, est, est.default_pool)
     await lease(broker, srv["server_token"], "E1", 2)
-    r = await raw(broker, "PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin,
-                  json.dumps({"pool_id": paris["id"]}))
+    r = await raw(
+        broker, "PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin, json.dumps({"pool_id": paris["id"]})
+    )
     body = assert_problem(r, 409, "server_has_leases")
     assert body["leases"] == 1
     got = await broker.call("GET", f"{base(est)}/servers", est.admin, status=200)
     assert got["items"][0]["pool_id"] == est.default_pool
     # Once the lease is released, it may move.
     await lease(broker, srv["server_token"], "E1", 0, status=204)
-    await broker.call("PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin,
-                      {"pool_id": paris["id"]}, 200)
+    await broker.call("PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin, {"pool_id": paris["id"]}, 200)
 
 
 async def test_rebind_to_unknown_or_foreign_pool_is_404(broker: Broker) -> None:
@@ -84,11 +99,13 @@ async def test_rebind_to_unknown_or_foreign_pool_is_404(broker: Broker) -> None:
     other = await estate(broker, "Other")
     srv = await enroll(broker, est, est.default_pool)
     for pool_id in ("pool_nope", other.default_pool):
-        r = await raw(broker, "PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin,
-                      json.dumps({"pool_id": pool_id}))
+        r = await raw(
+            broker, "PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin, json.dumps({"pool_id": pool_id})
+        )
         assert_problem(r, 404, "not_found")
-    r = await raw(broker, "PATCH", f"{base(est)}/servers/srv_nope", est.admin,
-                  json.dumps({"pool_id": est.default_pool}))
+    r = await raw(
+        broker, "PATCH", f"{base(est)}/servers/srv_nope", est.admin, json.dumps({"pool_id": est.default_pool})
+    )
     assert_problem(r, 404, "not_found")
     r = await raw(broker, "PATCH", f"{base(est)}/servers/{srv['server_id']}", est.admin, "{}")
     assert_problem(r, 400, "validation_error")

@@ -40,8 +40,12 @@ def _jwk_for(jwks: dict[str, Any], token: str) -> dict[str, Any]:
 
 def _pyjwt(token: str, jwk: dict[str, Any], **options: Any) -> dict[str, Any]:
     claims: dict[str, Any] = jwt.decode(
-        token, key=jwt.PyJWK(jwk).key, algorithms=["EdDSA"], issuer="tenure",
-        options={"require": sorted(CLAIMS), **options})
+        token,
+        key=jwt.PyJWK(jwk).key,
+        algorithms=["EdDSA"],
+        issuer="tenure",
+        options={"require": sorted(CLAIMS), **options},
+    )
     return claims
 
 
@@ -75,9 +79,17 @@ async def test_pyjwt_verifies_a_lease_token_with_the_published_key(broker: Broke
     assert set(claims) == CLAIMS
     now = int(broker.clock.now())
     assert claims == {
-        "iss": "tenure", "sub": "ENC-7", "lid": lease["id"], "est": site.estate_id,
-        "pool": site.pool_id, "srv": site.server_id, "lt": ONE, "n": 3,
-        "iat": now, "nbf": now, "exp": ts(lease["expires_at"]),
+        "iss": "tenure",
+        "sub": "ENC-7",
+        "lid": lease["id"],
+        "est": site.estate_id,
+        "pool": site.pool_id,
+        "srv": site.server_id,
+        "lt": ONE,
+        "n": 3,
+        "iat": now,
+        "nbf": now,
+        "exp": ts(lease["expires_at"]),
     }
     # The shared verifier (what the agent uses) agrees.
     assert jws.verify(lease["token"], jws.keys_from_jwks(jwks), now=now) == claims
@@ -89,8 +101,9 @@ async def test_renewed_tokens_verify_too(broker: Broker) -> None:
     broker.clock.advance(5)
     renewed = await site.renew(lease["id"], status=200)
     assert renewed["token"] != lease["token"]
-    claims = _pyjwt(renewed["token"], _jwk_for(await _jwks(broker), renewed["token"]),
-                    verify_iat=False, verify_nbf=False)
+    claims = _pyjwt(
+        renewed["token"], _jwk_for(await _jwks(broker), renewed["token"]), verify_iat=False, verify_nbf=False
+    )
     assert claims["lid"] == lease["id"] and claims["exp"] == ts(renewed["expires_at"])
     assert claims["exp"] > ts(lease["expires_at"])
 
@@ -101,9 +114,11 @@ async def test_a_tampered_token_is_refused(broker: Broker) -> None:
     jwks = await _jwks(broker)
     jwk = _jwk_for(jwks, lease["token"])
     keys = jws.keys_from_jwks(jwks)
-    for forged in (_tamper(lease["token"], n=100),
-                   _tamper(lease["token"], exp=ts(lease["expires_at"]) + 365 * DAY),
-                   _tamper(lease["token"], sub="ENC-2")):
+    for forged in (
+        _tamper(lease["token"], n=100),
+        _tamper(lease["token"], exp=ts(lease["expires_at"]) + 365 * DAY),
+        _tamper(lease["token"], sub="ENC-2"),
+    ):
         with pytest.raises(jwt.InvalidSignatureError):
             _pyjwt(forged, jwk)
         with pytest.raises(jws.TokenInvalid):
@@ -112,16 +127,17 @@ async def test_a_tampered_token_is_refused(broker: Broker) -> None:
     head, payload, _ = lease["token"].split(".")
     with pytest.raises(jws.TokenInvalid):
         jws.verify(f"{head}.{payload}.", keys)
-    none_head = base64.urlsafe_b64encode(
-        json.dumps({"alg": "none", "kid": header_of(lease["token"])["kid"]}).encode()
-    ).rstrip(b"=").decode()
+    none_head = (
+        base64.urlsafe_b64encode(json.dumps({"alg": "none", "kid": header_of(lease["token"])["kid"]}).encode())
+        .rstrip(b"=")
+        .decode()
+    )
     with pytest.raises(jws.TokenInvalid):
         jws.verify(f"{none_head}.{payload}.", keys)
     # And a token signed by a key the broker never published names an unknown kid.
     stranger = jws.SigningKey.generate()
     with pytest.raises(jws.UnknownKey):
-        jws.verify(jws.sign(jwt.decode(lease["token"], options={"verify_signature": False}),
-                            stranger), keys)
+        jws.verify(jws.sign(jwt.decode(lease["token"], options={"verify_signature": False}), stranger), keys)
 
 
 async def test_an_expired_token_is_refused_by_both(broker: Broker) -> None:
@@ -136,7 +152,9 @@ async def test_an_expired_token_is_refused_by_both(broker: Broker) -> None:
 
 async def test_keys_rotate_without_restart_and_old_keys_stay_published(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     config = config_factory()
     broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
@@ -173,7 +191,9 @@ async def test_keys_rotate_without_restart_and_old_keys_stay_published(
 
 async def test_key_files_are_private(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     config = config_factory()
     await aiohttp_client(create_app(config))
@@ -190,7 +210,9 @@ async def test_key_files_are_private(
 
 async def test_signing_keys_survive_a_restart(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> None:
     config = config_factory()
     first = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
@@ -208,12 +230,19 @@ async def test_only_the_canonical_spelling_of_a_token_verifies(broker: Broker) -
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     # A 64-byte signature leaves 4 unused bits in its last character: these spell the
     # same bytes, and a lax decoder would accept them.
-    same = [c for c in alphabet if c != sig[-1]
-            and base64.urlsafe_b64decode(sig[:-1] + c + "==") == base64.urlsafe_b64decode(sig + "==")]
+    same = [
+        c
+        for c in alphabet
+        if c != sig[-1] and base64.urlsafe_b64decode(sig[:-1] + c + "==") == base64.urlsafe_b64decode(sig + "==")
+    ]
     assert same
-    for variant in (f"{head}.{payload}.{sig}!!!!", f"{head}.{payload}.{sig}==",
-                    f"{head}.{payload}.{sig[:-1]}{same[0]}", f"{head}.{payload}.{sig}\n",
-                    f"{head}.{payload}=.{sig}"):
+    for variant in (
+        f"{head}.{payload}.{sig}!!!!",
+        f"{head}.{payload}.{sig}==",
+        f"{head}.{payload}.{sig[:-1]}{same[0]}",
+        f"{head}.{payload}.{sig}\n",
+        f"{head}.{payload}=.{sig}",
+    ):
         with pytest.raises(jws.TokenInvalid):
             jws.verify(variant, keys)
     assert jws.verify(lease["token"], keys)["lid"] == lease["id"]
@@ -221,7 +250,9 @@ async def test_only_the_canonical_spelling_of_a_token_verifies(broker: Broker) -
 
 async def test_a_bad_key_file_does_not_stop_later_rotations(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = config_factory()
@@ -231,8 +262,8 @@ async def test_a_bad_key_file_does_not_stop_later_rotations(
     # An operator drops a passphrase-protected key in by mistake: reloads fail meanwhile.
     bad = config.data_dir / "keys" / f"key-{int(clock.now()) + 5}-mistake.pem"
     encrypted = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret"))
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")
+    )
     write_secret(bad, encrypted)
     caplog.clear()
     for _ in range(3):  # several reload rounds meet the bad file

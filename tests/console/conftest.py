@@ -27,8 +27,14 @@ from broker.ids import new_token
 from shared.timefmt import format_ts
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 DOCS = ROOT / "docs" / "console"
@@ -40,8 +46,9 @@ class LiveBroker:
     url: str
     operator: str
 
-    def call(self, method: str, path: str, token: str | None = None, body: Any = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, token: str | None = None, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         hdrs = {"Accept": "application/json", **(headers or {})}
         data = None
         if body is not None:
@@ -59,23 +66,32 @@ class LiveBroker:
             exc.close()
             return exc.code, json.loads(raw) if raw else None
 
-    def ok(self, method: str, path: str, token: str | None = None, body: Any = None,
-           status: int = 200) -> Any:
+    def ok(self, method: str, path: str, token: str | None = None, body: Any = None, status: int = 200) -> Any:
         got, answer = self.call(method, path, token, body)
         assert got == status, (method, path, got, answer)
         return answer
 
     def estate(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.ok("POST", "/v1/estates", self.operator,
-                                         {"name": name, "admin_name": "Alice"}, 201)
+        result: dict[str, Any] = self.ok(
+            "POST", "/v1/estates", self.operator, {"name": name, "admin_name": "Alice"}, 201
+        )
         return result
 
-    def purchase(self, estate_id: str, sales_order: str, quantity: int, licence_type: str,
-                 days: float = 365) -> dict[str, Any]:
+    def purchase(
+        self, estate_id: str, sales_order: str, quantity: int, licence_type: str, days: float = 365
+    ) -> dict[str, Any]:
         result: dict[str, Any] = self.ok(
-            "POST", f"/v1/estates/{estate_id}/purchases", self.operator,
-            {"sales_order": sales_order, "licence_type": licence_type, "quantity": quantity,
-             "expires_at": format_ts(time.time() + days * DAY)}, 201)
+            "POST",
+            f"/v1/estates/{estate_id}/purchases",
+            self.operator,
+            {
+                "sales_order": sales_order,
+                "licence_type": licence_type,
+                "quantity": quantity,
+                "expires_at": format_ts(time.time() + days * DAY),
+            },
+            201,
+        )
         return result
 
 
@@ -91,14 +107,32 @@ def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker
     data = tmp_path_factory.mktemp("console-broker")
     operator = new_token("op")
     port = _free_port()
-    env = {**os.environ, "TENURE_OPERATOR_TOKEN": operator, "TENURE_SQLITE_SYNCHRONOUS": "normal",
-           "TENURE_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "TENURE_OPERATOR_TOKEN": operator,
+        "TENURE_SQLITE_SYNCHRONOUS": "normal",
+        "TENURE_LOG_LEVEL": "warning",
+    }
     env.pop("TENURE_PUBLIC_URL", None)
     log = (data / "broker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(data / "d"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "serve",
+            "--data-dir",
+            str(data / "d"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     broker = LiveBroker(f"http://127.0.0.1:{port}", operator)
     try:
         deadline = time.monotonic() + 20
@@ -109,8 +143,7 @@ def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the broker did not start:\n"
-                                   + (data / "broker.log").read_text(errors="replace"))
+                raise RuntimeError("the broker did not start:\n" + (data / "broker.log").read_text(errors="replace"))
             time.sleep(0.05)
         yield broker
     finally:

@@ -22,8 +22,7 @@ def test_seed_flow(console: Console) -> None:
     so2 = broker.purchase(eid, "SO-1002", 8, "four-in-one-out")
     broker.purchase(eid, "SO-1003", 2, "one-in-one-out", days=10)  # expiring: amber
     held = broker.purchase(eid, "SO-0999", 1, "one-in-one-out", days=200)
-    broker.ok("PATCH", f"/v1/estates/{eid}/purchases/{held['id']}", broker.operator,
-              {"status": "on_hold"})
+    broker.ok("PATCH", f"/v1/estates/{eid}/purchases/{held['id']}", broker.operator, {"status": "on_hold"})
 
     # Sign in: the estate home lists the licences with their states.
     console.sign_in(admin)
@@ -31,7 +30,8 @@ def test_seed_flow(console: Console) -> None:
     licences = page.get_by_role("region", name="Licences")
     expect(licences.get_by_role("row", name=re.compile("SO-1003"))).to_contain_text("Expiring")
     expect(licences.get_by_role("row", name=re.compile("SO-0999"))).to_contain_text(
-        re.compile(r"On hold — grace ends \d{4}-\d{2}-\d{2}"))
+        re.compile(r"On hold — grace ends \d{4}-\d{2}-\d{2}")
+    )
     expect(page.locator(".badge-warn")).to_have_count(1)
     expect(page.locator(".badge-bad")).to_have_count(1)
     expect(page.get_by_role("region", name="Admins")).to_contain_text("Alice")
@@ -40,8 +40,7 @@ def test_seed_flow(console: Console) -> None:
     # See all pools: the Default Pool holds everything.
     page.get_by_role("link", name="See all pools").click()
     default_link = page.get_by_role("link", name=re.compile(r"^Default Pool"))
-    expect(default_link).to_have_accessible_name(
-        "Default Pool 21 allocated / 0 in use / 20 available")
+    expect(default_link).to_have_accessible_name("Default Pool 21 allocated / 0 in use / 20 available")
     console.shot("02-pools", docs=True)
 
     # Add pool, moving licences from two sales orders in one step.
@@ -59,11 +58,13 @@ def test_seed_flow(console: Console) -> None:
     # Both pools' counts changed.
     page.get_by_role("link", name="See all pools").click()
     expect(page.get_by_role("link", name=re.compile(r"^Default Pool"))).to_have_accessible_name(
-        "Default Pool 14 allocated / 0 in use / 13 available")
+        "Default Pool 14 allocated / 0 in use / 13 available"
+    )
     paris = page.get_by_role("link", name=re.compile(r"^Paris studio"))
     expect(paris).to_have_accessible_name("Paris studio 7 allocated / 0 in use / 7 available")
     expect(page.get_by_role("listitem").filter(has=paris)).to_contain_text(
-        "four-in-one-out 3 allocated / 0 in use / 3 available")
+        "four-in-one-out 3 allocated / 0 in use / 3 available"
+    )
 
     # Moving more than is unused: explained inline, nothing changes.
     paris.click()
@@ -90,17 +91,21 @@ def test_seed_flow(console: Console) -> None:
     code_node = page.locator("#auth-code")
     expect(code_node).to_have_text(CODE)
     code = code_node.inner_text()
-    expect(page.locator("pre.command")).to_have_text(
-        f"tenure-agent enroll {code} --broker {broker.url}")
-    expect(page.get_by_role("region", name="Live codes").get_by_role(
-        "button", name=re.compile("^Revoke"))).to_have_count(1)
+    expect(page.locator("pre.command")).to_have_text(f"tenure-agent enroll {code} --broker {broker.url}")
+    expect(
+        page.get_by_role("region", name="Live codes").get_by_role("button", name=re.compile("^Revoke"))
+    ).to_have_count(1)
     console.shot("05-auth-code", docs=True)
 
-    enrolled = broker.ok("POST", "/v1/enroll", None,
-                         {"code": code, "name": "enc-host-1", "kind": "server"}, 201)
+    enrolled = broker.ok("POST", "/v1/enroll", None, {"code": code, "name": "enc-host-1", "kind": "server"}, 201)
     assert enrolled["pool_name"] == "Paris studio"
-    lease = broker.ok("POST", "/v1/leases", enrolled["server_token"],
-                      {"encoder": "ENC-0001", "licence_type": "one-in-one-out", "count": 3}, 201)
+    lease = broker.ok(
+        "POST",
+        "/v1/leases",
+        enrolled["server_token"],
+        {"encoder": "ENC-0001", "licence_type": "one-in-one-out", "count": 3},
+        201,
+    )
 
     # The server appears with its last check-in, the encoder's lease with its count.
     page.get_by_role("link", name="Paris studio").click()
@@ -113,7 +118,8 @@ def test_seed_flow(console: Console) -> None:
     expect(leases.get_by_role("row", name=re.compile("ENC-0001"))).to_contain_text("one-in-one-out")
     expect(page.locator(".lead").first).to_contain_text("9 allocated / 3 in use / 6 available")
     expect(page.get_by_role("region", name="Delete pool")).to_contain_text(
-        "cannot be deleted while it has 1 server(s) or domain(s) and 1 lease(s)")
+        "cannot be deleted while it has 1 server(s) or domain(s) and 1 lease(s)"
+    )
     console.shot("06-pool-with-server", docs=True)
 
     # Force-release the lease from the console (confirmed in a dialog).
@@ -144,8 +150,9 @@ def test_seed_flow(console: Console) -> None:
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", level=1, name="Sign in to the Tenure console")).to_be_visible()
     expect(page.get_by_text("You have signed out.")).to_be_visible()
-    status, problem = broker.call("GET", f"/v1/estates/{eid}/pools",
-                                  headers={"Cookie": f"tenure_session={cookie['value']}"})
+    status, problem = broker.call(
+        "GET", f"/v1/estates/{eid}/pools", headers={"Cookie": f"tenure_session={cookie['value']}"}
+    )
     assert (status, problem["code"]) == (401, "unauthenticated")
     console.shot("08-signed-out")
     console.assert_clean()
@@ -158,8 +165,13 @@ def test_pool_admin_tasks(console: Console) -> None:
     est = broker.estate("Globex")
     eid, admin = est["id"], est["admin_token"]
     so = broker.purchase(eid, "SO-2001", 6, "one-in-one-out")
-    pool = broker.ok("POST", f"/v1/estates/{eid}/pools", admin,
-                     {"name": "Lyon", "moves": [{"purchase_id": so["id"], "count": 2}]}, 201)
+    pool = broker.ok(
+        "POST",
+        f"/v1/estates/{eid}/pools",
+        admin,
+        {"name": "Lyon", "moves": [{"purchase_id": so["id"], "count": 2}]},
+        201,
+    )
     broker.ok("POST", f"/v1/estates/{eid}/pools", admin, {"name": "Nice"}, 201)
     code = broker.ok("POST", f"/v1/estates/{eid}/pools/{pool['id']}/auth-codes", admin, {}, 201)
     broker.ok("POST", "/v1/enroll", None, {"code": code["code"], "name": "host-a", "kind": "server"}, 201)
@@ -193,8 +205,7 @@ def test_pool_admin_tasks(console: Console) -> None:
     expect(settings.get_by_role("alert")).to_contain_text("lease_seconds")
     settings.get_by_role("spinbutton", name="Lease lifetime in seconds").fill("7200")
     settings.get_by_role("button", name="Save lease lifetime").click()
-    expect(page.get_by_role("status")).to_have_text(
-        "Lease lifetime set to 2 h; new and renewed leases use it.")
+    expect(page.get_by_role("status")).to_have_text("Lease lifetime set to 2 h; new and renewed leases use it.")
     assert broker.ok("GET", f"/v1/estates/{eid}/pools/{pool['id']}", admin)["lease_seconds"] == 7200
 
     # Move one server to another pool; remove the other after confirming.
@@ -220,8 +231,7 @@ def test_pool_admin_tasks(console: Console) -> None:
     page.get_by_role("dialog").get_by_role("button", name="Yes, revoke").click()
     expect(page.get_by_role("status")).to_have_text("Code revoked.")
     expect(live).to_contain_text("No live codes for this pool.")
-    status, problem = broker.call("POST", "/v1/enroll", None,
-                                  {"code": digits, "name": "late", "kind": "server"})
+    status, problem = broker.call("POST", "/v1/enroll", None, {"code": digits, "name": "late", "kind": "server"})
     assert (status, problem["code"]) == (403, "auth_code_invalid")
 
     # Delete the (now empty) pool: its licences go back to the Default Pool.

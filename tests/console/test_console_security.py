@@ -21,8 +21,13 @@ def _estate_with_pool(broker: LiveBroker, estate: str, pool: str) -> tuple[str, 
     est = broker.estate(estate)
     eid, admin = est["id"], est["admin_token"]
     purchase = broker.purchase(eid, "SO-7", 5, "one-in-one-out")
-    created = broker.ok("POST", f"/v1/estates/{eid}/pools", admin,
-                        {"name": pool, "moves": [{"purchase_id": purchase["id"], "count": 2}]}, 201)
+    created = broker.ok(
+        "POST",
+        f"/v1/estates/{eid}/pools",
+        admin,
+        {"name": pool, "moves": [{"purchase_id": purchase["id"], "count": 2}]},
+        201,
+    )
     return eid, admin, created
 
 
@@ -31,10 +36,14 @@ def test_names_typed_by_admins_and_agents_render_as_text(console: Console) -> No
     eid, admin, pool = _estate_with_pool(broker, "<b>Estate</b>", XSS)
     broker.ok("POST", f"/v1/estates/{eid}/admins", admin, {"name": XSS_ADMIN}, 201)
     code = broker.ok("POST", f"/v1/estates/{eid}/pools/{pool['id']}/auth-codes", admin, {}, 201)
-    enrolled = broker.ok("POST", "/v1/enroll", None,
-                         {"code": code["code"], "name": XSS_SERVER, "kind": "domain"}, 201)
-    broker.ok("POST", "/v1/leases", enrolled["server_token"],
-              {"encoder": "E-1", "licence_type": "one-in-one-out", "count": 1}, 201)
+    enrolled = broker.ok("POST", "/v1/enroll", None, {"code": code["code"], "name": XSS_SERVER, "kind": "domain"}, 201)
+    broker.ok(
+        "POST",
+        "/v1/leases",
+        enrolled["server_token"],
+        {"encoder": "E-1", "licence_type": "one-in-one-out", "count": 1},
+        201,
+    )
 
     console.sign_in(admin)
     expect(page.get_by_role("heading", level=1, name="<b>Estate</b>")).to_be_visible()
@@ -60,7 +69,8 @@ def test_a_state_changing_request_without_the_csrf_token_is_refused(console: Con
     console.sign_in(admin)
     expect(page.get_by_role("heading", level=1, name="CSRF estate")).to_be_visible()
     # Script on the console's own origin, without the token: the cookie alone is not enough.
-    result = page.evaluate("""async (eid) => {
+    result = page.evaluate(
+        """async (eid) => {
         const post = (headers) => fetch(`/v1/estates/${eid}/pools`, {
             method: 'POST', headers: {'Content-Type': 'application/json', ...headers},
             body: JSON.stringify({name: 'Sneaky'})});
@@ -70,7 +80,9 @@ def test_a_state_changing_request_without_the_csrf_token_is_refused(console: Con
         const token = (await (await fetch('/console/session')).json()).csrf_token;
         const right = await post({'X-CSRF-Token': token});
         return [bare.status, (await bare.json()).code, wrong.status, out.status, right.status];
-    }""", eid)
+    }""",
+        eid,
+    )
     assert result == [403, "csrf_failed", 403, 403, 201]
     names = [p["name"] for p in broker.ok("GET", f"/v1/estates/{eid}/pools", admin)["items"]]
     assert names == ["Default Pool", "Pool A", "Sneaky"]
@@ -80,8 +92,10 @@ def test_a_state_changing_request_without_the_csrf_token_is_refused(console: Con
 def test_console_answers_carry_a_strict_csp(console: Console) -> None:
     page = console.page
     seen: dict[str, str] = {}
-    page.on("response", lambda r: seen.setdefault(r.url.rsplit("/", 1)[-1] or "index",
-                                                  r.headers.get("content-security-policy", "")))
+    page.on(
+        "response",
+        lambda r: seen.setdefault(r.url.rsplit("/", 1)[-1] or "index", r.headers.get("content-security-policy", "")),
+    )
     console.open()
     expect(page.get_by_role("textbox", name="Admin token")).to_be_visible()
     for name in ("index", "console.js", "console.css"):

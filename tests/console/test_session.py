@@ -57,42 +57,54 @@ async def test_session_cookie_stands_in_for_the_admin_token(broker: Broker) -> N
     jar = {"Cookie": f"{COOKIE}={cookie}"}
     me = await broker.call("GET", "/v1/me", headers=jar, status=200)
     assert me["kind"] == "admin" and me["estate_id"] == estate_id
-    problem = await broker.call("POST", f"/v1/estates/{estate_id}/pools", json={"name": "A"},
-                                headers=jar, status=403)
+    problem = await broker.call("POST", f"/v1/estates/{estate_id}/pools", json={"name": "A"}, headers=jar, status=403)
     assert problem["code"] == "csrf_failed"
-    problem = await broker.call("POST", f"/v1/estates/{estate_id}/pools", json={"name": "A"},
-                                headers={**jar, "X-CSRF-Token": csrf + "x"}, status=403)
+    problem = await broker.call(
+        "POST",
+        f"/v1/estates/{estate_id}/pools",
+        json={"name": "A"},
+        headers={**jar, "X-CSRF-Token": csrf + "x"},
+        status=403,
+    )
     assert problem["code"] == "csrf_failed"
     for method in ("PATCH", "DELETE"):
-        problem = await broker.call(method, f"/v1/estates/{estate_id}/pools/pool_x",
-                                    json={"name": "B"}, headers=jar, status=403)
+        problem = await broker.call(
+            method, f"/v1/estates/{estate_id}/pools/pool_x", json={"name": "B"}, headers=jar, status=403
+        )
         assert problem["code"] == "csrf_failed"
     pools = await broker.call("GET", f"/v1/estates/{estate_id}/pools", headers=jar, status=200)
     assert [p["name"] for p in pools["items"]] == ["Default Pool"]
-    created = await broker.call("POST", f"/v1/estates/{estate_id}/pools", json={"name": "A"},
-                                headers={**jar, "X-CSRF-Token": csrf}, status=201)
+    created = await broker.call(
+        "POST", f"/v1/estates/{estate_id}/pools", json={"name": "A"}, headers={**jar, "X-CSRF-Token": csrf}, status=201
+    )
     assert created["name"] == "A"
 
 
 async def test_a_bearer_token_needs_no_csrf_token(broker: Broker) -> None:
     estate_id, admin = await admin_estate(broker)
     cookie, _ = await sign_in(broker, admin)
-    await broker.call("POST", f"/v1/estates/{estate_id}/pools", admin, {"name": "A"}, 201,
-                      headers={"Cookie": f"{COOKIE}={cookie}"})
+    await broker.call(
+        "POST", f"/v1/estates/{estate_id}/pools", admin, {"name": "A"}, 201, headers={"Cookie": f"{COOKIE}={cookie}"}
+    )
 
 
 async def test_only_admin_tokens_sign_in(broker: Broker) -> None:
     estate_id, admin = await admin_estate(broker)
-    pool = await broker.call("POST", f"/v1/estates/{estate_id}/pools", admin,
-                             {"name": "P", "moves": []}, 201)
+    pool = await broker.call("POST", f"/v1/estates/{estate_id}/pools", admin, {"name": "P", "moves": []}, 201)
     default = (await broker.call("GET", f"/v1/estates/{estate_id}/pools", admin))["items"][0]
-    await broker.call("POST", f"/v1/estates/{estate_id}/moves", admin, {
-        "from_pool": default["id"], "to_pool": pool["id"],
-        "items": [{"purchase_id": default["holdings"][0]["purchase_id"], "count": 1}]}, 201)
-    code = await broker.call("POST", f"/v1/estates/{estate_id}/pools/{pool['id']}/auth-codes",
-                             admin, {}, 201)
-    server = await broker.call("POST", "/v1/enroll", None,
-                               {"code": code["code"], "name": "h", "kind": "server"}, 201)
+    await broker.call(
+        "POST",
+        f"/v1/estates/{estate_id}/moves",
+        admin,
+        {
+            "from_pool": default["id"],
+            "to_pool": pool["id"],
+            "items": [{"purchase_id": default["holdings"][0]["purchase_id"], "count": 1}],
+        },
+        201,
+    )
+    code = await broker.call("POST", f"/v1/estates/{estate_id}/pools/{pool['id']}/auth-codes", admin, {}, 201)
+    server = await broker.call("POST", "/v1/enroll", None, {"code": code["code"], "name": "h", "kind": "server"}, 201)
     cases: list[tuple[Any, int, str]] = [
         ({"token": broker.operator}, 403, "forbidden"),
         ({"token": server["server_token"]}, 403, "forbidden"),
@@ -161,8 +173,11 @@ async def test_an_unknown_cookie_is_refused(broker: Broker) -> None:
 async def test_console_pages_carry_the_csp_and_no_inline_code(broker: Broker) -> None:
     r = await broker.client.get("/console", allow_redirects=False)
     assert r.status == 301 and r.headers["Location"] == "/console/"
-    for path, kind in [("/console/", "text/html"), ("/console/console.js", "text/javascript"),
-                       ("/console/console.css", "text/css")]:
+    for path, kind in [
+        ("/console/", "text/html"),
+        ("/console/console.js", "text/javascript"),
+        ("/console/console.css", "text/css"),
+    ]:
         r = await broker.client.get(path)
         assert r.status == 200 and r.content_type == kind
         csp = r.headers["Content-Security-Policy"]
@@ -189,28 +204,40 @@ def _self_signed(tmp: Path) -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
     return context
 
 
 async def test_the_cookie_is_secure_over_tls(
-    tmp_path: Path, config_factory: Any, operator_token: str,
+    tmp_path: Path,
+    config_factory: Any,
+    operator_token: str,
     aiohttp_server: Callable[..., Awaitable[TestServer]],
 ) -> None:
     server = await aiohttp_server(create_app(config_factory()), ssl=_self_signed(tmp_path))
     assert server.scheme == "https"
     async with aiohttp.ClientSession(base_url=server.make_url("/")) as http:
-        r = await http.post("/v1/estates", json={"name": "E", "admin_name": "A"},
-                            headers={"Authorization": f"Bearer {operator_token}"}, ssl=False)
+        r = await http.post(
+            "/v1/estates",
+            json={"name": "E", "admin_name": "A"},
+            headers={"Authorization": f"Bearer {operator_token}"},
+            ssl=False,
+        )
         admin = (await r.json())["admin_token"]
         r = await http.post("/console/session", json={"token": admin}, ssl=False)
         assert r.status == 200
@@ -218,14 +245,16 @@ async def test_the_cookie_is_secure_over_tls(
 
 
 async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(
-    aiohttp_client: Callable[..., Awaitable[Any]], config_factory: Any, operator_token: str,
+    aiohttp_client: Callable[..., Awaitable[Any]],
+    config_factory: Any,
+    operator_token: str,
 ) -> None:
     for trusted, secure in ((True, True), (False, False)):
         client = await aiohttp_client(create_app(config_factory(trust_forwarded_for=trusted)))
-        r = await client.post("/v1/estates", json={"name": "E", "admin_name": "A"},
-                              headers={"Authorization": f"Bearer {operator_token}"})
+        r = await client.post(
+            "/v1/estates", json={"name": "E", "admin_name": "A"}, headers={"Authorization": f"Bearer {operator_token}"}
+        )
         admin = (await r.json())["admin_token"]
-        r = await client.post("/console/session", json={"token": admin},
-                              headers={"X-Forwarded-Proto": "https"})
+        r = await client.post("/console/session", json={"token": admin}, headers={"X-Forwarded-Proto": "https"})
         assert r.status == 200
         assert ("Secure" in r.headers["Set-Cookie"].split("; ")) is secure

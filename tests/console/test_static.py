@@ -11,8 +11,7 @@ from tests.conftest import Broker
 
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 # `import … from './x.js'` and `import './x.js'`: the console's modules only import each other.
-IMPORT = re.compile(r"""^(?:import|export)\s[^;'"]*?\bfrom\s*['"]([^'"]+)['"]|^import\s*['"]([^'"]+)['"]""",
-                    re.M)
+IMPORT = re.compile(r"""^(?:import|export)\s[^;'"]*?\bfrom\s*['"]([^'"]+)['"]|^import\s*['"]([^'"]+)['"]""", re.M)
 
 
 async def test_every_static_file_is_served_with_its_type_and_the_csp(broker: Broker) -> None:
@@ -88,8 +87,16 @@ async def test_no_path_reaches_outside_the_static_folder(broker: Broker) -> None
 
 
 def test_only_visible_files_of_a_known_type_are_assets(tmp_path: Path) -> None:
-    for name in ("index.html", "js/a.js", "js/pages/b.js", "js/.c.js.swp", ".git/x.js",
-                 "js/.hidden/d.js", "notes.txt", "js/e.py"):
+    for name in (
+        "index.html",
+        "js/a.js",
+        "js/pages/b.js",
+        "js/.c.js.swp",
+        ".git/x.js",
+        "js/.hidden/d.js",
+        "notes.txt",
+        "js/e.py",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     assert sorted(static_assets(tmp_path)) == ["index.html", "js/a.js", "js/pages/b.js"]

@@ -16,7 +16,9 @@ from tests.conftest import Broker
 @pytest.fixture
 async def roomy_broker(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
 ) -> Broker:
     """A broker whose code-failure budget does not get in the way of tests that fail on
     purpose many times from one address (the limit itself is tested with ``broker``)."""

@@ -65,7 +65,8 @@ def check_books(path: Path, conn: sqlite3.Connection | None = None) -> dict[str,
             assert key in holdings, f"seats leased from a holding that does not exist: {key}"
         dup = db.execute(
             "SELECT server_id, encoder, COUNT(*) n FROM leases WHERE state = 'active' "
-            "GROUP BY server_id, encoder HAVING n > 1").fetchall()
+            "GROUP BY server_id, encoder HAVING n > 1"
+        ).fetchall()
         assert not dup, [dict(d) for d in dup]
         return {"purchases": len(purchases), "holdings": len(holdings), "active_leases": active}
     finally:
@@ -76,8 +77,20 @@ def check_books(path: Path, conn: sqlite3.Connection | None = None) -> dict[str,
 def snapshot(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the tables a write can touch, for "a failed operation changed nothing"."""
     out = {}
-    for table in ("estates", "admins", "pools", "purchases", "holdings", "leases", "lease_seats",
-                  "servers", "auth_codes", "moves", "events", "idempotency"):
+    for table in (
+        "estates",
+        "admins",
+        "pools",
+        "purchases",
+        "holdings",
+        "leases",
+        "lease_seats",
+        "servers",
+        "auth_codes",
+        "moves",
+        "events",
+        "idempotency",
+    ):
         rows = conn.execute(f"SELECT * FROM {table}").fetchall()
         out[table] = sorted((tuple(r) for r in rows), key=repr)
     return out

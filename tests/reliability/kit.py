@@ -21,9 +21,15 @@ class Answer:
     headers: dict[str, str]
 
 
-async def call(broker: Broker, method: str, path: str, token: str | None = None,
-               body: Any = None, headers: dict[str, str] | None = None,
-               data: bytes | None = None) -> Answer:
+async def call(
+    broker: Broker,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> Answer:
     hdrs = dict(headers or {})
     if token is not None:
         hdrs["Authorization"] = f"Bearer {token}"
@@ -59,8 +65,13 @@ async def estate(broker: Broker, name: str = "Acme Broadcast") -> Estate:
 
 
 async def pool(broker: Broker, est: Estate, name: str, moves: dict[str, int]) -> str:
-    body = await broker.call("POST", f"{est.base}/pools", est.admin, {
-        "name": name, "moves": [{"purchase_id": p, "count": n} for p, n in moves.items()]}, 201)
+    body = await broker.call(
+        "POST",
+        f"{est.base}/pools",
+        est.admin,
+        {"name": name, "moves": [{"purchase_id": p, "count": n} for p, n in moves.items()]},
+        201,
+    )
     pool_id: str = body["id"]
     return pool_id
 
@@ -74,14 +85,15 @@ async def code(broker: Broker, est: Estate, pool_id: str) -> str:
 async def enrol(broker: Broker, est: Estate, pool_id: str, name: str = "host") -> dict[str, Any]:
     digits = await code(broker, est, pool_id)
     body: dict[str, Any] = await broker.call(
-        "POST", "/v1/enroll", None, {"code": digits, "name": name, "kind": "server"}, 201)
+        "POST", "/v1/enroll", None, {"code": digits, "name": name, "kind": "server"}, 201
+    )
     return body
 
 
-async def acquire(broker: Broker, server_token: str, encoder: str, count: int,
-                  licence_type: str = ONE) -> Answer:
-    return await call(broker, "POST", "/v1/leases", server_token,
-                      {"encoder": encoder, "licence_type": licence_type, "count": count})
+async def acquire(broker: Broker, server_token: str, encoder: str, count: int, licence_type: str = ONE) -> Answer:
+    return await call(
+        broker, "POST", "/v1/leases", server_token, {"encoder": encoder, "licence_type": licence_type, "count": count}
+    )
 
 
 def db_path(tmp_path: Path) -> Path:

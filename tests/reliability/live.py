@@ -63,8 +63,9 @@ class LiveBroker:
         self._loop.close()
 
 
-def request(url: str, method: str = "GET", token: str | None = None, body: Any = None,
-            timeout: float = 10.0) -> tuple[int, Any]:
+def request(
+    url: str, method: str = "GET", token: str | None = None, body: Any = None, timeout: float = 10.0
+) -> tuple[int, Any]:
     """One plain HTTP call (stdlib only): (status, parsed JSON or None)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
@@ -87,8 +88,7 @@ def request(url: str, method: str = "GET", token: str | None = None, body: Any =
 class BrokerProcess:
     """``tenure-broker serve`` in a subprocess on a data directory, killable and restartable."""
 
-    def __init__(self, data_dir: Path, operator_token: str, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, operator_token: str, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.operator_token = operator_token
         self.log_path = log_path
@@ -104,15 +104,17 @@ class BrokerProcess:
         script = Path(sys.executable).parent / "tenure-broker"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "broker.cli"]
         self.proc = subprocess.Popen(
-            [*command, "serve", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [*command, "serve", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"broker exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
             try:
                 status, _ = request(f"{self.url}/healthz", timeout=1)
                 if status == 200:

@@ -22,10 +22,26 @@ from tests.conftest import Broker
 from tests.reliability import kit
 from tests.reliability.invariants import check_books, connect_ro, snapshot
 
-TOKENS = ("none", "garbage", "removed_admin", "removed_server", "operator", "admin",
-          "secondary_admin", "other_admin", "server", "other_server")
-KIND = {"operator": "operator", "admin": "admin", "secondary_admin": "admin",
-        "other_admin": "admin", "server": "server", "other_server": "server"}
+TOKENS = (
+    "none",
+    "garbage",
+    "removed_admin",
+    "removed_server",
+    "operator",
+    "admin",
+    "secondary_admin",
+    "other_admin",
+    "server",
+    "other_server",
+)
+KIND = {
+    "operator": "operator",
+    "admin": "admin",
+    "secondary_admin": "admin",
+    "other_admin": "admin",
+    "server": "server",
+    "other_server": "server",
+}
 
 
 @dataclass
@@ -34,11 +50,11 @@ class World:
 
     est: kit.Estate
     tokens: dict[str, str | None]
-    pool: str          # a custom pool with stock, no servers, no leases
+    pool: str  # a custom pool with stock, no servers, no leases
     purchase: str
-    lease: str         # held by "server"
+    lease: str  # held by "server"
     target_server: str  # no leases: can be rebound or removed
-    target_admin: str   # a secondary admin that can be removed
+    target_admin: str  # a secondary admin that can be removed
     code_id: str
 
 
@@ -62,13 +78,18 @@ async def world(broker: Broker) -> World:
     assert other_bought["id"]
     other_server = await kit.enrol(broker, other, other.default_pool, "their-host")
     tokens: dict[str, str | None] = {
-        "none": None, "garbage": "tnr_adm_" + "x" * 43, "removed_admin": gone["token"],
-        "removed_server": removed["server_token"], "operator": broker.operator,
-        "admin": est.admin, "secondary_admin": second["token"], "other_admin": other.admin,
-        "server": server["server_token"], "other_server": other_server["server_token"],
+        "none": None,
+        "garbage": "tnr_adm_" + "x" * 43,
+        "removed_admin": gone["token"],
+        "removed_server": removed["server_token"],
+        "operator": broker.operator,
+        "admin": est.admin,
+        "secondary_admin": second["token"],
+        "other_admin": other.admin,
+        "server": server["server_token"],
+        "other_server": other_server["server_token"],
     }
-    return World(est, tokens, pool, bought["id"], lease["id"], target["server_id"],
-                 target_admin["id"], code["id"])
+    return World(est, tokens, pool, bought["id"], lease["id"], target["server_id"], target_admin["id"], code["id"])
 
 
 # handler name -> (path, body, status when allowed)
@@ -90,9 +111,11 @@ REQUESTS: dict[str, Callable[[World], Request]] = {
     "list_events": lambda w: (f"{w.est.base}/events", None, 200),
     "metrics": lambda w: ("/metrics", None, 200),
     "create_estate": lambda w: ("/v1/estates", {"name": "New", "admin_name": "Zed"}, 201),
-    "record_purchase": lambda w: (f"{w.est.base}/purchases", {
-        "sales_order": "SO-2", "licence_type": kit.ONE, "quantity": 1,
-        "expires_at": "2030-01-01T00:00:00Z"}, 201),
+    "record_purchase": lambda w: (
+        f"{w.est.base}/purchases",
+        {"sales_order": "SO-2", "licence_type": kit.ONE, "quantity": 1, "expires_at": "2030-01-01T00:00:00Z"},
+        201,
+    ),
     "update_purchase": lambda w: (f"{w.est.base}/purchases/{w.purchase}", {"status": "on_hold"}, 200),
     "list_purchases": lambda w: (f"{w.est.base}/purchases", None, 200),
     "list_pools": lambda w: (f"{w.est.base}/pools", None, 200),
@@ -100,8 +123,11 @@ REQUESTS: dict[str, Callable[[World], Request]] = {
     "get_pool": lambda w: (f"{w.est.base}/pools/{w.pool}", None, 200),
     "update_pool": lambda w: (f"{w.est.base}/pools/{w.pool}", {"lease_seconds": 600}, 200),
     "delete_pool": lambda w: (f"{w.est.base}/pools/{w.pool}", None, 204),
-    "move": lambda w: (f"{w.est.base}/moves", {"from_pool": w.est.default_pool, "to_pool": w.pool,
-                                             "items": [{"purchase_id": w.purchase, "count": 1}]}, 201),
+    "move": lambda w: (
+        f"{w.est.base}/moves",
+        {"from_pool": w.est.default_pool, "to_pool": w.pool, "items": [{"purchase_id": w.purchase, "count": 1}]},
+        201,
+    ),
     "make_code": lambda w: (f"{w.est.base}/pools/{w.pool}/auth-codes", {}, 201),
     "list_codes": lambda w: (f"{w.est.base}/auth-codes", None, 200),
     "revoke_code": lambda w: (f"{w.est.base}/auth-codes/{w.code_id}", None, 204),
@@ -110,8 +136,11 @@ REQUESTS: dict[str, Callable[[World], Request]] = {
     "openapi": lambda w: ("/v1/openapi.json", None, 200),
     "me": lambda w: ("/v1/me", None, 200),
 }
-ESTATE_ROUTES = {name for name, fn in REQUESTS.items() if "/v1/estates/{" in
-                 next(r.path for r in ROUTES if r.handler.__name__ == name)}
+ESTATE_ROUTES = {
+    name
+    for name, fn in REQUESTS.items()
+    if "/v1/estates/{" in next(r.path for r in ROUTES if r.handler.__name__ == name)
+}
 PRIMARY_ONLY = {"add_admin", "remove_admin"}
 
 
@@ -158,8 +187,7 @@ async def test_access_matrix(roomy_broker: Broker, tmp_path: Path) -> None:
                 got = await kit.call(broker, r.method, path, w.tokens[token], body)
                 checked += 1
                 if got.status != status or (code and got.body.get("code") != code):
-                    wrong.append(f"{r.method} {r.path} as {token}: {got.status} {got.body}, "
-                                 f"expected {status} {code}")
+                    wrong.append(f"{r.method} {r.path} as {token}: {got.status} {got.body}, expected {status} {code}")
             if snapshot(db) != before:
                 wrong.append(f"{r.method} {r.path}: a refused call changed the database")
             # Each allowed call gets a world of its own: a success may change it.
@@ -170,8 +198,7 @@ async def test_access_matrix(roomy_broker: Broker, tmp_path: Path) -> None:
                 got = await kit.call(broker, r.method, path, w.tokens[token], body)
                 checked += 1
                 if got.status != status or (code and got.body.get("code") != code):
-                    wrong.append(f"{r.method} {r.path} as {token}: {got.status} {got.body}, "
-                                 f"expected {status} {code}")
+                    wrong.append(f"{r.method} {r.path} as {token}: {got.status} {got.body}, expected {status} {code}")
     finally:
         db.close()
     assert not wrong, "\n".join(wrong)
@@ -179,10 +206,19 @@ async def test_access_matrix(roomy_broker: Broker, tmp_path: Path) -> None:
     check_books(kit.db_path(tmp_path))
 
 
-@pytest.mark.parametrize("header", [
-    "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "bearer tnr_op_nope", "Bearer tnr_srv_\u00e9\u00e9",
-    "Bearer " + "A" * 8000, "Bearer tnr_adm_x tnr_adm_y", "Token abc",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "bearer tnr_op_nope",
+        "Bearer tnr_srv_\u00e9\u00e9",
+        "Bearer " + "A" * 8000,
+        "Bearer tnr_adm_x tnr_adm_y",
+        "Token abc",
+    ],
+)
 async def test_malformed_authorization_headers_are_401(broker: Broker, header: str) -> None:
     for path in ("/v1/me", "/v1/estates/est_x/pools"):
         resp = await broker.client.get(path, headers={"Authorization": header})
@@ -195,8 +231,9 @@ async def test_guessing_codes_runs_into_the_rate_limit(broker: Broker) -> None:
     await broker.purchase(est.id, "SO-1", quantity=2)
     real = await kit.code(broker, est, est.default_pool)
     guesses = [f"{n:08d}" for n in range(300) if f"{n:08d}" != real]
-    answers = await asyncio.gather(*(kit.call(
-        broker, "POST", "/v1/enroll", None, {"code": g, "name": "bot"}) for g in guesses))
+    answers = await asyncio.gather(
+        *(kit.call(broker, "POST", "/v1/enroll", None, {"code": g, "name": "bot"}) for g in guesses)
+    )
     counts = {s: sum(1 for a in answers if a.status == s) for s in {a.status for a in answers}}
     assert counts == {403: 10, 429: len(guesses) - 10}, counts
     limited = next(a for a in answers if a.status == 429)
@@ -224,7 +261,8 @@ def _records_text(records: list[logging.LogRecord]) -> str:
 
 
 async def test_no_secret_reaches_a_log_or_the_database(
-        roomy_broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    roomy_broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     broker = roomy_broker
     caplog.set_level(logging.DEBUG)
     secrets: list[str] = [broker.operator]
@@ -232,16 +270,19 @@ async def test_no_secret_reaches_a_log_or_the_database(
     secrets.append(est.admin)
     bought = await broker.purchase(est.id, "SO-1", quantity=6)
     pool = await kit.pool(broker, est, "Paris", {bought["id"]: 4})
-    made = await broker.call("POST", f"{est.base}/pools/{pool}/auth-codes", est.admin, {},
-                             201, headers={"Idempotency-Key": "k-1"})
+    made = await broker.call(
+        "POST", f"{est.base}/pools/{pool}/auth-codes", est.admin, {}, 201, headers={"Idempotency-Key": "k-1"}
+    )
     secrets.append(made["code"])
-    again = await broker.call("POST", f"{est.base}/pools/{pool}/auth-codes", est.admin, {},
-                              201, headers={"Idempotency-Key": "k-1"})
+    again = await broker.call(
+        "POST", f"{est.base}/pools/{pool}/auth-codes", est.admin, {}, 201, headers={"Idempotency-Key": "k-1"}
+    )
     assert again["code"] == made["code"]
     bad = await kit.call(broker, "POST", "/v1/enroll", None, {"code": "1234-5678", "name": "x"})
     assert bad.status == 403
-    host = await broker.call("POST", "/v1/enroll", None,
-                             {"code": f"{made['code'][:4]} {made['code'][4:]}", "name": "h"}, 201)
+    host = await broker.call(
+        "POST", "/v1/enroll", None, {"code": f"{made['code'][:4]} {made['code'][4:]}", "name": "h"}, 201
+    )
     secrets.append(host["server_token"])
     reuse = await kit.call(broker, "POST", "/v1/enroll", None, {"code": made["code"], "name": "h2"})
     assert reuse.status == 403
@@ -249,8 +290,9 @@ async def test_no_secret_reaches_a_log_or_the_database(
     secrets.append(lease["token"])
     renewed = await broker.call("POST", f"/v1/leases/{lease['id']}/renew", host["server_token"], {}, 200)
     secrets.append(renewed["token"])
-    admin2 = await broker.call("POST", f"{est.base}/admins", est.admin, {"name": "Bob"}, 201,
-                               headers={"Idempotency-Key": "adm-1"})
+    admin2 = await broker.call(
+        "POST", f"{est.base}/admins", est.admin, {"name": "Bob"}, 201, headers={"Idempotency-Key": "adm-1"}
+    )
     secrets.append(admin2["token"])
     # Failures that carry a token: a wrong kind, a removed admin, a garbage body.
     await kit.call(broker, "GET", f"{est.base}/pools", host["server_token"])

@@ -26,8 +26,9 @@ async def test_many_servers_race_for_the_same_seats(broker: Broker, tmp_path: Pa
     pool = await kit.pool(broker, est, "Paris", {bought["id"]: 10})
     hosts = [await kit.enrol(broker, est, pool, f"host-{i}") for i in range(15)]
     # 15 servers x 2 encoders each ask for one seat: 30 asks for 10 seats.
-    answers = await asyncio.gather(*(
-        kit.acquire(broker, h["server_token"], f"ENC-{e}", 1) for h in hosts for e in range(2)))
+    answers = await asyncio.gather(
+        *(kit.acquire(broker, h["server_token"], f"ENC-{e}", 1) for h in hosts for e in range(2))
+    )
     assert statuses(answers) == {201: 10, 409: 20}, statuses(answers)
     assert {a.body["code"] for a in answers if a.status == 409} == {"pool_exhausted"}
     view = await broker.call("GET", f"{est.base}/pools/{pool}", est.admin, status=200)
@@ -53,14 +54,12 @@ async def test_grows_race_and_exactly_the_covered_ones_win(broker: Broker, tmp_p
     check_books(kit.db_path(tmp_path))
 
 
-async def test_one_encoder_asked_many_counts_at_once_holds_exactly_one(
-        broker: Broker, tmp_path: Path) -> None:
+async def test_one_encoder_asked_many_counts_at_once_holds_exactly_one(broker: Broker, tmp_path: Path) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=20)
     host = await kit.enrol(broker, est, est.default_pool)
     counts = [3, 7, 0, 5, 2, 9, 0, 4, 1, 6]
-    answers = await asyncio.gather(*(
-        kit.acquire(broker, host["server_token"], "ENC", n) for n in counts))
+    answers = await asyncio.gather(*(kit.acquire(broker, host["server_token"], "ENC", n) for n in counts))
     assert all(a.status in (200, 201, 204) for a in answers), statuses(answers)
     assert statuses(answers)[201] >= 1
     leases = (await broker.call("GET", f"{est.base}/leases", est.admin, status=200))["items"]
@@ -82,8 +81,21 @@ async def test_moves_race_acquires_on_the_same_purchase(broker: Broker, tmp_path
     jobs = [kit.acquire(broker, h["server_token"], "ENC", 1) for h in hosts]
     moves = [kit.call(broker, "POST", f"{est.base}/moves", est.admin, move) for _ in range(3)]
     # Interleave: every move lands between acquires in the writer's queue.
-    mixed = [jobs[0], jobs[1], moves[0], jobs[2], jobs[3], jobs[4], moves[1], jobs[5], jobs[6],
-             jobs[7], moves[2], jobs[8], jobs[9]]
+    mixed = [
+        jobs[0],
+        jobs[1],
+        moves[0],
+        jobs[2],
+        jobs[3],
+        jobs[4],
+        moves[1],
+        jobs[5],
+        jobs[6],
+        jobs[7],
+        moves[2],
+        jobs[8],
+        jobs[9],
+    ]
     answers = await asyncio.gather(*mixed)
     acquired = sum(1 for a in answers if a.status == 201)
     moved = sum(2 for a in answers if a.status == 201 and "from_pool" in a.body)
@@ -101,15 +113,15 @@ async def test_moves_race_acquires_on_the_same_purchase(broker: Broker, tmp_path
     check_books(kit.db_path(tmp_path))
 
 
-async def test_two_hosts_redeem_one_code_only_one_wins(
-        roomy_broker: Broker, tmp_path: Path) -> None:
+async def test_two_hosts_redeem_one_code_only_one_wins(roomy_broker: Broker, tmp_path: Path) -> None:
     broker = roomy_broker  # 25 failures from one address: not what the limit is for
     est = await kit.estate(broker)
     await broker.purchase(est.id, "SO-1", quantity=5)
     for _ in range(5):
         digits = await kit.code(broker, est, est.default_pool)
-        answers = await asyncio.gather(*(kit.call(
-            broker, "POST", "/v1/enroll", None, {"code": digits, "name": f"host-{i}"}) for i in range(6)))
+        answers = await asyncio.gather(
+            *(kit.call(broker, "POST", "/v1/enroll", None, {"code": digits, "name": f"host-{i}"}) for i in range(6))
+        )
         assert statuses(answers) == {201: 1, 403: 5}, statuses(answers)
         assert {a.body["code"] for a in answers if a.status == 403} == {"auth_code_invalid"}
     servers = await broker.call("GET", f"{est.base}/servers", est.admin, status=200)
@@ -117,14 +129,14 @@ async def test_two_hosts_redeem_one_code_only_one_wins(
     check_books(kit.db_path(tmp_path))
 
 
-async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(
-        broker: Broker, tmp_path: Path) -> None:
+async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(broker: Broker, tmp_path: Path) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=10)
     headers = {"Idempotency-Key": "create-paris-1"}
     body = {"name": "Paris", "moves": [{"purchase_id": bought["id"], "count": 3}]}
-    answers = await asyncio.gather(*(kit.call(
-        broker, "POST", f"{est.base}/pools", est.admin, body, headers) for _ in range(8)))
+    answers = await asyncio.gather(
+        *(kit.call(broker, "POST", f"{est.base}/pools", est.admin, body, headers) for _ in range(8))
+    )
     assert statuses(answers) == {201: 8}, statuses(answers)
     assert len({a.body["id"] for a in answers}) == 1
     pools = await broker.call("GET", f"{est.base}/pools", est.admin, status=200)
@@ -132,29 +144,35 @@ async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(
 
     # Moves: one key, eight concurrent retries, one move of 2.
     paris = answers[0].body["id"]
-    move = {"from_pool": est.default_pool, "to_pool": paris,
-            "items": [{"purchase_id": bought["id"], "count": 2}]}
-    answers = await asyncio.gather(*(kit.call(
-        broker, "POST", f"{est.base}/moves", est.admin, move, {"Idempotency-Key": "mv-7"})
-        for _ in range(8)))
+    move = {"from_pool": est.default_pool, "to_pool": paris, "items": [{"purchase_id": bought["id"], "count": 2}]}
+    answers = await asyncio.gather(
+        *(kit.call(broker, "POST", f"{est.base}/moves", est.admin, move, {"Idempotency-Key": "mv-7"}) for _ in range(8))
+    )
     assert statuses(answers) == {201: 8} and len({a.body["id"] for a in answers}) == 1
     pools = await broker.call("GET", f"{est.base}/pools", est.admin, status=200)
     assert [p["allocated"] for p in pools["items"]] == [5, 5]
 
     # Operator purchases: one key, one purchase.
-    purchase = {"sales_order": "SO-2", "licence_type": kit.ONE, "quantity": 4,
-                "expires_at": "2030-01-01T00:00:00Z"}
-    answers = await asyncio.gather(*(kit.call(
-        broker, "POST", f"{est.base}/purchases", broker.operator, purchase,
-        {"Idempotency-Key": "po-2"}) for _ in range(8)))
+    purchase = {"sales_order": "SO-2", "licence_type": kit.ONE, "quantity": 4, "expires_at": "2030-01-01T00:00:00Z"}
+    answers = await asyncio.gather(
+        *(
+            kit.call(broker, "POST", f"{est.base}/purchases", broker.operator, purchase, {"Idempotency-Key": "po-2"})
+            for _ in range(8)
+        )
+    )
     assert statuses(answers) == {201: 8} and len({a.body["id"] for a in answers}) == 1
     listed = await broker.call("GET", f"{est.base}/purchases", est.admin, status=200)
     assert len(listed["items"]) == 2
 
     # Codes: the retries hand back the same code, and only one code exists.
-    answers = await asyncio.gather(*(kit.call(
-        broker, "POST", f"{est.base}/pools/{paris}/auth-codes", est.admin, {},
-        {"Idempotency-Key": "code-1"}) for _ in range(8)))
+    answers = await asyncio.gather(
+        *(
+            kit.call(
+                broker, "POST", f"{est.base}/pools/{paris}/auth-codes", est.admin, {}, {"Idempotency-Key": "code-1"}
+            )
+            for _ in range(8)
+        )
+    )
     assert statuses(answers) == {201: 8} and len({a.body["code"] for a in answers}) == 1
     live = await broker.call("GET", f"{est.base}/auth-codes", est.admin, status=200)
     assert len(live["items"]) == 1
@@ -164,9 +182,12 @@ async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(
 async def test_one_key_with_different_requests_at_once(broker: Broker, tmp_path: Path) -> None:
     est = await kit.estate(broker)
     await broker.purchase(est.id, "SO-1", quantity=10)
-    answers = await asyncio.gather(*(kit.call(
-        broker, "POST", f"{est.base}/pools", est.admin, {"name": f"Pool {i}"},
-        {"Idempotency-Key": "same"}) for i in range(6)))
+    answers = await asyncio.gather(
+        *(
+            kit.call(broker, "POST", f"{est.base}/pools", est.admin, {"name": f"Pool {i}"}, {"Idempotency-Key": "same"})
+            for i in range(6)
+        )
+    )
     assert statuses(answers) == {201: 1, 422: 5}, statuses(answers)
     assert {a.body["code"] for a in answers if a.status == 422} == {"idempotency_key_reused"}
     pools = await broker.call("GET", f"{est.base}/pools", est.admin, status=200)

@@ -68,8 +68,12 @@ class Load:
             else:
                 op, count = "acquire", rng.choice([0, 1, 1, 2, 3, 4])
                 k.in_flight = (op, count)
-                status, body = self._call("/v1/leases", "POST", k.token, {
-                    "encoder": k.encoder, "licence_type": "one-in-one-out", "count": count})
+                status, body = self._call(
+                    "/v1/leases",
+                    "POST",
+                    k.token,
+                    {"encoder": k.encoder, "licence_type": "one-in-one-out", "count": count},
+                )
             if status is None:
                 return  # the broker is gone: keep in_flight for the checks
             k.in_flight = None
@@ -97,17 +101,24 @@ class Load:
 def _setup(url: str, operator: str) -> tuple[str, str, list[Known]]:
     _, est = request(f"{url}/v1/estates", "POST", operator, {"name": "Crash", "admin_name": "Al"})
     base = f"{url}/v1/estates/{est['id']}"
-    status, _ = request(f"{base}/purchases", "POST", operator, {
-        "sales_order": "SO-1", "licence_type": "one-in-one-out", "quantity": SEATS,
-        "expires_at": "2099-01-01T00:00:00Z"})
+    status, _ = request(
+        f"{base}/purchases",
+        "POST",
+        operator,
+        {
+            "sales_order": "SO-1",
+            "licence_type": "one-in-one-out",
+            "quantity": SEATS,
+            "expires_at": "2099-01-01T00:00:00Z",
+        },
+    )
     assert status == 201
     known = []
     for s in range(SERVERS):
         _, code = request(f"{base}/pools/{est['default_pool_id']}/auth-codes", "POST", est["admin_token"], {})
         status, host = request(f"{url}/v1/enroll", "POST", None, {"code": code["code"], "name": f"h{s}"})
         assert status == 201, host
-        known += [Known(host["server_id"], host["server_token"], f"ENC-{s}-{e}")
-                  for e in range(ENCODERS_PER_SERVER)]
+        known += [Known(host["server_id"], host["server_token"], f"ENC-{s}-{e}") for e in range(ENCODERS_PER_SERVER)]
     return est["id"], est["admin_token"], known
 
 
@@ -118,10 +129,14 @@ def _verify(db_path: Path, known: list[Known]) -> int:
         check_books(db_path, db)
         checked = 0
         for k in known:
-            row = db.execute("SELECT * FROM leases WHERE server_id = ? AND encoder = ? AND state = 'active'",
-                             (k.server, k.encoder)).fetchone()
-            acked_ok = (row is None) if k.acked is None else (
-                row is not None and row["id"] == k.acked["id"] and row["count"] == k.acked["count"])
+            row = db.execute(
+                "SELECT * FROM leases WHERE server_id = ? AND encoder = ? AND state = 'active'", (k.server, k.encoder)
+            ).fetchone()
+            acked_ok = (
+                (row is None)
+                if k.acked is None
+                else (row is not None and row["id"] == k.acked["id"] and row["count"] == k.acked["count"])
+            )
             if acked_ok:
                 if row is not None and k.acked is not None:
                     from shared.timefmt import parse_ts
@@ -138,8 +153,9 @@ def _verify(db_path: Path, known: list[Known]) -> int:
             else:
                 assert row is not None and row["count"] == count, (k.encoder, op, count, row and dict(row))
             # Adopt what the broker holds, as a re-adopting agent would.
-            k.acked = None if row is None else {"id": row["id"], "count": row["count"],
-                                                 "expires_at": _ts(row["expires_at"])}
+            k.acked = (
+                None if row is None else {"id": row["id"], "count": row["count"], "expires_at": _ts(row["expires_at"])}
+            )
         return checked
     finally:
         db.close()
@@ -163,8 +179,7 @@ def test_sigkill_under_load_loses_no_acknowledged_lease(tmp_path: Path) -> None:
         _, _, known = _setup(broker.url, operator)
         for cycle in range(KILLS):
             load = Load(broker.url, known)
-            threads = [threading.Thread(target=load.worker, args=(k, rng.random()), daemon=True)
-                       for k in known]
+            threads = [threading.Thread(target=load.worker, args=(k, rng.random()), daemon=True) for k in known]
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.3, 1.2))  # a different moment each time

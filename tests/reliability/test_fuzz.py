@@ -57,18 +57,31 @@ class Estate:
         _, est = request(f"{url}/v1/estates", "POST", op, {"name": "Fuzz", "admin_name": "Al"})
         self.estate, self.admin, self.default_pool = est["id"], est["admin_token"], est["default_pool_id"]
         base = f"{url}/v1/estates/{self.estate}"
-        _, bought = request(f"{base}/purchases", "POST", op, {
-            "sales_order": "SO-1", "licence_type": "one-in-one-out", "quantity": 50,
-            "expires_at": "2030-01-01T00:00:00Z"})
+        _, bought = request(
+            f"{base}/purchases",
+            "POST",
+            op,
+            {
+                "sales_order": "SO-1",
+                "licence_type": "one-in-one-out",
+                "quantity": 50,
+                "expires_at": "2030-01-01T00:00:00Z",
+            },
+        )
         self.purchase = bought["id"]
-        _, pool = request(f"{base}/pools", "POST", self.admin, {
-            "name": f"Pool {random.random()}", "moves": [{"purchase_id": self.purchase, "count": 10}]})
+        _, pool = request(
+            f"{base}/pools",
+            "POST",
+            self.admin,
+            {"name": f"Pool {random.random()}", "moves": [{"purchase_id": self.purchase, "count": 10}]},
+        )
         self.pool = pool["id"]
         _, code = request(f"{base}/pools/{self.default_pool}/auth-codes", "POST", self.admin, {})
         _, server = request(f"{url}/v1/enroll", "POST", None, {"code": code["code"], "name": "h"})
         self.server_id, self.server = server["server_id"], server["server_token"]
-        _, lease = request(f"{url}/v1/leases", "POST", self.server, {
-            "encoder": "ENC-1", "licence_type": "one-in-one-out", "count": 2})
+        _, lease = request(
+            f"{url}/v1/leases", "POST", self.server, {"encoder": "ENC-1", "licence_type": "one-in-one-out", "count": 2}
+        )
         self.lease = lease["id"]
         _, code = request(f"{base}/pools/{self.pool}/auth-codes", "POST", self.admin, {})
         self.code_id = code["id"]
@@ -76,9 +89,15 @@ class Estate:
         self.admin_id = second["id"]
 
     def ids(self) -> dict[str, str]:
-        return {"estate": self.estate, "pool": self.pool, "purchase": self.purchase,
-                "server": self.server_id, "lease": self.lease, "code": self.code_id,
-                "admin": self.admin_id}
+        return {
+            "estate": self.estate,
+            "pool": self.pool,
+            "purchase": self.purchase,
+            "server": self.server_id,
+            "lease": self.lease,
+            "code": self.code_id,
+            "admin": self.admin_id,
+        }
 
     def token_for(self, operation: schemathesis.APIOperation, rng: random.Random) -> str | None:
         tokens = operation.definition.raw.get("description", "")
@@ -95,9 +114,16 @@ class Estate:
 def serve(folder: Path) -> Iterator[tuple[LiveBroker, str]]:
     """A fresh broker on ``folder`` whose code-failure budget the fuzzer cannot exhaust."""
     operator = new_token("op")
-    config = load(None, env={}, data_dir=folder / "data",
-                  operator_token=operator, clock=ManualClock(T0), sqlite_synchronous="normal",
-                  redeem_failures_per_address=10**6, redeem_failures_global=10**9)
+    config = load(
+        None,
+        env={},
+        data_dir=folder / "data",
+        operator_token=operator,
+        clock=ManualClock(T0),
+        sqlite_synchronous="normal",
+        redeem_failures_per_address=10**6,
+        redeem_failures_global=10**9,
+    )
     with LiveBroker(config) as broker:
         yield broker, operator
 
@@ -122,8 +148,9 @@ def test_the_openapi_document_is_valid_and_complete(live: tuple[LiveBroker, str]
     assert documented == {f"{r.method} {r.path}" for r in ROUTES} - {"GET /v1/openapi.json"}
 
 
-def fuzz(broker: LiveBroker, operator: str, examples: int, modes: tuple[GenerationMode, ...],
-         writes_only: bool = False) -> list[str]:
+def fuzz(
+    broker: LiveBroker, operator: str, examples: int, modes: tuple[GenerationMode, ...], writes_only: bool = False
+) -> list[str]:
     """Fuzz every JSON operation (or every one that writes) in ``modes`` with ``examples``
     cases each; the failures.
 
@@ -136,18 +163,21 @@ def fuzz(broker: LiveBroker, operator: str, examples: int, modes: tuple[Generati
     failures: list[str] = []
 
     def run(operation: Any, mode: GenerationMode) -> None:
-        checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-                  response_schema_conformance]
+        checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
         if mode is GenerationMode.NEGATIVE:
             checks.append(negative_data_rejection)
 
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def one(case: Any) -> None:
             rng = random.Random(repr(case.path_parameters) + repr(case.body) + repr(case.query))
-            negative_at = {loc for loc in ParameterLocation
-                           if case.meta is not None and case.meta.is_negative_at(loc)}
+            negative_at = {loc for loc in ParameterLocation if case.meta is not None and case.meta.is_negative_at(loc)}
             # Aim at real ids half of the time, unless the ids are what is being broken.
             if case.path_parameters and ParameterLocation.PATH not in negative_at and rng.random() < 0.5:
                 for name in case.path_parameters:
@@ -167,9 +197,11 @@ def fuzz(broker: LiveBroker, operator: str, examples: int, modes: tuple[Generati
             try:
                 case.validate_response(response, checks=checks, headers=headers)
             except Exception as exc:
-                failures.append(f"{operation.label} [{mode.value}] {case.method} {case.formatted_path} "
-                                f"{case.body!r:.200}: {response.status_code} {response.text[:300]}\n"
-                                f"  {str(exc)[:600]}")
+                failures.append(
+                    f"{operation.label} [{mode.value}] {case.method} {case.formatted_path} "
+                    f"{case.body!r:.200}: {response.status_code} {response.text[:300]}\n"
+                    f"  {str(exc)[:600]}"
+                )
                 if len(failures) > 40:
                     raise AssertionError("\n".join(failures)) from exc
 
@@ -227,8 +259,9 @@ def test_a_short_fuzz_leaves_the_books_intact(tmp_path: Path) -> None:
 # -- by hand ---------------------------------------------------------------------------
 
 
-def raw(url: str, method: str, path: str, token: str | None, data: bytes,
-        headers: dict[str, str] | None = None) -> requests.Response:
+def raw(
+    url: str, method: str, path: str, token: str | None, data: bytes, headers: dict[str, str] | None = None
+) -> requests.Response:
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     if token:
         hdrs["Authorization"] = f"Bearer {token}"
@@ -258,8 +291,7 @@ HOSTILE_BODIES: list[tuple[str, bytes, int, str]] = [
     ("deep nesting under the cap", b"[" * 30_000 + b"]" * 30_000, 400, "validation_error"),
     ("deep object nesting", b'{"a":' * 10_000 + b"1" + b"}" * 10_000, 400, "validation_error"),
     ("huge integer", b'{"name": "x", "admin_name": "a", "n": ' + b"9" * 5000 + b"}", 400, "validation_error"),
-    ("huge integer in a known field", b'{"name": ' + b"9" * 5000 + b', "admin_name": "a"}', 400,
-     "validation_error"),
+    ("huge integer in a known field", b'{"name": ' + b"9" * 5000 + b', "admin_name": "a"}', 400, "validation_error"),
     ("NaN", b'{"name": NaN, "admin_name": "a"}', 400, "validation_error"),
     ("Infinity", b'{"name": Infinity, "admin_name": "a"}', 400, "validation_error"),
     ("invalid UTF-8", b'{"name": "\xff\xfe", "admin_name": "a"}', 400, "validation_error"),
@@ -277,22 +309,39 @@ HOSTILE_BODIES: list[tuple[str, bytes, int, str]] = [
 def test_hostile_bodies(live: tuple[LiveBroker, str], label: str, body: bytes, status: int, code: str) -> None:
     broker, operator = live
     if label == "oversized, no length":
+
         def chunks() -> Iterator[bytes]:
             yield b'{"name": "'
             for _ in range(100):
                 yield b"x" * 1024
             yield b'", "admin_name": "a"}'
-        resp = requests.post(f"{broker.url}/v1/estates", data=chunks(), timeout=30, headers={
-            "Authorization": f"Bearer {operator}", "Content-Type": "application/json"})
+
+        resp = requests.post(
+            f"{broker.url}/v1/estates",
+            data=chunks(),
+            timeout=30,
+            headers={"Authorization": f"Bearer {operator}", "Content-Type": "application/json"},
+        )
     else:
         resp = raw(broker.url, "POST", "/v1/estates", operator, body)
     problem(resp, status, code)
 
 
-@pytest.mark.parametrize("name", [
-    "Zürich Nord", "東京スタジオ", "Ｐａｒｉｓ", "🎥 Studio 1", "a" * 64, "é" * 64, "x\u200by",
-    "<script>alert(1)</script>", "'; DROP TABLE pools; --", "  padded  ",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Zürich Nord",
+        "東京スタジオ",
+        "Ｐａｒｉｓ",
+        "🎥 Studio 1",
+        "a" * 64,
+        "é" * 64,
+        "x\u200by",
+        "<script>alert(1)</script>",
+        "'; DROP TABLE pools; --",
+        "  padded  ",
+    ],
+)
 def test_unicode_and_markup_names_round_trip(estate: Estate, name: str) -> None:
     base = f"{estate.url}/v1/estates/{estate.estate}"
     status, body = request(f"{base}/pools", "POST", estate.admin, {"name": name})
@@ -303,19 +352,38 @@ def test_unicode_and_markup_names_round_trip(estate: Estate, name: str) -> None:
         request(f"{base}/pools/{body['id']}", "DELETE", estate.admin)
 
 
-@pytest.mark.parametrize("name", ["", "a" * 65, "é" * 65, "tab\there", "new\nline", "\x00", "\u0085",
-                                  "\u202eevil\u202c", "a\u2028b"])
+@pytest.mark.parametrize(
+    "name", ["", "a" * 65, "é" * 65, "tab\there", "new\nline", "\x00", "\u0085", "\u202eevil\u202c", "a\u2028b"]
+)
 def test_names_out_of_bounds_are_400(estate: Estate, name: str) -> None:
-    status, body = request(f"{estate.url}/v1/estates/{estate.estate}/pools", "POST", estate.admin,
-                           {"name": name})
+    status, body = request(f"{estate.url}/v1/estates/{estate.estate}/pools", "POST", estate.admin, {"name": name})
     assert status == 400 and body["code"] == "validation_error", (status, body)
 
 
 HUGE = "9" * 5000  # 10**5000 - 1, as JSON text
 
 
-@pytest.mark.parametrize("count", ["-1", "-1000000000", "10001", HUGE, "-" + HUGE, "1e5", "1.5", "1e400",
-                                   "-1e400", "1e-400", '"1"', "null", "true", "[]", "{}"], ids=lambda c: c[:12])
+@pytest.mark.parametrize(
+    "count",
+    [
+        "-1",
+        "-1000000000",
+        "10001",
+        HUGE,
+        "-" + HUGE,
+        "1e5",
+        "1.5",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        '"1"',
+        "null",
+        "true",
+        "[]",
+        "{}",
+    ],
+    ids=lambda c: c[:12],
+)
 def test_bad_lease_counts_are_400(estate: Estate, count: str) -> None:
     data = b'{"encoder": "E", "licence_type": "one-in-one-out", "count": ' + count.encode() + b"}"
     resp = raw(estate.url, "POST", "/v1/leases", estate.server, data)
@@ -335,48 +403,92 @@ def test_integral_numbers_are_integers_as_json_schema_says(estate: Estate, count
 
 @pytest.mark.parametrize("quantity", ["0", "-1", "10000001", HUGE, "-" + HUGE], ids=lambda q: q[:12])
 def test_bad_quantities_are_400(estate: Estate, quantity: str) -> None:
-    data = ('{"sales_order": "SO", "licence_type": "one-in-one-out", "quantity": ' + quantity +
-            ', "expires_at": "2030-01-01T00:00:00Z"}').encode()
+    data = (
+        '{"sales_order": "SO", "licence_type": "one-in-one-out", "quantity": '
+        + quantity
+        + ', "expires_at": "2030-01-01T00:00:00Z"}'
+    ).encode()
     resp = raw(estate.url, "POST", f"/v1/estates/{estate.estate}/purchases", estate.operator, data)
     problem(resp, 400, "validation_error")
 
 
 @pytest.mark.parametrize("count", ["0", "-3", HUGE], ids=lambda c: c[:12])
 def test_bad_move_counts_are_400(estate: Estate, count: str) -> None:
-    data = json.dumps({"from_pool": estate.default_pool, "to_pool": estate.pool,
-                       "items": [{"purchase_id": estate.purchase, "count": 1}]}).replace(
-        '"count": 1', f'"count": {count}').encode()
+    data = (
+        json.dumps(
+            {
+                "from_pool": estate.default_pool,
+                "to_pool": estate.pool,
+                "items": [{"purchase_id": estate.purchase, "count": 1}],
+            }
+        )
+        .replace('"count": 1', f'"count": {count}')
+        .encode()
+    )
     resp = raw(estate.url, "POST", f"/v1/estates/{estate.estate}/moves", estate.admin, data)
     problem(resp, 400, "validation_error")
 
 
-@pytest.mark.parametrize("expires_at", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z",
-                                        "2030-02-30T00:00:00Z", "2030-01-01", "2030-01-01T00:00:00",
-                                        "2030-01-01T00:00:00+99:00", "１２３", "2030-01-01T00:00:00.5Z"])
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        "9999-12-31T23:59:59Z",
+        "0001-01-01T00:00:00Z",
+        "2030-02-30T00:00:00Z",
+        "2030-01-01",
+        "2030-01-01T00:00:00",
+        "2030-01-01T00:00:00+99:00",
+        "１２３",
+        "2030-01-01T00:00:00.5Z",
+    ],
+)
 def test_odd_timestamps_are_400_or_accepted_never_500(estate: Estate, expires_at: str) -> None:
-    status, body = request(f"{estate.url}/v1/estates/{estate.estate}/purchases", "POST", estate.operator, {
-        "sales_order": "SO-T", "licence_type": "one-in-one-out", "quantity": 1, "expires_at": expires_at})
+    status, body = request(
+        f"{estate.url}/v1/estates/{estate.estate}/purchases",
+        "POST",
+        estate.operator,
+        {"sales_order": "SO-T", "licence_type": "one-in-one-out", "quantity": 1, "expires_at": expires_at},
+    )
     assert status in (201, 400), (status, body)
 
 
-TRAVERSALS = ["..%2F..%2Fhealthz", "..%2F..", "%2e%2e", "abc%00def", "%00", "a%2Fb", "..",
-              "%252e%252e%252f", "pool_%0d%0aX-Injected:%201", "%C0%AE%C0%AE", "x" * 65, "é"]
+TRAVERSALS = [
+    "..%2F..%2Fhealthz",
+    "..%2F..",
+    "%2e%2e",
+    "abc%00def",
+    "%00",
+    "a%2Fb",
+    "..",
+    "%252e%252e%252f",
+    "pool_%0d%0aX-Injected:%201",
+    "%C0%AE%C0%AE",
+    "x" * 65,
+    "é",
+]
 
 
 @pytest.mark.parametrize("bad", TRAVERSALS)
-@pytest.mark.parametrize("template", [
-    "GET /v1/estates/{estate}/pools/{bad}", "DELETE /v1/estates/{estate}/pools/{bad}",
-    "GET /v1/estates/{bad}/pools", "POST /v1/leases/{bad}/renew", "DELETE /v1/leases/{bad}",
-    "DELETE /v1/estates/{estate}/servers/{bad}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "GET /v1/estates/{estate}/pools/{bad}",
+        "DELETE /v1/estates/{estate}/pools/{bad}",
+        "GET /v1/estates/{bad}/pools",
+        "POST /v1/leases/{bad}/renew",
+        "DELETE /v1/leases/{bad}",
+        "DELETE /v1/estates/{estate}/servers/{bad}",
+    ],
+)
 def test_path_traversal_in_ids_is_not_found(estate: Estate, template: str, bad: str) -> None:
     method, path = template.split(" ")
     token = estate.server if "/v1/leases" in path else estate.operator
     url = estate.url + path.format(estate=estate.estate, bad=bad)
     # requests would normalise "..": send the path exactly as written.
     session = requests.Session()
-    prepared = requests.Request(method, url, headers={"Authorization": f"Bearer {token}"},
-                                data=b"{}" if method == "POST" else None).prepare()
+    prepared = requests.Request(
+        method, url, headers={"Authorization": f"Bearer {token}"}, data=b"{}" if method == "POST" else None
+    ).prepare()
     prepared.url = url
     resp = session.send(prepared, timeout=10)
     assert resp.status_code in (400, 404), (resp.status_code, resp.text[:300])
@@ -389,9 +501,19 @@ def test_path_traversal_in_ids_is_not_found(estate: Estate, template: str, bad: 
 
 def test_query_strings_are_validated(estate: Estate) -> None:
     base = f"{estate.url}/v1/estates/{estate.estate}"
-    for query in ("limit=0", "limit=501", "limit=-1", "limit=1e3", "limit=" + "9" * 5000,
-                  "after=%00", "pool=..%2F", "encoder=%0a", "action=DROP%20TABLE", "after=-1",
-                  "limit=5&limit=6"):
+    for query in (
+        "limit=0",
+        "limit=501",
+        "limit=-1",
+        "limit=1e3",
+        "limit=" + "9" * 5000,
+        "after=%00",
+        "pool=..%2F",
+        "encoder=%0a",
+        "action=DROP%20TABLE",
+        "after=-1",
+        "limit=5&limit=6",
+    ):
         for path in ("/leases", "/events"):
             status, body = request(f"{base}{path}?{query}", "GET", estate.admin)
             assert status in (200, 400), (path, query, status, body)
@@ -403,7 +525,12 @@ Hostile = Callable[[Estate], tuple[int, Any]]
 def test_idempotency_key_hostile(estate: Estate) -> None:
     base = f"{estate.url}/v1/estates/{estate.estate}/pools"
     for key, expect in (("k" * 256, 400), ("\x01", 400), ("", 400), ("ok-key", 201)):
-        resp = raw(estate.url, "POST", base.removeprefix(estate.url), estate.admin,
-                   json.dumps({"name": f"Idem {len(key)} {ord(key[0]) if key else 0}"}).encode(),
-                   {"Idempotency-Key": key})
+        resp = raw(
+            estate.url,
+            "POST",
+            base.removeprefix(estate.url),
+            estate.admin,
+            json.dumps({"name": f"Idem {len(key)} {ord(key[0]) if key else 0}"}).encode(),
+            {"Idempotency-Key": key},
+        )
         assert resp.status_code == expect, (key[:10], resp.status_code, resp.text[:200])

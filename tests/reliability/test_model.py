@@ -139,8 +139,7 @@ class Model:
         return lease.state == "active" and self.now < lease.exp
 
     def in_use(self, pool: str, pid: str) -> int:
-        return sum(le.seats.get(pid, 0) for le in self.leases.values()
-                   if le.pool == pool and self.live(le))
+        return sum(le.seats.get(pid, 0) for le in self.leases.values() if le.pool == pool and self.live(le))
 
     def lapse_due(self, pool: str) -> None:
         for le in self.leases.values():
@@ -175,19 +174,32 @@ class Model:
                 bucket["allocated"] += n
                 bucket["in_use"] += used
                 bucket["available"] += avail
-        revoked = sum(le.count for le in self.leases.values()
-                      if le.pool == pool_id and le.state == "revoked" and le.exp > self.now)
-        return {"name": self.pools[pool_id]["name"],
-                "lease_seconds": self.pools[pool_id]["lease_seconds"],
-                **totals, "by_type": by_type, "holdings": holdings, "revoked_unexpired": revoked}
+        revoked = sum(
+            le.count
+            for le in self.leases.values()
+            if le.pool == pool_id and le.state == "revoked" and le.exp > self.now
+        )
+        return {
+            "name": self.pools[pool_id]["name"],
+            "lease_seconds": self.pools[pool_id]["lease_seconds"],
+            **totals,
+            "by_type": by_type,
+            "holdings": holdings,
+            "revoked_unexpired": revoked,
+        }
 
 
 def actual_view(v: dict[str, Any]) -> dict[str, Any]:
-    return {"name": v["name"], "lease_seconds": v["lease_seconds"], "allocated": v["allocated"],
-            "in_use": v["in_use"], "available": v["available"], "by_type": v["by_type"],
-            "holdings": {h["purchase_id"]: (h["allocated"], h["in_use"], h["unused"], h["state"])
-                         for h in v["holdings"]},
-            "revoked_unexpired": v["revoked_unexpired"]}
+    return {
+        "name": v["name"],
+        "lease_seconds": v["lease_seconds"],
+        "allocated": v["allocated"],
+        "in_use": v["in_use"],
+        "available": v["available"],
+        "by_type": v["by_type"],
+        "holdings": {h["purchase_id"]: (h["allocated"], h["in_use"], h["unused"], h["state"]) for h in v["holdings"]},
+        "revoked_unexpired": v["revoked_unexpired"],
+    }
 
 
 class Books(RuleBasedStateMachine):
@@ -204,8 +216,7 @@ class Books(RuleBasedStateMachine):
         self.db_path = self.folder / f"books-{STATS['sequences']}.db"
         # Ids decide ties (equal expiries are ordered by id), so random ids would make a
         # replayed sequence take another path and hypothesis would call it flaky.
-        self.store = self.loop.run_until_complete(
-            SqliteStore.open(self.db_path, "normal", ids=CountingIds()))
+        self.store = self.loop.run_until_complete(SqliteStore.open(self.db_path, "normal", ids=CountingIds()))
         self.conn = connect_ro(self.db_path)
 
     def teardown(self) -> None:
@@ -260,28 +271,34 @@ class Books(RuleBasedStateMachine):
 
     # -- purchases ------------------------------------------------------------
 
-    @rule(qty=st.integers(1, 12), lt=st.sampled_from(TYPES),
-          days=st.sampled_from([-3, 1, 20, 45, 400]))
+    @rule(qty=st.integers(1, 12), lt=st.sampled_from(TYPES), days=st.sampled_from([-3, 1, 20, 45, 400]))
     def purchase(self, qty: int, lt: str, days: int) -> None:
         m, now = self.m, self.m.now
         so = f"SO-{len(m.purchases) + 1}"
         exp = now + days * DAY
-        row = self.attempt(lambda tx: purchases.record(
-            tx, now, OPERATOR, self.estate, sales_order=so, licence_type=lt, quantity=qty,
-            expires_at=exp), None)
+        row = self.attempt(
+            lambda tx: purchases.record(
+                tx, now, OPERATOR, self.estate, sales_order=so, licence_type=lt, quantity=qty, expires_at=exp
+            ),
+            None,
+        )
         assert row is not None
         m.purchases[row["id"]] = MPurchase(row["id"], so, lt, qty, exp)
         m.alloc[(m.default, row["id"])] += qty
 
     @precondition(lambda self: self.model is not None and bool(self.m.purchases))
-    @rule(data=st.data(), status=st.sampled_from([None, "valid", "on_hold"]),
-          days=st.sampled_from([None, -40, -1, 2, 35, 400]))
+    @rule(
+        data=st.data(),
+        status=st.sampled_from([None, "valid", "on_hold"]),
+        days=st.sampled_from([None, -40, -1, 2, 35, 400]),
+    )
     def update_purchase(self, data: st.DataObject, status: str | None, days: int | None) -> None:
         m, now = self.m, self.m.now
         pid = data.draw(st.sampled_from(list(m.purchases)))
         exp = None if days is None else now + days * DAY
-        self.attempt(lambda tx: purchases.update(
-            tx, now, OPERATOR, self.estate, pid, status=status, expires_at=exp), None)
+        self.attempt(
+            lambda tx: purchases.update(tx, now, OPERATOR, self.estate, pid, status=status, expires_at=exp), None
+        )
         p = m.purchases[pid]
         new_status = status or p.status
         if new_status == "on_hold" and p.status != "on_hold":
@@ -298,8 +315,7 @@ class Books(RuleBasedStateMachine):
         held = [pid for (pl, pid), n in self.m.alloc.items() if pl == src and n > 0]
         if not held:
             return []
-        items = data.draw(st.lists(st.tuples(st.sampled_from(held), st.integers(1, 6)),
-                                   min_size=1, max_size=3))
+        items = data.draw(st.lists(st.tuples(st.sampled_from(held), st.integers(1, 6)), min_size=1, max_size=3))
         return [{"purchase_id": p, "count": n} for p, n in items]
 
     def _move_fails(self, src: str, items: list[dict[str, Any]]) -> bool:
@@ -316,12 +332,15 @@ class Books(RuleBasedStateMachine):
 
     def _name_clash(self, name: str, except_id: str | None = None) -> bool:
         key = name.strip().casefold()
-        return any(p["name"].strip().casefold() == key and pid != except_id
-                   for pid, p in self.m.pools.items())
+        return any(p["name"].strip().casefold() == key and pid != except_id for pid, p in self.m.pools.items())
 
     @precondition(lambda self: self.model is not None)
-    @rule(data=st.data(), name=st.sampled_from(POOL_NAMES), with_moves=st.booleans(),
-          lease_seconds=st.sampled_from([60, 3600, 30 * DAY]))
+    @rule(
+        data=st.data(),
+        name=st.sampled_from(POOL_NAMES),
+        with_moves=st.booleans(),
+        lease_seconds=st.sampled_from([60, 3600, 30 * DAY]),
+    )
     def create_pool(self, data: st.DataObject, name: str, with_moves: bool, lease_seconds: int) -> None:
         m, now = self.m, self.m.now
         items = self._move_plan(data, m.default) if with_moves else []
@@ -330,8 +349,9 @@ class Books(RuleBasedStateMachine):
             error = NameTaken
         elif items and self._move_fails(m.default, items):
             error = LicencesInUse
-        view = self.attempt(lambda tx: pools.create(
-            tx, now, OPERATOR, self.estate, name, lease_seconds, items or None), error)
+        view = self.attempt(
+            lambda tx: pools.create(tx, now, OPERATOR, self.estate, name, lease_seconds, items or None), error
+        )
         if view is not None:
             m.pools[view["id"]] = {"name": name, "lease_seconds": lease_seconds}
             if items:
@@ -360,14 +380,19 @@ class Books(RuleBasedStateMachine):
             self._apply_move(src, dst, items)
 
     @precondition(lambda self: self.model is not None and len(self.m.pools) > 1)
-    @rule(data=st.data(), name=st.sampled_from((None, *POOL_NAMES)),
-          lease_seconds=st.sampled_from([None, 60, 600, 30 * DAY]))
+    @rule(
+        data=st.data(),
+        name=st.sampled_from((None, *POOL_NAMES)),
+        lease_seconds=st.sampled_from([None, 60, 600, 30 * DAY]),
+    )
     def update_pool(self, data: st.DataObject, name: str | None, lease_seconds: int | None) -> None:
         m, now = self.m, self.m.now
         pool_id = data.draw(st.sampled_from(list(m.pools)))
         error = NameTaken if name is not None and self._name_clash(name, pool_id) else None
-        done = self.attempt(lambda tx: pools.update(
-            tx, now, OPERATOR, self.estate, pool_id, name=name, lease_seconds=lease_seconds), error)
+        done = self.attempt(
+            lambda tx: pools.update(tx, now, OPERATOR, self.estate, pool_id, name=name, lease_seconds=lease_seconds),
+            error,
+        )
         if done is not None:
             if name is not None:
                 m.pools[pool_id]["name"] = name
@@ -384,7 +409,8 @@ class Books(RuleBasedStateMachine):
             error = pools.DefaultPoolFixed
         else:
             busy = any(s.pool == pool_id for s in m.servers.values()) or any(
-                le.pool == pool_id and m.live(le) for le in m.leases.values())
+                le.pool == pool_id and m.live(le) for le in m.leases.values()
+            )
             error = PoolNotEmpty if busy else None
         self.attempt(lambda tx: pools.delete(tx, now, OPERATOR, self.estate, pool_id), error)
         if error is None:
@@ -397,35 +423,37 @@ class Books(RuleBasedStateMachine):
 
     # -- servers ----------------------------------------------------------------
 
-    @precondition(lambda self: self.model is not None and len(self.m.servers) < 4
-                  and bool(self.m.purchases))
+    @precondition(lambda self: self.model is not None and len(self.m.servers) < 4 and bool(self.m.purchases))
     @rule(data=st.data())
     def enrol(self, data: st.DataObject) -> None:
         m, now = self.m, self.m.now
         stocked = [pl for (pl, pid), n in m.alloc.items() if n > 0 and m.purchases[pid].grantable(now)]
-        pool_id = data.draw(st.sampled_from(stocked if stocked and data.draw(st.booleans())
-                                            else list(m.pools)))
+        pool_id = data.draw(st.sampled_from(stocked if stocked and data.draw(st.booleans()) else list(m.pools)))
         self._enrol_into(pool_id)
 
     def _enrol_into(self, pool_id: str) -> None:
         m, now = self.m, self.m.now
-        ok = any(m.purchases[pid].grantable(now) for (pl, pid), n in m.alloc.items()
-                 if pl == pool_id and n > 0)
-        code = self.attempt(lambda tx: codes.make(
-            tx, now, OPERATOR, CODE_KEY, self.estate, pool_id, 3600),
-            None if ok else NoValidLicences)
+        ok = any(m.purchases[pid].grantable(now) for (pl, pid), n in m.alloc.items() if pl == pool_id and n > 0)
+        code = self.attempt(
+            lambda tx: codes.make(tx, now, OPERATOR, CODE_KEY, self.estate, pool_id, 3600),
+            None if ok else NoValidLicences,
+        )
         if code is None:
             return
-        bound = self.attempt(lambda tx: codes.redeem(
-            tx, now, CODE_KEY, code["code"], f"host-{len(m.servers)}", "server"), None)
+        bound = self.attempt(
+            lambda tx: codes.redeem(tx, now, CODE_KEY, code["code"], f"host-{len(m.servers)}", "server"), None
+        )
         assert bound is not None and bound["pool_id"] == pool_id
         # The same code a second time: refused, and nothing changes.
-        self.attempt(lambda tx: codes.redeem(tx, now, CODE_KEY, code["code"], "again", "server"),
-                     AuthCodeInvalid)
+        self.attempt(lambda tx: codes.redeem(tx, now, CODE_KEY, code["code"], "again", "server"), AuthCodeInvalid)
         sid = bound["server_id"]
-        m.servers[sid] = MServer(sid, pool_id, Principal(
-            kind="server", token_hash=b"", estate_id=self.estate, server_id=sid,
-            name=bound["name"], pool_id=pool_id))
+        m.servers[sid] = MServer(
+            sid,
+            pool_id,
+            Principal(
+                kind="server", token_hash=b"", estate_id=self.estate, server_id=sid, name=bound["name"], pool_id=pool_id
+            ),
+        )
 
     @precondition(lambda self: self.model is not None and bool(self.m.servers))
     @rule(data=st.data())
@@ -435,8 +463,9 @@ class Books(RuleBasedStateMachine):
         pool_id = data.draw(st.sampled_from(list(m.pools)))
         server = m.servers[sid]
         busy = any(le.server == sid and m.live(le) for le in m.leases.values())
-        done = self.attempt(lambda tx: servers.rebind(tx, now, OPERATOR, self.estate, sid, pool_id),
-                            ServerHasLeases if busy else None)
+        done = self.attempt(
+            lambda tx: servers.rebind(tx, now, OPERATOR, self.estate, sid, pool_id), ServerHasLeases if busy else None
+        )
         if done is not None:
             m.lapse_due(server.pool)
             server.pool = pool_id
@@ -455,8 +484,7 @@ class Books(RuleBasedStateMachine):
 
     # -- leases -----------------------------------------------------------------
 
-    def _model_acquire(self, server: MServer, encoder: str, lt: str, count: int) -> tuple[
-            bool, MLease | None, bool]:
+    def _model_acquire(self, server: MServer, encoder: str, lt: str, count: int) -> tuple[bool, MLease | None, bool]:
         """What the broker must do: (exhausted, the lease afterwards, created).
 
         Works on a copy of the leases, left in ``self._pending`` for the caller to adopt
@@ -468,8 +496,14 @@ class Books(RuleBasedStateMachine):
         m.leases = m2_leases
         try:
             m.lapse_due(server.pool)
-            lease = next((le for le in m.leases.values() if le.server == server.id
-                          and le.encoder == encoder and le.state == "active"), None)
+            lease = next(
+                (
+                    le
+                    for le in m.leases.values()
+                    if le.server == server.id and le.encoder == encoder and le.state == "active"
+                ),
+                None,
+            )
             if count == 0:
                 if lease is not None:
                     lease.state = "released"
@@ -480,8 +514,7 @@ class Books(RuleBasedStateMachine):
             elif lease.lt != lt:
                 lease.seats, lease.lt = {}, lt
             else:
-                lease.seats = {p: n for p, n in lease.seats.items()
-                               if now < m.purchases[p].grace_end()}
+                lease.seats = {p: n for p, n in lease.seats.items() if now < m.purchases[p].grace_end()}
             held = lease.count
             if count > held:
                 need = count - held
@@ -513,21 +546,33 @@ class Books(RuleBasedStateMachine):
             self._pending = new_leases
 
     @precondition(lambda self: self.model is not None and bool(self.m.servers))
-    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), lt=st.sampled_from(TYPES),
-          count=st.sampled_from([0, 1, 1, 2, 3, 5, 9]))
+    @rule(
+        data=st.data(),
+        encoder=st.sampled_from(ENCODERS),
+        lt=st.sampled_from(TYPES),
+        count=st.sampled_from([0, 1, 1, 2, 3, 5, 9]),
+    )
     def acquire(self, data: st.DataObject, encoder: str, lt: str, count: int) -> None:
         m, now = self.m, self.m.now
         server = m.servers[data.draw(st.sampled_from(list(m.servers)))]
         exhausted, expected, created = self._model_acquire(server, encoder, lt, count)
-        grant = self.attempt(lambda tx: leases.acquire(tx, now, server.principal, encoder, lt, count),
-                             PoolExhausted if exhausted else None)
+        grant = self.attempt(
+            lambda tx: leases.acquire(tx, now, server.principal, encoder, lt, count),
+            PoolExhausted if exhausted else None,
+        )
         if exhausted:
             STATS["exhausted"] += 1
             return
         # Before the new leases are taken in: every seat that is new came from a
         # grantable purchase (invariant 7).
-        old = next((le for le in m.leases.values() if le.server == server.id
-                    and le.encoder == encoder and m.live(le) and le.lt == lt), None)
+        old = next(
+            (
+                le
+                for le in m.leases.values()
+                if le.server == server.id and le.encoder == encoder and m.live(le) and le.lt == lt
+            ),
+            None,
+        )
         m.leases = self._pending
         if count == 0:
             assert grant is None
@@ -552,8 +597,7 @@ class Books(RuleBasedStateMachine):
         STATS["grants"] += 1
 
     @precondition(lambda self: self.model is not None and bool(self.m.servers))
-    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), lt=st.sampled_from(TYPES),
-          count=st.integers(0, 6))
+    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), lt=st.sampled_from(TYPES), count=st.integers(0, 6))
     def acquire_again(self, data: st.DataObject, encoder: str, lt: str, count: int) -> None:
         self.acquire(data, encoder, lt, count)  # acquires are the point: twice the weight
 
@@ -585,8 +629,7 @@ class Books(RuleBasedStateMachine):
             lease.state = "lapsed"
             return
         assert isinstance(outcome, leases.Grant), outcome
-        lease.exp = min(now + m.pools[lease.pool]["lease_seconds"],
-                        *(m.purchases[p].grace_end() for p in lease.seats))
+        lease.exp = min(now + m.pools[lease.pool]["lease_seconds"], *(m.purchases[p].grace_end() for p in lease.seats))
         assert outcome.lease["expires_at"] == lease.exp
         assert {s["purchase_id"]: s["count"] for s in outcome.seats} == lease.seats
         STATS["renewals"] += 1
@@ -636,8 +679,11 @@ class Books(RuleBasedStateMachine):
             assert actual_view(v) == m.view(v["id"]), (v["id"], actual_view(v), m.view(v["id"]))
             assert v["is_default"] == (v["id"] == m.default)
         live = {le.id for le in m.leases.values() if m.live(le)}
-        page = self.read(lambda tx: leases.list_live(
-            tx, now, self.estate, pool_id=None, server_id=None, encoder=None, after="", limit=500))
+        page = self.read(
+            lambda tx: leases.list_live(
+                tx, now, self.estate, pool_id=None, server_id=None, encoder=None, after="", limit=500
+            )
+        )
         assert {item["id"] for item in page["items"]} == live
 
 
@@ -646,9 +692,16 @@ def explore(folder: Path, examples: int) -> dict[str, int]:
     Books.loop, Books.folder = loop, folder
     STATS.clear()
     try:
-        run_state_machine_as_test(Books, settings=settings(
-            max_examples=examples, stateful_step_count=50, deadline=None, database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+        run_state_machine_as_test(
+            Books,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=50,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
     finally:
         loop.close()
     print(f"\nmodel test explored: {dict(STATS)}")

@@ -40,9 +40,13 @@ async def sh(*args: str) -> subprocess.CompletedProcess[bytes]:
     return await asyncio.to_thread(subprocess.run, list(args), capture_output=True, check=False)
 
 
-async def start(aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-                config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
-                data_dir: Path) -> Broker:
+async def start(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
+    data_dir: Path,
+) -> Broker:
     client = await aiohttp_client(create_app(config_factory(data_dir=data_dir, sqlite_synchronous="full")))
     return Broker(client, operator_token, clock)
 
@@ -56,8 +60,7 @@ async def stocked(broker: Broker) -> tuple[kit.Estate, dict[str, Any], dict[str,
     return est, host, lease.body | {"purchase_id": bought["id"]}
 
 
-async def writes_fail(broker: Broker, est: kit.Estate, host: dict[str, Any], lease: dict[str, Any],
-                      db: Path) -> None:
+async def writes_fail(broker: Broker, est: kit.Estate, host: dict[str, Any], lease: dict[str, Any], db: Path) -> None:
     """Every kind of write answers 503 storage_unavailable; reads still answer; nothing moved."""
     conn = __import__("tests.reliability.invariants", fromlist=["connect_ro"]).connect_ro(db)
     try:
@@ -69,9 +72,13 @@ async def writes_fail(broker: Broker, est: kit.Estate, host: dict[str, Any], lea
         kit.acquire(broker, host["server_token"], "ENC-1", 5),
         kit.call(broker, "POST", f"/v1/leases/{lease['id']}/renew", host["server_token"], {}),
         kit.call(broker, "POST", f"{est.base}/pools", est.admin, {"name": "During the fault"}),
-        kit.call(broker, "POST", f"{est.base}/purchases", broker.operator, {
-            "sales_order": "SO-2", "licence_type": kit.ONE, "quantity": 3,
-            "expires_at": "2030-01-01T00:00:00Z"}),
+        kit.call(
+            broker,
+            "POST",
+            f"{est.base}/purchases",
+            broker.operator,
+            {"sales_order": "SO-2", "licence_type": kit.ONE, "quantity": 3, "expires_at": "2030-01-01T00:00:00Z"},
+        ),
     ]
     for answer in await asyncio.gather(*attempts):
         assert answer.status == 503, (answer.status, answer.body)
@@ -88,8 +95,9 @@ async def writes_fail(broker: Broker, est: kit.Estate, host: dict[str, Any], lea
         conn.close()
 
 
-async def writes_work_again(broker: Broker, est: kit.Estate, host: dict[str, Any],
-                            lease: dict[str, Any], db: Path) -> None:
+async def writes_work_again(
+    broker: Broker, est: kit.Estate, host: dict[str, Any], lease: dict[str, Any], db: Path
+) -> None:
     """Recovered by itself: the same requests now succeed, and the books are sound."""
     renewed = await kit.call(broker, "POST", f"/v1/leases/{lease['id']}/renew", host["server_token"], {})
     assert renewed.status == 200, renewed.body
@@ -106,9 +114,12 @@ async def writes_work_again(broker: Broker, est: kit.Estate, host: dict[str, Any
 
 
 async def test_database_made_read_only(
-        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-        config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
-        tmp_path: Path) -> None:
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
+    tmp_path: Path,
+) -> None:
     data_dir = tmp_path / "data"
     broker = await start(aiohttp_client, config_factory, clock, operator_token, data_dir)
     est, host, lease = await stocked(broker)
@@ -141,8 +152,7 @@ async def small_fs(tmp_path: Path) -> AsyncIterator[Path]:
     mount.mkdir()
     made = await sh("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount))
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs CAP_SYS_ADMIN): "
-                    f"{made.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a size-limited tmpfs here (needs CAP_SYS_ADMIN): {made.stderr.decode().strip()}")
     try:
         yield mount
     finally:
@@ -150,9 +160,12 @@ async def small_fs(tmp_path: Path) -> AsyncIterator[Path]:
 
 
 async def test_disk_full(
-        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-        config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
-        small_fs: Path) -> None:
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
+    small_fs: Path,
+) -> None:
     data_dir = small_fs / "data"
     broker = await start(aiohttp_client, config_factory, clock, operator_token, data_dir)
     est, host, lease = await stocked(broker)
@@ -194,15 +207,19 @@ conn.close()
 
 
 async def test_database_locked_by_another_process(
-        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-        config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
-        tmp_path: Path) -> None:
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
+    tmp_path: Path,
+) -> None:
     data_dir = tmp_path / "data"
     broker = await start(aiohttp_client, config_factory, clock, operator_token, data_dir)
     est, host, lease = await stocked(broker)
     db = data_dir / "tenure.db"
     locker = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", LOCKER, str(db), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        sys.executable, "-c", LOCKER, str(db), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert locker.stdout is not None and locker.stdin is not None
     try:
         line = await asyncio.wait_for(locker.stdout.readline(), 10)
@@ -216,9 +233,12 @@ async def test_database_locked_by_another_process(
 
 
 async def test_started_while_read_only_then_recovers(
-        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-        config_factory: Callable[..., Any], clock: ManualClock, operator_token: str,
-        tmp_path: Path) -> None:
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
+    tmp_path: Path,
+) -> None:
     """Regression: a broker (re)started while its database was unwritable got a read-only
     connection from SQLite and kept it, answering 503 long after the fault was gone."""
     data_dir = tmp_path / "data"

@@ -60,11 +60,20 @@ async def test_a_name_the_rule_accepts_the_broker_accepts(broker: Broker, name: 
     assert body["name"] == name
 
 
-@pytest.mark.parametrize(("typed", "digits"), [
-    ("48213907", "48213907"), ("4821 3907", "48213907"), ("4821-3907", "48213907"),
-    (" 4821 - 3907 ", "48213907"), ("4821\t3907", "48213907"),
-    ("4821 390", None), ("4821 39077", None), ("4821 39O7", None), ("４８２１３９０７", None),
-])
+@pytest.mark.parametrize(
+    ("typed", "digits"),
+    [
+        ("48213907", "48213907"),
+        ("4821 3907", "48213907"),
+        ("4821-3907", "48213907"),
+        (" 4821 - 3907 ", "48213907"),
+        ("4821\t3907", "48213907"),
+        ("4821 390", None),
+        ("4821 39077", None),
+        ("4821 39O7", None),
+        ("４８２１３９０７", None),
+    ],
+)
 def test_codes_as_typed(typed: str, digits: str | None) -> None:
     assert shared_normalise_code(typed) == digits
     if digits is None:

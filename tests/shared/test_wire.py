@@ -21,8 +21,7 @@ def _lease_schemas() -> list[dict[str, Any]]:
     return [
         paths["/v1/leases"]["post"]["responses"][status]["content"]["application/json"]["schema"]
         for status in ("200", "201")
-    ] + [paths["/v1/leases/{lease}/renew"]["post"]["responses"]["200"]["content"]
-         ["application/json"]["schema"]]
+    ] + [paths["/v1/leases/{lease}/renew"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]]
 
 
 def test_the_openapi_lease_schema_is_the_dataclass() -> None:
@@ -52,16 +51,36 @@ async def test_what_the_broker_sends_the_agent_reads_back_unchanged(broker: Brok
 
 
 def _answer(**changes: Any) -> dict[str, Any]:
-    lease = Lease(id="lse_1", token=Secret("a.b.c"), encoder="E1", licence_type="one-in-one-out",
-                  count=1, pool_id="pool_1", expires_at=1_800_003_600, renew_after=1_800_001_200,
-                  lease_seconds=3600, server_time=1_800_000_000, state="valid", seats=())
+    lease = Lease(
+        id="lse_1",
+        token=Secret("a.b.c"),
+        encoder="E1",
+        licence_type="one-in-one-out",
+        count=1,
+        pool_id="pool_1",
+        expires_at=1_800_003_600,
+        renew_after=1_800_001_200,
+        lease_seconds=3600,
+        server_time=1_800_000_000,
+        state="valid",
+        seats=(),
+    )
     return {**lease.to_json(), **changes}
 
 
-@pytest.mark.parametrize("changes", [
-    {"count": True}, {"count": "1"}, {"token": None}, {"seats": {}}, {"seats": ["x"]},
-    {"expires_at": 1_800_003_600}, {"server_time": "yesterday"}, {"pool_id": 7},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"count": True},
+        {"count": "1"},
+        {"token": None},
+        {"seats": {}},
+        {"seats": ["x"]},
+        {"expires_at": 1_800_003_600},
+        {"server_time": "yesterday"},
+        {"pool_id": 7},
+    ],
+)
 def test_a_garbled_answer_is_refused(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Lease.from_json(_answer(**changes))
