@@ -17,15 +17,25 @@ from shared.secret import Secret
 
 
 class CodeFormatError(EnrollError):
-    """The code is not 8 digits, or a name the broker would refuse; caught before any network call."""
+    """A code not 8 digits or failing its check digit, or a name the broker would refuse.
+
+    Caught before any network call, so nothing is sent and no code or budget is spent.
+    """
 
 
 def normalise_code(parts: Sequence[str]) -> str:
-    """``48213907``, ``4821 3907`` (one argument or two) or ``4821-3907`` → ``48213907``."""
+    """``48213907``, ``4821 3907`` (one argument or two) or ``4821-3907`` → ``48213907``.
+
+    Raises ``CodeFormatError`` unless it is 8 digits ending in their Damm check digit.
+    """
     typed = " ".join(parts).strip()
     code = shared_codes.normalise_code(typed)
     if code is None:
         raise CodeFormatError(f'"{typed}" is not an enrolment code: a code is 8 digits, e.g. 4821 3907')
+    if not shared_codes.has_valid_check_digit(code):
+        # A typo (one wrong digit, two neighbours swapped) never reaches the broker, where
+        # it would spend this address's failure budget (docs/design.md, "Authentication code").
+        raise CodeFormatError(f"the code {grouped(code)} is not valid: check the digits and type it again")
     return code
 
 

@@ -1,8 +1,17 @@
 """Eight-digit authentication codes that bind a server or a domain to a pool.
 
 A code is stored only as HMAC-SHA256 under a key kept in the data directory (not in
-the database): a plain hash of eight digits is reversed in seconds. Codes are drawn
-uniformly with ``secrets``, unique among live codes, and used at most once.
+the database): a plain hash of eight digits is reversed in seconds. A code's first seven
+digits are drawn uniformly with ``secrets`` and the eighth is their Damm check digit
+(``shared.codes``); codes are unique among live codes and used at most once.
+
+The broker refuses a code whose check digit is wrong exactly as any wrong code: it matches
+no code made since codes carried a check digit, so it is unknown, ``403
+auth_code_invalid``, and it spends the caller's failure budget like any other wrong code.
+The agent refuses such a code itself before sending it, so one that arrives here was not a
+technician's typo, and counting it keeps every failure alike; it also keeps the budget
+whole for a code made before the check digit, which may end in any digit and is still
+redeemed by its stored MAC until it expires (at most 7 days; docs/design.md).
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from broker.errors import AuthCodeInvalid, NotFound, NoValidLicences
 from broker.ids import new_token, token_hash
 from broker.principal import Principal
 from broker.store.base import Tx
-from shared.codes import CODE_DIGITS, normalise_code
+from shared.codes import CODE_DIGITS, normalise_code, with_check_digit
 from shared.timefmt import format_ts
 
 INVALID_MESSAGE = (
@@ -43,7 +52,7 @@ def make(
         raise NoValidLicences(f"Pool {pool['name']!r} holds no valid licence; move licences into it first.")
     expires_at = int(now) + ttl_seconds
     while True:
-        code = f"{secrets.randbelow(10**CODE_DIGITS):08d}"
+        code = with_check_digit(f"{secrets.randbelow(10 ** (CODE_DIGITS - 1)):0{CODE_DIGITS - 1}d}")
         code_mac = mac(key, code)
         if tx.one("code_live_by_mac", code_mac=code_mac, now=int(now)) is None:
             break
@@ -95,6 +104,29 @@ def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, code_id: str) -
         )
 
 
+def revoke_of_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id: str) -> int:
+    """Revoke the live codes ``admin_id`` made, each audited; return how many.
+
+    Called when the admin is removed, in the same transaction: a code outlives neither
+    the admin's token nor the trust that admin was given.
+    """
+    rows = tx.all("codes_live_of_creator", estate_id=estate_id, created_by=admin_id, now=int(now))
+    for row in rows:
+        tx.run("code_revoke", code_id=row["id"])
+        audit.record(
+            tx,
+            now,
+            actor,
+            estate_id,
+            audit.Action.AUTH_CODE_REVOKED,
+            pool_id=row["pool_id"],
+            subject_id=row["id"],
+            reason="admin_removed",
+            admin_id=admin_id,
+        )
+    return len(rows)
+
+
 def redeem(tx: Tx, now: float, key: bytes, code: str, name: str, kind: str) -> dict[str, Any]:
     """Use a code once: create the server or domain bound to the code's pool.
 
@@ -102,6 +134,11 @@ def redeem(tx: Tx, now: float, key: bytes, code: str, name: str, kind: str) -> d
     it orders transactions: ``code_use`` is an UPDATE guarded by ``state = 'live'``, so
     only the first changes a row; the second changes none and is refused, and its
     transaction, server row included, is rolled back.
+
+    ``now`` must be read inside the transaction (the caller's store write function), not
+    before the request body arrived: a code is live only if it is live when it is used.
+    The check digit is not tested here: a code is valid when it matches a live stored code
+    (see the module docstring).
     """
     digits = normalise_code(code)
     row = None if digits is None else tx.one("code_live_by_mac", code_mac=mac(key, digits), now=int(now))

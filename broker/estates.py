@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import audit
+from broker import audit, codes
 from broker.errors import Conflict, Forbidden, NotFound
 from broker.ids import new_token, token_hash
 from broker.principal import Principal
@@ -87,6 +87,7 @@ def add_admin(tx: Tx, now: float, actor: Principal, estate_id: str, name: str) -
 
 
 def remove_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id: str) -> None:
+    """Remove a non-primary admin: its token stops working and its live codes are revoked."""
     _require_primary(actor)
     row = tx.one("admin_by_id", admin_id=admin_id, estate_id=estate_id)
     if row is None:
@@ -94,7 +95,17 @@ def remove_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id:
     if row["is_primary"]:
         raise PrimaryAdmin("The estate's primary admin cannot be removed.")
     tx.run("admin_remove", admin_id=admin_id, estate_id=estate_id, now=int(now))
-    audit.record(tx, now, actor, estate_id, audit.Action.ADMIN_REMOVED, subject_id=admin_id, name=row["name"])
+    revoked = codes.revoke_of_admin(tx, now, actor, estate_id, admin_id)
+    audit.record(
+        tx,
+        now,
+        actor,
+        estate_id,
+        audit.Action.ADMIN_REMOVED,
+        subject_id=admin_id,
+        name=row["name"],
+        codes_revoked=revoked,
+    )
 
 
 def list_admins(tx: Tx, estate_id: str) -> list[dict[str, Any]]:

@@ -51,18 +51,21 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     # concurrent guesses cannot all pass the check before the first failure lands.
     svc.limiter.begin(address)
     failed = False
-    now = svc.clock.now()
     try:
         body = parse_json(await read_body(request), ENROL)
+        # The clock is read inside the transaction, not before the body arrived: a code
+        # that expires while a slow request is in flight is expired when it is used.
         result = await svc.store.write(
-            lambda tx: codes.redeem(tx, now, svc.code_key, body["code"], body["name"], body.get("kind", "server"))
+            lambda tx: codes.redeem(
+                tx, svc.clock.now(), svc.code_key, body["code"], body["name"], body.get("kind", "server")
+            )
         )
     except AuthCodeInvalid:
         failed = True
         raise
     finally:
         svc.limiter.finish(address, failed=failed)
-    result["keys"] = svc.keyring.jwks(now)
+    result["keys"] = svc.keyring.jwks(svc.clock.now())
     return answer(201, result)
 
 

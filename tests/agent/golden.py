@@ -3,7 +3,8 @@
 After Keygen Relay's ``cli/testdata/*.test.txt``. A script is a list of steps::
 
     # a comment
-    @mint CODE [POOL]      make an authentication code; sets $CODE, $CODE_SPACED, $CODE_DASHED
+    @mint CODE [POOL]      make an authentication code; sets $CODE, $CODE_SPACED, $CODE_DASHED and
+                           $CODE_MISTYPED (its first digit wrong, spaced)
     @agent start|stop      start `tenure-agent run` as a subprocess / SIGTERM it (must exit 0)
     $ tenure-agent ...     run a command (in-process, after $VAR substitution, shlex-split)
     ? 2                    its exit code (default 0)

@@ -63,6 +63,8 @@ def test_golden(
                 variables[args[0]] = code
                 variables[args[0] + "_SPACED"] = f"{code[:4]} {code[4:]}"
                 variables[args[0] + "_DASHED"] = f"{code[:4]}-{code[4:]}"
+                typo = f"{(int(code[0]) + 1) % 10}{code[1:]}"  # one wrong digit
+                variables[args[0] + "_MISTYPED"] = f"{typo[:4]} {typo[4:]}"
             elif verb == "agent" and args == ["start"]:
                 agent = AgentProcess(Path(variables["STATE"]), Path(variables["SOCKET"]), agent_env)
             elif verb == "agent" and args == ["stop"]:
@@ -77,3 +79,19 @@ def test_golden(
     finally:
         if agent is not None:
             agent.stop(signal.SIGKILL)
+
+
+def test_typos_spend_none_of_the_brokers_failure_budget(
+    broker_process: BrokerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # More typos than the broker's ten failures per address: were any sent, the good code
+    # typed next would be answered 429.
+    code = Estate(broker_process).code()
+    typo = f"{code[:6]}{code[7]}{code[6]}" if code[6] != code[7] else f"{(int(code[0]) + 1) % 10}{code[1:]}"
+    common = ["--broker", broker_process.url, "--state-dir", str(tmp_path / "state")]
+    for _ in range(12):
+        assert main(["enroll", typo, *common]) == 2
+    assert main(["enroll", code, "--name", "enc-host-9", *common]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("check the digits and type it again") == 12
+    assert out.startswith('Enrolled server "enc-host-9"')

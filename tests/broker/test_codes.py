@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
+from broker import codes as broker_codes
+from broker.services import SERVICES
+from broker.store.base import Tx
+from shared.codes import has_valid_check_digit
 from shared.timefmt import format_ts
 from tests.broker.estate_kit import Estate, assert_problem, base, estate, new_pool, pools, raw
 from tests.conftest import DAY, T0, Broker
@@ -224,3 +232,78 @@ async def test_many_codes_are_distinct(broker: Broker) -> None:
     est = await stocked(broker)
     codes = {(await make(broker, est))["code"] for _ in range(30)}
     assert len(codes) == 30
+
+
+async def test_every_code_ends_in_its_check_digit(broker: Broker) -> None:
+    est = await stocked(broker)
+    made = [(await make(broker, est))["code"] for _ in range(40)]
+    assert all(has_valid_check_digit(c) for c in made), made
+
+
+async def test_a_wrong_check_digit_is_refused_as_any_wrong_code_and_counts(broker: Broker) -> None:
+    est = await stocked(broker)
+    code = (await make(broker, est))["code"]
+    typo = code[:7] + str((int(code[7]) + 1) % 10)
+    unknown = next(f"{n:08d}" for n in range(10**8) if has_valid_check_digit(f"{n:08d}") and f"{n:08d}" != code)
+    answers = set()
+    for c in (typo, unknown):
+        status, body = await redeem(broker, c)
+        answers.add((status, body["code"], body["detail"]))
+    assert len(answers) == 1 and next(iter(answers))[:2] == (403, "auth_code_invalid")
+    # Eight more wrong check digits: with the two above, the address's ten failures.
+    for _ in range(8):
+        assert (await redeem(broker, typo))[0] == 403
+    status, body = await redeem(broker, code)
+    assert (status, body["code"]) == (429, "rate_limited")
+
+
+async def test_a_code_made_before_check_digits_still_redeems_until_it_expires(broker: Broker) -> None:
+    est = await stocked(broker)
+    svc = broker.client.app[SERVICES]
+    legacy = next(c for c in (f"4821390{d}" for d in range(10)) if not has_valid_check_digit(c))
+    now = int(broker.clock.now())
+
+    def insert(tx: Tx) -> None:  # as a broker before check digits stored it
+        tx.run(
+            "code_insert",
+            id="code_legacy",
+            estate_id=est.id,
+            pool_id=est.default_pool,
+            code_mac=broker_codes.mac(svc.code_key, legacy),
+            now=now,
+            expires_at=now + DAY,
+            created_by=est.admin_id,
+        )
+
+    await svc.store.write(insert)
+    status, body = await redeem(broker, f"{legacy[:4]} {legacy[4:]}")
+    assert status == 201, body
+    assert body["pool_id"] == est.default_pool
+
+
+@pytest.mark.parametrize(("late", "status"), [(0, 201), (1, 403)])
+async def test_expiry_is_decided_when_the_code_is_used_not_when_the_request_began(
+    broker: Broker, late: int, status: int
+) -> None:
+    est = await stocked(broker)
+    code = await make(broker, est, ttl_seconds=60)
+    broker.clock.advance(59)
+    body = json.dumps({"code": code["code"], "name": "slow-host"}).encode()
+    first_sent, rest = asyncio.Event(), asyncio.Event()
+
+    async def slowly() -> AsyncIterator[bytes]:
+        yield body[:1]
+        first_sent.set()
+        await rest.wait()
+        yield body[1:]
+
+    request = asyncio.ensure_future(broker.client.post("/v1/enroll", data=slowly()))
+    await first_sent.wait()
+    await asyncio.sleep(0.1)  # the broker has the headers and waits for the body
+    broker.clock.advance(late)  # 60 s after the code was made: its expiry
+    rest.set()
+    resp = await request
+    answer = await resp.json()
+    assert resp.status == status, answer
+    if status == 403:
+        assert answer["code"] == "auth_code_invalid"

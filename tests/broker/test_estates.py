@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 
-from tests.broker.estate_kit import assert_problem, base, enroll, estate, lease, new_pool, raw
+from tests.broker.estate_kit import Estate, assert_problem, base, enroll, estate, lease, new_pool, raw
 from tests.conftest import DAY, Broker
 
 TOKEN = re.compile(r"^tnr_adm_[A-Za-z0-9_-]{43}$")
@@ -179,3 +180,41 @@ async def test_estate_summary_counts_on_hold_as_unavailable(broker: Broker) -> N
         "unavailable": 7,
     }
     broker.clock.advance(DAY)
+
+
+async def test_removing_an_admin_revokes_the_codes_they_made(broker: Broker) -> None:
+    est = await estate(broker)
+    await broker.purchase(est.id, "SO-1", quantity=10)
+    paris = await new_pool(broker, est, "Paris", [{"purchase_id": await _purchase_id(broker, est), "count": 2}])
+    bob = await broker.call("POST", f"{base(est)}/admins", est.admin, {"name": "Bob"}, 201)
+    bobs = [
+        await broker.call("POST", f"{base(est)}/pools/{pool}/auth-codes", bob["token"], {}, 201)
+        for pool in (est.default_pool, paris["id"])
+    ]
+    used = await broker.call("POST", f"{base(est)}/pools/{est.default_pool}/auth-codes", bob["token"], {}, 201)
+    await broker.call("POST", "/v1/enroll", None, {"code": used["code"], "name": "early-host"}, 201)
+    alices = await broker.call("POST", f"{base(est)}/pools/{est.default_pool}/auth-codes", est.admin, {}, 201)
+
+    await broker.call("DELETE", f"{base(est)}/admins/{bob['id']}", est.admin, status=204)
+
+    for code in bobs:
+        r = await raw(broker, "POST", "/v1/enroll", None, json.dumps({"code": code["code"], "name": "late-host"}))
+        assert_problem(r, 403, "auth_code_invalid")
+    live = await broker.call("GET", f"{base(est)}/auth-codes", est.admin, status=200)
+    assert [c["id"] for c in live["items"]] == [alices["id"]]
+    await broker.call("POST", "/v1/enroll", None, {"code": alices["code"], "name": "host-a"}, 201)
+    # Audited: one auth_code.revoked per code, by the admin who removed Bob, and the count.
+    events = (await broker.call("GET", f"{base(est)}/events", est.admin, status=200))["items"]
+    revoked = [e for e in events if e["action"] == "auth_code.revoked"]
+    assert [(e["subject_id"], e["pool_id"]) for e in revoked] == [(c["id"], c["pool_id"]) for c in bobs]
+    assert all(e["actor"]["id"] == est.admin_id for e in revoked)
+    assert all(e["details"] == {"reason": "admin_removed", "admin_id": bob["id"]} for e in revoked)
+    removed = [e for e in events if e["action"] == "admin.removed"]
+    assert [e["details"] for e in removed] == [{"name": "Bob", "codes_revoked": 2}]
+    assert events.index(removed[0]) > max(events.index(e) for e in revoked)
+
+
+async def _purchase_id(broker: Broker, est: Estate) -> str:
+    items = (await broker.call("GET", f"{base(est)}/purchases", est.admin, status=200))["items"]
+    purchase_id: str = items[0]["id"]
+    return purchase_id

@@ -23,6 +23,11 @@ UPDATE auth_codes SET state = 'revoked' WHERE id = :code_id AND state = 'live'
 UPDATE auth_codes SET state = 'used', used_at = :now, server_id = :server_id
 WHERE id = :code_id AND state = 'live' AND expires_at > :now
 
+-- name: codes_live_of_creator
+SELECT id, pool_id FROM auth_codes
+WHERE estate_id = :estate_id AND created_by = :created_by AND state = 'live' AND expires_at > :now
+ORDER BY created_at, rowid
+
 -- name: codes_revoke_of_pool
 UPDATE auth_codes SET state = 'revoked' WHERE pool_id = :pool_id AND state = 'live'
 
