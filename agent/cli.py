@@ -263,6 +263,10 @@ def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:
         return f"the pool cannot cover {_plural(wanted, licence_type)}{more}"
     if code == "no_valid_licences":
         return f"the pool holds no valid {licence_type} licences"
+    if code == "licence_type_not_in_pool":
+        types = lease.raw.get("error", {}).get("types") or []
+        held = f"it holds only {', '.join(types)}" if types else "it holds no licences at all"
+        return f"the pool has no {licence_type} licences ({held}); check the licence type"
     detail = lease.error_detail or ""
     return detail if code in ("not_enrolled", "broker_unavailable") else f"{code}: {detail}".rstrip(": ")
 

@@ -465,6 +465,9 @@ class Keeper:
         error: dict[str, Any] = {"code": exc.code, "detail": exc.detail or str(exc)}
         if isinstance(exc.body.get("available"), int):
             error["available"] = exc.body["available"]
+        types = exc.body.get("types")  # licence_type_not_in_pool: what the pool does hold
+        if isinstance(types, list) and all(isinstance(t, str) for t in types):
+            error["types"] = types
         r.error = error
         self._offline = False
         self._announce()

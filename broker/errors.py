@@ -19,6 +19,7 @@ The tree, including the classes defined beside the code that raises them:
     ├── Conflict                          409 conflict
     │   ├── LicencesInUse                 409 licences_in_use
     │   ├── PoolExhausted                 409 pool_exhausted
+    │   ├── LicenceTypeNotInPool          409 licence_type_not_in_pool
     │   ├── NameTaken                     409 name_taken
     │   ├── PoolNotEmpty                  409 pool_not_empty
     │   │   └── DefaultPoolFixed          409 default_pool         (broker.pools)
@@ -97,6 +98,12 @@ class LicencesInUse(Conflict):
 
 class PoolExhausted(Conflict):
     code, title = "pool_exhausted", "The pool cannot cover this request"
+
+
+class LicenceTypeNotInPool(Conflict):
+    """An acquire names a type the pool holds none of: a typo or a wrong pool, not a shortage."""
+
+    code, title = "licence_type_not_in_pool", "The pool holds no licences of this type"
 
 
 class NameTaken(Conflict):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker import audit, purchases
-from broker.errors import NotFound, PoolExhausted, Unauthenticated
+from broker.errors import LicenceTypeNotInPool, NotFound, PoolExhausted, Unauthenticated
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.secret import Secret
@@ -129,11 +129,14 @@ def reap(tx: Tx, now: float, limit: int = 500) -> int:
 def _grantable(tx: Tx, now: float, pool_id: str, licence_type: str, n: int) -> list[tuple[Row, int]]:
     """Where ``n`` more seats would come from: (holding, seats) earliest expiry first.
 
-    Raises ``PoolExhausted`` when the pool has fewer than ``n`` free. Reads only.
+    Raises ``PoolExhausted`` when the pool has fewer than ``n`` free, or
+    ``LicenceTypeNotInPool`` when it holds none of the type at all (in use, expired or on
+    hold included): more licences would not help, another type or pool would. Reads only.
     """
     candidates = tx.all("grantable_holdings", pool_id=pool_id, licence_type=licence_type, now=int(now))
     available = sum(c["allocated"] - c["leased"] for c in candidates)
     if available < n:
+        _require_type(tx, pool_id, licence_type)
         raise PoolExhausted(
             f"The pool has {available} {licence_type} licence(s) available; {n} more were asked for.",
             available=available,
@@ -150,6 +153,17 @@ def _grantable(tx: Tx, now: float, pool_id: str, licence_type: str, n: int) -> l
         if n == 0:
             break
     return plan
+
+
+def _require_type(tx: Tx, pool_id: str, licence_type: str) -> None:
+    types = [r["licence_type"] for r in tx.all("licence_types_of_pool", pool_id=pool_id)]
+    if licence_type not in types:
+        held = ", ".join(types) if types else "no licences at all"
+        raise LicenceTypeNotInPool(
+            f"The pool holds no {licence_type} licences; it holds {held}.",
+            licence_type=licence_type,
+            types=types,
+        )
 
 
 def _lease_seats(tx: Tx, lease_id: str, pool_id: str, plan: list[tuple[Row, int]]) -> None:

@@ -15,7 +15,10 @@ _ERRORS = {
     401: "unauthenticated: no token, or an unknown or revoked one",
     403: "forbidden: a token of the wrong kind (or auth_code_invalid)",
     404: "not_found: unknown id, or an id of another estate",
-    409: "conflict: licences_in_use, pool_exhausted, name_taken, pool_not_empty, ...",
+    409: (
+        "conflict: licences_in_use, pool_exhausted, licence_type_not_in_pool (types: those the pool holds),"
+        " name_taken, pool_not_empty, ..."
+    ),
     410: "lease_gone: the lease was released, revoked or lapsed",
     413: "payload_too_large: body over 64 KiB",
     422: "idempotency_key_reused: the same key with a different request",

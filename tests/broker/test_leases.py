@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.broker.leasing import FOUR, ONE, claims_of, make_site, seats_of, ts
-from tests.conftest import Broker
+from tests.conftest import DAY, Broker
 
 
 async def test_n_seats_grant_n_and_refuse_the_next(broker: Broker) -> None:
@@ -192,10 +192,64 @@ async def test_seats_come_only_from_the_servers_pool(broker: Broker) -> None:
 
 
 async def test_seats_come_only_from_purchases_of_that_type(broker: Broker) -> None:
-    site = await make_site(broker, [("SO-FOUR", 4, 365, FOUR)])
+    site = await make_site(broker, [("SO-FOUR", 4, 365, FOUR), ("SO-ONE", 2, 365, ONE)])
+    await site.acquire("E0", 2, ONE, status=201)
     body = await site.acquire("E1", 1, ONE, status=409)
     assert body["code"] == "pool_exhausted" and body["available"] == 0
     assert (await site.acquire("E1", 4, FOUR, status=201))["licence_type"] == FOUR
+
+
+async def test_a_type_the_pool_holds_none_of_is_not_a_shortage(broker: Broker) -> None:
+    # The Default Pool keeps the one-in-one-out licences; Paris holds only four-in-one-out.
+    site = await make_site(broker, [("SO-FOUR", 4, 365, FOUR), ("SO-ONE", 5, 365, ONE)], move={"SO-FOUR": 4})
+    body = await site.acquire("E1", 1, ONE, status=409)
+    assert body["code"] == "licence_type_not_in_pool"
+    assert body["licence_type"] == ONE and body["types"] == [FOUR]
+    assert body["detail"] == f"The pool holds no {ONE} licences; it holds {FOUR}."
+    assert "available" not in body
+    assert await site.leases(encoder="E1") == []
+
+
+async def test_asking_an_empty_pool_lists_no_types(broker: Broker) -> None:
+    site = await make_site(broker, [("SO-ONE", 5, 365, ONE)], move={"SO-ONE": 1})
+    lease = await site.acquire("E1", 1, ONE, status=201)
+    await site.release(lease["id"])
+    await broker.call(
+        "POST",
+        f"/v1/estates/{site.estate_id}/moves",
+        site.admin,
+        {
+            "from_pool": site.pool_id,
+            "to_pool": site.default_pool_id,
+            "items": [{"purchase_id": site.purchases["SO-ONE"]["id"], "count": 1}],
+        },
+        201,
+    )
+    body = await site.acquire("E1", 1, ONE, status=409)
+    assert body["code"] == "licence_type_not_in_pool" and body["types"] == []
+
+
+async def test_a_held_type_that_cannot_be_granted_is_still_pool_exhausted(broker: Broker) -> None:
+    site = await make_site(broker, [("SO-ONE", 2, 30, ONE), ("SO-FOUR", 2, 365, FOUR)])
+    await site.acquire("E1", 2, FOUR, status=201)  # all in use
+    assert (await site.acquire("E2", 1, FOUR, status=409))["code"] == "pool_exhausted"
+    await site.set_purchase("SO-ONE", status="on_hold")
+    assert (await site.acquire("E3", 1, ONE, status=409))["code"] == "pool_exhausted"
+    await site.set_purchase("SO-ONE", status="valid")
+    broker.clock.advance(31 * DAY)  # expired
+    assert (await site.acquire("E3", 1, ONE, status=409))["code"] == "pool_exhausted"
+    broker.clock.advance(31 * DAY)  # past its grace, still held
+    body = await site.acquire("E3", 1, ONE, status=409)
+    assert body["code"] == "pool_exhausted" and body["available"] == 0
+
+
+async def test_replacing_with_a_type_the_pool_lacks_keeps_the_old_lease(broker: Broker) -> None:
+    site = await make_site(broker, [("SO-ONE", 3, 365, ONE)])
+    await site.acquire("E1", 3, ONE, status=201)
+    body = await site.acquire("E1", 1, FOUR, status=409)
+    assert body["code"] == "licence_type_not_in_pool" and body["types"] == [ONE]
+    held = (await site.leases(encoder="E1"))[0]
+    assert held["licence_type"] == ONE and held["count"] == 3
 
 
 async def test_lease_response_shape(broker: Broker) -> None:

@@ -43,6 +43,7 @@ from broker import codes, estates, leases, pools, purchases, servers
 from broker.errors import (
     AuthCodeInvalid,
     LicencesInUse,
+    LicenceTypeNotInPool,
     NameTaken,
     NotFound,
     NoValidLicences,
@@ -157,6 +158,10 @@ class Model:
             if p.lt == lt and p.grantable(self.now) and n > 0:
                 out.append((pid, n))
         return out
+
+    def holds_type(self, pool: str, lt: str) -> bool:
+        """The pool holds seats of ``lt`` in any state: refusal is a shortage, not a wrong type."""
+        return any(n > 0 and self.purchases[pid].lt == lt for (pl, pid), n in self.alloc.items() if pl == pool)
 
     def view(self, pool_id: str) -> dict[str, Any]:
         holdings = {}
@@ -556,9 +561,10 @@ class Books(RuleBasedStateMachine):
         m, now = self.m, self.m.now
         server = m.servers[data.draw(st.sampled_from(list(m.servers)))]
         exhausted, expected, created = self._model_acquire(server, encoder, lt, count)
+        refusal = PoolExhausted if m.holds_type(server.pool, lt) else LicenceTypeNotInPool
         grant = self.attempt(
             lambda tx: leases.acquire(tx, now, server.principal, encoder, lt, count),
-            PoolExhausted if exhausted else None,
+            refusal if exhausted else None,
         )
         if exhausted:
             STATS["exhausted"] += 1

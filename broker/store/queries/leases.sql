@@ -25,6 +25,11 @@ WHERE h.pool_id = :pool_id AND p.licence_type = :licence_type AND p.status = 'va
   AND p.expires_at > :now AND h.allocated > h.leased
 ORDER BY p.expires_at, p.id
 
+-- name: licence_types_of_pool
+SELECT DISTINCT p.licence_type FROM holdings h JOIN purchases p ON p.id = h.purchase_id
+WHERE h.pool_id = :pool_id AND h.allocated > 0
+ORDER BY p.licence_type
+
 -- name: holding_lease
 UPDATE holdings SET leased = leased + :count
 WHERE pool_id = :pool_id AND purchase_id = :purchase_id AND leased + :count <= allocated
