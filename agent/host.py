@@ -16,7 +16,7 @@ from agent.client import BrokerClient
 from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.errors import BrokerRefused, BrokerUnavailable, StateError
-from agent.keyring import KeyRing
+from agent.keyring import KeyRing, signed_by
 from agent.records import load_leases, write_leases_snapshot
 from agent.runner import Runner
 from agent.statedir import ensure_dir
@@ -93,16 +93,31 @@ class Host:
         ring = self._keyrings.get(url)
         if ring is None:
             key_sets = [b.keys for b in self.bindings().all() if b.broker_url == url]
-            if url in self.leases.keys:
-                key_sets.append(self.leases.keys[url])
 
             def remember(key_set: dict[str, Any]) -> None:
                 self.leases.keys[url] = key_set
                 self.runner.spawn(self.save())
 
-            ring = KeyRing(key_sets, self.client(url).keys, monotonic=self.clock.monotonic, on_refresh=remember)
+            ring = KeyRing(
+                key_sets,
+                self.client(url).keys,
+                monotonic=self.clock.monotonic,
+                on_refresh=remember,
+                published=self.leases.keys.get(url),
+                in_use=self.kids_in_use,
+            )
             self._keyrings[url] = ring
         return ring
+
+    def kids_in_use(self) -> set[str]:
+        """The signing keys of the unexpired lease tokens this host holds."""
+        now = self.clock.monotonic()
+        kids = set()
+        for record in self.leases.encoders.values():
+            held = record.held
+            if held is not None and now < held.deadline and (kid := signed_by(held.token.reveal())):
+                kids.add(kid)
+        return kids
 
     async def save(self) -> None:
         """Persist the lease state; concurrent callers share one write (group commit)."""
