@@ -16,6 +16,7 @@ from agent.client import BrokerClient
 from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.errors import BrokerRefused, BrokerUnavailable, StateError
+from agent.keeper import Keeper
 from agent.keyring import KeyRing, signed_by
 from agent.records import load_leases, write_leases_snapshot
 from agent.runner import Runner
@@ -165,6 +166,18 @@ class Host:
         self._probes[binding.server_id] = (self.clock.monotonic(), *result)
         return result
 
+    @staticmethod
+    def _encoder_status(keeper: Keeper, reach: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+        """An encoder's view for ``status``: a lease whose broker does not answer is
+        ``offline``, even before its keeper's next renewal has found that out."""
+        view = keeper.view(with_token=False)
+        held = keeper.record.held
+        word, error = reach.get(held.server_id, ("unknown", None)) if held is not None else ("unknown", None)
+        if view["state"] == "active" and word == "unreachable":
+            view["state"] = "offline"
+            view["error"] = view["error"] or {"code": "broker_unavailable", "detail": error or "broker unreachable"}
+        return view
+
     async def status(self, *, probe: bool) -> dict[str, Any]:
         bindings = self.bindings().all()
         outcomes: list[tuple[str, str | None]]
@@ -176,10 +189,8 @@ class Host:
                 seen = self.runner.health.reachable(b.broker_url)
                 word = {True: "reachable", False: "unreachable", None: "unknown"}[seen]
                 outcomes.append((word, self.runner.health.last_error.get(b.broker_url)))
-        encoders = []
-        for serial in sorted(self.runner.keepers):
-            view = self.runner.keepers[serial].view(with_token=False)
-            encoders.append(view)
+        reach = {b.server_id: outcome for b, outcome in zip(bindings, outcomes, strict=True)}
+        encoders = [self._encoder_status(self.runner.keepers[s], reach) for s in sorted(self.runner.keepers)]
         return {
             "agent": {
                 "version": __version__,
