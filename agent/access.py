@@ -41,6 +41,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 SERVER = "-"  # how rules name the host's own (server) binding, as `status` shows it
+_UCRED = "iII"  # struct ucred: pid_t, uid_t, gid_t
 _RULE_KEYS = frozenset({"user", "group", "domains", "encoders"})
 
 
@@ -53,11 +54,8 @@ class Caller:
     gid: int
 
     def describe(self) -> str:
-        try:
-            name = pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return f"uid {self.uid}"
-        return f'user "{name}" (uid {self.uid})'
+        name = _user_name(self.uid)
+        return f'user "{name}" (uid {self.uid})' if name is not None else f"uid {self.uid}"
 
 
 def peer_credentials(sock: Any) -> Caller | None:
@@ -66,10 +64,10 @@ def peer_credentials(sock: Any) -> Caller | None:
     if sock is None or option is None:
         return None
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize(_UCRED))
     except OSError:
         return None
-    pid, uid, gid = struct.unpack("3i", raw)
+    pid, uid, gid = struct.unpack(_UCRED, raw)
     return Caller(pid, uid, gid)
 
 
