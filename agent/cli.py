@@ -2,7 +2,10 @@
 
 Exit codes: 0 done; 1 an error (one line on stderr, never a traceback); 2 a usage or
 configuration error, or a mistyped code; 3 the agent service is not running (``status``,
-``lease``, ``release``).
+``lease``, ``release``); 4 (``status``) the service runs but a broker is unreachable.
+``status`` exits 0 only when all is well, so that a monitoring check can rely on it: 1
+when something needs a person (not enrolled, a binding the broker no longer knows, an
+encoder's lease ``lost``, ``revoked`` or ``denied``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 # Each command imports what it needs when it runs: the long-running `run` then holds
 # neither the encoder client nor enrolment in memory (docs/agent.md, "Footprint").
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_BROKER_UNREACHABLE = 0, 1, 2, 3, 4
 
 
 class _Exit(Exception):
@@ -229,16 +232,49 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise _Exit(EXIT_NOT_RUNNING) from exc
     if args.json:
         _out(json.dumps({"running": True, **status}, indent=2))
-        return EXIT_OK
-    agent = status["agent"]
-    _out(f"The agent service is running (pid {agent['pid']}, socket {agent['socket']}).")
-    _bindings_summary(status["bindings"])
-    if status["encoders"]:
-        for line in _encoder_rows(status["encoders"]):
-            _out(line)
     else:
-        _out("No encoder has asked for a lease.")
+        agent = status["agent"]
+        _out(f"The agent service is running (pid {agent['pid']}, socket {agent['socket']}).")
+        _bindings_summary(status["bindings"])
+        if status["encoders"]:
+            for line in _encoder_rows(status["encoders"]):
+                _out(line)
+        else:
+            _out("No encoder has asked for a lease.")
+    trouble = _unreachable(status) or _attention(status)
+    if trouble is not None:
+        raise _Exit(*trouble)
     return EXIT_OK
+
+
+# Encoder states that need a person; ``pending`` is the agent still asking.
+NEEDS_ATTENTION = ("lost", "revoked", "denied")
+
+
+def _unreachable(status: dict[str, Any]) -> tuple[int, str] | None:
+    """Exit 4 and why, when a broker does not answer."""
+    away = {b["broker_url"]: b.get("broker_error") for b in status["bindings"] if b.get("broker") == "unreachable"}
+    if not away:
+        return None
+    url, reason = next(iter(away.items()))
+    offline = sum(1 for e in status["encoders"] if e["state"] == "offline")
+    others = len(away) - 1
+    more = f" (and {others} other broker{'' if others == 1 else 's'})" if others else ""
+    served = {0: "no lease is held", 1: "1 lease is served offline until it expires"}.get(
+        offline, f"{offline} leases are served offline until they expire"
+    )
+    return EXIT_BROKER_UNREACHABLE, f"cannot reach the broker at {url}{more}: {reason or 'no answer'}; {served}"
+
+
+def _attention(status: dict[str, Any]) -> tuple[int, str] | None:
+    """Exit 1 and what needs a person, when anything does."""
+    if not status["bindings"]:
+        return EXIT_ERROR, "this host is not enrolled"
+    problems = [f'{b["kind"]} "{b["name"]}" removed' for b in status["bindings"] if b.get("broker") == "removed"]
+    problems += [f"encoder {e['encoder']} {e['state']}" for e in status["encoders"] if e["state"] in NEEDS_ATTENTION]
+    if not problems:
+        return None
+    return EXIT_ERROR, f"needs attention: {', '.join(problems)}"
 
 
 def _bindings_summary(bindings: list[dict[str, Any]]) -> None:

@@ -4,8 +4,10 @@ Every failure comes out as an ``agent.errors`` exception: transport errors, time
 429 and 5xx as ``BrokerUnavailable`` (retryable, with ``retry_after`` when the broker
 said), a garbled answer likewise (a 4xx that is not a problem document too: it is not
 the broker speaking), and other 4xx as a final ``BrokerRefused`` carrying the problem
-document's ``code``. Nothing here retries: that is the keeper's business
-(``agent/keeper.py``).
+document's ``code``. Redirects are never followed: a 3xx is ``BrokerUnavailable`` too,
+saying where it pointed (a server token goes to the broker it was enrolled with and
+nowhere else; the broker itself never redirects its API). Nothing here retries: that
+is the keeper's business (``agent/keeper.py``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _redirected(status: int, location: str) -> str:
+    """One line for a redirect, which the agent never follows."""
+    where = f" to {location[:200]}" if location else ""
+    return (
+        f"it answered with a redirect (HTTP {status}{where}); the agent follows no redirects: give the broker's own URL"
+    )
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -114,10 +124,11 @@ class BrokerClient:
             headers["Authorization"] = f"Bearer {token.reveal()}"
         url = self.base_url + path
         try:
-            async with self._open().request(method, url, json=body, headers=headers) as resp:
+            async with self._open().request(method, url, json=body, headers=headers, allow_redirects=False) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout)) from exc
         data: Any = None
@@ -126,6 +137,8 @@ class BrokerClient:
                 data = json.loads(raw)
             except ValueError:
                 data = None
+        if 300 <= status < 400:
+            raise BrokerUnavailable(self.base_url, _redirected(status, location))
         if status < 400:
             return status, data
         problem = data if isinstance(data, dict) else {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.access import Access
 from agent.errors import ConfigError
 from shared.settings import (
     NotAChoice,
@@ -68,6 +69,13 @@ class Config:
     )
     retry_max: float = _setting(60.0, "Longest retry delay in seconds.", min=0.1, max=3600)
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    local_api: Access = _setting(  # noqa: RUF009
+        Access(),
+        "Who may act for which encoders through the local API: a [local_api] table with an "
+        "'allow' list of {user|group, domains?, encoders?} rules. Empty: anyone who can open "
+        "the socket may act for every encoder.",
+        parse=Access.from_setting,
+    )
 
     def __post_init__(self) -> None:
         if self.broker_url is not None:
@@ -123,6 +131,12 @@ def check_broker_url(url: str) -> str:
 
 def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     where = f"setting '{f.name}' (from {source})"
+    parse = f.metadata.get("parse")
+    if parse is not None:  # a table, not a plain value
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {exc}") from exc
     if raw is None or (raw == "" and "None" in str(f.type)):
         return None
     try:
@@ -147,7 +161,19 @@ def _read_file(path: Path, known: Collection[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: [agent] must be a table") from exc
     except UnknownSetting as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
+    if "local_api" not in table:
+        table = {**table, **_sibling_local_api(path)}
     return {k: v for k, v in table.items() if k != "agent"}
+
+
+def _sibling_local_api(path: Path) -> dict[str, Any]:
+    """A ``[local_api]`` table beside ``[agent]``: read, never silently ignored (it is
+    what keeps one tenant's software from another's leases)."""
+    with path.open("rb") as handle:
+        document = tomllib.load(handle)
+    if "agent" in document and "local_api" in document:
+        return {"local_api": document["local_api"]}
+    return {}
 
 
 def load_config(

@@ -16,7 +16,8 @@ from agent.client import BrokerClient
 from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.errors import BrokerRefused, BrokerUnavailable, StateError
-from agent.keyring import KeyRing
+from agent.keeper import Keeper
+from agent.keyring import KeyRing, signed_by
 from agent.records import load_leases, write_leases_snapshot
 from agent.runner import Runner
 from agent.statedir import ensure_dir
@@ -93,16 +94,31 @@ class Host:
         ring = self._keyrings.get(url)
         if ring is None:
             key_sets = [b.keys for b in self.bindings().all() if b.broker_url == url]
-            if url in self.leases.keys:
-                key_sets.append(self.leases.keys[url])
 
             def remember(key_set: dict[str, Any]) -> None:
                 self.leases.keys[url] = key_set
                 self.runner.spawn(self.save())
 
-            ring = KeyRing(key_sets, self.client(url).keys, monotonic=self.clock.monotonic, on_refresh=remember)
+            ring = KeyRing(
+                key_sets,
+                self.client(url).keys,
+                monotonic=self.clock.monotonic,
+                on_refresh=remember,
+                published=self.leases.keys.get(url),
+                in_use=self.kids_in_use,
+            )
             self._keyrings[url] = ring
         return ring
+
+    def kids_in_use(self) -> set[str]:
+        """The signing keys of the unexpired lease tokens this host holds."""
+        now = self.clock.monotonic()
+        kids = set()
+        for record in self.leases.encoders.values():
+            held = record.held
+            if held is not None and now < held.deadline and (kid := signed_by(held.token.reveal())):
+                kids.add(kid)
+        return kids
 
     async def save(self) -> None:
         """Persist the lease state; concurrent callers share one write (group commit)."""
@@ -150,6 +166,18 @@ class Host:
         self._probes[binding.server_id] = (self.clock.monotonic(), *result)
         return result
 
+    @staticmethod
+    def _encoder_status(keeper: Keeper, reach: dict[str, tuple[str, str | None]]) -> dict[str, Any]:
+        """An encoder's view for ``status``: a lease whose broker does not answer is
+        ``offline``, even before its keeper's next renewal has found that out."""
+        view = keeper.view(with_token=False)
+        held = keeper.record.held
+        word, error = reach.get(held.server_id, ("unknown", None)) if held is not None else ("unknown", None)
+        if view["state"] == "active" and word == "unreachable":
+            view["state"] = "offline"
+            view["error"] = view["error"] or {"code": "broker_unavailable", "detail": error or "broker unreachable"}
+        return view
+
     async def status(self, *, probe: bool) -> dict[str, Any]:
         bindings = self.bindings().all()
         outcomes: list[tuple[str, str | None]]
@@ -161,10 +189,8 @@ class Host:
                 seen = self.runner.health.reachable(b.broker_url)
                 word = {True: "reachable", False: "unreachable", None: "unknown"}[seen]
                 outcomes.append((word, self.runner.health.last_error.get(b.broker_url)))
-        encoders = []
-        for serial in sorted(self.runner.keepers):
-            view = self.runner.keepers[serial].view(with_token=False)
-            encoders.append(view)
+        reach = {b.server_id: outcome for b, outcome in zip(bindings, outcomes, strict=True)}
+        encoders = [self._encoder_status(self.runner.keepers[s], reach) for s in sorted(self.runner.keepers)]
         return {
             "agent": {
                 "version": __version__,

@@ -8,8 +8,12 @@ Routes (documented in docs/encoder-integration.md):
 - ``GET    /v1/encoders/{serial}/lease``          ``?wait=S&version=N`` long-polls a change
 - ``DELETE /v1/encoders/{serial}/lease``          release; ``?wait=S`` waits for the broker
 
-Access is by file permissions on the socket (mode 0660 by default). Errors are
-``application/problem+json`` with a ``code``, as the broker's.
+Who can connect is decided by the socket's permissions (mode 0660 by default); who may
+act for which encoders, by the ``[local_api] allow`` rules on the caller's peer
+credentials (``agent/access.py``; none: everyone who can connect may act for everything).
+A caller outside its rules gets ``403 forbidden``, and sees only its own encoders and
+domains in the lists. Errors are ``application/problem+json`` with a ``code``, as the
+broker's.
 
 Served by aiohttp's low-level server (``aiohttp.web_server.Server``) and a five-route
 table here, not by ``aiohttp.web.Application``: the application, router and runner
@@ -39,6 +43,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse, json_response
 from aiohttp.web_server import Server
 
+from agent.access import Scope, peer_credentials
 from agent.clock import wait_event
 from agent.host import Host
 from agent.keeper import Keeper
@@ -96,21 +101,59 @@ def _float_query(request: BaseRequest, name: str, default: float) -> float:
     return value
 
 
-def _keeper_or_404(host: Host, serial: str) -> Keeper:
+def _domains(keeper: Keeper | None) -> set[str | None]:
+    """The domains an encoder's wish and lease are in (acting on it acts in each)."""
+    if keeper is None:
+        return set()
+    r = keeper.record
+    return {x.domain for x in (r.want, r.held) if x is not None}
+
+
+def _forbidden(scope: Scope, serial: str) -> Problem:
+    pid = f" (pid {scope.caller.pid})" if scope.caller is not None else ""
+    log.info("local API: refused %s%s for encoder %s", scope.who(), pid, serial)
+    return Problem(
+        403,
+        "forbidden",
+        f"{scope.who()} may not act for encoder {serial} (the agent's [local_api] allow rules)",
+    )
+
+
+def _authorise(scope: Scope, serial: str, keeper: Keeper | None, asked: Want | None = None) -> None:
+    """403 unless ``scope`` may act for ``serial`` in every domain it is or would be in."""
+    domains = _domains(keeper) | ({asked.domain} if asked is not None else set())
+    if not scope.may_name(serial) or not scope.may(serial, domains):
+        raise _forbidden(scope, serial)
+
+
+def _keeper_or_404(host: Host, serial: str, scope: Scope) -> Keeper:
     keeper = host.runner.get(serial)
+    _authorise(scope, serial, keeper)
     if keeper is None or keeper.record.want is None:
         raise Problem(404, "not_found", f"encoder {serial} has asked for no lease")
     return keeper
 
 
-async def get_status(host: Host, request: BaseRequest) -> Response:
+def _visible(scope: Scope, keeper: Keeper) -> bool:
+    return scope.may(keeper.encoder, _domains(keeper))
+
+
+async def get_status(host: Host, request: BaseRequest, scope: Scope) -> Response:
     probe = request.query.get("probe", "") in ("1", "true", "yes")
-    return json_response(await host.status(probe=probe))
+    status = await host.status(probe=probe)
+    if not scope.everything:
+        status["bindings"] = [
+            b for b in status["bindings"] if scope.sees_domain(b["name"] if b["kind"] == "domain" else None)
+        ]
+        status["encoders"] = [
+            e for e in status["encoders"] if (k := host.runner.get(e["encoder"])) is not None and _visible(scope, k)
+        ]
+    return json_response(status)
 
 
-async def list_encoders(host: Host, request: BaseRequest) -> Response:
-    runner = host.runner
-    items = [runner.keepers[s].view(with_token=False) for s in sorted(runner.keepers)]
+async def list_encoders(host: Host, request: BaseRequest, scope: Scope) -> Response:
+    keepers = [host.runner.keepers[s] for s in sorted(host.runner.keepers)]
+    items = [k.view(with_token=False) for k in keepers if _visible(scope, k)]
     return json_response({"items": items})
 
 
@@ -139,9 +182,10 @@ async def _want_from(request: BaseRequest) -> Want:
     return Want(licence_type, count, domain)
 
 
-async def put_lease(host: Host, request: BaseRequest, serial: str) -> Response:
+async def put_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     want = await _want_from(request)
+    _authorise(scope, serial, host.runner.get(serial), want)
     if host.bindings().get(want.domain) is None:
         what = f'domain "{want.domain}"' if want.domain else "this host"
         raise Problem(409, "not_enrolled", f"{what} is not enrolled: run tenure-agent enroll")
@@ -152,9 +196,9 @@ async def put_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     return json_response(keeper.view())
 
 
-async def get_lease(host: Host, request: BaseRequest, serial: str) -> Response:
+async def get_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
-    keeper = _keeper_or_404(host, serial)
+    keeper = _keeper_or_404(host, serial, scope)
     raw_version = request.query.get("version")
     if wait and raw_version is not None:
         try:
@@ -162,13 +206,13 @@ async def get_lease(host: Host, request: BaseRequest, serial: str) -> Response:
         except ValueError as exc:
             raise Problem(400, "validation_error", "'version' must be an integer") from exc
         await keeper.wait_changed(version, wait)
-        keeper = _keeper_or_404(host, serial)
+        keeper = _keeper_or_404(host, serial, scope)
     return json_response(keeper.view())
 
 
-async def delete_lease(host: Host, request: BaseRequest, serial: str) -> Response:
+async def delete_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
-    _keeper_or_404(host, serial)
+    _keeper_or_404(host, serial, scope)
     keeper = await host.runner.withdraw(serial)
     assert keeper is not None
     if wait:
@@ -179,8 +223,8 @@ async def delete_lease(host: Host, request: BaseRequest, serial: str) -> Respons
     return json_response({"encoder": serial, "state": state})
 
 
-Plain = Callable[[Host, BaseRequest], Awaitable[Response]]
-PerEncoder = Callable[[Host, BaseRequest, str], Awaitable[Response]]
+Plain = Callable[[Host, BaseRequest, Scope], Awaitable[Response]]
+PerEncoder = Callable[[Host, BaseRequest, Scope, str], Awaitable[Response]]
 
 ROUTES: dict[str, dict[str, Plain]] = {
     "/v1/status": {"GET": get_status},
@@ -195,22 +239,40 @@ def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
     return Problem(405, "method_not_allowed", f"{request.method} is not allowed here (only {', '.join(methods)})")
 
 
+def _scope(host: Host, request: BaseRequest) -> Scope:
+    """What the process on the other end may act for; 403 if nothing at all."""
+    access = host.config.local_api
+    if not access.allow:
+        return access.scope(None)  # no rules: the socket's permissions are the fence
+    transport = request.transport
+    caller = peer_credentials(transport.get_extra_info("socket") if transport is not None else None)
+    scope = access.scope(caller)
+    if not scope.anything:
+        raise Problem(
+            403,
+            "forbidden",
+            f"{scope.who()} may not use this agent's local API (the agent's [local_api] allow rules)",
+        )
+    return scope
+
+
 async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
     """Route ``request`` to its handler; every error comes back as a problem document."""
     try:
+        scope = _scope(host, request)
         path = request.path
         plain = ROUTES.get(path)
         if plain is not None:
             handler = plain.get(request.method)
             if handler is None:
                 raise _not_allowed(request, plain)
-            return await handler(host, request)
+            return await handler(host, request, scope)
         match = ENCODER_LEASE.fullmatch(path)
         if match is not None:
             per_encoder = ENCODER_ROUTES.get(request.method)
             if per_encoder is None:
                 raise _not_allowed(request, ENCODER_ROUTES)
-            return await per_encoder(host, request, _serial(match.group(1)))
+            return await per_encoder(host, request, scope, _serial(match.group(1)))
         raise Problem(404, "not_found", "Not Found")
     except Problem as exc:
         return _problem(exc.status, exc.code, exc.detail, **exc.extra)
@@ -295,6 +357,8 @@ class LocalServer:
         if config.socket_group:
             os.chown(self.path, -1, grp.getgrnam(config.socket_group).gr_gid)
         os.chmod(self.path, config.socket_mode)
+        for name in config.local_api.unknown_names():
+            log.warning("[local_api] allow names %s, which this host does not know: it matches no caller", name)
 
     async def stop(self, *, grace: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop listening, close idle connections, give requests in progress ``grace``

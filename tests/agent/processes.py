@@ -34,17 +34,26 @@ class BrokerProcess:
     """`tenure-broker serve` in a subprocess, with a small operator/admin client."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.operator = new_token("op")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        """Start it (again: same port, data directory and operator token, as after a restart)."""
         env = {**os.environ, "TENURE_OPERATOR_TOKEN": self.operator}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+            [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         wait_for(self._healthy, "the broker to start")
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
 
     def _healthy(self) -> bool:
         if self.process.poll() is not None:

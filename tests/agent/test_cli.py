@@ -71,6 +71,10 @@ def test_golden(
                 assert agent is not None
                 assert agent.stop() == 0, agent.log.read_text()
                 agent = None
+            elif verb == "broker" and args == ["stop"]:
+                broker_process.stop()  # the agent's broker is down: unreachable
+            elif verb == "broker" and args == ["start"]:
+                broker_process.start()
             elif verb == "in_use":
                 pool = args[1] if len(args) > 1 else "Default"
                 assert estate.in_use(pool) == int(args[0]), f"{script.name}:{step.line}"
@@ -79,6 +83,8 @@ def test_golden(
     finally:
         if agent is not None:
             agent.stop(signal.SIGKILL)
+        if not broker_process.running:
+            broker_process.start()  # for the scripts after this one
 
 
 def test_typos_spend_none_of_the_brokers_failure_budget(

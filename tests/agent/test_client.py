@@ -76,3 +76,47 @@ async def test_https_needs_a_trusted_certificate(odd_server: str) -> None:
             await client.keys()
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def redirecting_server() -> AsyncIterator[tuple[str, list[str]]]:
+    """A server whose API answers 302/307 to a path that would answer well, and records
+    every request that reaches that path (with any token it carried)."""
+    reached: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        # 307 keeps the method and body: what a POST with a token would be sent on with.
+        status = 307 if request.method == "POST" else 302
+        return web.Response(status=status, headers={"Location": "/elsewhere" + request.path})
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        reached.append(f"{request.method} {request.path} {request.headers.get('Authorization', '')}")
+        return web.json_response({"keys": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", redirect)
+    app.router.add_route("*", "/elsewhere/{tail:.*}", elsewhere)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", reached
+    await runner.cleanup()
+
+
+async def test_redirects_are_never_followed(redirecting_server: tuple[str, list[str]]) -> None:
+    url, reached = redirecting_server
+    client = BrokerClient(url)
+    try:
+        with pytest.raises(BrokerUnavailable) as caught:
+            await client.keys()
+        assert str(caught.value) == (
+            f"cannot reach the broker at {url}: it answered with a redirect (HTTP 302 to /elsewhere/v1/keys); "
+            "the agent follows no redirects: give the broker's own URL"
+        )
+        # A redirect that would carry the server token elsewhere stops here too.
+        with pytest.raises(BrokerUnavailable, match=r"redirect \(HTTP 307 to /elsewhere/v1/leases/lse_1/renew\)"):
+            await client.renew(Secret("tnr_srv_secret"), "lse_1")
+    finally:
+        await client.close()
+    assert reached == []

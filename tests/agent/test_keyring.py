@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
-from agent.errors import TokenRejected
-from agent.keyring import REFRESH_INTERVAL, KeyRing
+from agent.config import Config
+from agent.errors import BrokerUnavailable, TokenRejected
+from agent.keyring import MAX_KEY_SET_AGE, REFRESH_INTERVAL, KeyRing, signed_by
 from shared import jws
 from shared.secret import Secret
 from shared.wire import Lease
-from tests.agent.harness import T0
+from tests.agent.harness import T0, AgentFactory, LiveBroker, enroll_agent
 from tests.agent.proxy import tamper
 
 SIGNER = jws.SigningKey.generate()
@@ -166,3 +167,78 @@ async def test_a_key_fetch_that_outlasts_the_token_is_not_a_pass() -> None:
         await ring.verify(
             g, encoder="ENC-1", server_id="srv_1", estate_id="est_1", broker_now=lambda: g.server_time + elapsed[0]
         )
+
+
+async def test_a_key_the_broker_withdrew_is_kept_while_a_held_token_needs_it_then_forgotten() -> None:
+    keys = Keys(ROTATED)  # the broker has rotated, and no longer publishes SIGNER
+    held: set[str] = {SIGNER.kid}  # a token signed by SIGNER is still held, unexpired
+    remembered: list[dict[str, Any]] = []
+    ring = KeyRing(
+        [jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now, on_refresh=remembered.append, in_use=lambda: held
+    )
+    assert (await verify(ring, grant(ROTATED)))["n"] == 3  # unknown kid: the set is fetched
+    assert keys.fetches == 1 and remembered == [jwks(ROTATED)]
+    assert ring.kids == {SIGNER.kid, ROTATED.kid}
+    assert (await verify(ring, grant(SIGNER)))["n"] == 3  # still needed: still trusted
+
+    held.clear()  # that token has expired (or was released)
+    assert (await verify(ring, grant(ROTATED)))["n"] == 3
+    assert ring.kids == {ROTATED.kid}
+    keys.now += REFRESH_INTERVAL  # a fetch is allowed: the broker still does not have it
+    with pytest.raises(TokenRejected, match="unknown signing key"):
+        await verify(ring, grant(SIGNER))
+
+
+async def test_a_restart_forgets_what_the_stored_key_set_no_longer_holds() -> None:
+    """The last key set read from the broker is stored; at start, keys pinned at
+    enrolment that it lacks are dropped, unless a held token needs them."""
+    keys = Keys(ROTATED)
+    ring = KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now, published=jwks(ROTATED))
+    assert ring.kids == {ROTATED.kid}
+    kept = KeyRing(
+        [jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now, published=jwks(ROTATED), in_use=lambda: {SIGNER.kid}
+    )
+    assert kept.kids == {SIGNER.kid, ROTATED.kid}
+    # Never read from the broker: nothing is known to be withdrawn, nothing is dropped.
+    assert KeyRing([jwks(SIGNER)], keys.fetch, monotonic=lambda: keys.now).kids == {SIGNER.kid}
+    assert keys.fetches == 0
+
+
+async def test_the_key_set_is_read_again_after_a_day() -> None:
+    keys = Keys(SIGNER, ROTATED)
+    ring = KeyRing([jwks(SIGNER, ROTATED)], keys.fetch, monotonic=lambda: keys.now)
+    assert (await verify(ring, grant(ROTATED)))["n"] == 3
+    assert keys.fetches == 0
+    keys.keys = [ROTATED]  # the broker withdraws SIGNER; no rotation tells the agent
+    keys.now += MAX_KEY_SET_AGE
+    assert (await verify(ring, grant(ROTATED)))["n"] == 3
+    assert keys.fetches == 1
+    assert ring.kids == {ROTATED.kid}
+
+
+async def test_a_failed_daily_read_keeps_the_pinned_keys() -> None:
+    async def away() -> dict[str, Any]:
+        raise BrokerUnavailable("https://licences.example.com", "connection refused")
+
+    now = [T0]
+    ring = KeyRing([jwks(SIGNER)], away, monotonic=lambda: now[0])
+    now[0] += MAX_KEY_SET_AGE
+    assert (await verify(ring, grant(SIGNER)))["n"] == 3
+    assert ring.kids == {SIGNER.kid}
+
+
+async def test_the_host_names_the_keys_of_the_tokens_it_holds(
+    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    """What ``in_use`` is fed: the kid of each unexpired token held, none once released."""
+    await enroll_agent(agent_config, live_broker.url, await live_broker.code())
+    agent = await start_agent()
+    await agent.want("ENC-1", 2)
+    await agent.wait_state("ENC-1", "active")
+    view = await agent.lease("ENC-1")
+    broker_kids = {k["kid"] for k in (await live_broker.call("GET", "/v1/keys"))["keys"]}
+    host = agent.daemon.host
+    assert host.kids_in_use() == {signed_by(view["lease"]["token"])} <= broker_kids
+    status, _ = await agent.call("DELETE", "/v1/encoders/ENC-1/lease?wait=5")
+    assert status == 200
+    assert host.kids_in_use() == set()

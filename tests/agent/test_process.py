@@ -117,3 +117,38 @@ def test_status_json_from_a_running_service(
         assert agent.stop() == 0
     assert "tnr_srv_" not in log + agent.log.read_text()
     assert "lease granted: encoder ENC-1" in log
+
+
+def test_status_json_while_the_broker_is_away(
+    broker_process: BrokerProcess,
+    tmp_path: Path,
+    short_dir: Path,
+    agent_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A monitoring check reading --json sees offline, not active, and exit 4."""
+    from agent.cli import main
+
+    estate = Estate(broker_process)
+    state, sock = tmp_path / "state", short_dir / "agent.sock"
+    enrolled(broker_process, estate, state, agent_env)
+    agent = AgentProcess(state, sock, agent_env)
+    try:
+        EncoderClient(sock).acquire("ENC-1", "one-in-one-out", 2, wait=10)
+        broker_process.stop()
+        capsys.readouterr()
+        assert main(["status", "--json", "--socket", str(sock)]) == 4
+        out, err = capsys.readouterr()
+        status = json.loads(out)
+        [binding] = status["bindings"]
+        assert (binding["broker"], binding["broker_error"]) == ("unreachable", "connection refused")
+        [encoder] = status["encoders"]
+        assert encoder["state"] == "offline" and encoder["lease"]["count"] == 2
+        assert encoder["error"]["code"] == "broker_unavailable"
+        assert err == f"error: cannot reach the broker at {broker_process.url}: connection refused; " + (
+            "1 lease is served offline until it expires\n"
+        )
+    finally:
+        if not broker_process.running:
+            broker_process.start()
+        assert agent.stop() == 0
