@@ -7,6 +7,8 @@ Routes (documented in docs/encoder-integration.md):
 - ``PUT    /v1/encoders/{serial}/lease``          ``{licence_type, count, domain?}``
 - ``GET    /v1/encoders/{serial}/lease``          ``?wait=S&version=N`` long-polls a change
 - ``DELETE /v1/encoders/{serial}/lease``          release; ``?wait=S`` waits for the broker
+- ``POST   /v1/bindings/{server_id}/release``     ``enroll --force``: give back that binding's
+  leases before it is replaced (root or the service's own user only; ``agent/handback.py``)
 
 Access is by file permissions on the socket (mode 0660 by default). Errors are
 ``application/problem+json`` with a ``code``, as the broker's.
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
 import re
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -166,6 +170,25 @@ async def get_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     return json_response(keeper.view())
 
 
+def _peer_uid(request: BaseRequest) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return int(uid)
+
+
+async def release_binding(host: Host, request: BaseRequest, server_id: str) -> Response:
+    # Only who could rewrite bindings.json anyway may empty a whole binding of its leases.
+    if _peer_uid(request) not in (0, os.geteuid()):
+        raise Problem(403, "forbidden", "only root or the agent's own user may release a binding's leases")
+    wait = _float_query(request, "wait", 10.0)
+    outcome = await host.hand_back(server_id, wait)
+    if outcome is None:
+        raise Problem(404, "not_found", f"no binding {server_id} on this agent")
+    return json_response(dataclasses.asdict(outcome))
+
+
 async def delete_lease(host: Host, request: BaseRequest, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
     _keeper_or_404(host, serial)
@@ -188,6 +211,7 @@ ROUTES: dict[str, dict[str, Plain]] = {
 }
 ENCODER_LEASE = re.compile(r"/v1/encoders/([^/]+)/lease")
 ENCODER_ROUTES: dict[str, PerEncoder] = {"PUT": put_lease, "GET": get_lease, "DELETE": delete_lease}
+BINDING_RELEASE = re.compile(r"/v1/bindings/([A-Za-z0-9_-]{1,128})/release")
 
 
 def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
@@ -211,6 +235,11 @@ async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
             if per_encoder is None:
                 raise _not_allowed(request, ENCODER_ROUTES)
             return await per_encoder(host, request, _serial(match.group(1)))
+        match = BINDING_RELEASE.fullmatch(path)
+        if match is not None:
+            if request.method != "POST":
+                raise _not_allowed(request, ["POST"])
+            return await release_binding(host, request, match.group(1))
         raise Problem(404, "not_found", "Not Found")
     except Problem as exc:
         return _problem(exc.status, exc.code, exc.detail, **exc.extra)

@@ -5,6 +5,8 @@ After Keygen Relay's ``cli/testdata/*.test.txt``. A script is a list of steps::
     # a comment
     @mint CODE [POOL]      make an authentication code; sets $CODE, $CODE_SPACED, $CODE_DASHED
     @agent start|stop      start `tenure-agent run` as a subprocess / SIGTERM it (must exit 0)
+    @agent kill            SIGKILL it: a crash, its leases left recorded and taken
+    @in_use N [POOL]       the pool (default "Default") has N licences in use
     $ tenure-agent ...     run a command (in-process, after $VAR substitution, shlex-split)
     ? 2                    its exit code (default 0)
     > text                 the next stdout line, exactly
