@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from agent.bindings import Binding, load_bindings, save_bindings
 from agent.client import BrokerClient
+from agent.clock import Clock, SystemClock
 from agent.config import Config, check_broker_url
 from agent.errors import BrokerRefused, BrokerUnavailable, EnrollError
 from agent.handback import hand_back, resume, service_running, summary
@@ -63,6 +64,7 @@ async def enroll(
     name: str,
     domain: str | None = None,
     force: bool = False,
+    clock: Clock | None = None,
 ) -> Enrolment:
     """Redeem ``code`` at the broker and store the binding.
 
@@ -87,7 +89,8 @@ async def enroll(
     binding = await _redeem(config, code, url, label, kind)
     handed_back = ""
     if existing is not None:
-        handed_back = summary(await hand_back(config, existing, service=service), existing)
+        outcome = await hand_back(config, existing, service=service, clock=clock or SystemClock())
+        handed_back = summary(outcome, existing)
     bindings.put(binding)
     save_bindings(config.state_dir, bindings)
     if service:

@@ -18,11 +18,11 @@ Only what the broker confirmed is counted as released (docs/agent.md).
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 from agent.bindings import Binding
 from agent.client import BrokerClient
+from agent.clock import Clock
 from agent.config import Config
 from agent.encoder_client import AgentNotRunning, EncoderClient, EncoderClientError
 from agent.errors import BrokerRefused, BrokerUnavailable, EnrollError
@@ -60,10 +60,10 @@ def service_running(config: Config) -> bool:
     return True
 
 
-async def hand_back(config: Config, old: Binding, *, service: bool) -> HandBack:
+async def hand_back(config: Config, old: Binding, *, service: bool, clock: Clock) -> HandBack:
     """Release the leases held under ``old``: through the service if it runs, else here."""
     if not service:
-        return await _release_stored(config, old)
+        return await _release_stored(config, old, clock.wall())
     wait = config.request_timeout
     try:
         data = _Service(config.socket, timeout=5.0).release_binding(old.server_id, wait)
@@ -85,9 +85,8 @@ def resume(config: Config) -> None:
         _Service(config.socket, timeout=5.0).status()
 
 
-async def _release_stored(config: Config, old: Binding) -> HandBack:
+async def _release_stored(config: Config, old: Binding, now: float) -> HandBack:
     state = load_leases(config.state_dir)
-    now = time.time()
     live = [
         r
         for r in state.encoders.values()
@@ -126,8 +125,8 @@ async def _release_stored(config: Config, old: Binding) -> HandBack:
     return HandBack(released=released, kept=len(kept), error=error, lapse_in=lapse_in)
 
 
-def _leases(count: int) -> str:
-    return f"{count} lease{'' if count == 1 else 's'}"
+def _the(count: int) -> str:
+    return "the lease" if count == 1 else f"the {count} leases"
 
 
 def summary(outcome: HandBack, old: Binding) -> str:
@@ -136,14 +135,15 @@ def summary(outcome: HandBack, old: Binding) -> str:
     whose = f'{old.kind} "{old.name}" in pool "{old.pool_name}"'
     if outcome.gone:
         return f"; the broker no longer knows the old binding ({whose}), so it holds no seats for it"
-    said = []
+    if not outcome.kept and not outcome.error:
+        return f"; released {_the(outcome.released)} of {whose}" if outcome.released else ""
+    lapse = f", in {about(outcome.lapse_in)}" if outcome.lapse_in is not None else ""
+    seats = f"their seats stay taken until they lapse{lapse}"
     if outcome.released:
-        said.append(f"released the {_leases(outcome.released)} of {whose}")
-    if outcome.kept or (outcome.error and not outcome.released):
-        what = _leases(outcome.kept) if outcome.kept else "leases"
-        lapse = f", in {about(outcome.lapse_in)}" if outcome.lapse_in is not None else ""
-        said.append(
-            f"could not release {'the other ' if outcome.released else ''}{what} of {whose} ({outcome.error}): "
-            f"their seats stay taken until they lapse{lapse}"
+        total = outcome.released + outcome.kept
+        return (
+            f"; released {outcome.released} of the {total} leases of {whose}, "
+            f"but not the other {outcome.kept} ({outcome.error}): {seats}"
         )
-    return "".join("; " + s for s in said)
+    what = _the(outcome.kept) if outcome.kept else "the leases"
+    return f"; could not release {what} of {whose} ({outcome.error}): {seats}"
