@@ -40,6 +40,7 @@ def test_golden(
     estate = Estate(broker_process)
     variables = {
         "BROKER": broker_process.url,
+        "HTTPS_BROKER": broker_process.url.replace("http://", "https://", 1),
         "STATE": str(tmp_path / "state"),
         "SOCKET": str(short_dir / "agent.sock"),
         "DEAD": f"http://127.0.0.1:{free_port()}",
