@@ -120,6 +120,7 @@ def _out(line: str) -> None:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    from agent.client import split_api_path
     from agent.enroll import CodeFormatError, enroll, normalise_code
 
     try:
@@ -132,15 +133,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             EXIT_USAGE,
             "no broker URL: pass --broker URL, or set broker_url in the config file",
         )
+    url, dropped = split_api_path(config.broker_url)
+    if dropped:
+        print(f'note: using the broker\'s address {url} (without "{dropped}")', file=sys.stderr, flush=True)
     name = args.name or socket.gethostname()
     try:
-        binding = asyncio.run(
-            enroll(config, code, broker_url=config.broker_url, name=name, domain=args.domain, force=args.force)
-        )
+        done = asyncio.run(enroll(config, code, broker_url=url, name=name, domain=args.domain, force=args.force))
     except CodeFormatError as exc:
         raise _Exit(EXIT_USAGE, str(exc)) from exc
+    binding = done.binding
     kind = "server" if binding.kind == "server" else "domain"
-    _out(f'Enrolled {kind} "{binding.name}" in pool "{binding.pool_name}" of estate "{binding.estate_name}".')
+    where = f'pool "{binding.pool_name}" of estate "{binding.estate_name}"'
+    _out(f'Enrolled {kind} "{binding.name}" in {where}{done.handed_back}.')
     return EXIT_OK
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import re
 import socket
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from agent.config import is_loopback
 from agent.errors import BrokerRefused, BrokerUnavailable
 from shared import __version__
 from shared.secret import Secret
@@ -43,7 +46,38 @@ def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
         raise ConfigError(f"setting 'ca_file': cannot load {ca_file}: {exc}") from exc
 
 
-def _reason(exc: BaseException, timeout: float) -> str:
+# A path the technician may copy from the browser or the API document: the console's, or
+# an endpoint's. The broker's address is what comes before it.
+_API_PATH = re.compile(r"(?P<base>.*?)/(?:console|v1)(?:/.*)?")
+# OpenSSL's words for "the other end answered the handshake in plain text".
+_PLAIN_TEXT = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"})
+
+
+def split_api_path(url: str) -> tuple[str, str]:
+    """``https://b.example/console/`` → (``https://b.example``, ``/console/``).
+
+    The broker's address, without a console or ``/v1`` path that was typed after it,
+    and what was left out ("" if nothing). A prefix before it (a broker served under
+    ``/tenure`` by a proxy) stays.
+    """
+    parts = urlsplit(url.strip())
+    match = _API_PATH.fullmatch(parts.path)
+    if match is None:
+        return url.strip(), ""
+    base = urlunsplit(parts._replace(path=match.group("base")))
+    return base, parts.path[len(match.group("base")) :]
+
+
+def _not_https(url: str) -> str:
+    """The reason given when the server at ``url`` answers TLS in plain text."""
+    parts = urlsplit(url)
+    if parts.hostname and is_loopback(parts.hostname):
+        plain = urlunsplit(parts._replace(scheme="http"))
+        return f"it does not speak HTTPS; use {plain} (plain http is fine on this host)"
+    return "it does not speak HTTPS (is the port right? ask for the broker's https:// address)"
+
+
+def _reason(exc: BaseException, timeout: float, url: str) -> str:
     """A short, human reason for a transport failure."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return f"no answer within {timeout:g} s"
@@ -52,6 +86,8 @@ def _reason(exc: BaseException, timeout: float) -> str:
         text = getattr(cert_error, "verify_message", None) or str(cert_error)
         return f"TLS certificate not trusted ({text})"
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        if getattr(exc.os_error, "reason", None) in _PLAIN_TEXT:
+            return _not_https(url)
         return f"TLS handshake failed ({exc.os_error})"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "host name not found"
@@ -130,7 +166,7 @@ class BrokerClient:
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
                 location = resp.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout)) from exc
+            raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout, self.base_url)) from exc
         data: Any = None
         if raw:
             try:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from agent.bindings import Binding, load_bindings, save_bindings
 from agent.client import BrokerClient
+from agent.clock import Clock, SystemClock
 from agent.config import Config, check_broker_url
 from agent.errors import BrokerRefused, BrokerUnavailable, EnrollError
-from agent.statedir import ensure_dir
+from agent.handback import hand_back, resume, service_running, summary
+from agent.statedir import check_writable, ensure_dir
 from shared import codes as shared_codes
 from shared import jws
+from shared.durations import about
 from shared.names import is_name
 from shared.secret import Secret
 
@@ -53,6 +57,15 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Enrolment:
+    """The binding stored, and what became of the leases of the one it replaced (a
+    clause for the one line ``enroll`` prints, "" if there were none)."""
+
+    binding: Binding
+    handed_back: str = ""
+
+
 async def enroll(
     config: Config,
     code: str,
@@ -61,30 +74,50 @@ async def enroll(
     name: str,
     domain: str | None = None,
     force: bool = False,
-) -> Binding:
-    """Redeem ``code`` at the broker and store the binding; return it.
+    clock: Clock | None = None,
+) -> Enrolment:
+    """Redeem ``code`` at the broker and store the binding.
 
     Everything that can be checked locally is checked before the code is spent: the
-    URL, the names, an existing binding (needs ``force``) and a writable state directory.
+    URL, the names, an existing binding (needs ``force``), a state directory writable
+    for its owner, and that a running service can be asked to release the leases of
+    the binding replaced (``agent/handback.py``), which happens after the code is
+    redeemed and before the new binding is stored.
     """
     url = check_broker_url(broker_url)
     kind = "domain" if domain is not None else "server"
     label = check_name(domain if domain is not None else name, kind + " name")
     ensure_dir(config.state_dir)
+    check_writable(config.state_dir)
     bindings = load_bindings(config.state_dir)
     existing = bindings.get(domain)
     if existing is not None and not force:
         raise EnrollError(
             f"this state directory is already enrolled as {existing.describe()}; add --force to replace that binding"
         )
+    service = existing is not None and service_running(config)
+    binding = await _redeem(config, code, url, label, kind)
+    handed_back = ""
+    if existing is not None:
+        outcome = await hand_back(config, existing, service=service, clock=clock or SystemClock())
+        handed_back = summary(outcome, existing)
+    bindings.put(binding)
+    save_bindings(config.state_dir, bindings)
+    if service:
+        resume(config)
+    return Enrolment(binding, handed_back)
+
+
+async def _redeem(config: Config, code: str, url: str, label: str, kind: str) -> Binding:
+    """Spend ``code`` at the broker at ``url``: the new binding (not yet stored)."""
     client = BrokerClient(url, ca_file=config.ca_file, timeout=config.request_timeout)
     try:
         data = await client.enroll(code, label, kind)
     except BrokerRefused as exc:
-        raise EnrollError(_refusal(exc, code)) from exc
+        raise EnrollError(_refusal(exc, code, url)) from exc
     except BrokerUnavailable as exc:
         if exc.reason == "rate limited":
-            wait = f" in {exc.retry_after:.0f} s" if exc.retry_after else " later"
+            wait = f" in {about(exc.retry_after)}" if exc.retry_after else " later"
             raise EnrollError(
                 f"the broker at {url} is refusing enrolments from this address for now "
                 f"(too many attempts); try again{wait}"
@@ -95,7 +128,7 @@ async def enroll(
     try:
         if not jws.keys_from_jwks(data["keys"]):
             raise jws.TokenInvalid("no Ed25519 key")
-        binding = Binding(
+        return Binding(
             kind=str(data.get("kind") or kind),
             name=str(data.get("name") or label),
             server_id=str(data["server_id"]),
@@ -113,16 +146,18 @@ async def enroll(
             f"the broker at {url} accepted the code but sent an unusable answer ({exc}); "
             "ask your administrator for a new code"
         ) from exc
-    bindings.put(binding)
-    save_bindings(config.state_dir, bindings)
-    return binding
 
 
-def _refusal(exc: BrokerRefused, code: str) -> str:
+def _refusal(exc: BrokerRefused, code: str, url: str) -> str:
     if exc.code == "auth_code_invalid":
         return (
             f"the broker refused code {grouped(code)}: it is unknown, already used, "
             "expired or revoked; ask your administrator for a new code"
+        )
+    if exc.code == "not_found":
+        return (
+            f"{url} is not the broker's address (nothing answers enrolments at {url}/v1/enroll); "
+            "give the address the console is served at, e.g. https://licences.example.com"
         )
     if exc.code == "validation_error":
         return f"the broker refused the enrolment: {exc.detail or 'invalid request'}"

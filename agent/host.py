@@ -19,7 +19,7 @@ from agent.errors import BrokerRefused, BrokerUnavailable, StateError
 from agent.keeper import Keeper
 from agent.keyring import KeyRing, signed_by
 from agent.records import load_leases, write_leases_snapshot
-from agent.runner import Runner
+from agent.runner import HandBack, Runner
 from agent.statedir import ensure_dir
 from shared import __version__
 from shared.timefmt import format_ts
@@ -138,6 +138,14 @@ class Host:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+    async def hand_back(self, server_id: str, within: float) -> HandBack | None:
+        """Give back the leases held under the binding ``server_id`` before ``enroll
+        --force`` replaces it (``Runner.hand_back``); None if no binding has that id."""
+        for binding in self.bindings().all():
+            if binding.server_id == server_id:
+                return await self.runner.hand_back(binding, within)
+        return None
 
     # ------------------------------------------------------------------ status
 

@@ -553,6 +553,22 @@ class Keeper:
         if binding is None:
             return False
         licence_type = held.licence_type if held else (r.want.licence_type if r.want else "")
+        try:
+            await self._release_all(binding, licence_type, deadline)
+        except BrokerRefused as exc:
+            log.debug("release of encoder %s on stop: %s", self.encoder, exc.code)
+        except Retryable as exc:
+            log.warning("could not release encoder %s on stop: %s", self.encoder, exc)
+            return False
+        if held is not None:
+            log.info("lease released: encoder %s, lease %s", self.encoder, held.lease_id)
+        r.held = None
+        self._in_flight = False
+        return True
+
+    async def _release_all(self, binding: Binding, licence_type: str, deadline: float) -> None:
+        """``count: 0`` on (server, encoder) through ``binding``, retried until ``deadline``
+        (monotonic); raises what the broker last said if it did not take it."""
         client = self._deps.client(binding.broker_url)
         clock = self._deps.clock
 
@@ -572,15 +588,40 @@ class Keeper:
             sleep=clock.sleep,
             reraise=True,
         )
-        try:
-            await retrying(client.acquire, binding.token, self.encoder, licence_type, 0)
-        except BrokerRefused as exc:
-            log.debug("release of encoder %s on stop: %s", self.encoder, exc.code)
-        except Retryable as exc:
-            log.warning("could not release encoder %s on stop: %s", self.encoder, exc)
+        await retrying(client.acquire, binding.token, self.encoder, licence_type, 0)
+
+    def on_binding(self, binding: Binding) -> bool:
+        """True if this encoder holds a lease under ``binding``, or would ask through it."""
+        r = self.record
+        if r.held is not None and r.held.server_id == binding.server_id:
+            return True
+        return r.want is not None and r.want.domain == binding.domain
+
+    async def hand_back(self, binding: Binding, deadline: float) -> bool:
+        """Before ``binding`` is replaced, give back what this encoder holds under it.
+
+        The keeper's task must be stopped (``cancel``) first, and started again once the
+        bindings have changed; the wish stands. ``count: 0`` also frees a grant that was
+        in flight when the task stopped. True if a lease was held under ``binding`` and
+        the broker took it back; False if none was; ``BrokerRefused`` or ``Retryable``
+        if the broker did not take it (the lease is then still recorded as held, unless
+        the refusal is ``unauthenticated``: the broker removed the binding and its leases).
+        """
+        r = self.record
+        held = r.held if r.held is not None and r.held.server_id == binding.server_id else None
+        if held is None and (r.want is None or r.want.domain != binding.domain):
             return False
+        licence_type = held.licence_type if held else (r.want.licence_type if r.want else "")
+        try:
+            await self._release_all(binding, licence_type, deadline)
+        except BrokerRefused as exc:
+            if exc.code == "unauthenticated" and held is not None:
+                r.held = None  # the broker removed the binding, and its leases with it
+                self._announce()
+            raise
         if held is not None:
-            log.info("lease released: encoder %s, lease %s", self.encoder, held.lease_id)
-        r.held = None
-        self._in_flight = False
-        return True
+            log.info("lease released before re-enrolment: encoder %s, lease %s", self.encoder, held.lease_id)
+            r.held = None
+        self._offline = False
+        self._announce()
+        return held is not None

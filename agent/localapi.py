@@ -7,6 +7,8 @@ Routes (documented in docs/encoder-integration.md):
 - ``PUT    /v1/encoders/{serial}/lease``          ``{licence_type, count, domain?}``
 - ``GET    /v1/encoders/{serial}/lease``          ``?wait=S&version=N`` long-polls a change
 - ``DELETE /v1/encoders/{serial}/lease``          release; ``?wait=S`` waits for the broker
+- ``POST   /v1/bindings/{server_id}/release``     ``enroll --force``: give back that binding's
+  leases before it is replaced (root or the service's own user only; ``agent/handback.py``)
 
 Who can connect is decided by the socket's permissions (mode 0660 by default); who may
 act for which encoders, by the ``[local_api] allow`` rules on the caller's peer
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -43,7 +46,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse, json_response
 from aiohttp.web_server import Server
 
-from agent.access import Scope, peer_credentials
+from agent.access import Caller, Scope, peer_credentials
 from agent.clock import wait_event
 from agent.host import Host
 from agent.keeper import Keeper
@@ -210,6 +213,18 @@ async def get_lease(host: Host, request: BaseRequest, scope: Scope, serial: str)
     return json_response(keeper.view())
 
 
+async def release_binding(host: Host, request: BaseRequest, server_id: str) -> Response:
+    # Only who could rewrite bindings.json anyway may empty a whole binding of its leases.
+    caller = _caller(request)
+    if caller is None or caller.uid not in (0, os.geteuid()):
+        raise Problem(403, "forbidden", "only root or the agent's own user may release a binding's leases")
+    wait = _float_query(request, "wait", 10.0)
+    outcome = await host.hand_back(server_id, wait)
+    if outcome is None:
+        raise Problem(404, "not_found", f"no binding {server_id} on this agent")
+    return json_response(dataclasses.asdict(outcome))
+
+
 async def delete_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
     _keeper_or_404(host, serial, scope)
@@ -232,6 +247,7 @@ ROUTES: dict[str, dict[str, Plain]] = {
 }
 ENCODER_LEASE = re.compile(r"/v1/encoders/([^/]+)/lease")
 ENCODER_ROUTES: dict[str, PerEncoder] = {"PUT": put_lease, "GET": get_lease, "DELETE": delete_lease}
+BINDING_RELEASE = re.compile(r"/v1/bindings/([A-Za-z0-9_-]{1,128})/release")
 
 
 def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
@@ -239,14 +255,17 @@ def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
     return Problem(405, "method_not_allowed", f"{request.method} is not allowed here (only {', '.join(methods)})")
 
 
+def _caller(request: BaseRequest) -> Caller | None:
+    transport = request.transport
+    return peer_credentials(transport.get_extra_info("socket") if transport is not None else None)
+
+
 def _scope(host: Host, request: BaseRequest) -> Scope:
     """What the process on the other end may act for; 403 if nothing at all."""
     access = host.config.local_api
     if not access.allow:
         return access.scope(None)  # no rules: the socket's permissions are the fence
-    transport = request.transport
-    caller = peer_credentials(transport.get_extra_info("socket") if transport is not None else None)
-    scope = access.scope(caller)
+    scope = access.scope(_caller(request))
     if not scope.anything:
         raise Problem(
             403,
@@ -273,6 +292,11 @@ async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
             if per_encoder is None:
                 raise _not_allowed(request, ENCODER_ROUTES)
             return await per_encoder(host, request, scope, _serial(match.group(1)))
+        match = BINDING_RELEASE.fullmatch(path)
+        if match is not None:
+            if request.method != "POST":
+                raise _not_allowed(request, ["POST"])
+            return await release_binding(host, request, match.group(1))
         raise Problem(404, "not_found", "Not Found")
     except Problem as exc:
         return _problem(exc.status, exc.code, exc.detail, **exc.extra)

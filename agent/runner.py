@@ -6,7 +6,7 @@ API hands them over, and on stop gives the leases back within a bounded time.
 
 The runner drives its keepers and never the other way round: each keeper is handed one
 ``KeeperDeps`` and hears from the runner only through its intent methods (``want``,
-``withdraw``, ``binding_removed``, ``bindings_changed``).
+``withdraw``, ``binding_removed``, ``bindings_changed``, ``hand_back``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,39 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from agent.backoff import RetryPolicy
 from agent.bindings import Binding, Bindings
 from agent.client import BrokerClient
 from agent.clock import Clock
+from agent.errors import BrokerError, BrokerRefused
 from agent.health import BrokerHealth
 from agent.keeper import Keeper, KeeperDeps
 from agent.keyring import KeyRing
 from agent.records import EncoderRecord, LeaseState, Want
 
 log = logging.getLogger(__name__)
+
+# Keepers paused for a re-enrolment start again when the bindings change; if they never
+# do (the enrolment died after handing back), after this long, under the old binding.
+PAUSE_LIMIT = 60.0
+
+
+@dataclass(frozen=True)
+class HandBack:
+    """What handing back a binding's leases came to (``Runner.hand_back``).
+
+    ``released``: leases the broker took back. ``kept``: leases it did not (``error``
+    says why; they lapse at ``lapse_in`` seconds at the latest). ``gone``: the broker no
+    longer knows the binding, so it holds nothing under it.
+    """
+
+    released: int = 0
+    kept: int = 0
+    gone: bool = False
+    error: str | None = None
+    lapse_in: float | None = None
 
 
 class Runner:
@@ -53,6 +75,8 @@ class Runner:
         self._versions = itertools.count(1)
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
+        self._paused: list[Keeper] = []
+        self._resume_timer: asyncio.TimerHandle | None = None
         self._deps = KeeperDeps(
             clock=clock,
             rng=rng or random.Random(),  # noqa: S311 - jitter, not secrets
@@ -130,8 +154,54 @@ class Runner:
 
     def bindings_changed(self) -> None:
         """A binding was added or replaced: retry encoders stopped for want of one."""
+        self._resume()
         for keeper in self.keepers.values():
             keeper.bindings_changed()
+
+    async def hand_back(self, binding: Binding, within: float) -> HandBack:
+        """Give back every lease held under ``binding`` through it, before ``enroll``
+        replaces it; the encoders' wishes stand.
+
+        The keepers on ``binding`` are stopped first, so that none renews or acquires
+        under it meanwhile, and stay stopped until the bindings change (then they ask
+        through the new binding) or ``PAUSE_LIMIT`` passes.
+        """
+        keepers = [k for k in self.keepers.values() if k.on_binding(binding) and k not in self._paused]
+        for keeper in keepers:
+            await keeper.cancel()
+        self._paused.extend(keepers)
+        if self._resume_timer is None:
+            self._resume_timer = asyncio.get_running_loop().call_later(PAUSE_LIMIT, self._resume)
+        deadline = self.clock.monotonic() + within
+        outcomes = await asyncio.gather(*(k.hand_back(binding, deadline) for k in keepers), return_exceptions=True)
+        released = sum(1 for o in outcomes if o is True)
+        failed = [(k, o) for k, o in zip(keepers, outcomes, strict=True) if isinstance(o, BaseException)]
+        if any(isinstance(o, BrokerRefused) and o.code == "unauthenticated" for _, o in failed):
+            return HandBack(released=released, gone=True)
+        for _, error in failed:
+            if not isinstance(error, BrokerError):
+                raise error
+        # Only a lease still held was not given back: a failed ``count: 0`` for an
+        # encoder that held nothing leaves no seat taken.
+        still = [(k.record.held, error) for k, error in failed if k.record.held is not None]
+        now = self.clock.monotonic()
+        await self.save()
+        return HandBack(
+            released=released,
+            kept=len(still),
+            error=str(still[0][1]) if still else None,
+            lapse_in=max((held.deadline - now for held, _ in still), default=None),
+        )
+
+    def _resume(self) -> None:
+        """Start the keepers paused by ``hand_back`` again."""
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        paused, self._paused = self._paused, []
+        for keeper in paused:
+            if self.keepers.get(keeper.encoder) is keeper and self._started:
+                keeper.start()
 
     async def stop(self, *, release: bool, within: float) -> None:
         """Stop every keeper; with ``release``, give their leases back ``within`` seconds.
@@ -139,6 +209,10 @@ class Runner:
         Wishes are kept, so that the next start acquires again for every encoder that
         still wants a lease. Leases not released in time lapse at their expiry.
         """
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        self._paused.clear()
         keepers = list(self.keepers.values())
         for keeper in keepers:
             await keeper.cancel()

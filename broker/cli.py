@@ -119,8 +119,14 @@ def serve(cfg: configuration.Config) -> int:
             access_log=None,
             shutdown_timeout=10,
         )
+    except signing.KeyFileError as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
+        if exc.filename:  # a file in the data directory, not the address
+            print(f"tenure-broker: cannot use {exc.filename}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
 

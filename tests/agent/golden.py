@@ -7,7 +7,8 @@ After Keygen Relay's ``cli/testdata/*.test.txt``. A script is a list of steps::
                            $CODE_MISTYPED (its first digit wrong, spaced)
     @agent start|stop      start `tenure-agent run` as a subprocess / SIGTERM it (must exit 0)
     @broker stop|start     stop the broker / start it again (same port and data directory)
-    @in_use N [POOL]       the broker counts N licences in use in POOL (default: Default)
+    @agent kill            SIGKILL it: a crash, its leases left recorded and taken
+    @in_use N [POOL]       the pool (default "Default") has N licences in use
     $ tenure-agent ...     run a command (in-process, after $VAR substitution, shlex-split)
     ? 2                    its exit code (default 0)
     > text                 the next stdout line, exactly

@@ -40,6 +40,7 @@ def test_golden(
     estate = Estate(broker_process)
     variables = {
         "BROKER": broker_process.url,
+        "HTTPS_BROKER": broker_process.url.replace("http://", "https://", 1),
         "STATE": str(tmp_path / "state"),
         "SOCKET": str(short_dir / "agent.sock"),
         "DEAD": f"http://127.0.0.1:{free_port()}",
@@ -75,6 +76,10 @@ def test_golden(
                 broker_process.stop()  # the agent's broker is down: unreachable
             elif verb == "broker" and args == ["start"]:
                 broker_process.start()
+            elif verb == "agent" and args == ["kill"]:  # a crash: the leases stay recorded, and taken
+                assert agent is not None
+                agent.stop(signal.SIGKILL)
+                agent = None
             elif verb == "in_use":
                 pool = args[1] if len(args) > 1 else "Default"
                 assert estate.in_use(pool) == int(args[0]), f"{script.name}:{step.line}"

@@ -48,7 +48,7 @@ async def test_a_name_the_broker_refuses_the_agent_refuses_before_sending(
     with pytest.raises(CodeFormatError):
         await enroll(config, code, broker_url=url, name="host", domain=name)
     # Nothing was sent: the code is still good for a name the broker takes.
-    binding = await enroll(config, code, broker_url=url, name="enc-host-7")
+    binding = (await enroll(config, code, broker_url=url, name="enc-host-7")).binding
     assert binding.name == "enc-host-7"
 
 
