@@ -70,24 +70,35 @@ def record(
     )
 
 
+ORDERS = ("asc", "desc")
+"""``asc``: oldest first (the API's default); ``desc``: newest first (the console's)."""
+_ABOVE_EVERY_ID = 2**63 - 1
+
+
 def page(
     tx: Tx,
     estate_id: str,
     *,
-    after: int = 0,
+    after: int | None = None,
     limit: int = 100,
+    order: str = "asc",
     pool_id: str | None = None,
     action: str | None = None,
 ) -> dict[str, Any]:
-    """Events oldest first, from just after the cursor ``after``; ``next`` continues."""
-    rows = tx.all(
-        "events_page",
-        estate_id=estate_id,
-        after=after,
-        limit=limit + 1,
-        pool_id=pool_id,
-        action=action,
-    )
+    """One page of events in ``order``, from just past the cursor ``after``; ``next`` continues.
+
+    The cursor is an event id and "past" follows the order: oldest first, the page holds
+    ids above it; newest first, ids below it. Without a cursor the page starts at the
+    oldest or the newest event. ``next`` is the last id of this page when more follow, so
+    passing it back as ``after`` (with the same order and filters) walks the whole log once.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    filters = {"estate_id": estate_id, "limit": limit + 1, "pool_id": pool_id, "action": action}
+    if order == "desc":
+        rows = tx.all("events_page_desc", before=_ABOVE_EVERY_ID if after is None else after, **filters)
+    else:
+        rows = tx.all("events_page", after=after or 0, **filters)
     more = len(rows) > limit
     rows = rows[:limit]
     items = [

@@ -12,6 +12,7 @@ The tree, including the classes defined beside the code that raises them:
     TenureError                           500 internal_error
     ├── ValidationFailed                  400 validation_error
     ├── Unauthenticated                   401 unauthenticated
+    │   └── SessionEnded                  401 session_ended        (broker.console)
     ├── Forbidden                         403 forbidden
     │   └── CsrfFailed                    403 csrf_failed          (broker.console)
     ├── AuthCodeInvalid                   403 auth_code_invalid

@@ -220,31 +220,45 @@ async def revoke_lease(request: web.Request) -> web.StreamResponse:
     return answer(204, None)
 
 
+EVENT_ORDER = {"type": "string", "enum": list(audit.ORDERS)}
+EVENT_ACTION = {"type": "string", "pattern": "^[a-z_.]{1,64}$"}
+
+
 @route(
     "GET",
     "/v1/estates/{estate}/events",
-    summary="The audit log, oldest first, cursor-paged",
+    summary="The audit log, cursor-paged: oldest first, or newest first with order=desc",
     tag="estate",
     auth=ADMIN,
     responses={200: shapes.page_of(shapes.EVENT)},
     query={
         "after": {"type": "string", "pattern": "^[0-9]{1,18}$"},
         "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+        "order": EVENT_ORDER,
         "pool": ID,
-        "action": {"type": "string", "pattern": "^[a-z_.]{1,64}$"},
+        "action": EVENT_ACTION,
     },
 )
 async def list_events(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
-    after = query_int(request, "after", 0, 0, 10**18 - 1)
+    after = query_int(request, "after", 0, 0, 10**18 - 1) if "after" in request.query else None
     limit = query_int(request, "limit", 100, 1, audit.PAGE_MAX)
+    order = query_str(request, "order", EVENT_ORDER) or "asc"
     pool_id = query_str(request, "pool", ID)
-    action = query_str(request, "action", {"type": "string", "pattern": "^[a-z_.]{1,64}$"})
+    action = query_str(request, "action", EVENT_ACTION)
     svc = services(request)
     page = await svc.store.read(
         lambda tx: (
             estates.get(tx, estate_id),
-            audit.page(tx, estate_id, after=after, limit=limit, pool_id=pool_id, action=action),
+            audit.page(
+                tx,
+                estate_id,
+                after=after,
+                limit=limit,
+                order=order,
+                pool_id=pool_id,
+                action=action,
+            ),
         )[1]
     )
     return web.json_response(page)

@@ -11,7 +11,15 @@ The page calls the ``/v1`` JSON API with a session cookie instead of a bearer to
   trusted proxy that says ``X-Forwarded-Proto: https``) and the session's CSRF token.
   Only admin tokens sign in: the operator has no estate to show.
 - ``GET /console/session`` tells the page whether it is signed in, and gives it the CSRF
-  token again after a reload (a cross-site page cannot read this answer).
+  token again after a reload (a cross-site page cannot read this answer). It answers
+  401 ``session_ended`` when the request carries a session cookie that names no live
+  session (the broker restarted, the session sat idle or ran out), so the page can say
+  why the admin must sign in again; plain 401 ``unauthenticated`` without a cookie.
+  (The ``/v1`` routes answer such a cookie 401 ``unauthenticated``, as any dead
+  credential, with the same explanation as detail: the page knows it was signed in.)
+- The session answer's ``broker_url`` is the ``public_url`` setting, or null when it is
+  unset: the page then warns that the enrol command it shows carries the address the
+  console was opened at.
 - ``DELETE /console/session`` signs out: the session is gone from the broker.
 
 ``broker.api.http.authenticate`` asks :func:`session_digest` (through the app key
@@ -61,6 +69,13 @@ class CsrfFailed(Forbidden):
     code, title = "csrf_failed", "CSRF token missing or wrong"
 
 
+class SessionEnded(Unauthenticated):
+    code, title = "session_ended", "The console session has ended"
+
+
+SESSION_ENDED = "Your session ended (the broker restarted or you were signed out for inactivity). Sign in again."
+
+
 class UnsupportedMediaType(TenureError):
     status, code, title = 415, "unsupported_media_type", "Send JSON"
 
@@ -104,7 +119,7 @@ def session_digest(request: web.Request) -> bytes | None:
         return None
     session = request.app[SESSIONS].get(session_id, services(request).clock.now())
     if session is None:
-        raise Unauthenticated("Your console session has ended; sign in again.")
+        raise Unauthenticated(SESSION_ENDED)
     if request.method not in SAFE_METHODS and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
         raise CsrfFailed(f"A state-changing request from the console must carry the {CSRF_HEADER} header.")
     return session.token_hash
@@ -190,9 +205,12 @@ def _over_tls(request: web.Request) -> bool:
 async def session_info(request: web.Request) -> web.StreamResponse:
     session_id = request.cookies.get(COOKIE)
     now = services(request).clock.now()
-    session = request.app[SESSIONS].get(session_id, now) if session_id else None
-    if session is None:
+    if not session_id:
         raise Unauthenticated("Not signed in to the console.")
+    session = request.app[SESSIONS].get(session_id, now)
+    if session is None:
+        # The browser still holds a cookie we gave it: say why it no longer works.
+        raise SessionEnded(SESSION_ENDED)
     return _describe(request, session.csrf_token, session.expires_at())
 
 

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,26 +96,31 @@ class LiveBroker:
         return result
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
 
 
-@pytest.fixture(scope="session")
-def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker]:
-    data = tmp_path_factory.mktemp("console-broker")
-    operator = new_token("op")
-    port = _free_port()
-    env = {
+@contextmanager
+def running_broker(data: Path, operator: str, port: int, env: dict[str, str] | None = None) -> Iterator[LiveBroker]:
+    """``tenure-broker serve`` on ``port`` over the data directory ``data``, until the block ends.
+
+    ``env`` adds settings (``TENURE_PUBLIC_URL``…); starting it again over the same
+    directory and port is a broker restart, as an operator does one.
+    """
+    data.mkdir(parents=True, exist_ok=True)
+    full_env = {
         **os.environ,
         "TENURE_OPERATOR_TOKEN": operator,
         "TENURE_SQLITE_SYNCHRONOUS": "normal",
         "TENURE_LOG_LEVEL": "warning",
     }
-    env.pop("TENURE_PUBLIC_URL", None)
-    log = (data / "broker.log").open("wb")
+    full_env.pop("TENURE_PUBLIC_URL", None)
+    full_env.update(env or {})
+    log_path = data / "broker.log"
+    log = log_path.open("ab")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -129,7 +135,7 @@ def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker
             str(port),
         ],
         cwd=ROOT,
-        env=env,
+        env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -143,7 +149,7 @@ def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the broker did not start:\n" + (data / "broker.log").read_text(errors="replace"))
+                raise RuntimeError("the broker did not start:\n" + log_path.read_text(errors="replace"))
             time.sleep(0.05)
         yield broker
     finally:
@@ -154,6 +160,12 @@ def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker]:
+    with running_broker(tmp_path_factory.mktemp("console-broker"), new_token("op"), free_port()) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +215,10 @@ class Console:
             self.page.screenshot(path=str(DOCS / f"{name}.png"))
 
 
-@pytest.fixture
-def console(browser: Any, live_broker: LiveBroker) -> Iterator[Console]:
-    context = browser.new_context(viewport={"width": 1024, "height": 720})
+@contextmanager
+def open_console(browser: Any, broker: LiveBroker, width: int = 1024, height: int = 720) -> Iterator[Console]:
+    """A fresh browser context (no cookies) and page on ``broker``, watched for problems."""
+    context = browser.new_context(viewport={"width": width, "height": height})
     context.set_default_timeout(5000)
     page = context.new_page()
     dialogs: list[str] = []
@@ -224,6 +237,12 @@ def console(browser: Any, live_broker: LiveBroker) -> Iterator[Console]:
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     page.on("console", on_console)
     try:
-        yield Console(page, live_broker, dialogs, problems)
+        yield Console(page, broker, dialogs, problems)
     finally:
         context.close()
+
+
+@pytest.fixture
+def console(browser: Any, live_broker: LiveBroker) -> Iterator[Console]:
+    with open_console(browser, live_broker) as opened:
+        yield opened

@@ -258,3 +258,21 @@ async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(
         r = await client.post("/console/session", json={"token": admin}, headers={"X-Forwarded-Proto": "https"})
         assert r.status == 200
         assert ("Secure" in r.headers["Set-Cookie"].split("; ")) is secure
+
+
+async def test_a_cookie_of_no_live_session_says_the_session_ended(broker: Broker) -> None:
+    _, admin = await admin_estate(broker)
+    r = await broker.client.get("/console/session")
+    assert r.status == 401 and (await r.json())["code"] == "unauthenticated"
+    cookie, _ = await sign_in(broker, admin)
+    jar = {"Cookie": f"{COOKIE}={cookie}"}
+    broker.clock.advance(IDLE_SECONDS)  # as gone as after a restart: the broker forgot it
+    for path in ("/console/session", "/v1/me"):
+        r = await broker.client.get(path, headers=jar)
+        problem = await r.json()
+        assert r.status == 401, path
+        assert problem["detail"] == (
+            "Your session ended (the broker restarted or you were signed out for inactivity). Sign in again."
+        )
+    r = await broker.client.get("/console/session", headers={"Cookie": f"{COOKIE}=never-issued"})
+    assert r.status == 401 and (await r.json())["code"] == "session_ended"

@@ -4,7 +4,8 @@
 //   js/state.js    the signed-in session in memory (CSRF token, who is signed in)
 //   js/api.js      the /v1 JSON API: fetch, the CSRF header, problem+json errors
 //   js/dom.js      element builders (text only, never markup), the live region, dialogs
-//   js/format.js   times, durations, counts, state badges
+//   js/format.js   times, durations, counts, plurals, state badges
+//   js/events.js   an audit event's details as a sentence
 //   js/router.js   hash routes, focus on each page's <h1>, announcements
 //   js/session.js  sign-in, the top bar, sign-out
 //   js/moves.js    the per-sales-order count fields of the move forms
@@ -40,8 +41,10 @@ async function boot() {
   try {
     const session = await call('GET', '/console/session');
     await begin(session);
-  } catch {
-    showSignIn();
+  } catch (err) {
+    // session_ended: the browser still had a session cookie the broker no longer knows
+    // (it restarted, or the session ran out): tell the admin why they must sign in again.
+    showSignIn(err.problem && err.problem.code === 'session_ended' ? err.message : undefined);
   }
 }
 

@@ -60,17 +60,32 @@ export function errorBox() {
   return el('div', { class: 'error', role: 'alert', hidden: true });
 }
 
+/**
+ * Show ``err`` in ``box`` once. A refused move (its ``items``, one per sales order) or a
+ * request with several invalid fields is written out from the list alone: the broker's
+ * ``detail`` repeats the first item, so showing both would say it twice.
+ */
 export function showError(box, err) {
   box.replaceChildren();
   box.hidden = false;
-  add(box, el('p', {}, err.message));
   const problem = err.problem || {};
-  if (Array.isArray(problem.items) && problem.items.length) {
-    box.append(el('ul', {}, problem.items.map((i) => el('li', {},
-      `Sales order ${i.sales_order}: ${i.requested} asked for, ${i.unused} unused (${i.lacking} short).`))));
+  if (Array.isArray(problem.items) && problem.items.length && problem.items[0].sales_order !== undefined) {
+    add(box, lacking(problem.items));
   } else if (Array.isArray(problem.errors) && problem.errors.length > 1) {
-    box.append(el('ul', {}, problem.errors.map((e) => el('li', {}, e.field ? `${e.field}: ${e.message}` : e.message))));
+    add(box, [el('p', {}, 'Check these and try again:'),
+      el('ul', {}, problem.errors.map((e) => el('li', {}, e.field ? `${e.field}: ${e.message}` : e.message)))]);
+  } else {
+    add(box, el('p', {}, err.message));
   }
+}
+
+function lacking(items) {
+  const short = (i) => (i.unused
+    ? `has only ${i.unused} unused ${i.unused === 1 ? 'licence' : 'licences'} to move; ${i.requested} ${i.requested === 1 ? 'was' : 'were'} asked for`
+    : `has no unused licences to move; ${i.requested} ${i.requested === 1 ? 'was' : 'were'} asked for`);
+  if (items.length === 1) return el('p', {}, `Sales order ${items[0].sales_order} ${short(items[0])}. Nothing was moved.`);
+  return [el('p', {}, 'Not enough unused licences; nothing was moved:'),
+    el('ul', {}, items.map((i) => el('li', {}, `Sales order ${i.sales_order} ${short(i)}.`)))];
 }
 
 export function clearError(box) {

@@ -22,6 +22,21 @@ export function fromNow(ts) {
   return seconds >= 0 ? `in ${duration(rounded)}` : `${duration(rounded)} ago`;
 }
 
+/** ``text`` (a date, a time) kept on one line: "2026-11-30" must not break at its dashes. */
+export const noBreak = (text) => el('span', { class: 'nowrap' }, text);
+
+/**
+ * ``n`` and the noun that agrees with it: ``plural(1, 'server')`` is "1 server",
+ * ``plural(2, 'server')`` "2 servers"; ``many`` for nouns that do not just take an s.
+ */
+export const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+/** "a", "a and b", "a, b and c" (British: no comma before "and"). */
+export function listOf(items) {
+  if (items.length <= 1) return items.join('');
+  return `${items.slice(0, -1).join(', ')} and ${items[items.length - 1]}`;
+}
+
 export const counts = (c) => `${c.allocated} allocated / ${c.in_use} in use / ${c.available} available`;
 export const groupCode = (code) => `${code.slice(0, 4)} ${code.slice(4)}`;
 

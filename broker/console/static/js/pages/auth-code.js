@@ -41,6 +41,7 @@ export async function codesPage(id) {
       el('p', {}, `Expires ${fmtTime(fresh.expires_at)} (${fromNow(fresh.expires_at)}).`),
       el('button', { type: 'button', on: { click: () => copyText(fresh.code, codeNode) } }, 'Copy code'),
       el('h2', {}, 'On the encoder host'),
+      state.brokerUrl ? null : addressWarning(),
       el('pre', { class: 'command' }, commandNode),
       el('button', { type: 'button', on: { click: () => copyText(command, commandNode) } }, 'Copy command'),
       el('p', { class: 'hint' }, 'For a domain rather than the whole server, add ', el('code', {}, '--domain NAME'),
@@ -74,4 +75,22 @@ export async function codesPage(id) {
         },
       }, 'Revoke')]), 'No live codes for this pool.')));
   return parts;
+}
+
+const isLoopback = (host) => host === 'localhost' || host.endsWith('.localhost') || /^127\./.test(host) || host === '[::1]';
+
+/**
+ * Without the broker's ``public_url`` setting the command carries the address this page
+ * was opened at, which may not be one an encoder host can reach: say so next to it.
+ */
+function addressWarning() {
+  const host = location.hostname;
+  return el('div', { class: 'notice', role: 'note', id: 'address-warning' },
+    el('p', {}, 'This command uses the address you opened the console at, ', el('code', {}, location.origin),
+      ', because the broker\'s ', el('code', {}, 'public_url'), ' setting is not set. ',
+      'Ask the operator to set ', el('code', {}, 'public_url'), ' to the address encoder hosts reach the broker at.'),
+    isLoopback(host)
+      ? el('p', {}, el('strong', {}, `${host} is a loopback address: it will not work from an encoder host`),
+        ', where it names the host itself.')
+      : null);
 }

@@ -3,7 +3,7 @@
 import { confirmAndCall } from '../actions.js';
 import { api, E } from '../api.js';
 import { busy, clearError, copyText, el, errorBox, field, h1, say, section, showError, table } from '../dom.js';
-import { fmtDate, stateBadge } from '../format.js';
+import { fmtDate, noBreak, stateBadge } from '../format.js';
 import { state } from '../state.js';
 
 export async function homePage() {
@@ -15,7 +15,7 @@ export async function homePage() {
       el('a', { href: '#/pools' }, 'Open the pools'), ' to move licences and authenticate servers.'),
     section('Licences',
       table('Purchases', ['Sales order', 'Licence type', 'Count', 'Expires', 'State'],
-        purchases.items.map((p) => [p.sales_order, p.licence_type, String(p.quantity), fmtDate(p.expires_at), stateBadge(p)]),
+        purchases.items.map((p) => [p.sales_order, p.licence_type, String(p.quantity), noBreak(fmtDate(p.expires_at)), stateBadge(p)]),
         'No licences have been recorded for this estate yet.')),
     section('Summary per licence type',
       table('Per licence type', ['Licence type', 'Total', 'In use', 'Available', 'Expiring soon', 'Unavailable'],

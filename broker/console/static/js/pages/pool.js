@@ -4,7 +4,7 @@
 import { confirmAndCall } from '../actions.js';
 import { api, E, P } from '../api.js';
 import { busy, clearError, el, errorBox, field, h1, section, showError, table, uid } from '../dom.js';
-import { counts, duration, fmtDate, fmtTime, fromNow, stateBadge } from '../format.js';
+import { counts, duration, fmtDate, fmtTime, fromNow, listOf, noBreak, plural, stateBadge } from '../format.js';
 import { markLacking, moveInputs, readMoves } from '../moves.js';
 import { go, refresh } from '../router.js';
 import { authenticate } from './auth-code.js';
@@ -33,20 +33,21 @@ export async function poolPage(id) {
     h1(pool.name),
     el('p', { class: 'lead' }, counts(pool), '. ', `Lease lifetime ${duration(pool.lease_seconds)}.`,
       pool.is_default ? ' Every new purchase lands in this pool.' : null),
-    pool.revoked_unexpired ? el('p', { class: 'notice' },
-      `${pool.revoked_unexpired} seat(s) freed by revocation still have tokens that have not expired.`) : null,
+    pool.revoked_unexpired ? el('p', { class: 'notice' }, pool.revoked_unexpired === 1
+      ? '1 seat freed by revocation still has a token that has not expired.'
+      : `${pool.revoked_unexpired} seats freed by revocation still have tokens that have not expired.`) : null,
     el('div', { class: 'actions' }, authButton, el('a', { href: `#/pools/${id}/codes` }, 'Live codes')),
     codeErrors,
     section('Licences',
       table('Licences held by this pool', ['Sales order', 'Licence type', 'Expires', 'State', 'Allocated', 'In use', 'Unused'],
-        pool.holdings.map((h) => [h.sales_order, h.licence_type, fmtDate(h.expires_at), stateBadge(h),
+        pool.holdings.map((h) => [h.sales_order, h.licence_type, noBreak(fmtDate(h.expires_at)), stateBadge(h),
           String(h.allocated), String(h.in_use), String(h.unused)]),
         'This pool holds no licences. Move some in below.')),
     serversSection(id, servers.items, others),
     leasesSection(leases),
     moveSection(pool, all.items),
     settingsSection(pool),
-    deleteSection(pool, servers.items.length, leases.items.length),
+    deleteSection(pool, servers.items, leases.items.length),
   ];
 }
 
@@ -78,8 +79,7 @@ function serversSection(poolId, servers, others) {
         click: confirmAndCall({
           ask: {
             title: `Remove ${s.kind} ${s.name}?`,
-            message: `Its encoders' ${s.in_use} licence(s) in use are freed at once and its token stops working. `
-              + 'The host needs a new code to come back.',
+            message: `${freedNow(s.in_use)}Its token stops working, and the host needs a new code to come back.`,
             confirm: 'Yes, remove',
           },
           errors,
@@ -97,6 +97,12 @@ function serversSection(poolId, servers, others) {
     errors);
 }
 
+/** The start of "remove this server?": what happens to the licences its encoders hold. */
+function freedNow(inUse) {
+  if (!inUse) return 'None of its encoders holds a licence. ';
+  return `The ${plural(inUse, 'licence')} its encoders hold ${inUse === 1 ? 'is' : 'are'} freed at once. `;
+}
+
 function leasesSection(page) {
   const errors = errorBox();
   const rows = page.items.map((l) => [l.encoder, l.server_name, l.licence_type, String(l.count),
@@ -107,7 +113,9 @@ function leasesSection(page) {
         click: confirmAndCall({
           ask: {
             title: `Force-release ${l.encoder}?`,
-            message: `Its ${l.count} ${l.licence_type} licence(s) go back to the pool now. Its agent learns at its next renewal and does not take them again on its own.`,
+            message: `Its ${plural(l.count, `${l.licence_type} licence`, `${l.licence_type} licences`)} `
+              + `${l.count === 1 ? 'goes' : 'go'} back to the pool now. Its agent learns at its next renewal `
+              + `and does not take ${l.count === 1 ? 'it' : 'them'} again on its own.`,
             confirm: 'Yes, release',
           },
           errors,
@@ -177,7 +185,7 @@ function moveSection(pool, pools) {
     try {
       await busy(form, () => api('POST', E('/moves'), { from_pool: from, to_pool: to, items: moves }));
       const n = moves.reduce((sum, m) => sum + m.count, 0);
-      refresh(`${n} licence(s) moved.`);
+      refresh(`${plural(n, 'licence')} moved.`);
     } catch (err) {
       showError(errors, err);
       const bad = markLacking(rows, err);
@@ -231,16 +239,26 @@ function deleteSection(pool, servers, leases) {
   if (pool.is_default) {
     return section('Delete pool', el('p', {}, 'The Default Pool cannot be deleted: every purchase lands in it.'));
   }
-  if (servers || leases) {
+  const domains = servers.filter((s) => s.kind === 'domain').length;
+  const held = [[servers.length - domains, 'server'], [domains, 'domain'], [leases, 'lease']].filter(([n]) => n);
+  if (held.length) {
+    const one = held.length === 1 && held[0][0] === 1;
     return section('Delete pool', el('p', {},
-      `This pool cannot be deleted while it has ${servers} server(s) or domain(s) and ${leases} lease(s). Remove or move them first.`));
+      `This pool cannot be deleted while it has ${listOf(held.map(([n, noun]) => plural(n, noun)))}. `
+      + `Remove or move ${one ? 'it' : 'them'} first.`));
   }
   const errors = errorBox();
   const button = el('button', {
     type: 'button', class: 'danger',
     on: {
       click: confirmAndCall({
-        ask: { title: `Delete pool ${pool.name}?`, message: `Its ${pool.allocated} licence(s) go back to the Default Pool.`, confirm: 'Yes, delete' },
+        ask: {
+          title: `Delete pool ${pool.name}?`,
+          message: pool.allocated
+            ? `Its ${plural(pool.allocated, 'licence')} ${pool.allocated === 1 ? 'goes' : 'go'} back to the Default Pool.`
+            : 'It holds no licences.',
+          confirm: 'Yes, delete',
+        },
         errors,
         call: () => api('DELETE', P(pool.id)),
         done: () => go('#/pools', `Pool ${pool.name} deleted; its licences are back in the Default Pool.`),

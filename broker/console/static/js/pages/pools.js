@@ -15,7 +15,8 @@ export async function poolsPage() {
       pool.is_default ? el('span', { class: 'badge' }, 'Default') : null,
       el('ul', { class: 'by-type' }, Object.entries(pool.by_type).sort(([a], [b]) => a.localeCompare(b))
         .map(([type, c]) => el('li', {}, el('span', { class: 'type' }, type), ` ${counts(c)}`))),
-      pool.revoked_unexpired ? el('p', { class: 'muted' },
-        `${pool.revoked_unexpired} freed seat(s) still have unexpired tokens.`) : null))),
+      pool.revoked_unexpired ? el('p', { class: 'muted' }, pool.revoked_unexpired === 1
+        ? '1 freed seat still has an unexpired token.'
+        : `${pool.revoked_unexpired} freed seats still have unexpired tokens.`) : null))),
   ];
 }
