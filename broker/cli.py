@@ -15,6 +15,7 @@ from aiohttp import web
 from broker import config as configuration
 from broker import signing
 from shared import __version__
+from shared.words import count
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,14 +80,14 @@ def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
         if command == "backup":
             done = backup.backup(cfg.db_path, file)
             print(
-                f"Backed up {done.estates} estate(s) and {done.live_leases} live lease(s) "
+                f"Backed up {count(done.estates, 'estate')} and {count(done.live_leases, 'live lease')} "
                 f"({done.size:,} bytes, schema {done.schema_version}) into {done.path}. "
                 f"It does not hold {cfg.data_dir / 'keys'} or {cfg.data_dir / 'code-key'}: keep those apart."
             )
         else:
             done = backup.restore(file, cfg.db_path)
             print(
-                f"Restored {done.estates} estate(s) and {done.live_leases} live lease(s) into "
+                f"Restored {count(done.estates, 'estate')} and {count(done.live_leases, 'live lease')} into "
                 f"{cfg.data_dir}. Copy the old data directory's keys/ and code-key beside it "
                 "before starting the broker."
             )

@@ -24,6 +24,7 @@ from broker.store.base import Row, Tx
 from shared.secret import Secret
 from shared.timefmt import format_ts
 from shared.wire import Lease
+from shared.words import count
 
 _STATE_RANK = {"valid": 0, "expiring": 1, "expired": 2, "ended": 3, "on_hold": 4}
 
@@ -138,7 +139,7 @@ def _grantable(tx: Tx, now: float, pool_id: str, licence_type: str, n: int) -> l
     if available < n:
         _require_type(tx, pool_id, licence_type)
         raise PoolExhausted(
-            f"The pool has {available} {licence_type} licence(s) available; {n} more were asked for.",
+            f"The pool has {count(available, licence_type + ' licence')} available; {n} more were asked for.",
             available=available,
             requested=n,
             licence_type=licence_type,

@@ -19,6 +19,7 @@ from broker import audit, leases, purchases
 from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
 from broker.principal import Principal
 from broker.store.base import Row, Tx
+from shared import words
 from shared.timefmt import format_ts
 
 
@@ -113,8 +114,8 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
     assert counts is not None
     if counts["servers"] or counts["leases"]:
         raise PoolNotEmpty(
-            f"The pool still has {counts['servers']} server(s) or domain(s) and "
-            f"{counts['leases']} lease(s); remove or rebind them first.",
+            f"The pool still has {words.count(counts['servers'], 'server or domain', 'servers or domains')} and "
+            f"{words.count(counts['leases'], 'lease')}; remove or rebind them first.",
             servers=counts["servers"],
             leases=counts["leases"],
         )
@@ -178,7 +179,7 @@ def move(
     if lacking:
         first = lacking[0]
         raise LicencesInUse(
-            f"Sales order {first['sales_order']} has only {first['unused']} unused licence(s) "
+            f"Sales order {first['sales_order']} has only {words.count(first['unused'], 'unused licence')} "
             f"in {src['name']!r}; {first['requested']} were asked for.",
             items=lacking,
         )

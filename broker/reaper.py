@@ -10,6 +10,7 @@ from functools import partial
 from broker import idempotency, leases
 from broker.errors import StorageUnavailable
 from broker.services import Services
+from shared import words
 
 log = logging.getLogger("tenure.reaper")
 
@@ -27,7 +28,7 @@ async def lapse_due(svc: Services) -> None:
         now = svc.clock.now()
         count = await svc.store.write(partial(leases.reap, now=now))
         if count:
-            log.info("lapsed %d lease(s) that were neither renewed nor released", count)
+            log.info("lapsed %s that were neither renewed nor released", words.count(count, "lease"))
     except StorageUnavailable as exc:
         log.warning("lease reaper: %s", exc.detail)
     except Exception:

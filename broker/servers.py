@@ -9,6 +9,7 @@ from broker.errors import NotFound, ServerHasLeases
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
+from shared.words import count
 
 
 def get(tx: Tx, estate_id: str, server_id: str) -> Row:
@@ -42,7 +43,7 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
     held = tx.all("leases_active_of_server", server_id=server_id)
     if held:
         raise ServerHasLeases(
-            f"{server['name']!r} holds {len(held)} lease(s); release them before moving it.",
+            f"{server['name']!r} holds {count(len(held), 'lease')}; release them before moving it.",
             leases=len(held),
         )
     tx.run("server_rebind", server_id=server_id, pool_id=pool_id)

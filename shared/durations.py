@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+from shared.words import count
+
 MINUTE = 60
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-
-
-def _count(value: int, unit: str) -> str:
-    return f"{value} {unit}" + ("" if value == 1 else "s")
 
 
 def about(seconds: float) -> str:
@@ -21,14 +19,14 @@ def about(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 52.5:
         rounded = round(seconds) if seconds < 5 else 5 * round(seconds / 5)
-        return "about " + _count(max(1, rounded), "second")
+        return "about " + count(max(1, rounded), "second")
     if seconds < HOUR - 30:
-        return "about " + _count(max(1, round(seconds / MINUTE)), "minute")
+        return "about " + count(max(1, round(seconds / MINUTE)), "minute")
     if seconds < 3 * HOUR - 15 * MINUTE:
         halves = round(seconds / (HOUR / 2))
         if halves % 2:
             return f"about {halves / 2:g} hours"
-        return "about " + _count(halves // 2, "hour")
+        return "about " + count(halves // 2, "hour")
     if seconds < DAY - 30 * MINUTE:
-        return "about " + _count(round(seconds / HOUR), "hour")
-    return "about " + _count(round(seconds / DAY), "day")
+        return "about " + count(round(seconds / HOUR), "hour")
+    return "about " + count(round(seconds / DAY), "day")

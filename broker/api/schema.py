@@ -16,6 +16,7 @@ from typing import Any
 from broker.errors import ValidationFailed
 from shared.names import NAME_MAX, NAME_PATTERN
 from shared.timefmt import parse_ts
+from shared.words import count
 
 Schema = dict[str, Any]
 
@@ -113,7 +114,7 @@ def _check_object(value: dict[str, Any], schema: Schema, path: str, errors: list
 
 def _check_array(value: list[Any], schema: Schema, path: str, errors: list[dict[str, str]]) -> None:
     if len(value) < schema.get("minItems", 0):
-        errors.append({"field": path, "message": f"needs at least {schema['minItems']} item(s)"})
+        errors.append({"field": path, "message": f"needs at least {count(schema['minItems'], 'item')}"})
     if len(value) > schema.get("maxItems", 10**9):
         # Too long to be worth walking: the items are not checked.
         errors.append({"field": path, "message": f"takes at most {schema['maxItems']} items"})

@@ -130,8 +130,8 @@ def test_the_command_line_says_what_it_did_in_one_line(tmp_path: Path, capsys: p
     conn.close()
     assert main(["backup", str(tmp_path / "b.db"), "--data-dir", str(data)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "Backed up 0 estate(s)" in out and "keep those apart" in out
+    assert out.count("\n") == 1 and "Backed up 0 estates" in out and "keep those apart" in out
     assert main(["restore", str(tmp_path / "b.db"), "--data-dir", str(tmp_path / "new")]) == 0
-    assert "Restored 0 estate(s)" in capsys.readouterr().out
+    assert "Restored 0 estates" in capsys.readouterr().out
     assert main(["restore", str(tmp_path / "b.db"), "--data-dir", str(tmp_path / "new")]) == 1
     assert "not empty" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def test_a_refused_action_shows_the_brokers_answer_as_text(console: Console) -> 
     delete.get_by_role("button", name="Delete pool").click()
     page.get_by_role("dialog", name="Delete pool Bergen?").get_by_role("button", name="Yes, delete").click()
     expect(delete.get_by_role("alert")).to_have_text(
-        "The pool still has 1 server(s) or domain(s) and 0 lease(s); remove or rebind them first."
+        "The pool still has 1 server or domain and 0 leases; remove or rebind them first."
     )
     expect(page.get_by_role("heading", level=1, name="Bergen")).to_be_visible()
     names = [p["name"] for p in broker.ok("GET", f"/v1/estates/{eid}/pools", admin)["items"]]
