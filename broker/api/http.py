@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -108,6 +109,7 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_ASCII_DIGITS = re.compile("[0-9]{1,18}")
 _TOO_BIG = 10**19  # beyond every range the API accepts
 
 
@@ -129,10 +131,15 @@ def _number(text: str) -> int | float:
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number query parameter in ``lo..hi``; ASCII digits only.
+
+    ``str.isdigit`` admits ``²`` (which ``int`` then refuses) and ``int`` admits ``٣``
+    and ``+3``: neither is a number a client meant to send.
+    """
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18 or not lo <= int(raw) <= hi:
+    if not _ASCII_DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise ValidationFailed([{"field": name, "message": f"must be a whole number {lo}-{hi}"}])
     return int(raw)
 
