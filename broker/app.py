@@ -59,6 +59,7 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             ),
             code_key=secretfiles.code_key(config.data_dir),
             operator_hash=token_hash(op_token),
+            metrics_hash=token_hash(config.metrics_token) if config.metrics_token else None,
             issuer=config.public_url or "tenure",
         )
         log.info(

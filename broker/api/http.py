@@ -7,6 +7,7 @@ and response schemas, so the same table registers the handlers and writes
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import re
@@ -152,17 +153,20 @@ def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
     return raw
 
 
-SessionLookup = Callable[[web.Request], bytes | None]
+SessionLookup = Callable[[web.Request], tuple[bytes, str] | None]
 SESSION_LOOKUP: web.AppKey[SessionLookup] = web.AppKey("session_lookup")
-"""Set by ``broker.console.setup``: the token digest behind a console session cookie
-(None when there is no cookie); it raises 401 for a dead session and 403 ``csrf_failed``
-for a state-changing request without the session's CSRF token."""
+"""Set by ``broker.console.setup``: the token digest behind a console session cookie and
+the cookie's raw session id (None when there is no cookie); it raises 401 for a dead
+session and 403 ``csrf_failed`` for a state-changing request without the session's CSRF
+token."""
 
 
 async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Principal:
     """Resolve the bearer token; 401 when missing or unknown, 403 when of the wrong kind.
 
     Without an Authorization header, a console session cookie stands in for the token.
+    The principal returned carries the raw credential for this request only (see
+    ``Principal.credential``).
     """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -172,17 +176,23 @@ async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Princi
     if session is None and (scheme.lower() != "bearer" or not token):
         raise Unauthenticated("Send a bearer token: Authorization: Bearer <token>.")
     svc = services(request)
-    digest = session if session is not None else token_hash(token)
-    if hmac.compare_digest(digest, svc.operator_hash):
-        principal = Principal(kind="operator", token_hash=digest)
-    else:
-        found = await svc.principals.resolve(digest)
-        if found is None:
-            raise Unauthenticated("The token is unknown or has been revoked.")
-        principal = found
+    digest, credential = session if session is not None else (token_hash(token), token)
+    principal = await _principal(svc, digest)
     if principal.kind not in allowed:
         raise Forbidden(f"A {principal.kind} token cannot use this route.")
-    return principal
+    return dataclasses.replace(principal, credential=credential)
+
+
+async def _principal(svc: Services, digest: bytes) -> Principal:
+    if hmac.compare_digest(digest, svc.operator_hash):
+        return Principal(kind="operator", token_hash=digest)
+    # The metrics token opens /metrics and nothing else: no route but that one allows "metrics".
+    if svc.metrics_hash is not None and hmac.compare_digest(digest, svc.metrics_hash):
+        return Principal(kind="metrics", token_hash=digest)
+    found = await svc.principals.resolve(digest)
+    if found is None:
+        raise Unauthenticated("The token is unknown or has been revoked.")
+    return found
 
 
 async def idempotent_write(
@@ -198,7 +208,10 @@ async def idempotent_write(
     if key_text is None:
         status, payload = await svc.store.write(fn)
         return answer(status, payload)
-    key = idempotency.IdempotencyKey.derive(key_text, principal.token_hash, request.method, request.path_qs, raw)
+    assert principal.credential is not None, "authenticate() sets it"
+    key = idempotency.IdempotencyKey.derive(
+        key_text, principal.credential, principal.token_hash, request.method, request.path_qs, raw
+    )
     status, payload = await svc.store.write(lambda tx: idempotency.run(tx, now, key, lambda: fn(tx)))
     response = answer(status, payload)
     response.headers["Idempotency-Key"] = key_text
