@@ -31,7 +31,10 @@ def prepare_data_dir(data_dir: Path, db_path: Path) -> None:
     """
     data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     _tighten(data_dir, DIR_MODE)
-    os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    try:
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass  # opened by SQLite as it is (an unwritable file is the store's 503, not ours)
     secure_database_files(db_path)
 
 
@@ -48,7 +51,11 @@ def secure_database_files(db_path: Path) -> None:
 def _tighten(path: Path, mode: int) -> None:
     current = stat.S_IMODE(path.stat().st_mode)
     if current & ~mode:
-        path.chmod(current & mode)
+        try:
+            path.chmod(current & mode)
+        except PermissionError as exc:  # another owner's file, or an immutable one
+            log.warning("%s is mode %04o and cannot be set to %04o: %s", path, current, current & mode, exc.strerror)
+            return
         log.warning("%s was mode %04o; set it to %04o (no other user may read it)", path, current, current & mode)
 
 
