@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import idempotency
-from broker.api.schema import Schema, validate
+from broker import idempotency, paging
+from broker.api.schema import ID_PATTERN, Schema, validate
 from broker.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
 from broker.ids import token_hash
 from broker.principal import Principal
@@ -143,6 +143,19 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     if not _ASCII_DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise ValidationFailed([{"field": name, "message": f"must be a whole number {lo}-{hi}"}])
     return int(raw)
+
+
+PAGE_QUERY: dict[str, Schema] = {
+    "after": {"type": "string", "pattern": ID_PATTERN},
+    "limit": {"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT},
+}
+"""The query parameters of a cursor-paged list (see ``broker.paging``)."""
+
+
+def page_params(request: web.Request) -> tuple[str, int]:
+    """``after`` (the cursor, "" for the first page) and ``limit`` of a paged list."""
+    after = query_str(request, "after", PAGE_QUERY["after"]) or ""
+    return after, query_int(request, "limit", paging.DEFAULT_LIMIT, 1, paging.MAX_LIMIT)
 
 
 def query_str(request: web.Request, name: str, schema: Schema) -> str | None:

@@ -18,7 +18,7 @@ from tests.conftest import Broker
 # Superscript two (isdigit, not int), Arabic-Indic three and fullwidth three (int takes them),
 # and forms int() reads that a number in a URL is not.
 NOT_NUMBERS = ["²", "٣", "３", "+3", " 3", "3\n", "-1", "1_0"]
-PAGED = ["leases", "events"]
+PAGED = ["leases", "events", "pools", "servers", "admins", "purchases", "auth-codes"]
 
 
 @pytest.mark.parametrize("value", NOT_NUMBERS)

@@ -1,7 +1,7 @@
 // The audit log (#/audit?pool=…&action=…): every change in the estate, oldest first,
 // 50 at a time.
 
-import { api, E } from '../api.js';
+import { api, listAll, E } from '../api.js';
 import { clearError, el, errorBox, field, h1, showError } from '../dom.js';
 import { duration, fmtDate, fmtTime } from '../format.js';
 import { go } from '../router.js';
@@ -33,7 +33,7 @@ export async function auditPage(query) {
   const params = new URLSearchParams(query || '');
   const poolFilter = params.get('pool') || '';
   const actionFilter = params.get('action') || '';
-  const [pools, purchases] = await Promise.all([api('GET', E('/pools')), api('GET', E('/purchases'))]);
+  const [pools, purchases] = await Promise.all([listAll(E('/pools')), listAll(E('/purchases'))]);
   const poolNames = new Map(pools.items.map((p) => [p.id, p.name]));
   const salesOrders = new Map(purchases.items.map((p) => [p.id, p.sales_order]));
   const kinds = new Map(EVENT_KINDS);
