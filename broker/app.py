@@ -39,11 +39,12 @@ def create_app(config: Config) -> web.Application:
 
 def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        secretfiles.prepare_data_dir(config.data_dir)
+        secretfiles.prepare_data_dir(config.data_dir, config.db_path)
         op_token = secretfiles.operator_token(config.data_dir, config.operator_token)
         keyring = Keyring(config.data_dir, config.key_reload_seconds)
         await asyncio.to_thread(keyring.reload, config.clock.now())
         store = await SqliteStore.open(config.db_path, config.sqlite_synchronous)
+        secretfiles.secure_database_files(config.db_path)  # as SQLite left them (see prepare_data_dir)
         app[SERVICES] = Services(
             config=config,
             clock=config.clock,
@@ -58,6 +59,7 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             ),
             code_key=secretfiles.code_key(config.data_dir),
             operator_hash=token_hash(op_token),
+            metrics_hash=token_hash(config.metrics_token) if config.metrics_token else None,
             issuer=config.public_url or "tenure",
         )
         log.info(

@@ -21,7 +21,7 @@ import hmac
 import secrets
 from typing import Any
 
-from broker import audit, pools
+from broker import audit, paging, pools
 from broker.errors import AuthCodeInvalid, NotFound, NoValidLicences
 from broker.ids import new_token, token_hash
 from broker.principal import Principal
@@ -80,18 +80,27 @@ def make(
     return {"id": code_id, "code": code, "pool_id": pool_id, "expires_at": format_ts(expires_at)}
 
 
-def list_live(tx: Tx, now: float, estate_id: str, pool_id: str | None) -> list[dict[str, Any]]:
-    return [
-        {
+def list_live(
+    tx: Tx, now: float, estate_id: str, pool_id: str | None, *, after: str = "", limit: int | None = None
+) -> paging.Page:
+    """Live codes, oldest first, a page at a time (never their digits)."""
+    return paging.fetch(
+        tx,
+        "codes_live_of_estate",
+        lambda r: {
             "id": r["id"],
             "pool_id": r["pool_id"],
             "pool_name": r["pool_name"],
             "created_at": format_ts(r["created_at"]),
             "expires_at": format_ts(r["expires_at"]),
             "created_by": r["created_by"],
-        }
-        for r in tx.all("codes_live_of_estate", estate_id=estate_id, now=int(now), pool_id=pool_id)
-    ]
+        },
+        after=after,
+        limit=limit,
+        estate_id=estate_id,
+        now=int(now),
+        pool_id=pool_id,
+    )
 
 
 def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, code_id: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,13 @@ class Config:
         None,
         "The operator's bearer token (tnr_op_…). When unset, one is generated on first "
         "start into DATA_DIR/operator-token (mode 0600). Prefer the environment variable.",
+        secret=True,
+    )
+    metrics_token: str | None = _setting(
+        None,
+        "A read-only bearer token (tnr_met_ and at least 25 more characters) that opens "
+        "/metrics and nothing else, so that a Prometheus server holds no operator "
+        "credentials. The operator token reads /metrics too. Prefer the environment variable.",
         secret=True,
     )
     tls_cert: Path | None = _setting(None, "PEM certificate chain; with tls_key, serve HTTPS.")
@@ -148,4 +156,13 @@ def load(
     token = values.get("operator_token")
     if token is not None and (not token.startswith("tnr_op_") or len(token) < 32):
         raise ConfigError("setting 'operator_token' must start with tnr_op_ and be at least 32 characters")
+    metrics = values.get("metrics_token")
+    if metrics is not None and not _METRICS_TOKEN.fullmatch(metrics):
+        raise ConfigError(
+            "setting 'metrics_token' must start with tnr_met_ and go on with at least 25 "
+            "printable ASCII characters (no spaces)"
+        )
     return Config(**values)
+
+
+_METRICS_TOKEN = re.compile("tnr_met_[!-~]{25,}")

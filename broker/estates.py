@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import audit, codes
+from broker import audit, codes, paging
 from broker.errors import Conflict, Forbidden, NotFound
 from broker.ids import new_token, token_hash
 from broker.principal import Principal
@@ -108,12 +108,22 @@ def remove_admin(tx: Tx, now: float, actor: Principal, estate_id: str, admin_id:
     )
 
 
-def list_admins(tx: Tx, estate_id: str) -> list[dict[str, Any]]:
+def list_admins(tx: Tx, estate_id: str, *, after: str = "", limit: int | None = None) -> paging.Page:
+    """The estate's admins, the primary first, a page at a time."""
     get(tx, estate_id)
-    return [
-        {"id": r["id"], "name": r["name"], "primary": bool(r["is_primary"]), "created_at": format_ts(r["created_at"])}
-        for r in tx.all("admins_of_estate", estate_id=estate_id)
-    ]
+    return paging.fetch(
+        tx,
+        "admins_of_estate",
+        lambda r: {
+            "id": r["id"],
+            "name": r["name"],
+            "primary": bool(r["is_primary"]),
+            "created_at": format_ts(r["created_at"]),
+        },
+        after=after,
+        limit=limit,
+        estate_id=estate_id,
+    )
 
 
 def _require_primary(actor: Principal) -> None:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from broker import audit, leases, purchases
+from broker import audit, leases, paging, purchases
 from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
 from broker.principal import Principal
 from broker.store.base import Row, Tx
@@ -261,12 +261,24 @@ def _render(pool: Row, holdings: list[Row], dead: dict[str, int], revoked_unexpi
 
 
 def view(tx: Tx, now: float, estate_id: str, pool_id: str) -> dict[str, Any]:
-    get(tx, estate_id, pool_id)
-    return next(v for v in list_views(tx, now, estate_id) if v["id"] == pool_id)
+    """One pool with its counts, from queries of that pool alone (whatever the estate's size)."""
+    return _view_of(tx, now, get(tx, estate_id, pool_id))
+
+
+def _view_of(tx: Tx, now: float, pool: Row) -> dict[str, Any]:
+    holdings = tx.all("holdings_of_pool", pool_id=pool["id"])
+    dead = {d["purchase_id"]: d["n"] for d in tx.all("dead_seats_of_pool", pool_id=pool["id"], now=int(now))}
+    revoked = tx.one("revoked_unexpired_of_pool", pool_id=pool["id"], now=int(now))
+    return _render(pool, holdings, dead, revoked["n"] if revoked else 0, now)
+
+
+def page(tx: Tx, now: float, estate_id: str, *, after: str = "", limit: int) -> paging.Page:
+    """A page of the estate's pools with their counts, each from queries of that pool alone."""
+    return paging.fetch(tx, "pools_page", lambda p: _view_of(tx, now, p), after=after, limit=limit, estate_id=estate_id)
 
 
 def list_views(tx: Tx, now: float, estate_id: str) -> list[dict[str, Any]]:
-    """Every pool of the estate with its counts, computed in three indexed queries."""
+    """Every pool of the estate with its counts, computed in four indexed queries."""
     pools = tx.all("pools_of_estate", estate_id=estate_id)
     holdings: dict[str, list[Row]] = defaultdict(list)
     for h in tx.all("holdings_of_estate", estate_id=estate_id):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.errors import Forbidden, NotFound
 
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "operator" | "admin" | "server"
+    kind: str  # "operator" | "admin" | "server" | "metrics" (reads /metrics, nothing else)
     token_hash: bytes
     estate_id: str | None = None
     admin_id: str | None = None
@@ -17,6 +17,10 @@ class Principal:
     primary: bool = False
     server_id: str | None = None
     pool_id: str | None = None
+    credential: str | None = field(default=None, repr=False, compare=False)
+    """The raw bearer token or console session id of the request at hand, set by
+    ``authenticate`` on a per-request copy (never on a cached principal, never stored): the
+    idempotency records are encrypted under it, because the database holds only its hash."""
 
     @property
     def actor_id(self) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import audit
+from broker import audit, paging
 from broker.errors import NotFound, ValidationFailed
 from broker.principal import Principal
 from broker.store.base import Row, Tx
@@ -158,5 +158,8 @@ def get(tx: Tx, estate_id: str, purchase_id: str) -> Row:
     return row
 
 
-def list_all(tx: Tx, now: float, estate_id: str) -> list[dict[str, Any]]:
-    return [render(r, now) for r in tx.all("purchases_of_estate", estate_id=estate_id)]
+def list_all(tx: Tx, now: float, estate_id: str, *, after: str = "", limit: int | None = None) -> paging.Page:
+    """The estate's purchases, soonest expiry first, a page at a time."""
+    return paging.fetch(
+        tx, "purchases_of_estate", lambda r: render(r, now), after=after, limit=limit, estate_id=estate_id
+    )

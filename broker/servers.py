@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import audit, leases, pools
+from broker import audit, leases, paging, pools
 from broker.errors import NotFound, ServerHasLeases
 from broker.principal import Principal
 from broker.store.base import Row, Tx
@@ -19,20 +19,26 @@ def get(tx: Tx, estate_id: str, server_id: str) -> Row:
     return row
 
 
-def list_all(tx: Tx, now: float, estate_id: str, pool_id: str | None = None) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": r["id"],
-            "name": r["name"],
-            "kind": r["kind"],
-            "pool_id": r["pool_id"],
-            "enrolled_at": format_ts(r["created_at"]),
-            "last_seen_at": format_ts(r["last_seen_at"]) if r["last_seen_at"] else None,
-            "in_use": r["in_use"],
-            "leases": r["leases"],
-        }
-        for r in tx.all("servers_of_estate", estate_id=estate_id, now=int(now), pool_id=pool_id)
-    ]
+def _render(r: Row) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "name": r["name"],
+        "kind": r["kind"],
+        "pool_id": r["pool_id"],
+        "enrolled_at": format_ts(r["created_at"]),
+        "last_seen_at": format_ts(r["last_seen_at"]) if r["last_seen_at"] else None,
+        "in_use": r["in_use"],
+        "leases": r["leases"],
+    }
+
+
+def list_all(
+    tx: Tx, now: float, estate_id: str, pool_id: str | None = None, *, after: str = "", limit: int | None = None
+) -> paging.Page:
+    """Servers and domains by name, a page at a time (see ``broker.paging``)."""
+    return paging.fetch(
+        tx, "servers_of_estate", _render, after=after, limit=limit, estate_id=estate_id, now=int(now), pool_id=pool_id
+    )
 
 
 def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str) -> dict[str, Any]:
@@ -59,7 +65,9 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
         before={"pool_id": server["pool_id"]},
         after={"pool_id": pool_id},
     )
-    return next(s for s in list_all(tx, now, estate_id) if s["id"] == server_id)
+    row = tx.one("server_view", server_id=server_id, estate_id=estate_id, now=int(now))
+    assert row is not None, "the server was read in this transaction"
+    return _render(row)
 
 
 def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str) -> int:

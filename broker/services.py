@@ -25,6 +25,7 @@ class Services:
     limiter: FailureLimiter
     code_key: bytes
     operator_hash: bytes
+    metrics_hash: bytes | None
     issuer: str
 
     @property

@@ -13,6 +13,8 @@ import re
 
 NAME_MAX = 64
 # A JSON Schema (ECMA-262) pattern as well as a Python one: the OpenAPI document serves it.
+# In ECMA-262 ``$`` is the end of the text; in Python it also matches before a final
+# newline, so Python code matches it whole (``fullmatch``), never with ``search``.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+$"
 _NAME = re.compile(NAME_PATTERN)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -22,7 +24,7 @@ def is_name(text: str) -> bool:
     """Whether ``text`` is a name the broker accepts."""
     return (
         1 <= len(text) <= NAME_MAX
-        and _NAME.search(text) is not None
+        and _NAME.fullmatch(text) is not None
         # JSON's \ud800 escapes decode to lone surrogates: not text, and not storable.
         and _SURROGATE.search(text) is None
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 
 
@@ -18,18 +19,35 @@ def _format(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_ts(text: str) -> int:
-    """Parse an RFC 3339 timestamp with an explicit offset into epoch seconds.
+# RFC 3339 section 5.6 ``date-time``, ASCII digits only. Python's ``fromisoformat`` takes
+# far more (ISO week dates such as 2027-W05-1, a space for the ``T``, ``+0100``, a bare
+# date, Unicode digits), none of which a client of this API means.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]{1,9})?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
 
-    Raises ``ValueError`` for anything else (naive times are refused: an expiry
-    without a zone is a bug waiting for a daylight-saving change).
+
+def parse_ts(text: str) -> int:
+    """Parse an RFC 3339 ``date-time`` into epoch seconds.
+
+    Accepted: ``2027-01-31T00:00:00Z`` (what the API writes), a lowercase ``t`` or ``z``,
+    fractional seconds (dropped, as ``format_ts`` drops them) and a numeric offset
+    (``2027-01-31T01:00:00+01:00`` is the same instant). Raises ``ValueError`` for anything
+    else: no zone (an expiry without one is a bug waiting for a daylight-saving change),
+    ISO 8601 forms outside RFC 3339 (week or ordinal dates, ``+0100``, a space for the
+    ``T``), surrounding whitespace, impossible dates and leap seconds.
     """
-    if not isinstance(text, str) or len(text) > 40:
-        raise ValueError("not a timestamp")
-    value = text.strip()
-    if value.endswith(("z", "Z")):
-        value = value[:-1] + "+00:00"
-    parsed = datetime.fromisoformat(value)
-    if "T" not in text.upper() or parsed.tzinfo is None:
-        raise ValueError("timestamp needs a date, a time and a zone, e.g. 2027-01-31T00:00:00Z")
-    return int(parsed.timestamp())
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError("not an RFC 3339 timestamp such as 2027-01-31T00:00:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    zulu, sign, off_h, off_m = match.groups()[6:]
+    if zulu:
+        zone = UTC
+    else:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise ValueError("the offset is out of range")
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        zone = timezone(-offset if sign == "-" else offset)
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker import audit, estates, leases, pools, servers
+from broker import audit, estates, leases, paging, pools, servers
 from broker.api import shapes
 from broker.api.http import (
+    PAGE_QUERY,
     answer,
     idempotent_write,
+    page_params,
     parse_json,
     query_int,
     query_str,
@@ -52,7 +54,8 @@ async def get_estate(request: web.Request) -> web.StreamResponse:
             "id": row["id"],
             "name": row["name"],
             "summary": pools.summary(tx, now, estate_id),
-            "admins": estates.list_admins(tx, estate_id),
+            # The first page: the whole list is GET …/admins.
+            "admins": estates.list_admins(tx, estate_id, limit=paging.MAX_LIMIT)["items"],
         }
 
     return web.json_response(await svc.store.read(read))
@@ -64,18 +67,22 @@ async def get_estate(request: web.Request) -> web.StreamResponse:
     summary="Servers and domains with their seats in use",
     tag="servers",
     auth=ADMIN,
-    responses={200: shapes.list_of(shapes.SERVER)},
-    query={"pool": ID},
+    responses={200: shapes.page_of(shapes.SERVER)},
+    query={"pool": ID, **PAGE_QUERY},
 )
 async def list_servers(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     pool_id = query_str(request, "pool", ID)
+    after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(
-        lambda tx: (estates.get(tx, estate_id), servers.list_all(tx, now, estate_id, pool_id))[1]
+    page = await svc.store.read(
+        lambda tx: (
+            estates.get(tx, estate_id),
+            servers.list_all(tx, now, estate_id, pool_id, after=after, limit=limit),
+        )[1]
     )
-    return web.json_response({"items": items})
+    return web.json_response(page)
 
 
 @route(
@@ -122,12 +129,14 @@ async def remove_server(request: web.Request) -> web.StreamResponse:
     summary="The estate's admins",
     tag="estate",
     auth=ADMIN,
-    responses={200: shapes.list_of(shapes.ADMIN)},
+    responses={200: shapes.page_of(shapes.ADMIN)},
+    query=PAGE_QUERY,
 )
 async def list_admins(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
-    items = await services(request).store.read(lambda tx: estates.list_admins(tx, estate_id))
-    return web.json_response({"items": items})
+    after, limit = page_params(request)
+    page = await services(request).store.read(lambda tx: estates.list_admins(tx, estate_id, after=after, limit=limit))
+    return web.json_response(page)
 
 
 @route(

@@ -7,8 +7,10 @@ and response schemas, so the same table registers the handlers and writes
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import idempotency
-from broker.api.schema import Schema, validate
+from broker import idempotency, paging
+from broker.api.schema import ID_PATTERN, Schema, validate
 from broker.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
 from broker.ids import token_hash
 from broker.principal import Principal
@@ -108,6 +110,7 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_ASCII_DIGITS = re.compile("[0-9]{1,18}")
 _TOO_BIG = 10**19  # beyond every range the API accepts
 
 
@@ -129,12 +132,30 @@ def _number(text: str) -> int | float:
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number query parameter in ``lo..hi``; ASCII digits only.
+
+    ``str.isdigit`` admits ``²`` (which ``int`` then refuses) and ``int`` admits ``٣``
+    and ``+3``: neither is a number a client meant to send.
+    """
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18 or not lo <= int(raw) <= hi:
+    if not _ASCII_DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise ValidationFailed([{"field": name, "message": f"must be a whole number {lo}-{hi}"}])
     return int(raw)
+
+
+PAGE_QUERY: dict[str, Schema] = {
+    "after": {"type": "string", "pattern": ID_PATTERN},
+    "limit": {"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT},
+}
+"""The query parameters of a cursor-paged list (see ``broker.paging``)."""
+
+
+def page_params(request: web.Request) -> tuple[str, int]:
+    """``after`` (the cursor, "" for the first page) and ``limit`` of a paged list."""
+    after = query_str(request, "after", PAGE_QUERY["after"]) or ""
+    return after, query_int(request, "limit", paging.DEFAULT_LIMIT, 1, paging.MAX_LIMIT)
 
 
 def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
@@ -145,17 +166,20 @@ def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
     return raw
 
 
-SessionLookup = Callable[[web.Request], bytes | None]
+SessionLookup = Callable[[web.Request], tuple[bytes, str] | None]
 SESSION_LOOKUP: web.AppKey[SessionLookup] = web.AppKey("session_lookup")
-"""Set by ``broker.console.setup``: the token digest behind a console session cookie
-(None when there is no cookie); it raises 401 for a dead session and 403 ``csrf_failed``
-for a state-changing request without the session's CSRF token."""
+"""Set by ``broker.console.setup``: the token digest behind a console session cookie and
+the cookie's raw session id (None when there is no cookie); it raises 401 for a dead
+session and 403 ``csrf_failed`` for a state-changing request without the session's CSRF
+token."""
 
 
 async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Principal:
     """Resolve the bearer token; 401 when missing or unknown, 403 when of the wrong kind.
 
     Without an Authorization header, a console session cookie stands in for the token.
+    The principal returned carries the raw credential for this request only (see
+    ``Principal.credential``).
     """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -165,17 +189,23 @@ async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Princi
     if session is None and (scheme.lower() != "bearer" or not token):
         raise Unauthenticated("Send a bearer token: Authorization: Bearer <token>.")
     svc = services(request)
-    digest = session if session is not None else token_hash(token)
-    if hmac.compare_digest(digest, svc.operator_hash):
-        principal = Principal(kind="operator", token_hash=digest)
-    else:
-        found = await svc.principals.resolve(digest)
-        if found is None:
-            raise Unauthenticated("The token is unknown or has been revoked.")
-        principal = found
+    digest, credential = session if session is not None else (token_hash(token), token)
+    principal = await _principal(svc, digest)
     if principal.kind not in allowed:
         raise Forbidden(f"A {principal.kind} token cannot use this route.")
-    return principal
+    return dataclasses.replace(principal, credential=credential)
+
+
+async def _principal(svc: Services, digest: bytes) -> Principal:
+    if hmac.compare_digest(digest, svc.operator_hash):
+        return Principal(kind="operator", token_hash=digest)
+    # The metrics token opens /metrics and nothing else: no route but that one allows "metrics".
+    if svc.metrics_hash is not None and hmac.compare_digest(digest, svc.metrics_hash):
+        return Principal(kind="metrics", token_hash=digest)
+    found = await svc.principals.resolve(digest)
+    if found is None:
+        raise Unauthenticated("The token is unknown or has been revoked.")
+    return found
 
 
 async def idempotent_write(
@@ -191,7 +221,10 @@ async def idempotent_write(
     if key_text is None:
         status, payload = await svc.store.write(fn)
         return answer(status, payload)
-    key = idempotency.IdempotencyKey.derive(key_text, principal.token_hash, request.method, request.path_qs, raw)
+    assert principal.credential is not None, "authenticate() sets it"
+    key = idempotency.IdempotencyKey.derive(
+        key_text, principal.credential, principal.token_hash, request.method, request.path_qs, raw
+    )
     status, payload = await svc.store.write(lambda tx: idempotency.run(tx, now, key, lambda: fn(tx)))
     response = answer(status, payload)
     response.headers["Idempotency-Key"] = key_text

@@ -61,13 +61,13 @@ def _line(name: str, labels: dict[str, Any], value: float) -> str:
 @route(
     "GET",
     "/metrics",
-    summary="Prometheus metrics (operator token)",
+    summary="Prometheus metrics (the operator token or the read-only metrics token)",
     tag="public",
-    auth=("operator",),
+    auth=("operator", "metrics"),
     responses={200: None},
 )
 async def metrics(request: web.Request) -> web.StreamResponse:
-    await authenticate(request, ("operator",))
+    await authenticate(request, ("operator", "metrics"))
     svc = services(request)
     now = svc.clock.now()
     counts = await svc.store.read(lambda tx: tx.one("metrics_counts", now=int(now)))

@@ -7,8 +7,10 @@ from aiohttp import web
 from broker import estates, purchases
 from broker.api import shapes
 from broker.api.http import (
+    PAGE_QUERY,
     authenticate,
     idempotent_write,
+    page_params,
     parse_json,
     read_body,
     route,
@@ -127,11 +129,15 @@ async def update_purchase(request: web.Request) -> web.StreamResponse:
     summary="List the estate's purchases",
     tag="admin",
     auth=("operator", "admin"),
-    responses={200: shapes.list_of(shapes.PURCHASE)},
+    responses={200: shapes.page_of(shapes.PURCHASE)},
+    query=PAGE_QUERY,
 )
 async def list_purchases(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
+    after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(lambda tx: (estates.get(tx, estate_id), purchases.list_all(tx, now, estate_id))[1])
-    return web.json_response({"items": items})
+    page = await svc.store.read(
+        lambda tx: (estates.get(tx, estate_id), purchases.list_all(tx, now, estate_id, after=after, limit=limit))[1]
+    )
+    return web.json_response(page)

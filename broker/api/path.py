@@ -10,13 +10,13 @@ from broker.api.http import authenticate
 from broker.errors import NotFound
 from broker.principal import Principal
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def path_id(request: web.Request, name: str) -> str:
     """An id from the path; anything not shaped like an id is simply not found."""
     value = request.match_info[name]
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):  # fullmatch: ``$`` would let a trailing newline through
         raise NotFound(f"No such {name}.")
     return value
 

@@ -7,8 +7,10 @@ from aiohttp import web
 from broker import codes, estates, pools
 from broker.api import shapes
 from broker.api.http import (
+    PAGE_QUERY,
     answer,
     idempotent_write,
+    page_params,
     parse_json,
     query_str,
     read_body,
@@ -39,14 +41,18 @@ ADMIN = ("operator", "admin")
     summary="List pools with their counts",
     tag="pools",
     auth=ADMIN,
-    responses={200: shapes.list_of(shapes.POOL)},
+    responses={200: shapes.page_of(shapes.POOL)},
+    query=PAGE_QUERY,
 )
 async def list_pools(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
+    after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(lambda tx: (estates.get(tx, estate_id), pools.list_views(tx, now, estate_id))[1])
-    return web.json_response({"items": items})
+    page = await svc.store.read(
+        lambda tx: (estates.get(tx, estate_id), pools.page(tx, now, estate_id, after=after, limit=limit))[1]
+    )
+    return web.json_response(page)
 
 
 @route(
@@ -183,18 +189,22 @@ async def make_code(request: web.Request) -> web.StreamResponse:
     summary="Live codes (never their digits)",
     tag="codes",
     auth=ADMIN,
-    responses={200: shapes.list_of(shapes.CODE)},
-    query={"pool": ID},
+    responses={200: shapes.page_of(shapes.CODE)},
+    query={"pool": ID, **PAGE_QUERY},
 )
 async def list_codes(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
     pool_id = query_str(request, "pool", ID)
+    after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    items = await svc.store.read(
-        lambda tx: (estates.get(tx, estate_id), codes.list_live(tx, now, estate_id, pool_id))[1]
+    page = await svc.store.read(
+        lambda tx: (
+            estates.get(tx, estate_id),
+            codes.list_live(tx, now, estate_id, pool_id, after=after, limit=limit),
+        )[1]
     )
-    return web.json_response({"items": items})
+    return web.json_response(page)
 
 
 @route(

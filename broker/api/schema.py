@@ -52,6 +52,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 @lru_cache(maxsize=256)
 def _pattern(text: str) -> re.Pattern[str]:
+    """``text``, an ECMA-262 pattern as JSON Schema (and so the OpenAPI document) speaks it, for Python.
+
+    JSON Schema searches for a pattern anywhere, so ours are anchored ``^…$``. ECMA-262's
+    ``$`` is the end of the text, but Python's also matches before a final newline, which
+    would let ``"one-in-one-out\\n"`` through: a final ``$`` becomes ``\\Z``.
+    """
+    if text.endswith("$") and not text.endswith("\\$"):
+        text = text[:-1] + r"\Z"
     return re.compile(text)
 
 

@@ -108,8 +108,8 @@ def static_assets(root: Path = STATIC) -> dict[str, Path]:
     return assets
 
 
-def session_digest(request: web.Request) -> bytes | None:
-    """The admin token digest behind the request's session cookie; None without a cookie.
+def session_digest(request: web.Request) -> tuple[bytes, str] | None:
+    """The admin token digest behind the request's session cookie, and the session id; None without a cookie.
 
     Raises 401 when the cookie names no live session, and 403 ``csrf_failed`` when a
     state-changing request does not carry the session's CSRF token.
@@ -122,7 +122,7 @@ def session_digest(request: web.Request) -> bytes | None:
         raise Unauthenticated(SESSION_ENDED)
     if request.method not in SAFE_METHODS and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
         raise CsrfFailed(f"A state-changing request from the console must carry the {CSRF_HEADER} header.")
-    return session.token_hash
+    return session.token_hash, session_id
 
 
 def _harden(response: web.StreamResponse) -> web.StreamResponse:

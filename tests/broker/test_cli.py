@@ -167,6 +167,9 @@ def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
         (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
         (["serve", "--tls-cert", "/nonexistent.pem"], {}, "tls_key"),
         (["keys", "rotate"], {"TENURE_DEFAULT_LEASE_SECONDS": "1"}, "default_lease_seconds"),
+        (["serve"], {"TENURE_METRICS_TOKEN": "tnr_met_" + "x" * 24}, "metrics_token"),
+        (["serve"], {"TENURE_METRICS_TOKEN": "tnr_op_" + "x" * 40}, "metrics_token"),
+        (["serve"], {"TENURE_METRICS_TOKEN": "tnr_met_" + "x" * 20 + " with a space"}, "metrics_token"),
     ],
 )
 def test_bad_config_exits_2_naming_the_setting(

@@ -212,3 +212,113 @@ async def test_replay_survives_a_restart(broker: Broker, aiohttp_client: Any, co
         headers={"Authorization": f"Bearer {est.admin}", "Idempotency-Key": "restart"},
     )
     assert resp.status == 201 and await resp.json() == first
+
+
+# -- what a copy of the database gives away ------------------------------------
+
+ANSWER_INFOS = (b"tenure-idempotency", b"tenure-idempotency-answer")
+
+
+def _decrypts(secret: bytes, row: tuple[bytes, bytes, bytes]) -> bool:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key_hash, nonce, body = row
+    try:
+        AESGCM(secret).decrypt(nonce, body, key_hash)
+    except InvalidTag:
+        return False
+    return True
+
+
+def _old_secret(key: str, token_digest: bytes) -> bytes:
+    """The answer key before: HKDF of the idempotency key, salted with the token's hash."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(hashes.SHA256(), 64, salt=token_digest, info=b"tenure-idempotency").derive(key.encode())[32:]
+
+
+def _guesses(key: str, digests: list[bytes]) -> list[bytes]:
+    """Every answer key an attacker can make from the database and a guessed idempotency key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    out = [_old_secret(key, d) for d in digests]
+    for digest in digests:
+        for stand_in in (digest, digest.hex().encode(), b""):  # the hash in place of the token
+            for info in ANSWER_INFOS:
+                for ikm in (stand_in + b"\x00" + key.encode(), key.encode(), stand_in):
+                    out.append(HKDF(hashes.SHA256(), 32, salt=digest, info=info).derive(ikm))
+    return out
+
+
+async def test_a_copy_of_the_database_and_a_guessed_key_recover_no_token(broker: Broker, tmp_path: Path) -> None:
+    from broker.idempotency import IdempotencyKey
+    from broker.ids import token_hash
+
+    est = await estate(broker)
+    _, added, _ = await post(broker, f"{base(est)}/admins", est.admin, {"name": "Bob"}, "paris-1")
+    assert added["token"].startswith("tnr_adm_")
+    rows = db_rows(tmp_path, "SELECT key_hash, nonce, body FROM idempotency")
+    digests = [r[0] for r in db_rows(tmp_path, "SELECT token_hash FROM admins UNION SELECT token_hash FROM servers")]
+    assert len(rows) == 1 and token_hash(est.admin) in digests
+    for secret in _guesses("paris-1", digests):
+        assert not _decrypts(secret, rows[0])
+    # What does open it: the raw token, which only its holder has.
+    real = IdempotencyKey.derive("paris-1", est.admin, token_hash(est.admin), "POST", "/", b"")
+    assert _decrypts(real.secret, rows[0])
+
+
+async def test_a_record_from_before_the_change_is_refused_not_replayed(broker: Broker, tmp_path: Path) -> None:
+    import os
+    import sqlite3
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from broker.idempotency import IdempotencyKey
+    from broker.ids import token_hash
+
+    est = await estate(broker)
+    body = {"name": "Bob"}
+    path = f"{base(est)}/admins"
+    # A record as the broker wrote it before: its answer sealed under the old key.
+    new = IdempotencyKey.derive("old-1", est.admin, token_hash(est.admin), "POST", path, json.dumps(body).encode())
+    nonce = os.urandom(12)
+    sealed = AESGCM(_old_secret("old-1", token_hash(est.admin))).encrypt(nonce, b'{"id":"adm_x"}', new.lookup)
+    conn = sqlite3.connect(tmp_path / "data" / "tenure.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO idempotency VALUES (?, ?, 201, ?, ?, ?)",
+            (new.lookup, new.request_hash, nonce, sealed, int(broker.clock.now())),
+        )
+    conn.close()
+    status, problem, _ = await post(broker, path, est.admin, body, "old-1")
+    assert (status, problem["code"]) == (422, "idempotency_key_reused")
+    admins = await broker.call("GET", path, est.admin, status=200)
+    assert [a["name"] for a in admins["items"]] == ["Alice"]
+
+
+async def test_console_session_retries_replay_and_another_session_is_refused(broker: Broker) -> None:
+    from broker.console import COOKIE
+
+    est = await estate(broker)
+
+    async def sign_in() -> dict[str, str]:
+        r = await broker.client.post("/console/session", json={"token": est.admin})
+        assert r.status == 200
+        return {"Cookie": f"{COOKIE}={r.cookies[COOKIE].value}", "X-CSRF-Token": (await r.json())["csrf_token"]}
+
+    session = await sign_in()
+    answers = []
+    for _ in range(2):
+        r = await raw(
+            broker, "POST", f"{base(est)}/admins", None, '{"name": "Bob"}', {**session, "Idempotency-Key": "c"}
+        )
+        answers.append((r.status, r.json()))
+    assert answers[0][0] == 201 and answers[0] == answers[1]
+    other = await sign_in()
+    r = await raw(broker, "POST", f"{base(est)}/admins", None, '{"name": "Bob"}', {**other, "Idempotency-Key": "c"})
+    assert_problem(r, 422, "idempotency_key_reused")
+    admins = await broker.call("GET", f"{base(est)}/admins", est.admin, status=200)
+    assert [a["name"] for a in admins["items"]] == ["Alice", "Bob"]

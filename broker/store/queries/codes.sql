@@ -11,7 +11,10 @@ SELECT c.id, c.pool_id, c.created_at, c.expires_at, c.created_by, p.name AS pool
 FROM auth_codes c JOIN pools p ON p.id = c.pool_id
 WHERE c.estate_id = :estate_id AND c.state = 'live' AND c.expires_at > :now
   AND (:pool_id IS NULL OR c.pool_id = :pool_id)
+  AND (:after = '' OR (c.created_at, c.rowid) >
+       (SELECT created_at, rowid FROM auth_codes WHERE id = :after AND estate_id = :estate_id))
 ORDER BY c.created_at, c.rowid
+LIMIT :limit
 
 -- name: code_by_id
 SELECT id, pool_id, state, expires_at FROM auth_codes WHERE id = :code_id AND estate_id = :estate_id
@@ -56,7 +59,18 @@ SELECT s.id, s.name, s.kind, s.pool_id, s.created_at, s.last_seen_at,
         WHERE l.server_id = s.id AND l.state = 'active' AND l.expires_at > :now) AS leases
 FROM servers s
 WHERE s.estate_id = :estate_id AND s.removed_at IS NULL AND (:pool_id IS NULL OR s.pool_id = :pool_id)
+  AND (:after = '' OR (s.name, s.id) > (SELECT name, id FROM servers WHERE id = :after AND estate_id = :estate_id))
 ORDER BY s.name, s.id
+LIMIT :limit
+
+-- name: server_view
+SELECT s.id, s.name, s.kind, s.pool_id, s.created_at, s.last_seen_at,
+       COALESCE((SELECT SUM(l.count) FROM leases l
+                 WHERE l.server_id = s.id AND l.state = 'active' AND l.expires_at > :now), 0) AS in_use,
+       (SELECT COUNT(*) FROM leases l
+        WHERE l.server_id = s.id AND l.state = 'active' AND l.expires_at > :now) AS leases
+FROM servers s
+WHERE s.id = :server_id AND s.estate_id = :estate_id AND s.removed_at IS NULL
 
 -- name: server_remove
 UPDATE servers SET removed_at = :now WHERE id = :server_id AND removed_at IS NULL

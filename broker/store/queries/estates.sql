@@ -22,7 +22,11 @@ WHERE id = :admin_id AND estate_id = :estate_id AND removed_at IS NULL
 
 -- name: admins_of_estate
 SELECT id, name, is_primary, created_at FROM admins
-WHERE estate_id = :estate_id AND removed_at IS NULL ORDER BY is_primary DESC, created_at, rowid
+WHERE estate_id = :estate_id AND removed_at IS NULL
+  AND (:after = '' OR (-is_primary, created_at, rowid) >
+       (SELECT -is_primary, created_at, rowid FROM admins WHERE id = :after AND estate_id = :estate_id))
+ORDER BY is_primary DESC, created_at, rowid
+LIMIT :limit
 
 -- name: admin_remove
 UPDATE admins SET removed_at = :now WHERE id = :admin_id AND estate_id = :estate_id AND removed_at IS NULL

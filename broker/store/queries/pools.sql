@@ -9,7 +9,11 @@ FROM purchases WHERE id = :purchase_id AND estate_id = :estate_id
 -- name: purchases_of_estate
 SELECT p.id, p.estate_id, p.sales_order, p.licence_type, p.quantity, p.expires_at, p.status,
        p.held_at, p.created_at
-FROM purchases p WHERE p.estate_id = :estate_id ORDER BY p.expires_at, p.id
+FROM purchases p WHERE p.estate_id = :estate_id
+  AND (:after = '' OR (p.expires_at, p.id) >
+       (SELECT expires_at, id FROM purchases WHERE id = :after AND estate_id = :estate_id))
+ORDER BY p.expires_at, p.id
+LIMIT :limit
 
 -- name: purchase_update
 UPDATE purchases SET status = :status, held_at = :held_at, expires_at = :expires_at
@@ -33,6 +37,14 @@ WHERE estate_id = :estate_id AND is_default = 1 AND deleted_at IS NULL
 -- name: pools_of_estate
 SELECT id, estate_id, name, is_default, lease_seconds, created_at FROM pools
 WHERE estate_id = :estate_id AND deleted_at IS NULL ORDER BY is_default DESC, name_key, id
+
+-- name: pools_page
+SELECT id, estate_id, name, is_default, lease_seconds, created_at FROM pools
+WHERE estate_id = :estate_id AND deleted_at IS NULL
+  AND (:after = '' OR (-is_default, name_key, id) >
+       (SELECT -is_default, name_key, id FROM pools WHERE id = :after AND estate_id = :estate_id))
+ORDER BY is_default DESC, name_key, id
+LIMIT :limit
 
 -- name: pool_update
 UPDATE pools SET name = :name, name_key = :name_key, lease_seconds = :lease_seconds
@@ -80,6 +92,15 @@ GROUP BY s.pool_id, s.purchase_id
 -- name: revoked_unexpired_of_estate
 SELECT pool_id, SUM(count) AS n FROM leases
 WHERE estate_id = :estate_id AND state = 'revoked' AND expires_at > :now GROUP BY pool_id
+
+-- name: dead_seats_of_pool
+SELECT s.purchase_id, SUM(s.count) AS n FROM leases l JOIN lease_seats s ON s.lease_id = l.id
+WHERE l.pool_id = :pool_id AND l.state = 'active' AND l.expires_at <= :now AND s.pool_id = :pool_id
+GROUP BY s.purchase_id
+
+-- name: revoked_unexpired_of_pool
+SELECT COALESCE(SUM(count), 0) AS n FROM leases
+WHERE pool_id = :pool_id AND state = 'revoked' AND expires_at > :now
 
 -- name: pool_counts
 SELECT

@@ -58,3 +58,16 @@ export async function api(method, path, body) {
 /** The signed-in estate's API path, and one pool's. */
 export const E = (rest = '') => `/v1/estates/${encodeURIComponent(state.me.estate_id)}${rest}`;
 export const P = (id, rest = '') => E(`/pools/${encodeURIComponent(id)}${rest}`);
+
+/** Every item of a cursor-paged list (``{items, next}``), fetched page after page. */
+export async function listAll(path) {
+  const items = [];
+  const sep = path.includes('?') ? '&' : '?';
+  let after = '';
+  for (;;) {
+    const page = await api('GET', `${path}${sep}limit=500${after ? `&after=${encodeURIComponent(after)}` : ''}`);
+    items.push(...page.items);
+    if (!page.next) return { items, next: null };
+    after = page.next;
+  }
+}

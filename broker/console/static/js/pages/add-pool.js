@@ -1,12 +1,12 @@
 // Add pool (#/pools/new): a name and the licences to move from the Default Pool, in one step.
 
-import { api, E } from '../api.js';
+import { api, listAll, E } from '../api.js';
 import { busy, clearError, el, errorBox, field, h1, showError } from '../dom.js';
 import { markLacking, moveInputs, readMoves } from '../moves.js';
 import { go } from '../router.js';
 
 export async function addPoolPage() {
-  const pools = (await api('GET', E('/pools'))).items;
+  const pools = (await listAll(E('/pools'))).items;
   const home = pools.find((p) => p.is_default);
   const name = el('input', { type: 'text', maxlength: '64', autocomplete: 'off', required: true });
   const rows = moveInputs(home ? home.holdings : [], 'the Default Pool');

@@ -1,7 +1,7 @@
 // The audit log (#/audit?pool=…&action=…): every change in the estate, newest first
 // (the broker's order=desc), 50 at a time; "Show more events" goes further back.
 
-import { api, E } from '../api.js';
+import { api, listAll, E } from '../api.js';
 import { clearError, el, errorBox, field, h1, showError } from '../dom.js';
 import { describeEvent } from '../events.js';
 import { fmtTime, noBreak } from '../format.js';
@@ -34,7 +34,7 @@ export async function auditPage(query) {
   const params = new URLSearchParams(query || '');
   const poolFilter = params.get('pool') || '';
   const actionFilter = params.get('action') || '';
-  const [pools, purchases] = await Promise.all([api('GET', E('/pools')), api('GET', E('/purchases'))]);
+  const [pools, purchases] = await Promise.all([listAll(E('/pools')), listAll(E('/purchases'))]);
   const poolNames = new Map(pools.items.map((p) => [p.id, p.name]));
   const salesOrders = new Map(purchases.items.map((p) => [p.id, p.sales_order]));
   const names = {

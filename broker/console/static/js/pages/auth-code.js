@@ -2,7 +2,7 @@
 // the command for the host; and the pool's live codes.
 
 import { confirmAndCall } from '../actions.js';
-import { api, E, P } from '../api.js';
+import { api, listAll, E, P } from '../api.js';
 import { clearError, copyText, el, errorBox, h1, section, showError, table } from '../dom.js';
 import { fmtTime, fromNow, groupCode } from '../format.js';
 import { go, refresh } from '../router.js';
@@ -24,7 +24,7 @@ export async function authenticate(poolId) {
 
 export async function codesPage(id) {
   const [pool, codes, estate] = await Promise.all([
-    api('GET', P(id)), api('GET', E(`/auth-codes?pool=${encodeURIComponent(id)}`)), api('GET', E())]);
+    api('GET', P(id)), listAll(E(`/auth-codes?pool=${encodeURIComponent(id)}`)), api('GET', E())]);
   const fresh = justMade && justMade.pool_id === id ? justMade : null;
   justMade = null;
   const admins = new Map(estate.admins.map((a) => [a.id, a.name]));

@@ -1,13 +1,13 @@
 // The estate home (#/): purchases, a summary per licence type, and the admins.
 
 import { confirmAndCall } from '../actions.js';
-import { api, E } from '../api.js';
+import { api, listAll, E } from '../api.js';
 import { busy, clearError, copyText, el, errorBox, field, h1, say, section, showError, table } from '../dom.js';
 import { fmtDate, noBreak, stateBadge } from '../format.js';
 import { state } from '../state.js';
 
 export async function homePage() {
-  const [estate, purchases] = await Promise.all([api('GET', E()), api('GET', E('/purchases'))]);
+  const [estate, purchases] = await Promise.all([api('GET', E()), listAll(E('/purchases'))]);
   const types = Object.entries(estate.summary.by_type).sort(([a], [b]) => a.localeCompare(b));
   return [
     h1(estate.name),
@@ -37,7 +37,7 @@ function adminsSection(admins) {
       el('span', { class: 'muted' }, ` added ${fmtDate(a.created_at)}`),
       primary && !a.primary ? removeButton(a) : null)));
   };
-  const reload = async () => draw((await api('GET', E('/admins'))).items);
+  const reload = async () => draw((await listAll(E('/admins'))).items);
   const removeButton = (admin) => el('button', {
     type: 'button', class: 'small danger', 'aria-label': `Remove admin ${admin.name}`,
     on: {

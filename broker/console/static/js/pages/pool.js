@@ -2,7 +2,7 @@
 // deletion.
 
 import { confirmAndCall } from '../actions.js';
-import { api, E, P } from '../api.js';
+import { api, listAll, E, P } from '../api.js';
 import { busy, clearError, el, errorBox, field, h1, section, showError, table, uid } from '../dom.js';
 import { counts, duration, fmtDate, fmtTime, fromNow, listOf, noBreak, plural, stateBadge } from '../format.js';
 import { markLacking, moveInputs, readMoves } from '../moves.js';
@@ -11,8 +11,8 @@ import { authenticate } from './auth-code.js';
 
 export async function poolPage(id) {
   const [pool, all, servers, leases] = await Promise.all([
-    api('GET', P(id)), api('GET', E('/pools')),
-    api('GET', E(`/servers?pool=${encodeURIComponent(id)}`)),
+    api('GET', P(id)), listAll(E('/pools')),
+    listAll(E(`/servers?pool=${encodeURIComponent(id)}`)),
     api('GET', E(`/leases?pool=${encodeURIComponent(id)}&limit=500`)),
   ]);
   const others = all.items.filter((p) => p.id !== id);

@@ -1,11 +1,11 @@
 // See all pools (#/pools): every pool with its counts, as a whole and per licence type.
 
-import { api, E } from '../api.js';
+import { listAll, E } from '../api.js';
 import { el, h1 } from '../dom.js';
 import { counts } from '../format.js';
 
 export async function poolsPage() {
-  const pools = (await api('GET', E('/pools'))).items;
+  const pools = (await listAll(E('/pools'))).items;
   return [
     h1('Pools'),
     el('p', { class: 'lead' }, 'Every pool with its licences: allocated / in use / available. Open a pool to manage it.'),
