@@ -204,11 +204,10 @@ async def get_lease(host: Host, request: BaseRequest, scope: Scope, serial: str)
     keeper = _keeper_or_404(host, serial, scope)
     raw_version = request.query.get("version")
     if wait and raw_version is not None:
-        try:
-            version = int(raw_version)
-        except ValueError as exc:
-            raise Problem(400, "validation_error", "'version' must be an integer") from exc
-        await keeper.wait_changed(version, wait)
+        # ASCII digits only: int() would also read "٣" or "３" as 3.
+        if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 18):
+            raise Problem(400, "validation_error", "'version' must be a whole number")
+        await keeper.wait_changed(int(raw_version), wait)
         keeper = _keeper_or_404(host, serial, scope)
     return json_response(keeper.view())
 

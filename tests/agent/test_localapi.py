@@ -128,6 +128,9 @@ async def test_a_long_poll_does_not_hold_up_stopping(
     view = await agent.want("ENC-1", 2)
     await agent.wait_state("ENC-1", "active")
     view = await agent.lease("ENC-1")
+    for odd in ("%D9%A3", "%EF%BC%93", "-1", "1e3"):  # Arabic-Indic 3, full-width 3: not ASCII
+        status, problem = await agent.call("GET", f"/v1/encoders/ENC-1/lease?wait=1&version={odd}")
+        assert (status, problem["code"]) == (400, "validation_error"), odd
     poll = asyncio.ensure_future(agent.call("GET", f"/v1/encoders/ENC-1/lease?wait=300&version={view['version']}"))
     await eventually(lambda: agent.daemon.server.busy == 1, what="the long poll to arrive")
     loop = asyncio.get_running_loop()
