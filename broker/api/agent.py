@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker import codes, leases
 from broker.api import shapes
+from broker.api.client import client_ip
 from broker.api.http import (
     answer,
     authenticate,
@@ -28,14 +29,6 @@ ACQUIRE = obj({"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer
 RENEW = obj({})
 
 
-def client_address(request: web.Request, svc: Services) -> str:
-    if svc.config.trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
-    return request.remote or "unknown"
-
-
 @route(
     "POST",
     "/v1/enroll",
@@ -46,14 +39,16 @@ def client_address(request: web.Request, svc: Services) -> str:
 )
 async def enroll(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    address = client_address(request, svc)
+    # Only a request read in full and valid is an attempt: a body that never finishes
+    # (or is not JSON) holds no budget and cannot delay or refuse anyone else's code.
+    body = parse_json(await read_body(request), ENROL)
+    client = client_ip(request, svc.config.trusted_proxies)
     # The attempt counts against the budgets while in flight, so that a burst of
     # concurrent guesses cannot all pass the check before the first failure lands.
-    svc.limiter.begin(address)
+    svc.limiter.begin(client)
     failed = False
     now = svc.clock.now()
     try:
-        body = parse_json(await read_body(request), ENROL)
         result = await svc.store.write(
             lambda tx: codes.redeem(tx, now, svc.code_key, body["code"], body["name"], body.get("kind", "server"))
         )
@@ -61,7 +56,7 @@ async def enroll(request: web.Request) -> web.StreamResponse:
         failed = True
         raise
     finally:
-        svc.limiter.finish(address, failed=failed)
+        svc.limiter.finish(client, failed=failed)
     result["keys"] = svc.keyring.jwks(now)
     return answer(201, result)
 
