@@ -75,8 +75,9 @@ class Config:
         10, "Failed code redemptions allowed per client address per window.", min=1, max=10**6
     )
     redeem_failures_global: int = _setting(
-        1000,
-        "Failed code redemptions allowed from all addresses together per window.",
+        100,
+        "Failed code redemptions from all addresses together per window before the broker is "
+        "under attack and lets each network fail only once per window (not a lockout).",
         min=1,
         max=10**9,
     )

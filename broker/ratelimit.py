@@ -4,7 +4,7 @@ Budgets, per window (``redeem_window_seconds``, 15 minutes by default):
 
 - **Per address** (an IPv4 address, an IPv6 /64): ``redeem_failures_per_address``
   failures (10); past it, that address waits.
-- **For everyone together:** ``redeem_failures_global`` failures (1000) is the alarm, not
+- **For everyone together:** ``redeem_failures_global`` failures (100) is the alarm, not
   a lockout. Past it the broker is *under attack*, and each network (IPv4 /24, IPv6 /48)
   may then fail ``ATTACK_NETWORK_BUDGET`` time (1) per window. A correct code from any
   network that has not just failed is still checked, so a technician enrols while the
