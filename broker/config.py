@@ -7,6 +7,7 @@ stops start-up with a ``ConfigError`` that names the setting.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -25,6 +26,17 @@ from shared.settings import (
     file_settings,
     setting_value,
 )
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Settings that no longer exist, and what to do instead: start-up stops rather than
+# silently ignoring a line the operator relies on.
+_RETIRED = {
+    "trust_forwarded_for": "setting 'trust_forwarded_for' is gone: list the reverse proxies "
+    "whose X-Forwarded-For the broker may believe in 'trusted_proxies' instead "
+    '(e.g. trusted_proxies = ["127.0.0.1/32", "::1/128"] for a proxy on this host), '
+    "and remove 'trust_forwarded_for'",
+}
 
 
 class ConfigError(Exception):
@@ -71,14 +83,21 @@ class Config:
         10, "Failed code redemptions allowed per client address per window.", min=1, max=10**6
     )
     redeem_failures_global: int = _setting(
-        1000,
-        "Failed code redemptions allowed from all addresses together per window.",
+        100,
+        "Failed code redemptions from all addresses together per window before the broker is "
+        "under attack and lets each network fail only once per window (not a lockout).",
         min=1,
         max=10**9,
     )
     redeem_window_seconds: int = _setting(900, "Window of the redemption rate limits.", min=1, max=86400)
-    trust_forwarded_for: bool = _setting(
-        False, "Take the client address from X-Forwarded-For (only behind a trusted proxy)."
+    trusted_proxies: tuple[IPNetwork, ...] = _setting(
+        (),
+        "Reverse proxies (CIDRs) whose X-Forwarded-For and X-Forwarded-Proto are believed; "
+        "the client is the rightmost forwarded address that is not one of them.",
+        cidrs=True,
+    )
+    body_timeout_seconds: float = _setting(
+        10.0, "How long a request body may take to arrive before 408 request_timeout.", min=0.05, max=600
     )
     reaper_interval_seconds: float = _setting(
         5.0, "How often lapsed leases are recorded in the audit log.", min=0.05, max=3600
@@ -108,8 +127,29 @@ def settings() -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
 
 
+def _cidrs(raw: Any) -> tuple[IPNetwork, ...]:
+    """A TOML list of CIDRs, or the same as one comma-separated string (the environment)."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError("not a list of CIDRs")
+    found: list[IPNetwork] = []
+    for item in items:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            found.append(item)
+        elif not isinstance(item, str):
+            raise ValueError("not a list of CIDRs")
+        elif item.strip():
+            found.append(ipaddress.ip_network(item.strip(), strict=False))
+    return tuple(found)
+
+
 def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     where = f"setting '{f.name}' (from {source})"
+    if f.metadata.get("cidrs"):
+        try:
+            return _cidrs(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {raw!r} is not a list of CIDRs such as 10.0.0.0/8, ::1/128") from exc
     try:
         return setting_value(f, raw)
     except (OutOfRange, NotAChoice) as exc:
@@ -130,7 +170,7 @@ def _file_values(file: Path, known: Mapping[str, dataclasses.Field[Any]]) -> dic
     except NotATable as exc:
         raise ConfigError(f"{where}: 'broker' must be a table ([broker])") from exc
     except UnknownSetting as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {_RETIRED.get(exc.name, exc)}") from exc
     return {key: _convert(known[key], raw, where) for key, raw in table.items()}
 
 
@@ -143,6 +183,8 @@ def load(
     """Build the config: flags > environment > file > defaults; ``overrides`` win over all."""
     env = os.environ if env is None else env
     known = {f.name: f for f in settings()}
+    for name, (var, _) in env_settings(env, "TENURE_", _RETIRED).items():
+        raise ConfigError(f"environment {var}: {_RETIRED[name]}")
     values = {} if file is None else _file_values(file, known)
     for name, (var, raw) in env_settings(env, "TENURE_", known).items():
         if raw != "":
@@ -150,7 +192,9 @@ def load(
     for name, raw in (flags or {}).items():
         if raw is not None:
             values[name] = _convert(known[name], raw, f"--{name.replace('_', '-')}")
-    values.update(overrides)
+    for name, raw in overrides.items():
+        cidrs = name in known and known[name].metadata.get("cidrs")
+        values[name] = _convert(known[name], raw, "overrides") if cidrs else raw
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise ConfigError("settings 'tls_cert' and 'tls_key' go together: give both or neither")
     token = values.get("operator_token")

@@ -27,6 +27,7 @@ The tree, including the classes defined beside the code that raises them:
     │   ├── PrimaryAdmin                  409 primary_admin        (broker.estates)
     │   ├── ServerHasLeases               409 server_has_leases
     │   └── NoValidLicences               409 no_valid_licences
+    ├── RequestTimeout                    408 request_timeout      (broker.api.http)
     ├── LeaseGone                         410 lease_gone
     ├── PayloadTooLarge                   413 payload_too_large
     ├── UnsupportedMediaType              415 unsupported_media_type (broker.console)

@@ -10,7 +10,7 @@ from aiohttp import web
 from broker.clock import Clock
 from broker.config import Config
 from broker.principals import PrincipalCache
-from broker.ratelimit import FailureLimiter
+from broker.ratelimit import RedemptionLimiter
 from broker.signing import Keyring
 from broker.store.base import Store
 
@@ -22,7 +22,7 @@ class Services:
     store: Store
     keyring: Keyring
     principals: PrincipalCache
-    limiter: FailureLimiter
+    limiter: RedemptionLimiter
     code_key: bytes
     operator_hash: bytes
     metrics_hash: bytes | None

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker import codes, leases
 from broker.api import shapes
+from broker.api.client import client_ip
 from broker.api.http import (
     answer,
     authenticate,
@@ -28,14 +29,6 @@ ACQUIRE = obj({"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer
 RENEW = obj({})
 
 
-def client_address(request: web.Request, svc: Services) -> str:
-    if svc.config.trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
-    return request.remote or "unknown"
-
-
 @route(
     "POST",
     "/v1/enroll",
@@ -46,13 +39,15 @@ def client_address(request: web.Request, svc: Services) -> str:
 )
 async def enroll(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    address = client_address(request, svc)
+    # Only a request read in full and valid is an attempt: a body that never finishes
+    # (or is not JSON) holds no budget and cannot delay or refuse anyone else's code.
+    body = parse_json(await read_body(request), ENROL)
+    client = client_ip(request, svc.config.trusted_proxies)
     # The attempt counts against the budgets while in flight, so that a burst of
     # concurrent guesses cannot all pass the check before the first failure lands.
-    svc.limiter.begin(address)
+    svc.limiter.begin(client)
     failed = False
     try:
-        body = parse_json(await read_body(request), ENROL)
         # The clock is read inside the transaction, not before the body arrived: a code
         # that expires while a slow request is in flight is expired when it is used.
         result = await svc.store.write(
@@ -64,7 +59,7 @@ async def enroll(request: web.Request) -> web.StreamResponse:
         failed = True
         raise
     finally:
-        svc.limiter.finish(address, failed=failed)
+        svc.limiter.finish(client, failed=failed)
     result["keys"] = svc.keyring.jwks(svc.clock.now())
     return answer(201, result)
 

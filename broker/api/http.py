@@ -7,6 +7,7 @@ and response schemas, so the same table registers the handlers and writes
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import json
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from broker import idempotency, paging
 from broker.api.schema import ID_PATTERN, Schema, validate
-from broker.errors import Forbidden, PayloadTooLarge, Unauthenticated, ValidationFailed
+from broker.errors import Forbidden, PayloadTooLarge, TenureError, Unauthenticated, ValidationFailed
 from broker.ids import token_hash
 from broker.principal import Principal
 from broker.services import SERVICES, Services
@@ -81,13 +82,31 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class RequestTimeout(TenureError):
+    status, code, title = 408, "request_timeout", "The request body arrived too slowly"
+
+
 async def read_body(request: web.Request) -> bytes:
+    """The whole body, within ``body_timeout_seconds``: else 408 and the connection closes.
+
+    A client that sends its headers and then stalls would otherwise hold a handler (and
+    whatever it holds) for as long as the connection lives.
+    """
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.")
+    limit = services(request).config.body_timeout_seconds
     try:
-        return await request.read()
+        async with asyncio.timeout(limit):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.") from exc
+    except TimeoutError as exc:
+        # The rest of the body may yet come, and nothing after it could be told apart
+        # from a new request: read nothing more, do not linger for it (end the body
+        # here), and close the connection once this answer is written.
+        request.protocol.close()
+        request.content.feed_eof()
+        raise RequestTimeout(f"The request body did not arrive within {limit:g} seconds; send it again.") from exc
 
 
 def parse_json(raw: bytes, schema: Schema) -> dict[str, Any]:

@@ -7,8 +7,8 @@ mapped onto the file system, so ``..`` or an encoded slash cannot reach outside 
 The page calls the ``/v1`` JSON API with a session cookie instead of a bearer token:
 
 - ``POST /console/session`` ``{"token": "tnr_adm_…"}`` checks an admin token and answers
-  with a session cookie (HttpOnly, SameSite=Strict, Path=/; Secure over TLS, or behind a
-  trusted proxy that says ``X-Forwarded-Proto: https``) and the session's CSRF token.
+  with a session cookie (HttpOnly, SameSite=Strict, Path=/; Secure over TLS, or when a
+  proxy in ``trusted_proxies`` says ``X-Forwarded-Proto: https``) and the session's CSRF token.
   Only admin tokens sign in: the operator has no estate to show.
 - ``GET /console/session`` tells the page whether it is signed in, and gives it the CSRF
   token again after a reload (a cross-site page cannot read this answer). It answers
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from broker.api.client import via_trusted_proxy
 from broker.api.http import SESSION_LOOKUP, Handler, parse_json, read_body, services
 from broker.api.schema import obj
 from broker.console.sessions import MAX_SECONDS, SessionStore
@@ -193,10 +194,10 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 
 
 def _over_tls(request: web.Request) -> bool:
-    """TLS here, or at a reverse proxy the operator trusts (``trust_forwarded_for``)."""
+    """TLS here, or at a reverse proxy the operator trusts (``trusted_proxies``)."""
     if request.secure:
         return True
-    if not services(request).config.trust_forwarded_for:
+    if not via_trusted_proxy(request, services(request).config.trusted_proxies):
         return False
     proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     return proto == "https"

@@ -165,6 +165,8 @@ def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
         (["serve", "--port", "70000"], {}, "port"),
         (["serve"], {"TENURE_LOG_LEVEL": "loud"}, "log_level"),
         (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
+        (["serve"], {"TENURE_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies"),
+        (["serve"], {"TENURE_TRUST_FORWARDED_FOR": "true"}, "trust_forwarded_for"),
         (["serve", "--tls-cert", "/nonexistent.pem"], {}, "tls_key"),
         (["keys", "rotate"], {"TENURE_DEFAULT_LEASE_SECONDS": "1"}, "default_lease_seconds"),
         (["serve"], {"TENURE_METRICS_TOKEN": "tnr_met_" + "x" * 24}, "metrics_token"),

@@ -4,6 +4,7 @@ every setting is documented."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -43,25 +44,27 @@ def test_precedence_flags_over_env_over_file_over_default(tmp_path: Path) -> Non
 
 def test_broker_section_in_the_file(tmp_path: Path) -> None:
     file = write(
-        tmp_path, '[broker]\ndata_dir = "/srv/tenure"\ntrust_forwarded_for = true\nreaper_interval_seconds = 0.5\n'
+        tmp_path,
+        '[broker]\ndata_dir = "/srv/tenure"\ntrusted_proxies = ["10.0.0.0/8"]\nreaper_interval_seconds = 1.5\n',
     )
     cfg = load(file, env={})
-    assert cfg.data_dir == Path("/srv/tenure") and cfg.trust_forwarded_for is True
-    assert cfg.reaper_interval_seconds == 0.5
+    assert cfg.data_dir == Path("/srv/tenure") and cfg.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert cfg.reaper_interval_seconds == 1.5
 
 
 def test_environment_values_are_converted() -> None:
     cfg = load(
         None,
         env={
-            "TENURE_TRUST_FORWARDED_FOR": "yes",
+            "TENURE_TRUSTED_PROXIES": "127.0.0.1/32, ::1/128",
             "TENURE_DATA_DIR": "/tmp/x",
             "TENURE_KEY_RELOAD_SECONDS": "2.5",
             "TENURE_OPERATOR_TOKEN": TOKEN,
             "TENURE_SQLITE_SYNCHRONOUS": "normal",
         },
     )
-    assert cfg.trust_forwarded_for is True and cfg.data_dir == Path("/tmp/x")
+    assert cfg.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+    assert cfg.data_dir == Path("/tmp/x")
     assert cfg.key_reload_seconds == 2.5 and cfg.operator_token == TOKEN
     assert cfg.sqlite_synchronous == "normal"
     # An empty variable counts as unset.
@@ -76,7 +79,10 @@ def test_environment_values_are_converted() -> None:
         ({"TENURE_PORT": "-1"}, "port"),
         ({"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
         ({"TENURE_LOG_LEVEL": "loud"}, "log_level"),
-        ({"TENURE_TRUST_FORWARDED_FOR": "maybe"}, "trust_forwarded_for"),
+        ({"TENURE_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies"),
+        ({"TENURE_TRUSTED_PROXIES": "nginx"}, "trusted_proxies"),
+        ({"TENURE_TRUST_FORWARDED_FOR": "true"}, "trust_forwarded_for"),
+        ({"TENURE_BODY_TIMEOUT_SECONDS": "0"}, "body_timeout_seconds"),
         ({"TENURE_DEFAULT_LEASE_SECONDS": "59"}, "default_lease_seconds"),
         ({"TENURE_CODE_TTL_SECONDS": "604801"}, "code_ttl_seconds"),
         ({"TENURE_REAPER_INTERVAL_SECONDS": "nan"}, "reaper_interval_seconds"),
@@ -98,7 +104,9 @@ def test_bad_environment_values_name_the_setting(env: dict[str, str], setting: s
         ("port = 8400.5", "port"),
         ('port = "x"', "port"),
         ("port = true", "port"),
-        ("trust_forwarded_for = 3", "trust_forwarded_for"),
+        ("trust_forwarded_for = true", "trusted_proxies"),
+        ("trusted_proxies = 3", "trusted_proxies"),
+        ('trusted_proxies = ["10.0.0.0/8", 4]', "trusted_proxies"),
         ('host = ["a"]', "host"),
         ('data_dir = ""', "data_dir"),
         ("colour = 'blue'", "colour"),
@@ -167,7 +175,7 @@ def test_documented_defaults_match() -> None:
         if f.name not in rows:
             continue  # test_every_setting_is_documented reports it
         default = f.default
-        if default is None or f.name == "data_dir":
+        if default is None or default == () or f.name == "data_dir":
             continue
         shown = str(default).lower() if isinstance(default, bool) else str(default)
         if isinstance(default, float) and default.is_integer():

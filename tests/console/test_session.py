@@ -249,8 +249,9 @@ async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(
     config_factory: Any,
     operator_token: str,
 ) -> None:
-    for trusted, secure in ((True, True), (False, False)):
-        client = await aiohttp_client(create_app(config_factory(trust_forwarded_for=trusted)))
+    # The test client connects from 127.0.0.1: trusted in the first case only.
+    for trusted, secure in (("127.0.0.1/32", True), ("10.0.0.0/8", False), ("", False)):
+        client = await aiohttp_client(create_app(config_factory(trusted_proxies=trusted)))
         r = await client.post(
             "/v1/estates", json={"name": "E", "admin_name": "A"}, headers={"Authorization": f"Bearer {operator_token}"}
         )
