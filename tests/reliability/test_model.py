@@ -558,8 +558,19 @@ class Books(RuleBasedStateMachine):
         count=st.sampled_from([0, 1, 1, 2, 3, 5, 9]),
     )
     def acquire(self, data: st.DataObject, encoder: str, lt: str, count: int) -> None:
+        self._acquire(self.m.servers[data.draw(st.sampled_from(list(self.m.servers)))], encoder, lt, count)
+
+    @precondition(lambda self: self.model is not None and bool(self.m.servers))
+    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), count=st.sampled_from([1, 1, 2, 3, 5]))
+    def acquire_a_type_the_pool_holds(self, data: st.DataObject, encoder: str, count: int) -> None:
+        """Encoders mostly ask for a type their pool holds: aim there too, so that grants,
+        not only refusals of a missing type, are what the model explores."""
+        server = self.m.servers[data.draw(st.sampled_from(list(self.m.servers)))]
+        held = [t for t in TYPES if self.m.holds_type(server.pool, t)] or list(TYPES)
+        self._acquire(server, encoder, data.draw(st.sampled_from(held)), count)
+
+    def _acquire(self, server: MServer, encoder: str, lt: str, count: int) -> None:
         m, now = self.m, self.m.now
-        server = m.servers[data.draw(st.sampled_from(list(m.servers)))]
         exhausted, expected, created = self._model_acquire(server, encoder, lt, count)
         refusal = PoolExhausted if m.holds_type(server.pool, lt) else LicenceTypeNotInPool
         grant = self.attempt(
@@ -694,6 +705,8 @@ class Books(RuleBasedStateMachine):
 
 
 def explore(folder: Path, examples: int) -> dict[str, int]:
+    """Run the model; derandomized, so that its coverage (and the thresholds on it) is the
+    same on every run: a random draw of few acquires once failed CI with 81 grants."""
     loop = asyncio.new_event_loop()
     Books.loop, Books.folder = loop, folder
     STATS.clear()
@@ -705,6 +718,7 @@ def explore(folder: Path, examples: int) -> dict[str, int]:
                 stateful_step_count=50,
                 deadline=None,
                 database=None,
+                derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             ),
         )
