@@ -18,7 +18,7 @@ from broker.api.http import (
     route,
     services,
 )
-from broker.api.path import estate_scope, path_id
+from broker.api.path import estate_scope, path_id, read_in_estate
 from broker.api.schema import ID, NAME, SERIAL, obj
 
 ADMIN = ("operator", "admin")
@@ -76,11 +76,8 @@ async def list_servers(request: web.Request) -> web.StreamResponse:
     after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    page = await svc.store.read(
-        lambda tx: (
-            estates.get(tx, estate_id),
-            servers.list_all(tx, now, estate_id, pool_id, after=after, limit=limit),
-        )[1]
+    page = await read_in_estate(
+        request, estate_id, lambda tx: servers.list_all(tx, now, estate_id, pool_id, after=after, limit=limit)
     )
     return web.json_response(page)
 
@@ -201,13 +198,12 @@ async def list_leases(request: web.Request) -> web.StreamResponse:
     limit = query_int(request, "limit", 100, 1, 500)
     svc = services(request)
     now = svc.clock.now()
-    page = await svc.store.read(
-        lambda tx: (
-            estates.get(tx, estate_id),
-            leases.list_live(
-                tx, now, estate_id, pool_id=pool_id, server_id=server_id, encoder=encoder, after=after, limit=limit
-            ),
-        )[1]
+    page = await read_in_estate(
+        request,
+        estate_id,
+        lambda tx: leases.list_live(
+            tx, now, estate_id, pool_id=pool_id, server_id=server_id, encoder=encoder, after=after, limit=limit
+        ),
     )
     return web.json_response(page)
 
@@ -255,19 +251,17 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     order = query_str(request, "order", EVENT_ORDER) or "asc"
     pool_id = query_str(request, "pool", ID)
     action = query_str(request, "action", EVENT_ACTION)
-    svc = services(request)
-    page = await svc.store.read(
-        lambda tx: (
-            estates.get(tx, estate_id),
-            audit.page(
-                tx,
-                estate_id,
-                after=after,
-                limit=limit,
-                order=order,
-                pool_id=pool_id,
-                action=action,
-            ),
-        )[1]
+    page = await read_in_estate(
+        request,
+        estate_id,
+        lambda tx: audit.page(
+            tx,
+            estate_id,
+            after=after,
+            limit=limit,
+            order=order,
+            pool_id=pool_id,
+            action=action,
+        ),
     )
     return web.json_response(page)

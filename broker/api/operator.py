@@ -16,7 +16,7 @@ from broker.api.http import (
     route,
     services,
 )
-from broker.api.path import estate_scope, path_id
+from broker.api.path import estate_scope, path_id, read_in_estate
 from broker.api.schema import LICENCE_TYPE, NAME, TIMESTAMP, integer, obj
 from broker.errors import ValidationFailed
 from shared.timefmt import parse_ts
@@ -137,7 +137,7 @@ async def list_purchases(request: web.Request) -> web.StreamResponse:
     after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    page = await svc.store.read(
-        lambda tx: (estates.get(tx, estate_id), purchases.list_all(tx, now, estate_id, after=after, limit=limit))[1]
+    page = await read_in_estate(
+        request, estate_id, lambda tx: purchases.list_all(tx, now, estate_id, after=after, limit=limit)
     )
     return web.json_response(page)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from aiohttp import web
 
-from broker.api.http import authenticate
+from broker import estates
+from broker.api.http import authenticate, services
 from broker.errors import NotFound
 from broker.principal import Principal
+from broker.store.base import Tx
+
+T = TypeVar("T")
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -27,3 +33,14 @@ async def estate_scope(request: web.Request) -> tuple[Principal, str]:
     estate_id = path_id(request, "estate")
     principal.require_estate(estate_id)
     return principal, estate_id
+
+
+async def read_in_estate(request: web.Request, estate_id: str, fn: Callable[[Tx], T]) -> T:
+    """``fn`` in one read of the store, once the estate is known to exist (404 if not), so
+    that an empty list of a real estate and an unknown estate never look alike."""
+
+    def read(tx: Tx) -> T:
+        estates.get(tx, estate_id)
+        return fn(tx)
+
+    return await services(request).store.read(read)

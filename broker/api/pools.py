@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker import codes, estates, pools
+from broker import codes, pools
 from broker.api import shapes
 from broker.api.http import (
     PAGE_QUERY,
@@ -17,7 +17,7 @@ from broker.api.http import (
     route,
     services,
 )
-from broker.api.path import estate_scope, path_id
+from broker.api.path import estate_scope, path_id, read_in_estate
 from broker.api.schema import ID, NAME, array, integer, obj
 
 MOVE_ITEMS = array(obj({"purchase_id": ID, "count": integer(1, 10_000_000)}), 1, 100)
@@ -49,9 +49,7 @@ async def list_pools(request: web.Request) -> web.StreamResponse:
     after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    page = await svc.store.read(
-        lambda tx: (estates.get(tx, estate_id), pools.page(tx, now, estate_id, after=after, limit=limit))[1]
-    )
+    page = await read_in_estate(request, estate_id, lambda tx: pools.page(tx, now, estate_id, after=after, limit=limit))
     return web.json_response(page)
 
 
@@ -198,11 +196,8 @@ async def list_codes(request: web.Request) -> web.StreamResponse:
     after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    page = await svc.store.read(
-        lambda tx: (
-            estates.get(tx, estate_id),
-            codes.list_live(tx, now, estate_id, pool_id, after=after, limit=limit),
-        )[1]
+    page = await read_in_estate(
+        request, estate_id, lambda tx: codes.list_live(tx, now, estate_id, pool_id, after=after, limit=limit)
     )
     return web.json_response(page)
 
