@@ -14,12 +14,15 @@ COMMIT goes to a thread), and a read's ``fn`` on its reader thread.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 Row = dict[str, Any]
+_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
 class Tx(Protocol):
@@ -79,3 +82,18 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def read_queries(folder: Traversable) -> dict[str, str]:
+    """Named SQL statements from every ``*.sql`` file of ``folder`` (``-- name: x`` starts
+    each); a name defined twice, in one file or two, is refused."""
+    found: dict[str, str] = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _NAME.split(entry.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise RuntimeError(f"query {name!r} defined twice")
+            found[name] = body.strip().rstrip(";")
+    return found

@@ -47,7 +47,7 @@ import aiosqlite
 
 from broker.errors import ConstraintViolated, StorageUnavailable
 from broker.ids import IdSource, new_id
-from broker.store.base import Row, StoreStats, Tx
+from broker.store.base import Row, StoreStats, Tx, read_queries
 
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
@@ -57,22 +57,11 @@ MAX_BATCH = 512
 BUSY_WAIT = 2.0
 # How often the WAL is checkpointed into the database file, outside the write path.
 CHECKPOINT_SECONDS = 0.5
-_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
 def load_queries() -> dict[str, str]:
-    """Named SQL statements from ``queries/*.sql`` (``-- name: x`` starts each)."""
-    found: dict[str, str] = {}
-    folder = resources.files("broker.store") / "queries"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        parts = _NAME.split(entry.read_text())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            if name in found:
-                raise RuntimeError(f"query {name!r} defined twice")
-            found[name] = body.strip().rstrip(";")
-    return found
+    """This store's named SQL statements, from ``queries/*.sql``."""
+    return read_queries(resources.files("broker.store") / "queries")
 
 
 def migrations() -> list[tuple[int, str, str]]:
