@@ -19,7 +19,7 @@ from broker.principals import PrincipalCache
 from broker.ratelimit import FailureLimiter
 from broker.services import SERVICES, Services
 from broker.signing import Keyring
-from broker.store.sqlite import SqliteStore
+from broker.store import open_store
 
 log = logging.getLogger("tenure.broker")
 
@@ -43,7 +43,7 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         op_token = secretfiles.operator_token(config.data_dir, config.operator_token)
         keyring = Keyring(config.data_dir, config.key_reload_seconds)
         await asyncio.to_thread(keyring.reload, config.clock.now())
-        store = await SqliteStore.open(config.db_path, config.sqlite_synchronous)
+        store = await open_store(config)
         secretfiles.secure_database_files(config.db_path)  # as SQLite left them (see prepare_data_dir)
         app[SERVICES] = Services(
             config=config,

@@ -22,7 +22,7 @@ import secrets
 from typing import Any
 
 from broker import audit, paging, pools
-from broker.errors import AuthCodeInvalid, NotFound, NoValidLicences
+from broker.errors import AuthCodeInvalid, Inconsistent, NotFound, NoValidLicences
 from broker.ids import new_token, token_hash
 from broker.principal import Principal
 from broker.store.base import Tx
@@ -167,7 +167,8 @@ def redeem(tx: Tx, now: float, key: bytes, code: str, name: str, kind: str) -> d
     if tx.run("code_use", code_id=row["id"], now=int(now), server_id=server_id) != 1:
         raise AuthCodeInvalid(INVALID_MESSAGE)
     names = tx.one("estate_pool_names", pool_id=row["pool_id"])
-    assert names is not None
+    if names is None:
+        raise Inconsistent(f"the pool {row['pool_id']} of a live code is not there")
     actor = Principal(
         kind="server",
         token_hash=b"",

@@ -10,6 +10,7 @@ onto these classes; anything else raised is logged and answered with a generic 5
 The tree, including the classes defined beside the code that raises them:
 
     TenureError                           500 internal_error
+    ├── Inconsistent                      500 internal_error
     ├── ValidationFailed                  400 validation_error
     ├── Unauthenticated                   401 unauthenticated
     │   └── SessionEnded                  401 session_ended        (broker.console)
@@ -26,7 +27,9 @@ The tree, including the classes defined beside the code that raises them:
     │   │   └── DefaultPoolFixed          409 default_pool         (broker.pools)
     │   ├── PrimaryAdmin                  409 primary_admin        (broker.estates)
     │   ├── ServerHasLeases               409 server_has_leases
-    │   └── NoValidLicences               409 no_valid_licences
+    │   ├── NoValidLicences               409 no_valid_licences
+    │   ├── LeaseRace                     409 lease_race
+    │   └── ConstraintViolated            409 conflict
     ├── RequestTimeout                    408 request_timeout      (broker.api.http)
     ├── LeaseGone                         410 lease_gone
     ├── PayloadTooLarge                   413 payload_too_large
@@ -38,6 +41,8 @@ The tree, including the classes defined beside the code that raises them:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -63,6 +68,12 @@ class TenureError(Exception):
         }
         body.update(self.extra)
         return body
+
+
+class Inconsistent(TenureError):
+    """Something the broker relies on does not hold: stored data contradicting what the
+    transaction has just read or written, or a caller breaking a function's contract.
+    A bug (or a store breaking its contract): logged, and answered as any other 500."""
 
 
 class ValidationFailed(TenureError):
@@ -122,6 +133,46 @@ class ServerHasLeases(Conflict):
 
 class NoValidLicences(Conflict):
     code, title = "no_valid_licences", "The pool holds no valid licence"
+
+
+class LeaseRace(Conflict):
+    """Another request for the same encoder committed its lease first (a store whose
+    writers run side by side caught it with the one-active-lease constraint)."""
+
+    code, title = "lease_race", "Another request changed this lease at the same moment"
+
+
+class ConstraintViolated(Conflict):
+    """A database constraint refused a write: the store's own guard of an invariant.
+
+    Stores raise it, whatever their database, from the ``Tx`` call whose statement broke
+    the constraint, with ``constraint`` set to the constraint's stable name (listed in
+    ``broker.store.base``). Domain code that can meet one turns it into the error that
+    operation means (``NameTaken``, ``PoolExhausted``…); one that reaches the API
+    untranslated is still a 409 ``conflict``, never a 500. The name stays out of the
+    answer: it is the schema's business, and is logged instead.
+    """
+
+    title = "The change conflicts with the data as it stands"
+
+    def __init__(self, constraint: str, detail: str | None = None) -> None:
+        super().__init__(detail or "Another change got there first; reload and try again.")
+        self.constraint = constraint
+
+
+@contextmanager
+def constraint_means(error: Callable[[], TenureError], *constraints: str) -> Iterator[None]:
+    """Inside the block, a ``ConstraintViolated`` of one of ``constraints`` raises ``error()``.
+
+    The transaction is not to be used after it: a store may have aborted it (PostgreSQL
+    does), so the only thing left to do is raise, which this does.
+    """
+    try:
+        yield
+    except ConstraintViolated as exc:
+        if exc.constraint not in constraints:
+            raise
+        raise error() from exc
 
 
 class LeaseGone(TenureError):

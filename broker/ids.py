@@ -36,7 +36,8 @@ class CountingIds:
 
 def new_token(kind: str) -> str:
     """A bearer token ``tnr_<kind>_<43 chars>`` carrying 256 random bits."""
-    assert kind in TOKEN_KINDS
+    if kind not in TOKEN_KINDS:
+        raise ValueError(f"no token kind {kind!r}")
     raw = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     return f"tnr_{kind}_{raw}"
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker import audit, purchases
-from broker.errors import LicenceTypeNotInPool, NotFound, PoolExhausted, Unauthenticated
+from broker.errors import (
+    Inconsistent,
+    LeaseRace,
+    LicenceTypeNotInPool,
+    NotFound,
+    PoolExhausted,
+    Unauthenticated,
+    constraint_means,
+)
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.secret import Secret
@@ -170,9 +178,21 @@ def _require_type(tx: Tx, pool_id: str, licence_type: str) -> None:
 def _lease_seats(tx: Tx, lease_id: str, pool_id: str, plan: list[tuple[Row, int]]) -> None:
     """Move the planned seats from the holdings to the lease."""
     for c, take in plan:
-        changed = tx.run("holding_lease", pool_id=pool_id, purchase_id=c["purchase_id"], count=take)
-        assert changed == 1, "free seats vanished inside the transaction"
+        _lease_holding(tx, pool_id, c["purchase_id"], take)
         tx.run("lease_seat_add", lease_id=lease_id, purchase_id=c["purchase_id"], pool_id=pool_id, count=take)
+
+
+def _lease_holding(tx: Tx, pool_id: str, purchase_id: str, n: int) -> None:
+    """Count ``n`` more seats of the holding as leased, or raise ``PoolExhausted``.
+
+    ``_grantable`` saw them free; the guarded UPDATE and the holdings CHECK refuse them
+    anyway if they are gone by now (taken by a writer running beside this one).
+    """
+    gone = PoolExhausted("The free licences were taken at the same moment; try again.", requested=n)
+    with constraint_means(lambda: gone, "holdings_leased"):
+        changed = tx.run("holding_lease", pool_id=pool_id, purchase_id=purchase_id, count=n)
+    if changed != 1:
+        raise gone
 
 
 def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n: int) -> None:
@@ -220,7 +240,8 @@ def _finish(tx: Tx, now: float, lease: Row, seats: list[Row] | None, lease_secon
     """
     if seats is None:
         seats = tx.all("lease_seats", lease_id=lease["id"])
-    assert seats
+    if not seats:
+        raise Inconsistent(f"lease {lease['id']} holds no seats")
     lease, exp = _describe(now, lease, seats, lease_seconds)
     tx.run(
         "lease_update",
@@ -302,19 +323,8 @@ def _grant_new(
         "created_at": int(now),
         "end_reason": None,
     }
-    fresh, exp = _describe(now, fresh, seats, pool["lease_seconds"])
-    tx.run(
-        "lease_insert",
-        id=lease_id,
-        estate_id=server.estate_id,
-        pool_id=pool_id,
-        server_id=server.server_id,
-        encoder=encoder,
-        licence_type=licence_type,
-        count=count,
-        now=int(now),
-        expires_at=exp,
-    )
+    fresh, _ = _describe(now, fresh, seats, pool["lease_seconds"])
+    _insert(tx, now, fresh)
     _lease_seats(tx, lease_id, pool_id, plan)
     grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
     audit.record(
@@ -331,6 +341,29 @@ def _grant_new(
         after=count,
     )
     return grant
+
+
+def _insert(tx: Tx, now: float, lease: Row) -> None:
+    """Insert the new active lease; ``leases_encoder`` (one active lease per server and
+    encoder) answers ``LeaseRace`` if another writer granted the encoder one meanwhile."""
+    race = LeaseRace(
+        f"Another request for encoder {lease['encoder']!r} was granted a lease at the same moment; "
+        "send this one again to resize that lease.",
+        encoder=lease["encoder"],
+    )
+    with constraint_means(lambda: race, "leases_encoder"):
+        tx.run(
+            "lease_insert",
+            id=lease["id"],
+            estate_id=lease["estate_id"],
+            pool_id=lease["pool_id"],
+            server_id=lease["server_id"],
+            encoder=lease["encoder"],
+            licence_type=lease["licence_type"],
+            count=lease["count"],
+            now=int(now),
+            expires_at=lease["expires_at"],
+        )
 
 
 def _change_type(
@@ -424,7 +457,8 @@ def _binding(tx: Tx, server: Principal) -> Row:
     A token's identity is cached for a few seconds per broker replica; a server removed
     or rebound through another replica must not take seats on a stale binding.
     """
-    assert server.server_id and server.estate_id
+    if not (server.server_id and server.estate_id):
+        raise Unauthenticated("This route needs a server token.")
     row = tx.one("server_binding", server_id=server.server_id, estate_id=server.estate_id)
     if row is None:
         raise Unauthenticated("The token is unknown or has been revoked.")
@@ -475,7 +509,8 @@ def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
         lease_seconds = binding["lease_seconds"]  # the same pool row, read a moment ago
     else:
         pool = tx.one("pool_by_id", pool_id=lease["pool_id"], estate_id=lease["estate_id"])
-        assert pool is not None
+        if pool is None:
+            raise Inconsistent(f"active lease {lease_id} is in pool {lease['pool_id']}, which is gone")
         lease_seconds = pool["lease_seconds"]
     return _finish(tx, now, lease, seats, lease_seconds, created=False)
 

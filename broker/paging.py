@@ -17,8 +17,9 @@ from broker.store.base import Row, Tx
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
-EVERYTHING = -1
-"""``LIMIT -1``: SQLite's "no limit", for callers inside the broker that need the whole list."""
+EVERYTHING = 2**62
+"""A limit above any count of rows, for callers inside the broker that need the whole list
+(``LIMIT -1``, SQLite's "no limit", is an error in PostgreSQL)."""
 
 Page = dict[str, Any]
 

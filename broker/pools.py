@@ -16,7 +16,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker import audit, leases, paging, purchases
-from broker.errors import LicencesInUse, NameTaken, NotFound, PoolNotEmpty, ValidationFailed
+from broker.errors import (
+    Inconsistent,
+    LicencesInUse,
+    NameTaken,
+    NotFound,
+    PoolNotEmpty,
+    ValidationFailed,
+    constraint_means,
+)
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared import words
@@ -40,8 +48,28 @@ def _check_name(tx: Tx, estate_id: str, name: str, except_id: str | None = None)
         raise ValidationFailed([{"field": "name", "message": "must not be blank"}])
     clash = tx.one("pool_by_name_key", estate_id=estate_id, name_key=key)
     if clash is not None and clash["id"] != except_id:
-        raise NameTaken(f"A pool named {name!r} already exists in this estate.", field="name")
+        raise _name_taken(name)
     return key
+
+
+def _name_taken(name: str) -> NameTaken:
+    return NameTaken(f"A pool named {name!r} already exists in this estate.", field="name")
+
+
+def _insert(tx: Tx, now: float, pool_id: str, estate_id: str, name: str, key: str, lease_seconds: int) -> None:
+    """Insert the pool row; the name's unique index (``pools_name``) answers ``NameTaken``
+    if another writer took the name after ``_check_name`` looked."""
+    with constraint_means(lambda: _name_taken(name), "pools_name"):
+        tx.run(
+            "pool_insert",
+            id=pool_id,
+            estate_id=estate_id,
+            name=name,
+            name_key=key,
+            is_default=0,
+            lease_seconds=lease_seconds,
+            now=int(now),
+        )
 
 
 def create(
@@ -59,16 +87,7 @@ def create(
         raise NotFound("No such estate.")
     key = _check_name(tx, estate_id, name)
     pool_id = tx.new_id("pool")
-    tx.run(
-        "pool_insert",
-        id=pool_id,
-        estate_id=estate_id,
-        name=name,
-        name_key=key,
-        is_default=0,
-        lease_seconds=lease_seconds,
-        now=int(now),
-    )
+    _insert(tx, now, pool_id, estate_id, name, key, lease_seconds)
     audit.record(tx, now, actor, estate_id, audit.Action.POOL_CREATED, pool_id=pool_id, subject_id=pool_id, name=name)
     if moves:
         move(tx, now, actor, estate_id, default["id"], pool_id, moves)
@@ -89,7 +108,10 @@ def update(
     new_name = row["name"] if name is None else name
     key = _check_name(tx, estate_id, new_name, except_id=pool_id)
     new_seconds = row["lease_seconds"] if lease_seconds is None else lease_seconds
-    tx.run("pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key, lease_seconds=new_seconds)
+    with constraint_means(lambda: _name_taken(new_name), "pools_name"):
+        tx.run(
+            "pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key, lease_seconds=new_seconds
+        )
     audit.record(
         tx,
         now,
@@ -111,7 +133,8 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
         raise DefaultPoolFixed("The Default Pool cannot be deleted.")
     leases.lapse_due(tx, now, pool_id)
     counts = tx.one("pool_counts", pool_id=pool_id, now=int(now))
-    assert counts is not None
+    if counts is None:
+        raise Inconsistent("pool_counts returned no row")
     if counts["servers"] or counts["leases"]:
         raise PoolNotEmpty(
             f"The pool still has {words.count(counts['servers'], 'server or domain', 'servers or domains')} and "
@@ -120,7 +143,8 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
             leases=counts["leases"],
         )
     default = tx.one("default_pool", estate_id=estate_id)
-    assert default is not None
+    if default is None:
+        raise NotFound("No such estate.")
     returned = {h["purchase_id"]: h["allocated"] for h in tx.all("holdings_of_pool", pool_id=pool_id)}
     tx.run("holdings_move_all_to", from_pool=pool_id, to_pool=default["id"])
     tx.run("holdings_clear", pool_id=pool_id)
@@ -184,8 +208,7 @@ def move(
             items=lacking,
         )
     for purchase_id, count in wanted.items():
-        changed = tx.run("holding_take", pool_id=from_pool, purchase_id=purchase_id, count=count)
-        assert changed == 1, "unused seats vanished inside the transaction"
+        _take_unused(tx, from_pool, purchase_id, count)
         tx.run("holding_add", pool_id=to_pool, purchase_id=purchase_id, count=count)
     move_id = tx.new_id("mov")
     moved = [{"purchase_id": p, "count": c} for p, c in wanted.items()]
@@ -218,6 +241,22 @@ def move(
         after=after,
     )
     return {"id": move_id, "from_pool": from_pool, "to_pool": to_pool, "items": moved, "at": format_ts(now)}
+
+
+def _take_unused(tx: Tx, pool_id: str, purchase_id: str, count: int) -> None:
+    """Take ``count`` unused seats of the holding, or raise ``LicencesInUse``.
+
+    ``move`` counted them first; the guarded UPDATE and the holdings CHECK refuse them
+    anyway if they are gone by now (a lease taken by a writer running beside this one).
+    """
+    in_use = LicencesInUse(
+        f"{words.count(count, 'unused licence')} of purchase {purchase_id} are no longer there; try again.",
+        items=[{"purchase_id": purchase_id, "requested": count}],
+    )
+    with constraint_means(lambda: in_use, "holdings_leased", "holdings_allocated"):
+        changed = tx.run("holding_take", pool_id=pool_id, purchase_id=purchase_id, count=count)
+    if changed != 1:
+        raise in_use
 
 
 # -- views -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker import audit, paging
-from broker.errors import NotFound, ValidationFailed
+from broker.errors import Inconsistent, NotFound, ValidationFailed
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
@@ -104,7 +104,8 @@ def record(
         expires_at=format_ts(expires_at),
     )
     row = tx.one("purchase_by_id", purchase_id=purchase_id, estate_id=estate_id)
-    assert row is not None
+    if row is None:
+        raise Inconsistent(f"purchase {purchase_id}, inserted in this transaction, is not there")
     return render(row, now)
 
 

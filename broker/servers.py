@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker import audit, leases, paging, pools
-from broker.errors import NotFound, ServerHasLeases
+from broker.errors import Inconsistent, NotFound, ServerHasLeases
 from broker.principal import Principal
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
@@ -66,7 +66,8 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
         after={"pool_id": pool_id},
     )
     row = tx.one("server_view", server_id=server_id, estate_id=estate_id, now=int(now))
-    assert row is not None, "the server was read in this transaction"
+    if row is None:
+        raise Inconsistent(f"server {server_id}, read in this transaction, is not there")
     return _render(row)
 
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from broker import idempotency, paging
 from broker.api.schema import ID_PATTERN, Schema, validate
-from broker.errors import Forbidden, PayloadTooLarge, TenureError, Unauthenticated, ValidationFailed
+from broker.errors import Forbidden, Inconsistent, PayloadTooLarge, TenureError, Unauthenticated, ValidationFailed
 from broker.ids import token_hash
 from broker.principal import Principal
 from broker.services import SERVICES, Services
@@ -240,7 +240,8 @@ async def idempotent_write(
     if key_text is None:
         status, payload = await svc.store.write(fn)
         return answer(status, payload)
-    assert principal.credential is not None, "authenticate() sets it"
+    if principal.credential is None:
+        raise Inconsistent("idempotent_write() needs the principal authenticate() returned")
     key = idempotency.IdempotencyKey.derive(
         key_text, principal.credential, principal.token_hash, request.method, request.path_qs, raw
     )

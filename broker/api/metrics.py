@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.api.http import Handler, authenticate, route, services
+from broker.errors import Inconsistent
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -71,7 +72,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     now = svc.clock.now()
     counts = await svc.store.read(lambda tx: tx.one("metrics_counts", now=int(now)))
-    assert counts is not None
+    if counts is None:
+        raise Inconsistent("metrics_counts returned no row")
     out = ["# TYPE tenure_up gauge", "tenure_up 1"]
     for name in ("estates", "pools", "servers", "live_leases", "seats_in_use"):
         out += [f"# TYPE tenure_{name} gauge", _line(f"tenure_{name}", {}, counts[name])]

@@ -30,6 +30,9 @@ def problem(err: errors.TenureError) -> web.Response:
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except errors.Inconsistent:
+        log.exception("inconsistent data on %s %s", request.method, request.path)
+        return problem(errors.TenureError("Something went wrong on the broker; it is logged."))
     except errors.TenureError as exc:
         return problem(exc)
     except web.HTTPException as exc:

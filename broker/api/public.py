@@ -8,6 +8,7 @@ from broker import estates
 from broker.api import shapes
 from broker.api.http import authenticate, route, services
 from broker.api.openapi import document
+from broker.errors import Inconsistent
 
 
 @route(
@@ -55,7 +56,8 @@ async def me(request: web.Request) -> web.StreamResponse:
                 "pool_id": who.pool_id,
             }
         )
-    assert who.estate_id is not None
+    if who.estate_id is None:
+        raise Inconsistent("an admin principal without an estate")
     estate_id = who.estate_id
     estate = await services(request).store.read(lambda tx: estates.get(tx, estate_id))
     return web.json_response(

@@ -171,5 +171,6 @@ def validate(value: Any, schema: Schema) -> dict[str, Any]:
     _check(value, schema, "", errors)
     if errors:
         raise ValidationFailed(errors[:50])
-    assert isinstance(value, dict)
+    if not isinstance(value, dict):
+        raise ValidationFailed([{"field": "", "message": "must be a JSON object"}])
     return value

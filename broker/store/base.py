@@ -1,25 +1,72 @@
-"""The seam between the domain and the database.
+"""The seam between the domain and the database: the contract every store meets.
 
 Domain code never speaks SQL. It writes a plain function of a ``Tx`` and hands it to
 ``Store.write`` (one transaction, all or nothing) or ``Store.read`` (a consistent
 snapshot). Inside it, queries are called by name (``tx.one("pool_by_id", pool_id=...)``)
-and the SQL behind each name lives with the store (``broker/store/queries/*.sql``),
-where a PostgreSQL store would keep its own.
+and the SQL behind each name lives with the store, filed by the domain module that uses
+it (``broker/store/queries/pools.sql``, ``leases.sql``, ``audit.sql``…); a second store
+keeps its own set under the same names (a test checks each set against the names the
+domain uses). ``broker.store.open_store(config)`` opens the configured store.
 
-Where ``fn`` runs is the store's business, so ``fn`` must be synchronous, quick, and
-touch nothing but ``tx`` and its arguments. ``SqliteStore`` runs a write's ``fn`` on the
+Isolation the domain may assume
+-------------------------------
+Every write function runs as if it ran alone: serializable. Whatever it read is still
+true when it commits, so a check followed by a write (a name not yet taken, seats still
+free, a code still live) needs no lock of its own. Reads see one consistent snapshot of
+committed data. ``SqliteStore`` gives this by having one writer at a time: its writes
+run one after another inside ``BEGIN IMMEDIATE`` (SQLite's single write lock, held
+across processes too), and each read runs in one snapshot transaction.
+
+What a second store must provide
+--------------------------------
+- Serializability of write functions, by either of:
+  * SERIALIZABLE transactions with the *whole function* re-run on a serialization
+    failure or deadlock (a fresh ``Tx``, a bounded number of tries, then
+    ``StorageUnavailable``); or
+  * explicit row locking that makes every check-then-write above as safe as that
+    (to be proved, query by query, in the store's own documentation).
+- Hence the rules every write function keeps (so it may be run more than once and only
+  its last run counts): it is synchronous and quick; it touches nothing but ``tx``, its
+  arguments and its locals; it mutates no argument and no state outside ``tx`` (no
+  cache, no counter, no log of its own); it draws new ids with ``tx.new_id`` and the
+  clock it was given or reads inside; whatever randomness it draws (tokens, codes,
+  nonces) reaches the caller only through its return value. Effects outside the
+  database (forgetting a cached principal, signing a token) happen in the caller, after
+  ``write`` returns.
+- Constraints checked at once (not deferred), reported as ``ConstraintViolated`` from
+  the ``Tx`` call whose statement broke them, never as the driver's own error, named by
+  these stable names (the domain answers each with its own 409):
+
+      pools_name          one live pool per (estate, name_key)        → 409 name_taken
+      holdings_leased     0 <= leased <= allocated                    → 409 pool_exhausted
+                                                                        (acquire) or
+                                                                        licences_in_use (move)
+      holdings_allocated  allocated >= 0                              → 409 licences_in_use
+      leases_encoder      one active lease per (server, encoder)      → 409 lease_race
+
+  Any other constraint is named ``<table>_<columns>_key`` (unique), ``<table>_<column>_not_null``,
+  ``foreign_key``, or by its CHECK expression, and answers a plain 409 ``conflict``. After
+  ``ConstraintViolated`` a write function does not use ``tx`` again (PostgreSQL aborts
+  the transaction); it raises, as ``broker.errors.constraint_means`` does for it.
+- ``StorageUnavailable`` when the database cannot be reached, read or written, with
+  nothing of the refused write persisted.
+
+Where ``fn`` runs is the store's business. ``SqliteStore`` runs a write's ``fn`` on the
 event loop itself, batched with the other writes waiting into one transaction (only the
 COMMIT goes to a thread), and a read's ``fn`` on its reader thread.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 Row = dict[str, Any]
+_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
 class Tx(Protocol):
@@ -79,3 +126,18 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def read_queries(folder: Traversable) -> dict[str, str]:
+    """Named SQL statements from every ``*.sql`` file of ``folder`` (``-- name: x`` starts
+    each); a name defined twice, in one file or two, is refused."""
+    found: dict[str, str] = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _NAME.split(entry.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise RuntimeError(f"query {name!r} defined twice")
+            found[name] = body.strip().rstrip(";")
+    return found

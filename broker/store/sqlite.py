@@ -45,9 +45,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from broker.errors import StorageUnavailable
+from broker.errors import ConstraintViolated, StorageUnavailable
 from broker.ids import IdSource, new_id
-from broker.store.base import Row, StoreStats, Tx
+from broker.store.base import Row, StoreStats, Tx, read_queries
 
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
@@ -57,22 +57,11 @@ MAX_BATCH = 512
 BUSY_WAIT = 2.0
 # How often the WAL is checkpointed into the database file, outside the write path.
 CHECKPOINT_SECONDS = 0.5
-_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
 def load_queries() -> dict[str, str]:
-    """Named SQL statements from ``queries/*.sql`` (``-- name: x`` starts each)."""
-    found: dict[str, str] = {}
-    folder = resources.files("broker.store") / "queries"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        parts = _NAME.split(entry.read_text())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            if name in found:
-                raise RuntimeError(f"query {name!r} defined twice")
-            found[name] = body.strip().rstrip(";")
-    return found
+    """This store's named SQL statements, from ``queries/*.sql``."""
+    return read_queries(resources.files("broker.store") / "queries")
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -120,6 +109,43 @@ def _statements(sql: str) -> list[str]:
     return out
 
 
+# SQLite names a UNIQUE index's violation by its columns and an unnamed CHECK by its
+# expression; these are the stable names (``broker.store.base``) of the constraints the
+# domain answers for. Any other constraint is named after its table and columns (as
+# PostgreSQL names a UNIQUE constraint by default) or its CHECK expression.
+_UNIQUE_NAMES = {
+    "pools.estate_id, pools.name_key": "pools_name",
+    "leases.server_id, leases.encoder": "leases_encoder",
+}
+_CHECK_NAMES = {
+    "leased >= 0 AND leased <= allocated": "holdings_leased",
+    "allocated >= 0": "holdings_allocated",
+}
+_VIOLATION = re.compile(r"^(UNIQUE|CHECK|NOT NULL) constraint failed: (.*)$")
+
+
+def constraint_name(exc: sqlite3.IntegrityError) -> str:
+    """The stable name of the constraint SQLite reports in ``exc``."""
+    match = _VIOLATION.match(str(exc))
+    if match is None:
+        return "foreign_key" if "FOREIGN KEY" in str(exc) else "unknown"
+    kind, what = match.groups()
+    if kind == "CHECK":
+        return _CHECK_NAMES.get(what) or what
+    if kind == "UNIQUE" and what in _UNIQUE_NAMES:
+        return _UNIQUE_NAMES[what]
+    columns = [c.strip() for c in what.split(",")]
+    table = columns[0].split(".")[0]
+    suffix = "key" if kind == "UNIQUE" else "not_null"
+    return "_".join([table, *(c.split(".")[-1] for c in columns), suffix])
+
+
+def _violated(exc: sqlite3.IntegrityError) -> ConstraintViolated:
+    name = constraint_name(exc)
+    log.warning("constraint %s refused a write: %s", name, exc)
+    return ConstraintViolated(name)
+
+
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
@@ -153,15 +179,21 @@ class SqliteTx:
             names = self._names[query] = [d[0] for d in cursor.description]
         return names
 
+    def _execute(self, query: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(self._q[query], params)
+        except sqlite3.IntegrityError as exc:
+            raise _violated(exc) from exc
+
     def one(self, query: str, **params: Any) -> Row | None:
-        cursor = self._conn.execute(self._q[query], params)
+        cursor = self._execute(query, params)
         raw = cursor.fetchone()
         if raw is None:
             return None
         return dict(zip(self._columns(query, cursor), raw, strict=True))
 
     def all(self, query: str, **params: Any) -> list[Row]:
-        cursor = self._conn.execute(self._q[query], params)
+        cursor = self._execute(query, params)
         raws = cursor.fetchall()
         if not raws:
             return []
@@ -169,14 +201,17 @@ class SqliteTx:
         return [dict(zip(names, raw, strict=True)) for raw in raws]
 
     def scalar(self, query: str, **params: Any) -> Any:
-        raw = self._conn.execute(self._q[query], params).fetchone()
+        raw = self._execute(query, params).fetchone()
         return None if raw is None else raw[0]
 
     def run(self, query: str, **params: Any) -> int:
-        return self._conn.execute(self._q[query], params).rowcount
+        return self._execute(query, params).rowcount
 
     def run_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        self._conn.executemany(self._q[query], rows)
+        try:
+            self._conn.executemany(self._q[query], rows)
+        except sqlite3.IntegrityError as exc:
+            raise _violated(exc) from exc
 
     def new_id(self, prefix: str) -> str:
         return self._ids(prefix)
@@ -358,11 +393,12 @@ class SqliteStore:
     async def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
         self.stats.write_jobs += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        if self._conn is None and not await self._reconnect():
+        if self._conn is None:
+            await self._reconnect()
+        conn, tx = self._conn, self._tx
+        if conn is None or tx is None:
             failure = StorageUnavailable("the database cannot be opened")
             return [_Outcome(job, False, failure) for job in batch]
-        conn, tx = self._conn, self._tx
-        assert conn is not None and tx is not None
         outcomes: list[_Outcome] = []
         try:
             await self._begin(conn)
@@ -370,11 +406,6 @@ class SqliteStore:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(tx)
-                except sqlite3.IntegrityError as exc:
-                    # A constraint guarding an invariant tripped: refuse this job alone.
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append(_Outcome(job, False, exc))
                 except sqlite3.Error:
                     raise  # the database itself failed: the whole batch fails below
                 except BaseException as exc:

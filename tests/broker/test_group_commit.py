@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-import broker.app
+import broker.store.sqlite
 from broker.app import create_app
 from broker.services import SERVICES
 from broker.store.sqlite import SqliteStore
@@ -81,7 +81,7 @@ async def faulty(
 ) -> Broker:
     global FAULTS
     FAULTS = Faults()
-    monkeypatch.setattr(broker.app, "SqliteStore", FaultyStore)
+    monkeypatch.setattr(broker.store.sqlite, "SqliteStore", FaultyStore)
     client = await aiohttp_client(create_app(config_factory(sqlite_synchronous="full")))
     return Broker(client, operator_token, clock)
 

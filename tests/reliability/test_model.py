@@ -2,7 +2,7 @@
 
 A hypothesis state machine drives the domain functions (``broker.purchases``,
 ``broker.pools``, ``broker.codes``, ``broker.leases``, ``broker.servers``) through a real
-``SqliteStore`` on a file, each call one ``store.write`` transaction exactly as the HTTP
+store (``open_store``, SQLite on a file), each call one ``store.write`` transaction exactly as the HTTP
 handlers make it, and keeps a deliberately naive reference model beside it. After every
 step:
 
@@ -40,6 +40,7 @@ from hypothesis.stateful import (
 )
 
 from broker import codes, estates, leases, pools, purchases, servers
+from broker.config import Config
 from broker.errors import (
     AuthCodeInvalid,
     LicencesInUse,
@@ -55,7 +56,7 @@ from broker.errors import (
 )
 from broker.ids import CountingIds
 from broker.principal import Principal
-from broker.store.sqlite import SqliteStore
+from broker.store import open_store
 from tests.reliability.invariants import GRACE, check_books, connect_ro, snapshot
 
 T = TypeVar("T")
@@ -218,10 +219,12 @@ class Books(RuleBasedStateMachine):
         self.model: Model | None = None
         self._pending: dict[str, MLease] = {}
         STATS["sequences"] += 1
-        self.db_path = self.folder / f"books-{STATS['sequences']}.db"
+        config = Config(data_dir=self.folder / f"books-{STATS['sequences']}", sqlite_synchronous="normal")
+        config.data_dir.mkdir()
+        self.db_path = config.db_path
         # Ids decide ties (equal expiries are ordered by id), so random ids would make a
         # replayed sequence take another path and hypothesis would call it flaky.
-        self.store = self.loop.run_until_complete(SqliteStore.open(self.db_path, "normal", ids=CountingIds()))
+        self.store = self.loop.run_until_complete(open_store(config, ids=CountingIds()))
         self.conn = connect_ro(self.db_path)
 
     def teardown(self) -> None:
@@ -740,7 +743,7 @@ def test_books_agree_with_the_model(tmp_path: Path) -> None:
 
 
 async def test_the_store_gives_new_rows_the_ids_it_was_given(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "ids.db", "normal", ids=CountingIds())
+    store = await open_store(Config(data_dir=tmp_path, sqlite_synchronous="normal"), ids=CountingIds())
     try:
         est = await store.write(lambda tx: estates.create(tx, T0, OPERATOR, "Acme", "Alice", 3600))
     finally:

@@ -1,5 +1,4 @@
--- name: ping
-SELECT 1
+-- Estates and their admins (broker/estates.py; token look-up in broker/principals.py).
 
 -- name: estate_insert
 INSERT INTO estates (id, name, created_at) VALUES (:id, :name, :now)
@@ -30,43 +29,3 @@ LIMIT :limit
 
 -- name: admin_remove
 UPDATE admins SET removed_at = :now WHERE id = :admin_id AND estate_id = :estate_id AND removed_at IS NULL
-
--- name: event_insert
-INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details)
-VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details)
-
--- name: events_page
--- Oldest first, from just after the cursor :after (0: from the start).
-SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details
-FROM events
-WHERE estate_id = :estate_id AND id > :after
-  AND (:pool_id IS NULL OR pool_id = :pool_id
-       -- a move is filed under its target; licences leaving a pool are its history too
-       OR (action = 'licences.moved' AND json_extract(details, '$.from_pool') = :pool_id))
-  AND (:action IS NULL OR action = :action OR action LIKE :action || '.%')
-ORDER BY id LIMIT :limit
-
--- name: events_page_desc
--- Newest first, from just before the cursor :before (the caller passes a number above
--- every id to start from the newest). The same filters as events_page; the direction is
--- its own query so that both walk the (estate_id, id) index instead of sorting.
-SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details
-FROM events
-WHERE estate_id = :estate_id AND id < :before
-  AND (:pool_id IS NULL OR pool_id = :pool_id
-       OR (action = 'licences.moved' AND json_extract(details, '$.from_pool') = :pool_id))
-  AND (:action IS NULL OR action = :action OR action LIKE :action || '.%')
-ORDER BY id DESC LIMIT :limit
-
--- name: idempotency_get
-SELECT request_hash, status, nonce, body, created_at FROM idempotency WHERE key_hash = :key_hash
-
--- name: idempotency_put
-INSERT INTO idempotency (key_hash, request_hash, status, nonce, body, created_at)
-VALUES (:key_hash, :request_hash, :status, :nonce, :body, :now)
-
--- name: idempotency_delete
-DELETE FROM idempotency WHERE key_hash = :key_hash
-
--- name: idempotency_purge
-DELETE FROM idempotency WHERE created_at < :before

@@ -1,7 +1,4 @@
--- name: server_binding
-SELECT s.pool_id, p.lease_seconds FROM servers s JOIN pools p ON p.id = s.pool_id
-WHERE s.id = :server_id AND s.estate_id = :estate_id AND s.removed_at IS NULL
-  AND p.deleted_at IS NULL
+-- Leases and the seats they hold (broker/leases.py).
 
 -- name: lease_active_of_encoder
 SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, state, created_at,
@@ -87,11 +84,3 @@ ORDER BY l.id LIMIT :limit
 -- name: lease_of_estate
 SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, state, expires_at
 FROM leases WHERE id = :lease_id AND estate_id = :estate_id
-
--- name: metrics_counts
-SELECT
-  (SELECT COUNT(*) FROM estates) AS estates,
-  (SELECT COUNT(*) FROM pools WHERE deleted_at IS NULL) AS pools,
-  (SELECT COUNT(*) FROM servers WHERE removed_at IS NULL) AS servers,
-  (SELECT COUNT(*) FROM leases WHERE state = 'active' AND expires_at > :now) AS live_leases,
-  (SELECT COALESCE(SUM(count), 0) FROM leases WHERE state = 'active' AND expires_at > :now) AS seats_in_use
