@@ -225,7 +225,15 @@ def load(
 def _check_secret_key(values: Mapping[str, Any]) -> None:
     if values.get("secret_key") is not None and values.get("secret_key_file") is not None:
         raise ConfigError("settings 'secret_key' and 'secret_key_file' are two ways to give one key: give one")
-    key = values.get("secret_key")
+    key, where = values.get("secret_key"), "setting 'secret_key'"
+    file = values.get("secret_key_file")
+    if file is not None:  # read now, so that a bad file stops start-up before anything is made
+        where = f"setting 'secret_key_file' ({file})"
+        try:
+            key = Path(file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not base64 text"
+            raise ConfigError(f"{where}: cannot read it: {reason}") from exc
     if key is not None:
         try:
             raw = base64.b64decode(str(key).strip(), validate=True)
@@ -233,7 +241,7 @@ def _check_secret_key(values: Mapping[str, Any]) -> None:
             raw = b""
         if len(raw) != 32:
             raise ConfigError(
-                "setting 'secret_key' must be 32 random bytes in base64 (44 characters, e.g. "
+                f"{where} must be 32 random bytes in base64 (44 characters, e.g. "
                 "from `head -c 32 /dev/urandom | base64`)"
             )
 

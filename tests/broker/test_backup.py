@@ -18,8 +18,8 @@ from broker import backup, secretkey
 from broker.app import create_app
 from broker.cli import main
 from broker.secretkey import SecretKeyError
-from tests.broker.estate_kit import base, enroll, estate, lease
 from shared import jws
+from tests.broker.estate_kit import base, enroll, estate, lease
 from tests.conftest import Broker
 
 
