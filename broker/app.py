@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import console, reaper, secretfiles
+from broker import console, reaper, secretfiles, signing
 from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import problems, security_headers
@@ -18,7 +18,6 @@ from broker.ids import token_hash
 from broker.principals import PrincipalCache
 from broker.ratelimit import FailureLimiter
 from broker.services import SERVICES, Services
-from broker.signing import Keyring
 from broker.store import open_store
 
 log = logging.getLogger("tenure.broker")
@@ -41,10 +40,14 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         secretfiles.prepare_data_dir(config.data_dir, config.db_path)
         op_token = secretfiles.operator_token(config.data_dir, config.operator_token)
-        keyring = Keyring(config.data_dir, config.key_reload_seconds)
-        await asyncio.to_thread(keyring.reload, config.clock.now())
         store = await open_store(config)
         secretfiles.secure_database_files(config.db_path)  # as SQLite left them (see prepare_data_dir)
+        try:
+            # The embedded store keeps a generated secret key in the data directory.
+            keyring, code_key = await signing.start(config, store, config.clock.now(), may_generate_secret=True)
+        except BaseException:
+            await store.close()  # clean-up runs only after a finished start-up
+            raise
         app[SERVICES] = Services(
             config=config,
             clock=config.clock,
@@ -57,7 +60,7 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
                 config.redeem_failures_global,
                 config.redeem_window_seconds,
             ),
-            code_key=secretfiles.code_key(config.data_dir),
+            code_key=code_key,
             operator_hash=token_hash(op_token),
             metrics_hash=token_hash(config.metrics_token) if config.metrics_token else None,
             issuer=config.public_url or "tenure",

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import ssl
 import sys
-import time
 from pathlib import Path
 
 from aiohttp import web
 
 from broker import config as configuration
-from broker import signing
-from shared import __version__
+from broker import secretfiles, signing
+from broker.errors import StorageUnavailable
+from broker.secretkey import SecretKeyError
+from shared import __version__, jws
+from shared.secretfile import folder_owner
 from shared.words import count
 
 
@@ -62,15 +65,41 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "keys":
-        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = signing.rotate(cfg.data_dir, time.time())
-        print(
-            f"Added signing key {key.kid}; a running broker signs with it within {int(cfg.key_reload_seconds)} seconds."
-        )
-        return 0
+        return _rotate(cfg)
     if args.command in ("backup", "restore"):
         return _copy(args.command, args.file, cfg)
     return serve(cfg)
+
+
+def _rotate(cfg: configuration.Config) -> int:
+    """``keys rotate``: a write to the broker's own database, safe while it runs."""
+    try:
+        key = asyncio.run(rotate_keys(cfg))
+    except SecretKeyError as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 2
+    except (signing.KeyFileError, StorageUnavailable) as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 1
+    print(f"Added signing key {key.kid}; a running broker signs with it within {int(cfg.key_reload_seconds)} seconds.")
+    return 0
+
+
+async def rotate_keys(cfg: configuration.Config) -> jws.SigningKey:
+    """What ``keys rotate`` does: add a signing key to the database of ``cfg``'s broker,
+    through a connection of its own, as another process would."""
+    from broker.store import open_store
+
+    secretfiles.prepare_data_dir(cfg.data_dir, cfg.db_path)
+    owner = folder_owner(cfg.data_dir)
+    store = await open_store(cfg)
+    try:
+        secret = await signing.unlock(cfg, store, may_generate_secret=True)
+        return await signing.rotate(store, secret, cfg.clock.now())
+    finally:
+        await store.close()
+        if owner is not None:  # run as root: the broker's user must still open its database
+            secretfiles.give_database_files(cfg.db_path, owner)
 
 
 def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
@@ -82,14 +111,15 @@ def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
             print(
                 f"Backed up {count(done.estates, 'estate')} and {count(done.live_leases, 'live lease')} "
                 f"({done.size:,} bytes, schema {done.schema_version}) into {done.path}. "
-                f"It does not hold {cfg.data_dir / 'keys'} or {cfg.data_dir / 'code-key'}: keep those apart."
+                "It holds the signing and code keys sealed under the secret key, and neither the secret key "
+                "nor the operator token: keep those apart."
             )
         else:
             done = backup.restore(file, cfg.db_path)
             print(
                 f"Restored {count(done.estates, 'estate')} and {count(done.live_leases, 'live lease')} into "
-                f"{cfg.data_dir}. Copy the old data directory's keys/ and code-key beside it "
-                "before starting the broker."
+                f"{cfg.data_dir}. Start the broker with the same secret key: TENURE_SECRET_KEY, or the old "
+                "data directory's secret-key copied beside it."
             )
     except backup.BackupError as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
@@ -120,6 +150,9 @@ def serve(cfg: configuration.Config) -> int:
             access_log=None,
             shutdown_timeout=10,
         )
+    except SecretKeyError as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 2
     except signing.KeyFileError as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ stops start-up with a ``ConfigError`` that names the setting.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -65,6 +66,17 @@ class Config:
         "credentials. The operator token reads /metrics too. Prefer the environment variable.",
         secret=True,
     )
+    secret_key: str | None = _setting(
+        None,
+        "The deployment's secret key: 32 random bytes in base64, under which the signing keys "
+        "and the code key are sealed in the database. When neither it nor secret_key_file is "
+        "set, one is generated on first start into DATA_DIR/secret-key (mode 0600). Prefer the "
+        "environment variable.",
+        secret=True,
+    )
+    secret_key_file: Path | None = _setting(
+        None, "A file holding the secret key (base64, as secret_key), e.g. a mounted secret."
+    )
     tls_cert: Path | None = _setting(None, "PEM certificate chain; with tls_key, serve HTTPS.")
     tls_key: Path | None = _setting(None, "PEM private key for tls_cert.")
     public_url: str | None = _setting(
@@ -114,7 +126,7 @@ class Config:
     def db_path(self) -> Path:
         return self.data_dir / "tenure.db"
 
-    def __repr__(self) -> str:  # the operator token never reaches a log line
+    def __repr__(self) -> str:  # no token or secret key ever reaches a log line
         shown = ", ".join(
             f"{f.name}={'***' if f.metadata.get('secret') and getattr(self, f.name) else getattr(self, f.name)!r}"
             for f in settings()
@@ -200,6 +212,7 @@ def load(
     token = values.get("operator_token")
     if token is not None and (not token.startswith("tnr_op_") or len(token) < 32):
         raise ConfigError("setting 'operator_token' must start with tnr_op_ and be at least 32 characters")
+    _check_secret_key(values)
     metrics = values.get("metrics_token")
     if metrics is not None and not _METRICS_TOKEN.fullmatch(metrics):
         raise ConfigError(
@@ -207,6 +220,30 @@ def load(
             "printable ASCII characters (no spaces)"
         )
     return Config(**values)
+
+
+def _check_secret_key(values: Mapping[str, Any]) -> None:
+    if values.get("secret_key") is not None and values.get("secret_key_file") is not None:
+        raise ConfigError("settings 'secret_key' and 'secret_key_file' are two ways to give one key: give one")
+    key, where = values.get("secret_key"), "setting 'secret_key'"
+    file = values.get("secret_key_file")
+    if file is not None:  # read now, so that a bad file stops start-up before anything is made
+        where = f"setting 'secret_key_file' ({file})"
+        try:
+            key = Path(file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not base64 text"
+            raise ConfigError(f"{where}: cannot read it: {reason}") from exc
+    if key is not None:
+        try:
+            raw = base64.b64decode(str(key).strip(), validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(
+                f"{where} must be 32 random bytes in base64 (44 characters, e.g. "
+                "from `head -c 32 /dev/urandom | base64`)"
+            )
 
 
 _METRICS_TOKEN = re.compile("tnr_met_[!-~]{25,}")

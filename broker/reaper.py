@@ -42,14 +42,14 @@ async def key_loop(svc: Services) -> None:
 
 
 async def reload_keys(svc: Services) -> None:
-    """One round of ``key_loop``: re-read the key directory. Never raises: a bad file is
-    logged and the keys in force stay, so that a later rotation is still picked up."""
+    """One round of ``key_loop``: re-read the signing keys from the store. Never raises:
+    the keys in force stay, so that a later rotation is still picked up."""
     try:
-        await asyncio.to_thread(svc.keyring.reload, svc.clock.now())
-    except (OSError, ValueError) as exc:
-        log.error("cannot reload signing keys from %s: %s", svc.data_dir / "keys", exc)
+        await svc.keyring.reload(svc.clock.now())
+    except StorageUnavailable as exc:
+        log.warning("cannot reload signing keys from the database: %s", exc.detail)
     except Exception:
-        log.exception("cannot reload signing keys from %s", svc.data_dir / "keys")
+        log.exception("cannot reload signing keys from the database")
 
 
 async def purge_loop(svc: Services) -> None:

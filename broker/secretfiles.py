@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -48,6 +47,16 @@ def secure_database_files(db_path: Path) -> None:
             pass  # -wal, -shm and -journal come and go with SQLite's connections
 
 
+def give_database_files(db_path: Path, owner: tuple[int, int]) -> None:
+    """Give the database and the files beside it to ``owner`` (uid, gid): a command run as
+    root must not leave the broker's user a database it cannot open."""
+    for suffix in DATABASE_SUFFIXES:
+        try:
+            os.chown(db_path.with_name(db_path.name + suffix), *owner)
+        except FileNotFoundError:
+            pass
+
+
 def _tighten(path: Path, mode: int) -> None:
     current = stat.S_IMODE(path.stat().st_mode)
     if current & ~mode:
@@ -57,17 +66,6 @@ def _tighten(path: Path, mode: int) -> None:
             log.warning("%s is mode %04o and cannot be set to %04o: %s", path, current, current & mode, exc.strerror)
             return
         log.warning("%s was mode %04o; set it to %04o (no other user may read it)", path, current, current & mode)
-
-
-def code_key(data_dir: Path) -> bytes:
-    """The HMAC key for authentication codes: 32 random bytes, made once."""
-    path = data_dir / "code-key"
-    if not path.exists():
-        write_secret(path, secrets.token_bytes(32))
-    data = path.read_bytes()
-    if len(data) < 32:
-        raise RuntimeError(f"{path} is damaged (shorter than 32 bytes)")
-    return data
 
 
 def operator_token(data_dir: Path, configured: str | None) -> str:

@@ -1,118 +1,129 @@
-"""Lease-signing keys in ``DATA_DIR/keys``: generation, rotation and publication.
+"""Lease-signing keys: where they come from at start, rotation, and publication.
 
-Key files are named ``key-<created epoch>-<kid prefix>.pem`` (mode 0600); the newest
-signs. ``tenure-broker keys rotate`` adds a file and a running broker picks it up at its
-next reload (``key_reload_seconds``). An older key stays published in the JWKS until
-every token it can have signed has expired: its successor's creation, plus the
-longest lease lifetime, plus the reload interval and a margin.
+The keys live in the database, sealed under the deployment's secret key
+(``broker/keymaterial.py``); the newest signs. ``tenure-broker keys rotate`` adds one
+through the same database, and every running broker picks it up at its next reload
+(``key_reload_seconds``). An older key stays published in the JWKS until every token it
+can have signed has expired: its successor's creation, plus the longest lease lifetime,
+plus the reload interval and a margin.
 
-``rotate`` run as root (an operator's habit) gives the new file to the data directory's
-owner, the broker's user: a key file the broker cannot read would otherwise fail every
-reload and stop the next start. One it meets anyway is named, with its owner, in a
-``KeyFileError``.
+At start, ``unlock`` finds the secret key, refuses one that does not open the stored
+keys (a restored backup started with another deployment's secret key must not quietly
+make new keys), and imports the key files of the old data-directory layout once
+(``broker/keyfiles.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import re
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-
+from broker import keyfiles, keymaterial, secretkey
+from broker.config import Config
+from broker.keymaterial import StoredKey
+from broker.secretkey import KeySealed, SecretKey, SecretKeyError
+from broker.store.base import Store
 from shared import jws
-from shared.secretfile import folder_owner, write_secret
 
 log = logging.getLogger("tenure.keys")
 MAX_LEASE_SECONDS = 30 * 86400
-_FILE = re.compile(r"^key-(\d+)-[A-Za-z0-9_-]+\.pem$")
+KeyFileError = keyfiles.KeyFileError
 
 
-class KeyFileError(ValueError):
-    """A key file or the key directory cannot be read or used; the message names it."""
+async def unlock(config: Config, store: Store, *, may_generate_secret: bool) -> SecretKey:
+    """The secret key, checked against every stored key; old key files imported.
+
+    ``may_generate_secret``: whether this store keeps a generated secret key in the data
+    directory (the embedded SQLite store does; a database shared by replicas does not).
+    Raises ``SecretKeyError`` (the operator's mistake: exit 2) or ``KeyFileError``.
+    """
+    rows = await store.read(keymaterial.all_rows)
+    secret = await asyncio.to_thread(secretkey.resolve, config, may_generate=may_generate_secret and not rows)
+    for row in rows:
+        try:
+            keymaterial.open_row(secret, row["purpose"], row)
+        except KeySealed as exc:
+            raise SecretKeyError(
+                f"the secret key from {secret.source} does not open the {exc} stored in the database: "
+                "it is not the secret key this data was sealed under. Start the broker with the "
+                "deployment's secret key (TENURE_SECRET_KEY, 'secret_key_file', or the old data "
+                "directory's secret-key copied beside the database); nothing was changed"
+            ) from exc
+    found = await asyncio.to_thread(keyfiles.load, config.data_dir)
+    if found:
+        added = await store.write(partial(keymaterial.import_files, secret=secret, found=found))
+        await asyncio.to_thread(keyfiles.set_aside, config.data_dir, found)
+        log.info(
+            "imported %d key(s) from the data directory's key files into the database, sealed; "
+            "the files are now in %s and %s, to delete once this broker serves",
+            added,
+            keyfiles.KEYS + keyfiles.ASIDE,
+            keyfiles.CODE_KEY + keyfiles.ASIDE,
+        )
+    return secret
 
 
-@dataclass(frozen=True)
-class StoredKey:
-    created: int
-    key: jws.SigningKey
+async def start(config: Config, store: Store, now: float, *, may_generate_secret: bool) -> tuple[Keyring, bytes]:
+    """The keyring and the code HMAC key for a starting broker, made on first start."""
+    secret = await unlock(config, store, may_generate_secret=may_generate_secret)
+    code_key = await store.write(partial(keymaterial.ensure_code_key, secret=secret))
+    keyring = Keyring(store, secret, config.key_reload_seconds)
+    await keyring.reload(now)
+    return keyring, code_key
 
 
-def rotate(data_dir: Path, now: float) -> jws.SigningKey:
-    """Add a new signing key; it becomes the one that signs."""
-    folder = data_dir / "keys"
-    owner = folder_owner(data_dir)
-    if not folder.exists():
-        folder.mkdir(parents=True, mode=0o700)
-        if owner is not None:
-            os.chown(folder, *owner)
-    existing = load(data_dir)
-    created = max([int(now)] + [k.created + 1 for k in existing])
-    key = jws.SigningKey.generate()
-    write_secret(folder / f"key-{created}-{key.kid[:12]}.pem", key.to_pem(), owner=owner)
-    log.info("new lease-signing key %s", key.kid)
-    return key
-
-
-def load(data_dir: Path) -> list[StoredKey]:
-    """All stored keys, oldest first; ``KeyFileError`` names a file that cannot be used."""
-    folder = data_dir / "keys"
-    if not folder.is_dir():
-        return []
-    found = []
-    try:
-        names = sorted(folder.iterdir())
-    except OSError as exc:
-        raise _unreadable(folder, exc) from exc
-    for path in names:
-        match = _FILE.match(path.name)
-        if match:
-            try:
-                key = jws.SigningKey.from_pem(path.read_bytes())
-            except OSError as exc:
-                raise _unreadable(path, exc) from exc
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                # TypeError: a passphrase-protected key. Name the file, whatever the cause.
-                raise KeyFileError(f"{path} is not a usable Ed25519 private key: {exc}") from exc
-            found.append(StoredKey(int(match.group(1)), key))
-    found.sort(key=lambda k: (k.created, k.key.kid))
-    return found
-
-
-def _unreadable(path: Path, exc: OSError) -> KeyFileError:
-    """Name the file, and whose it is against whom the broker runs as: "chown" is the fix."""
-    try:
-        info = path.stat()
-        whose = f"; it belongs to uid {info.st_uid} and the broker runs as uid {os.geteuid()}"
-        if info.st_uid != os.geteuid():
-            whose += f" (give it to the broker's user: chown {os.geteuid()} {path})"
-    except OSError:
-        whose = ""
-    what = "the signing-key directory" if path.is_dir() else "signing key"
-    return KeyFileError(f"cannot read {what} {path}: {exc.strerror or exc}{whose}")
+async def rotate(store: Store, secret: SecretKey, now: float) -> jws.SigningKey:
+    """Add a new signing key for the whole deployment; it becomes the one that signs."""
+    stored = await store.write(partial(keymaterial.add_signing_key, secret=secret, now=now))
+    log.info("new lease-signing key %s", stored.key.kid)
+    return stored.key
 
 
 class Keyring:
-    """The signing key in force and the public keys to publish."""
+    """The signing key in force and the public keys to publish, re-read from the store."""
 
-    def __init__(self, data_dir: Path, reload_seconds: float) -> None:
-        self.data_dir = data_dir
+    def __init__(self, store: Store, secret: SecretKey, reload_seconds: float) -> None:
+        self._store = store
+        self._secret = secret
         self.reload_seconds = reload_seconds
+        self._opened: dict[tuple[str, int], StoredKey] = {}
         self._keys: list[StoredKey] = []
         self._jwks: dict[str, Any] = {"keys": []}
 
-    def reload(self, now: float) -> None:
-        keys = load(self.data_dir)
+    @property
+    def keys(self) -> list[StoredKey]:
+        """The keys in force, oldest first."""
+        return list(self._keys)
+
+    async def reload(self, now: float) -> None:
+        """Re-read the stored keys. One that does not open is logged and left out, so
+        that the others, and later rotations, are still used."""
+        rows = await self._store.read(keymaterial.signing_rows)
+        if not rows:
+            await self._store.write(partial(keymaterial.ensure_signing_key, secret=self._secret, now=now))
+            rows = await self._store.read(keymaterial.signing_rows)
+        keys = []
+        for row in rows:
+            try:
+                keys.append(self._open(row))
+            except KeySealed as exc:
+                log.error("cannot open the %s: it was sealed under another secret key, or altered", exc)
         if not keys:
-            rotate(self.data_dir, now)
-            keys = load(self.data_dir)
-        if [k.key.kid for k in keys] != [k.key.kid for k in self._keys] and self._keys:
+            return  # keep signing with the keys in force
+        if self._keys and [k.key.kid for k in keys] != [k.key.kid for k in self._keys]:
             log.info("signing with key %s", keys[-1].key.kid)
         self._keys = keys
         self._publish(now)
+
+    def _open(self, row: dict[str, Any]) -> StoredKey:
+        # A stored key never changes: open each once, not at every reload.
+        ident = (str(row["kid"]), int(row["created"]))
+        found = self._opened.get(ident)
+        if found is None:
+            found = self._opened[ident] = keymaterial.open_signing_key(self._secret, row)
+        return found
 
     def _publish(self, now: float) -> None:
         keep = MAX_LEASE_SECONDS + self.reload_seconds + 120

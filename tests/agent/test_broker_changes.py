@@ -16,7 +16,8 @@ import pytest
 
 from agent.config import Config
 from agent.records import load_leases
-from broker import signing
+from broker.cli import rotate_keys
+from broker.config import load
 from tests.agent.harness import (
     AgentFactory,
     AgentHarness,
@@ -117,7 +118,7 @@ async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
     ring = agent.daemon.host.keyring(proxy.url)
     assert ring.kids == {old_kid}  # pinned at enrolment
 
-    new_key = signing.rotate(broker.data_dir, fake_clock.now())
+    new_key = await rotate_keys(load(None, env={}, data_dir=broker.data_dir))
     loop = asyncio.get_running_loop()
     end = loop.time() + 10
     while new_key.kid not in {k["kid"] for k in (await broker.call("GET", "/v1/keys", status=200))["keys"]}:

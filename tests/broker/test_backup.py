@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from broker import backup
+from broker import backup, secretkey
 from broker.app import create_app
 from broker.cli import main
+from broker.secretkey import SecretKeyError
+from shared import jws
 from tests.broker.estate_kit import base, enroll, estate, lease
 from tests.conftest import Broker
 
@@ -22,6 +26,13 @@ from tests.conftest import Broker
 def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
+
+
+async def start_up(config: Any) -> None:
+    """Start the app's services as ``serve`` does, and stop them again."""
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    await runner.cleanup()
 
 
 async def test_online_backup_is_consistent_private_and_self_contained(
@@ -64,21 +75,42 @@ async def test_a_restored_data_directory_serves_the_same_books_and_tokens(
     est = await estate(broker)
     await broker.purchase(est.id, quantity=10)
     server = await enroll(broker, est, est.default_pool)
-    await lease(broker, server["server_token"], "ENC-1", 3)
+    first = await lease(broker, server["server_token"], "ENC-1", 3)
+    code = await broker.call("POST", f"{base(est)}/pools/{est.default_pool}/auth-codes", est.admin, {}, 201)
+    keys_before = await broker.call("GET", "/v1/keys", status=200)
     target = tmp_path / "copy.db"
     await asyncio.to_thread(backup.backup, config_factory().db_path, target)
+    # The keys came along, sealed: the backup holds their rows and no secret key.
+    assert [r[0] for r in rows(target, "SELECT purpose FROM key_material ORDER BY purpose")] == ["code", "signing"]
 
     new_dir = tmp_path / "restored"
     restored = await asyncio.to_thread(backup.restore, target, config_factory(data_dir=new_dir).db_path)
     assert restored.live_leases == 1
     assert stat.S_IMODE(new_dir.stat().st_mode) == 0o700
+    assert sorted(p.name for p in new_dir.iterdir()) == ["tenure.db"]
 
+    # Without the deployment's secret key the restored broker refuses to start, rather
+    # than making new keys under which the old tokens and codes would fail.
+    with pytest.raises(SecretKeyError, match="copy the old data directory's secret-key"):
+        await start_up(config_factory(data_dir=new_dir))
+    with pytest.raises(SecretKeyError, match="does not open the"):
+        await start_up(config_factory(data_dir=new_dir, secret_key=secretkey.generate()))
+    assert sorted(p.name for p in new_dir.iterdir() if not p.name.startswith("tenure.db")) == []
+
+    shutil.copy(config_factory().data_dir / "secret-key", new_dir / "secret-key")
     client = await aiohttp_client(create_app(config_factory(data_dir=new_dir)))
     again = Broker(client, broker.operator, broker.clock)
     pools = await again.call("GET", f"{base(est)}/pools", est.admin, status=200)
     assert [(p["allocated"], p["in_use"]) for p in pools["items"]] == [(10, 3)]
     renewed = await lease(again, server["server_token"], "ENC-1", 3, status=200)
     assert renewed["count"] == 3
+    # The same keys: old lease tokens verify, new ones are signed by the same key, and a
+    # code made before the backup still redeems.
+    assert await again.call("GET", "/v1/keys", status=200) == keys_before
+    published = jws.keys_from_jwks(keys_before)
+    assert jws.verify(first["token"], published, now=broker.clock.now())["lid"] == first["id"]
+    assert jws.unverified_header(renewed["token"])["kid"] == jws.unverified_header(first["token"])["kid"]
+    await again.call("POST", "/v1/enroll", None, {"code": code["code"], "name": "enc-host-2"}, 201)
 
 
 async def test_backup_never_overwrites_and_restore_refuses_what_it_cannot_trust(

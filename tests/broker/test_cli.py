@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -146,16 +147,47 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) 
     )
 
 
-def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
+def test_keys_rotate_adds_a_key_to_the_database_of_a_running_broker(serve: object, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    first = run("keys", "rotate", "--data-dir", str(data))
+    first = run("keys", "rotate", "--data-dir", str(data))  # before any start: makes the secret key
     assert first.returncode == 0, first.stderr
-    keys = sorted((data / "keys").glob("key-*.pem"))
-    assert len(keys) == 1 and keys[0].stat().st_mode & 0o777 == 0o600
-    second = run("keys", "rotate", "--data-dir", str(data))
-    assert second.returncode == 0
-    assert len(list((data / "keys").glob("key-*.pem"))) == 2
+    assert (data / "secret-key").stat().st_mode & 0o777 == 0o600
+    assert not (data / "keys").exists()
+    broker = serve("--data-dir", str(data), env=clean_env(TENURE_KEY_RELOAD_SECONDS="0.05"))  # type: ignore[operator]
+    broker.wait_healthy()
+    kids = [k["kid"] for k in json.loads(get(f"{broker.url}/v1/keys")[1])["keys"]]
+    assert len(kids) == 1 and kids[0] in first.stdout
+    second = run("keys", "rotate", "--data-dir", str(data))  # while it runs: a write to its database
+    assert second.returncode == 0, second.stderr
     assert "Added signing key" in second.stdout
+    deadline = time.monotonic() + 10
+    while len(kids) < 2:
+        assert time.monotonic() < deadline, "the running broker did not pick up the new key"
+        time.sleep(0.05)
+        kids = [k["kid"] for k in json.loads(get(f"{broker.url}/v1/keys")[1])["keys"]]
+    assert kids[1] in second.stdout
+    assert broker.stop() == 0
+    secret = (data / "secret-key").read_text().strip()
+    assert secret not in broker.log.read_text() + first.stdout + first.stderr + second.stderr
+
+
+def test_a_broker_given_the_wrong_secret_key_refuses_to_start(serve: object, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    broker = serve("--data-dir", str(data))  # type: ignore[operator]
+    broker.wait_healthy()
+    assert broker.stop() == 0
+    other = base64.b64encode(os.urandom(32)).decode()
+    for env in (clean_env(TENURE_SECRET_KEY=other), None):
+        if env is None:
+            (data / "secret-key").unlink()  # a data directory restored without its secret key
+        result = run("serve", "--data-dir", str(data), "--port", str(free_port()), env=env, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("tenure-broker: ") and "Traceback" not in result.stderr
+        assert "secret key" in last and "'secret_key_file'" in last
+    assert not (data / "secret-key").exists()  # no new secret key was made over the old keys
+    refused = run("keys", "rotate", "--data-dir", str(data))
+    assert refused.returncode == 2 and "secret-key" in refused.stderr
 
 
 @pytest.mark.parametrize(
@@ -170,6 +202,10 @@ def test_keys_rotate_adds_a_key_file(tmp_path: Path) -> None:
         (["serve", "--tls-cert", "/nonexistent.pem"], {}, "tls_key"),
         (["keys", "rotate"], {"TENURE_DEFAULT_LEASE_SECONDS": "1"}, "default_lease_seconds"),
         (["serve"], {"TENURE_METRICS_TOKEN": "tnr_met_" + "x" * 24}, "metrics_token"),
+        (["serve"], {"TENURE_SECRET_KEY": "c2hvcnQ="}, "secret_key"),
+        (["keys", "rotate"], {"TENURE_SECRET_KEY": "not base64 at all!"}, "secret_key"),
+        (["serve"], {"TENURE_SECRET_KEY": "A" * 44, "TENURE_SECRET_KEY_FILE": "/k"}, "secret_key_file"),
+        (["keys", "rotate"], {"TENURE_SECRET_KEY_FILE": "/nonexistent/secret-key"}, "secret_key_file"),
         (["serve"], {"TENURE_METRICS_TOKEN": "tnr_op_" + "x" * 40}, "metrics_token"),
         (["serve"], {"TENURE_METRICS_TOKEN": "tnr_met_" + "x" * 20 + " with a space"}, "metrics_token"),
     ],

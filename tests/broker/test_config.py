@@ -3,6 +3,7 @@ every setting is documented."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 from pathlib import Path
@@ -181,3 +182,15 @@ def test_documented_defaults_match() -> None:
         if isinstance(default, float) and default.is_integer():
             shown = str(int(default))
         assert shown in rows[f.name], (f.name, rows[f.name])
+
+
+def test_the_secret_key_is_masked_and_may_come_from_a_file(tmp_path: Path) -> None:
+    key = base64.b64encode(bytes(range(32))).decode()
+    cfg = load(None, env={"TENURE_SECRET_KEY": key})
+    assert cfg.secret_key == key and key not in repr(cfg) and "secret_key='***'" in repr(cfg)
+    file = tmp_path / "secret"
+    file.write_text(key + "\n")
+    assert load(None, env={"TENURE_SECRET_KEY_FILE": str(file)}).secret_key_file == file
+    file.write_text(key[:-4] + "\n")
+    with pytest.raises(ConfigError, match="'secret_key_file'"):
+        load(None, env={"TENURE_SECRET_KEY_FILE": str(file)})

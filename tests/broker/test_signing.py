@@ -7,21 +7,21 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import reaper, signing
+from broker import keymaterial, reaper, signing
 from broker.app import create_app
+from broker.cli import rotate_keys
 from broker.clock import ManualClock
+from broker.secretkey import KeySealed, SecretKey, SecretKeyError
 from broker.services import SERVICES
 from shared import jws
-from shared.secretfile import write_secret
 from tests.broker.leasing import ONE, Site, header_of, make_site, ts
 from tests.conftest import DAY, Broker
 
@@ -59,6 +59,10 @@ def _tamper(token: str, **changes: Any) -> str:
 
 def _modes(folder: Path) -> dict[str, int]:
     return {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()}
+
+
+def _secret_of(data_dir: Path) -> SecretKey:
+    return SecretKey(base64.b64decode((data_dir / "secret-key").read_text()), "test")
 
 
 async def _live_site(broker: Broker) -> Site:
@@ -164,7 +168,7 @@ async def test_keys_rotate_without_restart_and_old_keys_stay_published(
     old_kid = header_of(old["token"])["kid"]
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [old_kid]
 
-    new_key = signing.rotate(config.data_dir, clock.now())
+    new_key = await rotate_keys(config)  # as `tenure-broker keys rotate` does, through the database
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [old_kid]  # not yet re-read
     await reaper.reload_keys(broker.client.app[SERVICES])  # the key loop's next round
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [old_kid, new_key.kid]
@@ -184,28 +188,35 @@ async def test_keys_rotate_without_restart_and_old_keys_stay_published(
     clock.set(ts(old["expires_at"]) - 1)
     assert old_kid in [k["kid"] for k in (await _jwks(broker))["keys"]]
     # Once no token it signed can still be valid, it is withdrawn.
-    created = signing.load(config.data_dir)[-1].created
+    created = broker.client.app[SERVICES].keyring.keys[-1].created
     clock.set(created + signing.MAX_LEASE_SECONDS + 3600)
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [new_key.kid]
 
 
-async def test_key_files_are_private(
+async def test_the_database_holds_no_key_material_in_clear(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     config_factory: Callable[..., Any],
     clock: ManualClock,
     operator_token: str,
 ) -> None:
     config = config_factory()
-    await aiohttp_client(create_app(config))
-    signing.rotate(config.data_dir, clock.now())
-    folder: Path = config.data_dir / "keys"
-    modes = _modes(folder)
-    assert len(modes) == 2
-    assert all(mode == 0o600 for mode in modes.values()), modes
-    assert os.stat(folder).st_mode & 0o077 == 0
-    stored = signing.load(config.data_dir)
-    assert [k.created for k in stored] == sorted(k.created for k in stored)
-    assert stored[-1].key.kid != stored[0].key.kid
+    broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
+    await rotate_keys(config)
+    svc = broker.client.app[SERVICES]
+    await reaper.reload_keys(svc)
+    keys = svc.keyring.keys
+    assert len(keys) == 2 and keys[0].key.kid != keys[1].key.kid
+    await svc.store.close()  # every page in the database file itself, none left in the WAL
+    on_disk = b"".join(p.read_bytes() for p in config.data_dir.glob("tenure.db*"))
+    secret = base64.b64decode((config.data_dir / "secret-key").read_text())
+    for key in keys:
+        raw = key.key.private.private_bytes_raw()
+        assert raw not in on_disk and key.key.to_pem() not in on_disk
+        assert key.key.kid.encode() in on_disk  # the row is there, sealed
+    assert svc.code_key not in on_disk and secret not in on_disk
+    assert b"PRIVATE KEY" not in on_disk
+    assert not (config.data_dir / "keys").exists() and not (config.data_dir / "code-key").exists()
+    assert os.stat(config.data_dir / "secret-key").st_mode & 0o777 == 0o600
 
 
 async def test_signing_keys_survive_a_restart(
@@ -248,7 +259,7 @@ async def test_only_the_canonical_spelling_of_a_token_verifies(broker: Broker) -
     assert jws.verify(lease["token"], keys)["lid"] == lease["id"]
 
 
-async def test_a_bad_key_file_does_not_stop_later_rotations(
+async def test_a_key_that_does_not_open_does_not_stop_later_rotations(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     config_factory: Callable[..., Any],
     clock: ManualClock,
@@ -259,19 +270,35 @@ async def test_a_bad_key_file_does_not_stop_later_rotations(
     broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
     svc = broker.client.app[SERVICES]
     first = [k["kid"] for k in (await _jwks(broker))["keys"]]
-    # An operator drops a passphrase-protected key in by mistake: reloads fail meanwhile.
-    bad = config.data_dir / "keys" / f"key-{int(clock.now()) + 5}-mistake.pem"
-    encrypted = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")
-    )
-    write_secret(bad, encrypted)
+    # A key sealed under another deployment's secret key reaches the database (a row copied
+    # from elsewhere): it cannot be opened, so it is never used, and reloads say so.
+    stranger = SecretKey(os.urandom(32), "elsewhere")
+    alien = await svc.store.write(partial(keymaterial.add_signing_key, secret=stranger, now=clock.now() + 5))
     caplog.clear()
-    for _ in range(3):  # several reload rounds meet the bad file
+    for _ in range(3):  # several reload rounds meet the bad row
         await reaper.reload_keys(svc)
-    assert caplog.text.count(f"cannot reload signing keys from {config.data_dir / 'keys'}") == 3
-    assert bad.name in caplog.text
+    assert caplog.text.count(f"cannot open the signing key {alien.key.kid}") == 3
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == first
-    bad.unlink()
-    new_key = signing.rotate(config.data_dir, clock.now())
+    # `keys rotate` refuses to add to a database whose keys its secret key cannot all open
+    # (it would be the wrong secret key); a key added under the right one is picked up.
+    with pytest.raises(SecretKeyError, match=f"does not open the signing key {alien.key.kid}"):
+        await rotate_keys(config)
+    new_key = await signing.rotate(svc.store, _secret_of(config.data_dir), clock.now())
     await reaper.reload_keys(svc)
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [*first, new_key.kid]
+    site = await _live_site(broker)
+    lease = await site.acquire("ENC-1", 1, status=201)
+    assert header_of(lease["token"])["kid"] == new_key.kid
+
+
+async def test_a_row_moved_to_another_kid_does_not_open(broker: Broker) -> None:
+    svc = broker.client.app[SERVICES]
+    rows = await svc.store.read(keymaterial.signing_rows)
+    sealed = bytes(rows[0]["sealed"])
+    secret = _secret_of(svc.data_dir)
+    assert keymaterial.open_signing_key(secret, rows[0]).key.kid == rows[0]["kid"]
+    for moved in ({**rows[0], "kid": "another"}, {**rows[0], "created": rows[0]["created"] + 1}):
+        with pytest.raises(KeySealed):
+            keymaterial.open_signing_key(secret, moved)
+    with pytest.raises(KeySealed):
+        secret.open("code", rows[0]["kid"], rows[0]["created"], sealed)
