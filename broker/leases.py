@@ -474,37 +474,31 @@ def _own_lease(tx: Tx, server: Principal, lease_id: str) -> tuple[Row, Row]:
     return lease, binding
 
 
+def _gone(tx: Tx, now: float, server: Principal, lease: Row, reason: str) -> Gone:
+    """A refused renewal, audited: the lease was released, revoked or has lapsed."""
+    audit.record(
+        tx,
+        now,
+        server,
+        lease["estate_id"],
+        audit.Action.LEASE_RENEWAL_REFUSED,
+        pool_id=lease["pool_id"],
+        subject_id=lease["id"],
+        reason=reason,
+    )
+    return Gone(reason)
+
+
 def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
     """A new token and a later expiry, or ``Gone`` (the change is still committed)."""
     lease, binding = _own_lease(tx, server, lease_id)
     tx.run("server_seen", server_id=server.server_id, now=int(now))
     if lease["state"] != "active":
-        reason = "lapsed" if lease["state"] == "lapsed" else lease["state"]
-        audit.record(
-            tx,
-            now,
-            server,
-            lease["estate_id"],
-            audit.Action.LEASE_RENEWAL_REFUSED,
-            pool_id=lease["pool_id"],
-            subject_id=lease_id,
-            reason=reason,
-        )
-        return Gone(reason)
+        return _gone(tx, now, server, lease, "lapsed" if lease["state"] == "lapsed" else lease["state"])
     seats = tx.all("lease_seats", lease_id=lease_id)
     if now >= lease["expires_at"] or any(now >= purchases.grace_end(s) for s in seats):
         _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended", None)
-        audit.record(
-            tx,
-            now,
-            server,
-            lease["estate_id"],
-            audit.Action.LEASE_RENEWAL_REFUSED,
-            pool_id=lease["pool_id"],
-            subject_id=lease_id,
-            reason="lapsed",
-        )
-        return Gone("lapsed")
+        return _gone(tx, now, server, lease, "lapsed")
     if binding["pool_id"] == lease["pool_id"]:
         lease_seconds = binding["lease_seconds"]  # the same pool row, read a moment ago
     else:
