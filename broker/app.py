@@ -16,7 +16,7 @@ from broker.api.middleware import problems, security_headers
 from broker.config import Config
 from broker.ids import token_hash
 from broker.principals import PrincipalCache
-from broker.ratelimit import FailureLimiter
+from broker.ratelimit import StoredLimiter
 from broker.services import SERVICES, Services
 from broker.store import open_store
 
@@ -54,7 +54,8 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             store=store,
             keyring=keyring,
             principals=PrincipalCache(store, config.clock),
-            limiter=FailureLimiter(
+            limiter=StoredLimiter(
+                store,
                 config.clock,
                 config.redeem_failures_per_address,
                 config.redeem_failures_global,

@@ -19,33 +19,41 @@ An attempt in flight counts against every budget until it is known to have succe
 before the first failure is recorded. Callers begin an attempt only once its request is
 read and valid, so an unfinished body holds no budget.
 
-The counters live in this process's memory behind ``RedemptionLimiter``, the interface
-the redemption route uses, so that a database-backed budget can replace them.
+The budgets live in the database (table ``redemption_attempts``), so that every broker on
+one database spends the same budgets: a guesser gains nothing by spreading guesses across
+replicas. Each attempt is a row, written by ``begin`` in the same serializable write that
+checks the budgets (so two brokers' concurrent guesses cannot both pass one last unit of
+budget), and counted from then on. ``finish`` marks one in-flight row of the address as a
+failure (its time becomes the failure's) or deletes it on success; in-flight rows of an
+address are interchangeable, so which one does not matter. A broker that dies mid-attempt
+leaves its row in flight: it counts as a failure until it leaves the window, which errs
+on the side of the budget. Rows older than the window are pruned by every ``begin``. The
+cost is two small writes per redemption, which is rare (an enrolment), never per lease.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 from broker.clock import Clock
 from broker.errors import RateLimited
+from broker.store.base import Store, Tx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ATTACK_NETWORK_BUDGET = 1
-MAX_TRACKED = 100_000  # keys kept before stale ones are swept, to bound memory under a spray
 
 
 class RedemptionLimiter(Protocol):
     """What the redemption route needs from the budgets, wherever they are kept."""
 
-    def begin(self, client: IPAddress | None) -> None:
+    async def begin(self, client: IPAddress | None) -> None:
         """Raise ``RateLimited`` when ``client`` may not try now; else count the attempt."""
 
-    def finish(self, client: IPAddress | None, *, failed: bool) -> None:
+    async def finish(self, client: IPAddress | None, *, failed: bool) -> None:
         """End an attempt started with ``begin``; a failure stays in the window."""
 
 
@@ -78,89 +86,71 @@ def about(seconds: float) -> str:
     return f"about {hours} hours"
 
 
-class _Counts:
-    """Failures (times) and attempts in flight, per key, within the window."""
+@dataclass(frozen=True)
+class Limits:
+    """The budgets: ``redeem_failures_per_address``, ``redeem_failures_global``, ``redeem_window_seconds``."""
 
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self.failures: dict[str, deque[float]] = {}
-        self.pending: dict[str, int] = {}
-
-    def count(self, key: str, now: float) -> int:
-        q = self.failures.get(key)
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return len(q or ()) + self.pending.get(key, 0)
-
-    def wait(self, key: str, now: float) -> int:
-        """Seconds until the oldest failure of ``key`` leaves the window (1: only in flight)."""
-        q = self.failures.get(key)
-        if not q:
-            return 1
-        return max(1, math.ceil(q[0] + self.window - now))
-
-    def start(self, key: str) -> None:
-        self.pending[key] = self.pending.get(key, 0) + 1
-
-    def end(self, key: str, now: float, *, failed: bool) -> None:
-        left = self.pending.get(key, 0) - 1
-        if left > 0:
-            self.pending[key] = left
-        else:
-            self.pending.pop(key, None)
-        if failed:
-            self.failures.setdefault(key, deque()).append(now)
-            if len(self.failures) > MAX_TRACKED:
-                self.sweep(now)
-
-    def sweep(self, now: float) -> None:
-        for key in [k for k, q in self.failures.items() if not q or q[-1] <= now - self.window]:
-            del self.failures[key]
+    per_address: int
+    overall: int
+    window: float
 
 
-class FailureLimiter:
-    """The in-memory ``RedemptionLimiter`` of one broker process."""
+def _budget_spent(tx: Tx, now: float, client: IPAddress | None, limits: Limits) -> None:
+    """Raise ``RateLimited`` if ``client``'s address or network may not try now."""
+    since = now - limits.window
+    row = tx.one("redemption_address_count", address=address_key(client), since=since)
+    if row is not None and row["attempts"] >= limits.per_address:
+        wait = _wait(row["oldest_failure"], now, limits.window)
+        raise RateLimited(
+            f"Too many wrong codes from this address; try again in {about(wait)}.",
+            retry_after=wait,
+        )
+    if int(tx.scalar("redemption_count", since=since)) < limits.overall:
+        return
+    row = tx.one("redemption_network_count", network=network_key(client), since=since)
+    if row is not None and row["attempts"] >= ATTACK_NETWORK_BUDGET:
+        wait = _wait(row["oldest_failure"], now, limits.window)
+        raise RateLimited(
+            "This broker is receiving many wrong codes, so each network may try only a few; "
+            f"try again in {about(wait)}.",
+            retry_after=wait,
+        )
 
-    def __init__(self, clock: Clock, per_address: int, overall: int, window: float) -> None:
+
+def _wait(oldest_failure: float | None, now: float, window: float) -> int:
+    """Seconds until the oldest failure leaves the window (1 when only attempts in flight count)."""
+    if oldest_failure is None:
+        return 1
+    return max(1, math.ceil(oldest_failure + window - now))
+
+
+def begin_attempt(tx: Tx, now: float, client: IPAddress | None, limits: Limits) -> None:
+    """Check the budgets for ``client`` and count its attempt as in flight."""
+    tx.run("redemption_prune", since=now - limits.window)
+    _budget_spent(tx, now, client, limits)
+    tx.run("redemption_begin", address=address_key(client), network=network_key(client), now=now)
+
+
+def finish_attempt(tx: Tx, now: float, client: IPAddress | None, *, failed: bool) -> None:
+    """End one attempt of ``client`` in flight: a failure stays in the window, a success leaves it."""
+    address = address_key(client)
+    if not failed:
+        tx.run("redemption_succeed", address=address)
+    elif not tx.run("redemption_fail", address=address, now=now):
+        # Its in-flight row was pruned (an attempt longer than the window): count it anyway.
+        tx.run("redemption_fail_late", address=address, network=network_key(client), now=now)
+
+
+class StoredLimiter:
+    """The ``RedemptionLimiter`` kept in the database, shared by every broker on it."""
+
+    def __init__(self, store: Store, clock: Clock, per_address: int, overall: int, window: float) -> None:
+        self.store = store
         self.clock = clock
-        self.per_address = per_address
-        self.overall = overall
-        self.window = window
-        self._addresses = _Counts(window)
-        self._networks = _Counts(window)
-        self._all = _Counts(window)
+        self.limits = Limits(per_address, overall, window)
 
-    def under_attack(self) -> bool:
-        """Whether the fleet-wide failures in the window have reached the alarm."""
-        return self._all.count("", self.clock.now()) >= self.overall
+    async def begin(self, client: IPAddress | None) -> None:
+        await self.store.write(lambda tx: begin_attempt(tx, self.clock.now(), client, self.limits))
 
-    def check(self, client: IPAddress | None) -> None:
-        """Raise ``RateLimited`` if ``client`` may not try a code now."""
-        now = self.clock.now()
-        address = address_key(client)
-        if self._addresses.count(address, now) >= self.per_address:
-            wait = self._addresses.wait(address, now)
-            raise RateLimited(
-                f"Too many wrong codes from this address; try again in {about(wait)}.",
-                retry_after=wait,
-            )
-        network = network_key(client)
-        if self.under_attack() and self._networks.count(network, now) >= ATTACK_NETWORK_BUDGET:
-            wait = self._networks.wait(network, now)
-            raise RateLimited(
-                "This broker is receiving many wrong codes, so each network may try only a few; "
-                f"try again in {about(wait)}.",
-                retry_after=wait,
-            )
-
-    def begin(self, client: IPAddress | None) -> None:
-        self.check(client)
-        self._addresses.start(address_key(client))
-        self._networks.start(network_key(client))
-        self._all.start("")
-
-    def finish(self, client: IPAddress | None, *, failed: bool) -> None:
-        now = self.clock.now()
-        self._addresses.end(address_key(client), now, failed=failed)
-        self._networks.end(network_key(client), now, failed=failed)
-        self._all.end("", now, failed=failed)
+    async def finish(self, client: IPAddress | None, *, failed: bool) -> None:
+        await self.store.write(lambda tx: finish_attempt(tx, self.clock.now(), client, failed=failed))

@@ -45,7 +45,7 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     client = client_ip(request, svc.config.trusted_proxies)
     # The attempt counts against the budgets while in flight, so that a burst of
     # concurrent guesses cannot all pass the check before the first failure lands.
-    svc.limiter.begin(client)
+    await svc.limiter.begin(client)
     failed = False
     try:
         # The clock is read inside the transaction, not before the body arrived: a code
@@ -59,7 +59,7 @@ async def enroll(request: web.Request) -> web.StreamResponse:
         failed = True
         raise
     finally:
-        svc.limiter.finish(client, failed=failed)
+        await svc.limiter.finish(client, failed=failed)
     result["keys"] = svc.keyring.jwks(svc.clock.now())
     return answer(201, result)
 

@@ -185,7 +185,7 @@ def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
     return raw
 
 
-SessionLookup = Callable[[web.Request], tuple[bytes, str] | None]
+SessionLookup = Callable[[web.Request], Awaitable[tuple[bytes, str] | None]]
 SESSION_LOOKUP: web.AppKey[SessionLookup] = web.AppKey("session_lookup")
 """Set by ``broker.console.setup``: the token digest behind a console session cookie and
 the cookie's raw session id (None when there is no cookie); it raises 401 for a dead
@@ -204,7 +204,7 @@ async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Princi
     scheme, _, token = header.partition(" ")
     token = token.strip()
     lookup = request.app.get(SESSION_LOOKUP)
-    session = lookup(request) if lookup is not None and not header else None
+    session = await lookup(request) if lookup is not None and not header else None
     if session is None and (scheme.lower() != "bearer" or not token):
         raise Unauthenticated("Send a bearer token: Authorization: Bearer <token>.")
     svc = services(request)

@@ -13,7 +13,7 @@ The page calls the ``/v1`` JSON API with a session cookie instead of a bearer to
 - ``GET /console/session`` tells the page whether it is signed in, and gives it the CSRF
   token again after a reload (a cross-site page cannot read this answer). It answers
   401 ``session_ended`` when the request carries a session cookie that names no live
-  session (the broker restarted, the session sat idle or ran out), so the page can say
+  session (it sat idle, ran out, was signed out or its admin removed), so the page can say
   why the admin must sign in again; plain 401 ``unauthenticated`` without a cookie.
   (The ``/v1`` routes answer such a cookie 401 ``unauthenticated``, as any dead
   credential, with the same explanation as detail: the page knows it was signed in.)
@@ -21,6 +21,9 @@ The page calls the ``/v1`` JSON API with a session cookie instead of a bearer to
   unset: the page then warns that the enrol command it shows carries the address the
   console was opened at.
 - ``DELETE /console/session`` signs out: the session is gone from the broker.
+
+Sessions live in the database (``broker.console.sessions``): signed in through one
+broker, an admin carries on through any other on the same database, and across restarts.
 
 ``broker.api.http.authenticate`` asks :func:`session_digest` (through the app key
 ``SESSION_LOOKUP``) when a request has no ``Authorization`` header; for POST, PATCH and
@@ -63,8 +66,6 @@ _TYPES = {
 }
 SIGN_IN = obj({"token": {"type": "string", "minLength": 1, "maxLength": 512}})
 
-SESSIONS = web.AppKey("console_sessions", SessionStore)
-
 
 class CsrfFailed(Forbidden):
     code, title = "csrf_failed", "CSRF token missing or wrong"
@@ -74,7 +75,7 @@ class SessionEnded(Unauthenticated):
     code, title = "session_ended", "The console session has ended"
 
 
-SESSION_ENDED = "Your session ended (the broker restarted or you were signed out for inactivity). Sign in again."
+SESSION_ENDED = "Your session ended (you were signed out for inactivity or after 12 hours). Sign in again."
 
 
 class UnsupportedMediaType(TenureError):
@@ -83,7 +84,6 @@ class UnsupportedMediaType(TenureError):
 
 def setup(app: web.Application) -> None:
     """Serve the console under ``/console/`` and let the API accept its session cookie."""
-    app[SESSIONS] = SessionStore()
     app[SESSION_LOOKUP] = session_digest
     app.router.add_get("/console", _to_console, name="console_redirect")
     app.router.add_get("/console/session", session_info, name="console_session_info")
@@ -109,7 +109,12 @@ def static_assets(root: Path = STATIC) -> dict[str, Path]:
     return assets
 
 
-def session_digest(request: web.Request) -> tuple[bytes, str] | None:
+def session_store(request: web.Request) -> SessionStore:
+    """The console sessions, in the broker's database."""
+    return SessionStore(services(request).store)
+
+
+async def session_digest(request: web.Request) -> tuple[bytes, str] | None:
     """The admin token digest behind the request's session cookie, and the session id; None without a cookie.
 
     Raises 401 when the cookie names no live session, and 403 ``csrf_failed`` when a
@@ -118,7 +123,7 @@ def session_digest(request: web.Request) -> tuple[bytes, str] | None:
     session_id = request.cookies.get(COOKIE)
     if not session_id:
         return None
-    session = request.app[SESSIONS].get(session_id, services(request).clock.now())
+    session = await session_store(request).get(session_id, services(request).clock.now())
     if session is None:
         raise Unauthenticated(SESSION_ENDED)
     if request.method not in SAFE_METHODS and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
@@ -179,12 +184,12 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         raise Unauthenticated("That admin token is unknown or has been revoked.")
     if principal.kind != "admin":
         raise Forbidden(f"A {principal.kind} token cannot sign in to the console; use an admin token.")
-    sessions = request.app[SESSIONS]
+    store = session_store(request)
     old = request.cookies.get(COOKIE)
     if old:
-        sessions.close(old)  # a fresh id on every sign-in: no session fixation
+        await store.close(old)  # a fresh id on every sign-in: no session fixation
     now = svc.clock.now()
-    session_id, session = sessions.open(digest, now)
+    session_id, session = await store.open(digest, now)
     log.info("console sign-in by admin %s of estate %s", principal.admin_id, principal.estate_id)
     response = _describe(request, session.csrf_token, session.expires_at())
     response.set_cookie(
@@ -208,7 +213,7 @@ async def session_info(request: web.Request) -> web.StreamResponse:
     now = services(request).clock.now()
     if not session_id:
         raise Unauthenticated("Not signed in to the console.")
-    session = request.app[SESSIONS].get(session_id, now)
+    session = await session_store(request).get(session_id, now)
     if session is None:
         # The browser still holds a cookie we gave it: say why it no longer works.
         raise SessionEnded(SESSION_ENDED)
@@ -217,12 +222,12 @@ async def session_info(request: web.Request) -> web.StreamResponse:
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
     session_id = request.cookies.get(COOKIE)
-    sessions = request.app[SESSIONS]
-    session = sessions.get(session_id, services(request).clock.now()) if session_id else None
+    store = session_store(request)
+    session = await store.get(session_id, services(request).clock.now()) if session_id else None
     if session is not None and session_id:
         if not session.csrf_matches(request.headers.get(CSRF_HEADER)):
             raise CsrfFailed(f"Signing out must carry the {CSRF_HEADER} header.")
-        sessions.close(session_id)
+        await store.close(session_id)
     response = web.Response(status=204)
     response.del_cookie(COOKIE, path="/", secure=_over_tls(request), httponly=True, samesite="Strict")
     return _harden(response)

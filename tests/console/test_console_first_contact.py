@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 
 PUBLIC_URL = "https://licences.example.net"
 PHONE = {"width": 390, "height": 844}
-SESSION_ENDED = "Your session ended (the broker restarted or you were signed out for inactivity). Sign in again."
+SESSION_ENDED = "Your session ended (you were signed out for inactivity or after 12 hours). Sign in again."
 
 
 @pytest.fixture(scope="module")

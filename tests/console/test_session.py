@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from broker.app import create_app
 from broker.console import COOKIE, CSP
 from broker.console.sessions import IDLE_SECONDS, MAX_SECONDS, SessionStore
+from broker.services import SERVICES
 from tests.conftest import Broker
 
 
@@ -190,14 +191,33 @@ async def test_console_pages_carry_the_csp_and_no_inline_code(broker: Broker) ->
     assert r.status == 404
 
 
-def test_the_session_table_is_bounded(monkeypatch: Any) -> None:
+async def test_the_session_table_is_bounded_per_admin_and_in_all(broker: Broker, monkeypatch: Any) -> None:
     from broker.console import sessions
 
-    monkeypatch.setattr(sessions, "MAX_SESSIONS", 3)
-    store = SessionStore()
-    ids = [store.open(b"h" * 32, 0.0)[0] for _ in range(5)]
-    assert len(store) == 3
-    assert store.get(ids[0], 1.0) is None and store.get(ids[4], 1.0) is not None
+    monkeypatch.setattr(sessions, "MAX_PER_ADMIN", 3)
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 4)
+    _, alice = await admin_estate(broker)
+    _, bob = await admin_estate(broker)
+    alices = [await _sign_in_later(broker, alice) for _ in range(5)]
+    live = [await _live(broker, c) for c in alices]
+    assert live == [False, False, True, True, True]  # Alice's oldest two made way
+    bobs = [await _sign_in_later(broker, bob) for _ in range(2)]
+    # Five in all over a cap of four: the oldest of anyone's made way.
+    assert [await _live(broker, c) for c in alices[2:] + bobs] == [False, True, True, True, True]
+    store = SessionStore(broker.client.app[SERVICES].store)
+    assert await store.store.read(lambda tx: tx.scalar("sessions_count")) == 4
+
+
+async def _sign_in_later(broker: Broker, token: str) -> str:
+    broker.clock.advance(1)  # "oldest" is by start time
+    cookie = (await sign_in(broker, token))[0]
+    broker.client.session.cookie_jar.clear()  # another browser each time: no sign-in replaces another
+    return cookie
+
+
+async def _live(broker: Broker, cookie: str) -> bool:
+    r = await broker.client.get("/v1/me", headers={"Cookie": f"{COOKIE}={cookie}"})
+    return r.status == 200
 
 
 def _self_signed(tmp: Path) -> ssl.SSLContext:
@@ -267,13 +287,13 @@ async def test_a_cookie_of_no_live_session_says_the_session_ended(broker: Broker
     assert r.status == 401 and (await r.json())["code"] == "unauthenticated"
     cookie, _ = await sign_in(broker, admin)
     jar = {"Cookie": f"{COOKIE}={cookie}"}
-    broker.clock.advance(IDLE_SECONDS)  # as gone as after a restart: the broker forgot it
+    broker.clock.advance(IDLE_SECONDS)  # unused for two hours: over
     for path in ("/console/session", "/v1/me"):
         r = await broker.client.get(path, headers=jar)
         problem = await r.json()
         assert r.status == 401, path
         assert problem["detail"] == (
-            "Your session ended (the broker restarted or you were signed out for inactivity). Sign in again."
+            "Your session ended (you were signed out for inactivity or after 12 hours). Sign in again."
         )
     r = await broker.client.get("/console/session", headers={"Cookie": f"{COOKIE}=never-issued"})
     assert r.status == 401 and (await r.json())["code"] == "session_ended"

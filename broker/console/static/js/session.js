@@ -29,7 +29,7 @@ export function showSignIn(message) {
 function sessionEnded(message) {
   state.me = null;
   state.csrf = null;
-  showSignIn(message || 'Your session ended (the broker restarted or you were signed out for inactivity). Sign in again.');
+  showSignIn(message || 'Your session ended (you were signed out for inactivity or after 12 hours). Sign in again.');
 }
 
 whenSessionEnds(sessionEnded);
