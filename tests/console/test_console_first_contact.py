@@ -84,10 +84,11 @@ def test_with_public_url_the_command_uses_it_and_warns_of_nothing(browser: Any, 
         console.assert_clean()
 
 
-def test_after_a_broker_restart_the_admin_is_told_why(browser: Any, tmp_path: Path) -> None:
+def test_a_session_outlives_a_restart_and_an_ended_one_is_explained(browser: Any, tmp_path: Path) -> None:
     data, operator, port = tmp_path / "restarting", new_token("op"), free_port()
     with running_broker(data, operator, port) as broker:
         est = broker.estate("Restarted estate")
+        bob = broker.ok("POST", f"/v1/estates/{est['id']}/admins", est["admin_token"], {"name": "Bob"}, 201)
     with open_console(browser, broker) as console:  # the same address across restarts
         page = console.page
         with running_broker(data, operator, port):
@@ -95,24 +96,26 @@ def test_after_a_broker_restart_the_admin_is_told_why(browser: Any, tmp_path: Pa
             console.open()
             expect(page.get_by_role("heading", level=1, name="Sign in to the Tenure console")).to_be_visible()
             expect(page.locator(".notice")).to_have_count(0)
-            console.sign_in(est["admin_token"])
+            console.sign_in(bob["token"])
             expect(page.get_by_role("heading", level=1, name="Restarted estate")).to_be_focused()
-        with running_broker(data, operator, port):
-            # The page is still open: its next call learns that the session is gone.
+        with running_broker(data, operator, port) as broker:
+            # Sessions are in the database: the open page carries on after the restart.
             page.get_by_role("link", name="See all pools").click()
+            expect(page.get_by_role("heading", level=1, name="Pools")).to_be_visible()
+            expect(page.locator(".notice")).to_have_count(0)
+            # Bob is removed: his session ends, and the page's next call learns why.
+            broker.ok("DELETE", f"/v1/estates/{est['id']}/admins/{bob['id']}", est["admin_token"], status=204)
+            page.get_by_role("link", name="Audit log").click()
             expect(page.get_by_role("heading", level=1, name="Sign in to the Tenure console")).to_be_visible()
             expect(page.locator(".notice")).to_have_text(SESSION_ENDED)
             console.shot("12-session-ended")
-            console.sign_in(est["admin_token"])
-            expect(page.get_by_role("heading", level=1, name="Restarted estate")).to_be_focused()
-        with running_broker(data, operator, port):
             # Opened afresh (a reload, a bookmark): the old cookie is the clue.
             page.reload()
             expect(page.get_by_role("heading", level=1, name="Sign in to the Tenure console")).to_be_visible()
             expect(page.locator(".notice")).to_have_text(SESSION_ENDED)
             console.sign_in(est["admin_token"])
             expect(page.get_by_role("heading", level=1, name="Restarted estate")).to_be_focused()
-            # Signing out on purpose says so, and nothing about a restart.
+            # Signing out on purpose says so, and nothing about a session ending.
             page.get_by_role("button", name="Sign out").click()
             expect(page.locator(".notice")).to_have_text("You have signed out.")
             page.reload()
