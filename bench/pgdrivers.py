@@ -146,6 +146,7 @@ def token(i: int) -> bytes:
 
 @dataclass
 class Counters:
+    begin_write: str = BEGIN_WRITE
     retries: int = 0
     encoders: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -203,7 +204,7 @@ def asyncpg_ops(pool: asyncpg.Pool, c: Counters) -> dict[str, Read]:
         encoder = f"a{next(c.encoders)}"
         async with pool.acquire() as conn:
             while True:
-                await conn.execute(BEGIN_WRITE)
+                await conn.execute(c.begin_write)
                 try:
                     result = await attempt(conn, i, encoder)
                     await conn.execute("COMMIT")
@@ -290,11 +291,11 @@ def psycopg_ops(pool: psycopg_pool.AsyncConnectionPool, c: Counters, pipe: bool)
         now = int(time.time())
         if pipe:
             async with conn.pipeline():
-                await conn.execute(BEGIN_WRITE)
+                await conn.execute(c.begin_write)
                 cur = await conn.execute(Q["server"].sql, Q["server"].args(token(i)))
             server = await cur.fetchone()
         else:
-            await conn.execute(BEGIN_WRITE)
+            await conn.execute(c.begin_write)
             server = await (await conn.execute(Q["server"].sql, Q["server"].args(token(i)))).fetchone()
         assert server is not None
         server_id, _, pool_id, _ = server
@@ -357,7 +358,7 @@ def threaded_ops(pool: psycopg_pool.ConnectionPool, c: Counters, executor: Threa
 
     def attempt(conn: psycopg.Connection[Any], i: int, encoder: str) -> object:
         now = int(time.time())
-        conn.execute(BEGIN_WRITE)
+        conn.execute(c.begin_write)
         server = conn.execute(Q["server"].sql, Q["server"].args(token(i))).fetchone()
         assert server is not None
         server_id, _, pool_id, _ = server
@@ -521,7 +522,7 @@ async def run(args: argparse.Namespace, dbname: str, admin: psycopg.Connection[A
         tpool.open(wait=True)
         drivers = []
         for name in args.drivers:
-            c = Counters()
+            c = Counters(begin_write="BEGIN ISOLATION LEVEL " + args.write_isolation.replace("-", " ").upper())
             if name == "asyncpg":
                 ops = asyncpg_ops(apg, c)
             elif name == "psycopg":
@@ -568,6 +569,7 @@ def _report_head(args: argparse.Namespace, admin: psycopg.Connection[Any]) -> No
     )
     print(
         f"# pool {args.pool} connections, {args.rounds} interleaved rounds of {args.seconds} s, medians;"
+        f" acquire {args.write_isolation};"
         f" {os.cpu_count()} cores, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
@@ -603,6 +605,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure")
     parser.add_argument("--drivers", nargs="+", choices=DRIVERS, default=DRIVERS)
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS)
+    parser.add_argument(
+        "--write-isolation",
+        choices=["serializable", "read-committed"],
+        default="serializable",
+        help="acquire's isolation (read-committed: the guarded UPDATE and unique index alone)",
+    )
     args = parser.parse_args()
     # psycopg logs a pipeline aborted by a serialization failure; the retry counts it instead.
     logging.getLogger("psycopg").setLevel(logging.ERROR)
