@@ -12,7 +12,7 @@ from aiohttp import web
 from broker import console, reaper, secretfiles, signing
 from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
-from broker.api.middleware import problems, security_headers
+from broker.api.middleware import answers, problems
 from broker.config import Config
 from broker.ids import token_hash
 from broker.principals import PrincipalCache
@@ -24,7 +24,7 @@ log = logging.getLogger("tenure.broker")
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[metrics.measure, security_headers, problems], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[metrics.measure, answers, problems], client_max_size=MAX_BODY)
     app[metrics.REQUESTS] = metrics.RequestMetrics()
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
@@ -33,7 +33,12 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_background(reaper.key_loop))
     app.cleanup_ctx.append(_background(reaper.purge_loop))
     console.setup(app)
+    app.on_shutdown.append(_stopping)
     return app
+
+
+async def _stopping(app: web.Application) -> None:
+    log.info("shutting down: finishing requests in flight (up to 10 s), then closing the database")
 
 
 def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -16,7 +16,7 @@ from broker import config as configuration
 from broker import secretfiles, signing
 from broker.errors import StorageUnavailable
 from broker.secretkey import SecretKeyError
-from shared import __version__, jws
+from shared import __version__, jws, logs
 from shared.secretfile import folder_owner
 from shared.words import count
 
@@ -60,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(cfg.log_level, cfg.log_format)
+    logs.quiet_malformed_requests()
     if args.command == "keys":
         return _rotate(cfg)
     if args.command in ("backup", "restore"):
@@ -139,14 +137,22 @@ def serve(cfg: configuration.Config) -> int:
             print(f"tenure-broker: setting 'tls_cert'/'tls_key': {exc}", file=sys.stderr)
             return 2
     scheme = "https" if ssl_context else "http"
-    logging.getLogger("tenure.broker").info("listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
+    log = logging.getLogger("tenure.broker")
+
+    def listening(_banner: str) -> None:
+        # run_app calls its ``print`` once every socket is bound: the one moment at which
+        # "listening" is true (an on_startup hook runs before the bind, and may lie).
+        log.info("listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
+        base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
+        log.info("console at %s/console/", base.rstrip("/"))
+
     try:
         web.run_app(
             create_app(cfg),
             host=cfg.host,
             port=cfg.port,
             ssl_context=ssl_context,
-            print=None,
+            print=listening,
             access_log=None,
             shutdown_timeout=10,
         )
@@ -162,6 +168,7 @@ def serve(cfg: configuration.Config) -> int:
         else:
             print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    log.info("stopped (pid %d)", os.getpid())
     return 0
 
 

@@ -89,6 +89,15 @@ class Config:
         choices=("full", "normal"),
     )
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "auto",
+        "Log line format: 'text' (for a person), 'json' (one object a line: ts, level, logger, msg, "
+        "and on request lines request_id, method, route, status, duration_ms, estate, principal_kind, "
+        "principal_id; a traceback as the one field exc), or 'auto': text when stderr is a terminal, "
+        "json otherwise.",
+        choices=("auto", "text", "json"),
+    )
+    access_log: bool = _setting(True, "Log one line per request (logger tenure.access, INFO).")
     default_lease_seconds: int = _setting(3600, "Lease lifetime of new pools.", min=60, max=30 * 86400)
     code_ttl_seconds: int = _setting(86400, "Default lifetime of an authentication code.", min=60, max=7 * 86400)
     redeem_failures_per_address: int = _setting(

@@ -187,6 +187,8 @@ def query_str(request: web.Request, name: str, schema: Schema) -> str | None:
 
 SessionLookup = Callable[[web.Request], Awaitable[tuple[bytes, str] | None]]
 SESSION_LOOKUP: web.AppKey[SessionLookup] = web.AppKey("session_lookup")
+# Who made the request, for its access-log line (without the credential).
+PRINCIPAL = web.RequestKey("principal", Principal)
 """Set by ``broker.console.setup``: the token digest behind a console session cookie and
 the cookie's raw session id (None when there is no cookie); it raises 401 for a dead
 session and 403 ``csrf_failed`` for a state-changing request without the session's CSRF
@@ -210,6 +212,7 @@ async def authenticate(request: web.Request, allowed: tuple[str, ...]) -> Princi
     svc = services(request)
     digest, credential = session if session is not None else (token_hash(token), token)
     principal = await _principal(svc, digest)
+    request[PRINCIPAL] = principal
     if principal.kind not in allowed:
         raise Forbidden(f"A {principal.kind} token cannot use this route.")
     return dataclasses.replace(principal, credential=credential)

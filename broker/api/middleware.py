@@ -1,15 +1,32 @@
-"""Errors as problem+json (RFC 9457), and the headers every answer carries."""
+"""Errors as problem+json (RFC 9457); the headers every answer carries; the access log.
+
+The access log is one line per request on logger ``tenure.access`` (setting ``access_log``)
+with the request's id, method, route template (never the raw path, never a query, a token,
+a code or a body), status, duration, estate and principal. Refusals an operator must see to
+notice brute force (a wrong code, a rate-limit trip, a refused console sign-in) are WARNING
+lines on ``tenure.http`` whatever ``access_log`` says.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
+import time
+from typing import Any
 
 from aiohttp import web
 
 from broker import errors
-from broker.api.http import Handler
+from broker.api.client import client_ip
+from broker.api.http import PRINCIPAL, Handler
+from broker.services import SERVICES
 
 log = logging.getLogger("tenure.http")
+access = logging.getLogger("tenure.access")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 # aiohttp's own HTTP errors (no route, wrong method, body too large) → our problem codes.
 _HTTP_CODES = {
@@ -34,6 +51,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         log.exception("inconsistent data on %s %s", request.method, request.path)
         return problem(errors.TenureError("Something went wrong on the broker; it is logged."))
     except errors.TenureError as exc:
+        _warn_refusal(request, exc)
         return problem(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -55,10 +73,76 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem(errors.TenureError("Something went wrong on the broker; it is logged."))
 
 
+def _warn_refusal(request: web.Request, exc: errors.TenureError) -> None:
+    """A WARNING for each refusal that, repeated, is someone guessing (never what they sent)."""
+    if isinstance(exc, errors.AuthCodeInvalid):
+        what = "refused an authentication code"
+    elif isinstance(exc, errors.RateLimited):
+        what = f"rate limit tripped (retry after {exc.retry_after} s)"
+    elif request.match_info.route.name == "console_sign_in" and isinstance(
+        exc, errors.Unauthenticated | errors.Forbidden
+    ):
+        what = f"refused a console sign-in ({exc.code})"
+    else:
+        return
+    fields = _fields(request)
+    log.warning("%s from %s on %s %s", what, fields["client"], request.method, fields["route"], extra=fields)
+
+
+def _fields(request: web.Request) -> dict[str, Any]:
+    """What a log line may say about ``request``: ids and names, no secret."""
+    resource = request.match_info.route.resource
+    principal = request.get(PRINCIPAL)
+    svc = request.app.get(SERVICES)
+    client = client_ip(request, svc.config.trusted_proxies) if svc is not None else None
+    estate = request.match_info.get("estate") or (principal.estate_id if principal else None)
+    return {
+        "request_id": request.get(REQUEST_ID),
+        "method": request.method,
+        "route": resource.canonical if resource is not None else "(no route)",
+        "client": str(client) if client is not None else None,
+        "estate": estate,
+        "principal_kind": principal.kind if principal else None,
+        "principal_id": principal.actor_id if principal else None,
+    }
+
+
 @web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+async def answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The headers of every answer, ``X-Request-Id`` (the client's when sane, else a new
+    one) among them, and the request's access-log line."""
+    start = time.perf_counter()
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if _SANE_REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:  # a redirect, raised past ``problems``
+        exc.headers["X-Request-Id"] = request[REQUEST_ID]
+        _access_line(request, exc.status, start)
+        raise
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    _access_line(request, response.status, start)
     return response
+
+
+def _access_line(request: web.Request, status: int, start: float) -> None:
+    svc = request.app.get(SERVICES)
+    if svc is not None and not svc.config.access_log:
+        return
+    fields = _fields(request)
+    fields["status"] = status
+    fields["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
+    who = f"{fields['principal_kind']}:{fields['principal_id'] or '-'}" if fields["principal_kind"] else "-"
+    access.info(
+        "%s %s %d %.1f ms %s id=%s",
+        request.method,
+        fields["route"],
+        status,
+        fields["duration_ms"],
+        who,
+        fields["request_id"],
+        extra=fields,
+    )
