@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
-from shared import __version__
+from shared import __version__, logs
 
 if TYPE_CHECKING:
     from agent.encoder_client import EncoderClient, LeaseStatus
@@ -151,12 +150,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run
 
 
-def _setup_logging(level: str) -> None:
-    # Under systemd the journal stamps each line itself.
-    fmt = "%(levelname)s %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+def _setup_logging(level: str, log_format: str) -> None:
+    logs.setup(level, log_format, text="%(levelname)s %(message)s")
+    logs.quiet_malformed_requests()
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -164,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import serve
 
     config = _config(args)
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))
     except OSError as exc:

@@ -69,6 +69,12 @@ class Config:
     )
     retry_max: float = _setting(60.0, "Longest retry delay in seconds.", min=0.1, max=3600)
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_format: str = _setting(
+        "auto",
+        "Log line format: 'text', 'json' (one object a line: ts, level, logger, msg, a traceback "
+        "as the one field exc), or 'auto': text when stderr is a terminal, json otherwise.",
+        choices=("auto", "text", "json"),
+    )
     local_api: Access = _setting(  # noqa: RUF009
         Access(),
         "Who may act for which encoders through the local API: a [local_api] table with an "

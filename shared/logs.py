@@ -55,6 +55,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``setup`` installs, told apart from any other (a test's, say)."""
+
+
 def resolve(log_format: str, stream: TextIO) -> str:
     """``auto`` is ``text`` at a terminal and ``json`` anywhere else (a journal, a file, a pipe)."""
     if log_format != "auto":
@@ -62,21 +66,28 @@ def resolve(log_format: str, stream: TextIO) -> str:
     return "text" if stream.isatty() else "json"
 
 
-def setup(level: str, log_format: str = "auto", stream: TextIO | None = None) -> None:
-    """Send every logger's records at ``level`` or above to ``stream`` (stderr) as ``log_format``."""
+def setup(
+    level: str,
+    log_format: str = "auto",
+    stream: TextIO | None = None,
+    text: str = "%(levelname)s %(name)s: %(message)s",
+) -> None:
+    """Send every logger's records at ``level`` or above to ``stream`` (stderr) as
+    ``log_format``; a ``text`` line is ``text``, after the time unless systemd's journal
+    (which stamps each line itself) is reading it."""
     stream = stream if stream is not None else sys.stderr
-    handler = logging.StreamHandler(stream)
+    handler = _Handler(stream)
     if resolve(log_format, stream) == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        # Under systemd the journal stamps each line itself.
-        fmt = "%(levelname)s %(name)s: %(message)s"
+        fmt = text
         if not os.environ.get("JOURNAL_STREAM"):
             fmt = "%(asctime)s " + fmt
         handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     for old in root.handlers[:]:
-        root.removeHandler(old)
+        if isinstance(old, _Handler):  # a second setup replaces the first; others' handlers stay
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
 

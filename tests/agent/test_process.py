@@ -152,3 +152,22 @@ def test_status_json_while_the_broker_is_away(
         if not broker_process.running:
             broker_process.start()
         assert agent.stop() == 0
+
+
+def test_json_logs_are_one_object_a_line(
+    broker_process: BrokerProcess,
+    tmp_path: Path,
+    short_dir: Path,
+    agent_env: dict[str, str],
+) -> None:
+    estate = Estate(broker_process)
+    state, sock = tmp_path / "state", short_dir / "agent.sock"
+    enrolled(broker_process, estate, state, agent_env)
+    agent = AgentProcess(state, sock, {**agent_env, "TENURE_AGENT_LOG_FORMAT": "json"})
+    try:
+        EncoderClient(sock).acquire("ENC-1", "one-in-one-out", 1, wait=10)
+    finally:
+        assert agent.stop() == 0
+    lines = [json.loads(line) for line in agent.log.read_text().splitlines()]
+    assert lines and all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
+    assert all(line["ts"].endswith("Z") for line in lines)
