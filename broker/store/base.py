@@ -93,6 +93,14 @@ class Tx(Protocol):
         ...
 
 
+class SchemaTooNew(Exception):
+    """The database's schema is newer than any this broker knows (a newer broker ran on it)."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"the database is at schema {found}; this broker knows up to {known}: upgrade the broker")
+        self.found, self.known = found, known
+
+
 @dataclass
 class StoreStats:
     """Counters for the operator's metrics and the group-commit tests."""
@@ -122,7 +130,11 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise ``StorageUnavailable`` unless the database answers."""
+        """Raise ``StorageUnavailable`` unless the database can be written now.
+
+        It may write (a one-row ``health`` table), at most about once a second, and may
+        take a recent successful write as the proof instead.
+        """
         ...
 
     async def close(self) -> None: ...
