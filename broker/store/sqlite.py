@@ -321,8 +321,12 @@ class SqliteStore:
             raise StorageUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        started = time.perf_counter()
         self._reads.put(_Job(fn, loop, future))
-        return await future
+        try:
+            return await future
+        finally:
+            self.stats.read_seconds.observe(time.perf_counter() - started)
 
     async def ping(self) -> None:
         """Raise ``StorageUnavailable`` unless the database can be written now.
@@ -431,6 +435,7 @@ class SqliteStore:
     async def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
         self.stats.write_jobs += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.batch_jobs.observe(len(batch))
         if self._conn is None:
             await self._reconnect()
         conn, tx = self._conn, self._tx
@@ -439,6 +444,7 @@ class SqliteStore:
             return [_Outcome(job, False, failure) for job in batch]
         outcomes: list[_Outcome] = []
         changes = conn.total_changes
+        started = time.perf_counter()
         try:
             await self._begin(conn)
             for job in batch:
@@ -456,6 +462,7 @@ class SqliteStore:
                     outcomes.append(_Outcome(job, True, result))
             await self._commit(conn)
             self.stats.commits += 1
+            self.stats.commit_seconds.observe(time.perf_counter() - started)
             if conn.total_changes != changes:  # a COMMIT that wrote nothing proves nothing
                 self._written_at = time.monotonic()
         except (sqlite3.Error, RuntimeError) as exc:
