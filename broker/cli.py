@@ -16,6 +16,7 @@ from broker import config as configuration
 from broker import secretfiles, signing
 from broker.errors import StorageUnavailable
 from broker.secretkey import SecretKeyError
+from broker.store.base import SchemaTooNew
 from shared import __version__, jws, logs
 from shared.secretfile import folder_owner
 from shared.words import count
@@ -156,7 +157,7 @@ def serve(cfg: configuration.Config) -> int:
             access_log=None,
             shutdown_timeout=10,
         )
-    except SecretKeyError as exc:
+    except (SecretKeyError, SchemaTooNew) as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 2
     except signing.KeyFileError as exc:

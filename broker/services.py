@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from broker.clock import Clock
 from broker.config import Config
+from broker.counters import Counters
 from broker.principals import PrincipalCache
 from broker.ratelimit import RedemptionLimiter
 from broker.signing import Keyring
@@ -27,6 +28,7 @@ class Services:
     operator_hash: bytes
     metrics_hash: bytes | None
     issuer: str
+    counters: Counters = field(default_factory=Counters)
 
     @property
     def data_dir(self) -> Path:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run it:
 #   - a virtualenv in .venv with the project and its `test` extra,
-#   - Debian's Chromium for the console's browser tests (no browser download happens).
+#   - Debian's Chromium for the console's browser tests (no browser download happens),
+#   - Debian's prometheus package for `promtool check metrics` on a real scrape.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not browser" -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,14 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "Installing Debian's chromium for the browser tests…"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ ! -x /usr/bin/promtool ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "Installing Debian's prometheus (for promtool) for the metrics tests…"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -57,9 +57,11 @@ async def enroll(request: web.Request) -> web.StreamResponse:
         )
     except AuthCodeInvalid:
         failed = True
+        svc.counters.codes_refused += 1
         raise
     finally:
         await svc.limiter.finish(client, failed=failed)
+    svc.counters.codes_redeemed += 1
     result["keys"] = svc.keyring.jwks(svc.clock.now())
     return answer(201, result)
 

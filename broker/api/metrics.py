@@ -1,7 +1,11 @@
 """``GET /metrics``: Prometheus text exposition for the operator's scraper.
 
-Request counts and latencies are kept per route (not per URL, so ids never become
-label values); the store's counters show group commit at work (jobs per commit).
+Labels are bounded: routes are templates (never URLs, so ids in paths never become label
+values) and estates and pools are named by id, never by their editable names. What an
+operator pages on: ``tenure_up``, seats in use and available per pool, codes refused and
+rate-limit trips (someone guessing codes), leases lapsed (encoders that stopped
+renewing), failed commits, store and request latency, and group commit's batch sizes.
+Format and ``process_*``: ``broker.api.exposition``.
 """
 
 from __future__ import annotations
@@ -12,31 +16,32 @@ from typing import Any
 
 from aiohttp import web
 
+from broker import pools
+from broker.api.exposition import Exposition, process_metrics
 from broker.api.http import Handler, authenticate, route, services
 from broker.errors import Inconsistent
+from broker.store.base import Histogram, StoreStats, Tx
+from shared import __version__
 
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class RequestMetrics:
+    """Per (method, route template): answers by status, latency; 429s by route."""
+
     def __init__(self) -> None:
         self.count: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.buckets: dict[tuple[str, str], list[int]] = {}
-        self.total: dict[tuple[str, str], float] = defaultdict(float)
+        self.seconds: dict[tuple[str, str], Histogram] = {}
+        self.rate_limited: dict[str, int] = defaultdict(int)
 
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
         self.count[(method, path, status)] += 1
-        key = (method, path)
-        counts = self.buckets.get(key)
-        if counts is None:
-            counts = self.buckets[key] = [0] * (len(_BUCKETS) + 1)
-        for i, bound in enumerate(_BUCKETS):
-            if seconds <= bound:
-                counts[i] += 1
-                break
-        else:
-            counts[-1] += 1
-        self.total[key] += seconds
+        hist = self.seconds.get((method, path))
+        if hist is None:
+            hist = self.seconds[(method, path)] = Histogram(_SECONDS)
+        hist.observe(seconds)
+        if status == 429:
+            self.rate_limited[path] += 1
 
 
 REQUESTS = web.AppKey("request_metrics", RequestMetrics)
@@ -52,11 +57,13 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-def _line(name: str, labels: dict[str, Any], value: float) -> str:
-    if labels:
-        inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        return f"{name}{{{inner}}} {value}"
-    return f"{name} {value}"
+def _books(tx: Tx, now: float) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The counts, and every live pool's view (the same figures the API answers)."""
+    counts = tx.one("metrics_counts", now=int(now))
+    if counts is None:
+        raise Inconsistent("metrics_counts returned no row")
+    views = [(e["id"], view) for e in tx.all("estate_ids") for view in pools.list_views(tx, now, e["id"])]
+    return counts, views
 
 
 @route(
@@ -71,32 +78,88 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     await authenticate(request, ("operator", "metrics"))
     svc = services(request)
     now = svc.clock.now()
-    counts = await svc.store.read(lambda tx: tx.one("metrics_counts", now=int(now)))
-    if counts is None:
-        raise Inconsistent("metrics_counts returned no row")
-    out = ["# TYPE tenure_up gauge", "tenure_up 1"]
-    for name in ("estates", "pools", "servers", "live_leases", "seats_in_use"):
-        out += [f"# TYPE tenure_{name} gauge", _line(f"tenure_{name}", {}, counts[name])]
-    stats = svc.store.stats
-    for name, value in (
-        ("commits", stats.commits),
-        ("write_jobs", stats.write_jobs),
-        ("read_jobs", stats.read_jobs),
-        ("failed_commits", stats.failed_commits),
+    counts, views = await svc.store.read(lambda tx: _books(tx, now))
+    out = Exposition()
+    out.single("tenure_up", "gauge", "1 while the broker answers scrapes.", 1)
+    out.family("tenure_build_info", "gauge", "The broker's version (always 1).", [({"version": __version__}, 1)])
+    for name, help_ in (
+        ("estates", "Estates."),
+        ("pools", "Pools not deleted."),
+        ("servers", "Enrolled servers and domains not removed."),
+        ("live_leases", "Active leases not yet past their expiry."),
+        ("seats_in_use", "Seats held by live leases, all estates."),
     ):
-        out += [f"# TYPE tenure_store_{name}_total counter", _line(f"tenure_store_{name}_total", {}, value)]
+        out.single(f"tenure_{name}", "gauge", help_, counts[name])
+    _pool_figures(out, views)
+    out.single(
+        "tenure_leases_lapsed_total",
+        "counter",
+        "Leases ended because they were neither renewed nor released before expiry (all brokers on this database).",
+        counts["leases_lapsed"],
+    )
+    tally = svc.counters
+    out.single("tenure_codes_redeemed_total", "counter", "Codes redeemed (servers enrolled).", tally.codes_redeemed)
+    out.single(
+        "tenure_codes_refused_total",
+        "counter",
+        "Code redemptions refused: wrong, used or expired.",
+        tally.codes_refused,
+    )
     req = request.app[REQUESTS]
-    out.append("# TYPE tenure_http_requests_total counter")
-    for (method, path, status), n in sorted(req.count.items()):
-        out.append(_line("tenure_http_requests_total", {"method": method, "route": path, "status": status}, n))
-    out.append("# TYPE tenure_http_request_seconds histogram")
-    for (method, path), counts_ in sorted(req.buckets.items()):
-        labels = {"method": method, "route": path}
-        running = 0
-        for bound, n in zip((*_BUCKETS, float("inf")), counts_, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else str(bound)
-            out.append(_line("tenure_http_request_seconds_bucket", {**labels, "le": le}, running))
-        out.append(_line("tenure_http_request_seconds_count", labels, running))
-        out.append(_line("tenure_http_request_seconds_sum", labels, round(req.total[(method, path)], 6)))
-    return web.Response(text="\n".join(out) + "\n", content_type="text/plain", charset="utf-8")
+    out.family(
+        "tenure_rate_limit_trips_total",
+        "counter",
+        "Requests refused 429 rate_limited, by route template.",
+        [({"route": path}, n) for path, n in sorted(req.rate_limited.items())],
+    )
+    _store_figures(out, svc.store.stats)
+    out.family(
+        "tenure_http_requests_total",
+        "counter",
+        "HTTP requests answered, by method, route template and status.",
+        [({"method": m, "route": p, "status": s}, n) for (m, p, s), n in sorted(req.count.items())],
+    )
+    out.histograms(
+        "tenure_http_request_duration_seconds",
+        "Time from request to answer in seconds, by method and route template.",
+        [({"method": m, "route": p}, h) for (m, p), h in sorted(req.seconds.items())],
+    )
+    process_metrics(out)
+    return web.Response(
+        text=out.text(), content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}
+    )
+
+
+def _pool_figures(out: Exposition, views: list[tuple[str, dict[str, Any]]]) -> None:
+    for name, key, help_ in (
+        ("allocated", "allocated", "Seats allocated to the pool, by estate and pool id."),
+        ("in_use", "in_use", "Seats of the pool held by live leases, by estate and pool id."),
+        ("available", "available", "Seats of the pool a new lease could take now, by estate and pool id."),
+    ):
+        out.family(
+            f"tenure_pool_seats_{name}",
+            "gauge",
+            help_,
+            [({"estate": estate, "pool": view["id"]}, view[key]) for estate, view in views],
+        )
+
+
+def _store_figures(out: Exposition, stats: StoreStats) -> None:
+    for name, value, help_ in (
+        ("commits", stats.commits, "Write transactions committed (one per group-commit batch)."),
+        ("write_jobs", stats.write_jobs, "Write jobs run; jobs per commit shows group commit at work."),
+        ("read_jobs", stats.read_jobs, "Read jobs run."),
+        ("failed_commits", stats.failed_commits, "Write transactions that failed; their requests were answered 503."),
+    ):
+        out.single(f"tenure_store_{name}_total", "counter", help_, value)
+    out.histograms("tenure_store_batch_jobs", "Write jobs per group-commit transaction.", [({}, stats.batch_jobs)])
+    out.histograms(
+        "tenure_store_commit_duration_seconds",
+        "From BEGIN to durable COMMIT of a group-commit transaction, in seconds.",
+        [({}, stats.commit_seconds)],
+    )
+    out.histograms(
+        "tenure_store_read_duration_seconds",
+        "From hand-off to answer of a read, in seconds.",
+        [({}, stats.read_seconds)],
+    )

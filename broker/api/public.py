@@ -14,7 +14,7 @@ from broker.errors import Inconsistent
 @route(
     "GET",
     "/healthz",
-    summary="200 when the database answers",
+    summary="200 when the database can be written, 503 storage_unavailable while it cannot",
     tag="public",
     responses={200: shapes.HEALTH, 503: shapes.PROBLEM},
 )

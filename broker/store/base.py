@@ -58,9 +58,10 @@ COMMIT goes to a thread), and a read's ``fn`` on its reader thread.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from typing import Any, Protocol, TypeVar
 
@@ -93,9 +94,40 @@ class Tx(Protocol):
         ...
 
 
+class SchemaTooNew(Exception):
+    """The database's schema is newer than any this broker knows (a newer broker ran on it)."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"the database is at schema {found}; this broker knows up to {known}: upgrade the broker")
+        self.found, self.known = found, known
+
+
+class Histogram:
+    """Observations counted into fixed buckets (upper bounds, inclusive), as Prometheus
+    histograms are: ``counts[i]`` is how many fell in bucket ``i`` alone (the last is +Inf)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+# Seconds, for store latencies (a commit with synchronous=FULL is one flush: ~0.1–10 ms).
+SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Jobs per group commit (1 when idle, up to the store's batch limit under load).
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
 @dataclass
 class StoreStats:
-    """Counters for the operator's metrics and the group-commit tests."""
+    """Counters for the operator's metrics and the group-commit tests. Both stores keep
+    them: ``batch_jobs`` observes the jobs of every write transaction attempted,
+    ``commit_seconds`` each successful one from BEGIN to durable COMMIT, and
+    ``read_seconds`` each read from hand-off to answer."""
 
     commits: int = 0
     write_jobs: int = 0
@@ -103,6 +135,9 @@ class StoreStats:
     failed_commits: int = 0
     largest_batch: int = 0
     checkpoints: int = 0
+    batch_jobs: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZES))
+    commit_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS))
+    read_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS))
 
 
 class Store(Protocol):
@@ -122,7 +157,11 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise ``StorageUnavailable`` unless the database answers."""
+        """Raise ``StorageUnavailable`` unless the database can be written now.
+
+        It may write (a one-row ``health`` table), at most about once a second, and may
+        take a recent successful write as the proof instead.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import random
 import re
@@ -47,7 +48,7 @@ import aiosqlite
 
 from broker.errors import ConstraintViolated, StorageUnavailable
 from broker.ids import IdSource, new_id
-from broker.store.base import Row, StoreStats, Tx, read_queries
+from broker.store.base import Row, SchemaTooNew, StoreStats, Tx, read_queries
 
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
@@ -57,6 +58,13 @@ MAX_BATCH = 512
 BUSY_WAIT = 2.0
 # How often the WAL is checkpointed into the database file, outside the write path.
 CHECKPOINT_SECONDS = 0.5
+# How long a commit that changed rows vouches for the database being writable: within
+# it, ``ping`` (``/healthz``) writes nothing; after it, ``ping`` writes one row.
+PROBE_SECONDS = 1.0
+# Below this much free space on the database's filesystem ``ping`` reports the disk full:
+# a one-row probe can still commit into WAL space already allocated while any larger
+# write fails for want of a new page.
+MIN_FREE_BYTES = 1 << 20
 
 
 def load_queries() -> dict[str, str]:
@@ -77,9 +85,17 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def migrate(conn: sqlite3.Connection, upto: int | None = None) -> int:
-    """Bring the schema up to date in place (never recreating it); returns the version."""
+    """Bring the schema up to date in place (never recreating it); returns the version.
+
+    Raises ``SchemaTooNew`` on a database a newer broker has migrated beyond what this
+    one knows: running on it would misread rows this broker has no notion of.
+    """
     current = conn.execute("PRAGMA user_version").fetchone()["user_version"]
-    for version, name, sql in migrations():
+    known = migrations()
+    newest = known[-1][0] if known else 0
+    if current > newest:
+        raise SchemaTooNew(current, newest)
+    for version, name, sql in known:
         if version <= current or (upto is not None and version > upto):
             continue
         log.info("applying schema migration %s", name)
@@ -267,6 +283,9 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._tx: SqliteTx | None = None
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="tenure-db-committer")
+        # When a commit that changed rows last succeeded (time.monotonic()); 0 after a
+        # failed commit, so that readiness is proved by a fresh write, never assumed.
+        self._written_at = 0.0
 
     @classmethod
     async def open(cls, path: Path, synchronous: str = "full", ids: IdSource = new_id) -> SqliteStore:
@@ -302,11 +321,34 @@ class SqliteStore:
             raise StorageUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        started = time.perf_counter()
         self._reads.put(_Job(fn, loop, future))
-        return await future
+        try:
+            return await future
+        finally:
+            self.stats.read_seconds.observe(time.perf_counter() - started)
 
     async def ping(self) -> None:
-        await self.read(lambda tx: tx.scalar("ping"))
+        """Raise ``StorageUnavailable`` unless the database can be written now.
+
+        A commit that changed rows within ``PROBE_SECONDS`` is proof enough; otherwise one
+        row is updated through the group-commit writer, joining whatever batch is next
+        (it neither waits for nor delays the requests in it).
+        """
+        self._check_free_space()
+        if time.monotonic() - self._written_at < PROBE_SECONDS:
+            return
+        await self.write(lambda tx: tx.run("health_probe", now=int(time.time())))
+
+    def _check_free_space(self) -> None:
+        """One statvfs call (microseconds): space root may use if we are root, as SQLite may."""
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot inspect the database's filesystem: {exc.strerror}") from exc
+        blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+        if blocks * fs.f_frsize < MIN_FREE_BYTES:
+            raise StorageUnavailable("the disk holding the database is full")
 
     async def close(self) -> None:
         if self._closed:
@@ -393,6 +435,7 @@ class SqliteStore:
     async def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
         self.stats.write_jobs += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.batch_jobs.observe(len(batch))
         if self._conn is None:
             await self._reconnect()
         conn, tx = self._conn, self._tx
@@ -400,6 +443,8 @@ class SqliteStore:
             failure = StorageUnavailable("the database cannot be opened")
             return [_Outcome(job, False, failure) for job in batch]
         outcomes: list[_Outcome] = []
+        changes = conn.total_changes
+        started = time.perf_counter()
         try:
             await self._begin(conn)
             for job in batch:
@@ -417,9 +462,13 @@ class SqliteStore:
                     outcomes.append(_Outcome(job, True, result))
             await self._commit(conn)
             self.stats.commits += 1
+            self.stats.commit_seconds.observe(time.perf_counter() - started)
+            if conn.total_changes != changes:  # a COMMIT that wrote nothing proves nothing
+                self._written_at = time.monotonic()
         except (sqlite3.Error, RuntimeError) as exc:
             # RuntimeError: the committer thread is gone (shutting down).
             self.stats.failed_commits += 1
+            self._written_at = 0.0
             log.error("write transaction failed, %d request(s) refused: %s", len(batch), exc)
             try:
                 if conn.in_transaction:

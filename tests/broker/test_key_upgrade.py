@@ -39,7 +39,7 @@ async def _old_layout(broker: Broker, data: Path) -> None:
     write_secret(data / "code-key", code_key)
     (data / "secret-key").unlink()
     conn = sqlite3.connect(data / "tenure.db")
-    for table in ("key_material", "console_sessions", "redemption_attempts"):  # versions 3 and 4
+    for table in ("key_material", "console_sessions", "redemption_attempts", "health"):  # versions 3 to 5
         conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 2")
     conn.close()

@@ -147,3 +147,28 @@ def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
 def test_migrations_are_numbered_without_gaps() -> None:
     versions = [v for v, _, _ in migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_a_broker_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> None:
+    """A database a newer broker has migrated: the old broker exits 2 naming both
+    versions, and leaves the database as it found it (no migration, no new rows)."""
+    from tests.broker.test_cli import free_port, run
+
+    data = tmp_path / "data"
+    made = run("keys", "rotate", "--data-dir", str(data))  # creates and migrates the database
+    assert made.returncode == 0, made.stderr
+    db = data / "tenure.db"
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(f"PRAGMA user_version = {LATEST + 3:d}")
+    finally:
+        conn.close()
+    before = schema(db)
+    result = run("serve", "--data-dir", str(data), "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"tenure-broker: the database is at schema {LATEST + 3}; this broker knows up to {LATEST}: upgrade the broker"
+    )
+    assert user_version(db) == LATEST + 3 and schema(db) == before

@@ -58,7 +58,7 @@ def used_names() -> dict[str, set[str]]:
 
 def test_the_names_are_found() -> None:
     used = used_names()
-    assert {"ping", "lease_insert", "pools_page", "events_page_desc"} <= set(used)
+    assert {"health_probe", "lease_insert", "pools_page", "events_page_desc"} <= set(used)
     assert used["pools_page"] == {"broker.pools"}  # through paging.fetch
 
 

@@ -86,8 +86,7 @@ async def writes_fail(broker: Broker, est: kit.Estate, host: dict[str, Any], lea
         assert "Traceback" not in str(answer.body)
     pools = await kit.call(broker, "GET", f"{est.base}/pools", est.admin)
     assert pools.status == 200 and pools.body["items"][0]["in_use"] == 2
-    health = await kit.call(broker, "GET", "/healthz")
-    assert health.status in (200, 503)
+    await not_ready(broker)
     conn = __import__("tests.reliability.invariants", fromlist=["connect_ro"]).connect_ro(db)
     try:
         assert snapshot(conn) == before, "a refused write changed the database"
@@ -95,10 +94,21 @@ async def writes_fail(broker: Broker, est: kit.Estate, host: dict[str, Any], lea
         conn.close()
 
 
+async def not_ready(broker: Broker, probe: bool = False) -> None:
+    """Readiness covers writes: ``/healthz`` is 503 while writes fail. With ``probe``, also
+    once no write has been tried for over a second, when healthz must write to know."""
+    for wait in (0.0, 1.1) if probe else (0.0,):
+        await asyncio.sleep(wait)
+        health = await kit.call(broker, "GET", "/healthz")
+        assert health.status == 503 and health.body["code"] == "storage_unavailable", health.body
+
+
 async def writes_work_again(
     broker: Broker, est: kit.Estate, host: dict[str, Any], lease: dict[str, Any], db: Path
 ) -> None:
     """Recovered by itself: the same requests now succeed, and the books are sound."""
+    health = await kit.call(broker, "GET", "/healthz")
+    assert health.status == 200 and health.body == {"status": "ok"}, health.body
     renewed = await kit.call(broker, "POST", f"/v1/leases/{lease['id']}/renew", host["server_token"], {})
     assert renewed.status == 200, renewed.body
     grown = await kit.acquire(broker, host["server_token"], "ENC-1", 5)
@@ -132,6 +142,7 @@ async def test_database_made_read_only(
         probe = await asyncio.to_thread(_can_append, data_dir / "tenure.db-wal")
         assert not probe, "the immutable flag did not make the WAL unwritable"
         await writes_fail(broker, est, host, lease, db)
+        await not_ready(broker, probe=True)
     finally:
         await sh("chattr", "-i", *files)
     await writes_work_again(broker, est, host, lease, db)
@@ -225,6 +236,7 @@ async def test_database_locked_by_another_process(
         line = await asyncio.wait_for(locker.stdout.readline(), 10)
         assert line.strip() == b"locked"
         await writes_fail(broker, est, host, lease, db)
+        await not_ready(broker, probe=True)
     finally:
         locker.stdin.write(b"\n")
         await locker.stdin.drain()
@@ -252,6 +264,7 @@ async def test_started_while_read_only_then_recovers(
         pytest.skip(f"chattr +i is not available here: {made.stderr.decode().strip()}")
     try:
         broker = await start(aiohttp_client, config_factory, clock, operator_token, data_dir)
+        await not_ready(broker, probe=True)  # before any request has tried to write
         await writes_fail(broker, est, host, lease, db)
     finally:
         await sh("chattr", "-i", *files)

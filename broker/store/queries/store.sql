@@ -1,4 +1,4 @@
--- The store's own (broker/store/): its health check.
+-- The store's own (broker/store/): its readiness probe.
 
--- name: ping
-SELECT 1
+-- name: health_probe
+UPDATE health SET probed_at = :now WHERE id = 1
