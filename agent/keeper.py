@@ -402,8 +402,12 @@ class Keeper:
         self._offline = False
         if held is not None:
             self._lost = False
-        self._announce()
-        await self._deps.save()
+        # On disk before the encoder is told: an agent killed right after answering
+        # "active" re-adopts the very lease it announced, instead of asking again.
+        try:
+            await self._deps.save()
+        finally:
+            self._announce()
 
     async def _acquire(self) -> None:
         r = self.record
