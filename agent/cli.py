@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
-from shared import __version__, logs
+from shared import __version__, logs, words
 
 if TYPE_CHECKING:
     from agent.encoder_client import EncoderClient, LeaseStatus
@@ -287,8 +287,8 @@ def _bindings_summary(bindings: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------- lease / release
 
 
-def _plural(count: int, licence_type: str) -> str:
-    return f"{count} {licence_type} licence{'' if count == 1 else 's'}"
+def _plural(n: int, licence_type: str) -> str:
+    return words.count(n, f"{licence_type} licence")
 
 
 def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:

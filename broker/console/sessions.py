@@ -28,6 +28,7 @@ import hmac
 import secrets
 from dataclasses import dataclass, replace
 
+from broker import ids
 from broker.store.base import Store, Tx
 
 IDLE_SECONDS = 2 * 3600
@@ -58,10 +59,6 @@ class Session:
         return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), self.csrf_token.encode("ascii"))
 
 
-def _key(session_id: str) -> bytes:
-    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).digest()
-
-
 def csrf_token(session_id: str) -> str:
     """The session's CSRF token: anyone holding the session id can work it out, nobody else."""
     mac = hmac.new(session_id.encode("utf-8", "surrogatepass"), b"tenure-console-csrf", hashlib.sha256)
@@ -81,13 +78,13 @@ def open_session(tx: Tx, now: float, token_hash: bytes, session_id: str) -> Sess
     total = int(tx.scalar("sessions_count"))
     if total >= MAX_SESSIONS:
         tx.run("sessions_drop_oldest", count=total - MAX_SESSIONS + 1)
-    tx.run("session_insert", id_hash=_key(session_id), token_hash=token_hash, now=at)
+    tx.run("session_insert", id_hash=ids.token_hash(session_id), token_hash=token_hash, now=at)
     return Session(token_hash, csrf_token(session_id), at, at)
 
 
 def find_session(tx: Tx, now: float, session_id: str) -> Session | None:
     """The live session with this id; None when unknown, over, or its admin is gone."""
-    row = tx.one("session_get", id_hash=_key(session_id))
+    row = tx.one("session_get", id_hash=ids.token_hash(session_id))
     if row is None:
         return None
     session = Session(bytes(row["token_hash"]), csrf_token(session_id), row["started_at"], row["last_used_at"])
@@ -96,11 +93,11 @@ def find_session(tx: Tx, now: float, session_id: str) -> Session | None:
 
 def touch_session(tx: Tx, now: float, session_id: str) -> None:
     """Move the session's idle deadline on (never back)."""
-    tx.run("session_touch", id_hash=_key(session_id), now=int(now))
+    tx.run("session_touch", id_hash=ids.token_hash(session_id), now=int(now))
 
 
 def close_session(tx: Tx, session_id: str) -> bool:
-    return tx.run("session_delete", id_hash=_key(session_id)) > 0
+    return tx.run("session_delete", id_hash=ids.token_hash(session_id)) > 0
 
 
 class SessionStore:
