@@ -80,12 +80,18 @@ class FakeClock:
         self._boot += 1
         self._monotonic_origin = self._now - 20.0
 
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        # The deadline is fixed when sleep is called, not when the coroutine first runs: a
+        # caller that wraps it in a task (``wait_event`` does) may see ``advance`` run in
+        # between, and a deadline taken afterwards would land a whole interval too late.
+        return self._sleep_until(self._now + seconds)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
             await asyncio.sleep(0)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), future))
+        heapq.heappush(self._sleepers, (deadline, next(self._seq), future))
         await future
 
     @property
