@@ -18,7 +18,7 @@ from broker.ids import token_hash
 from broker.principals import PrincipalCache
 from broker.ratelimit import StoredLimiter
 from broker.services import SERVICES, Services
-from broker.store import open_store
+from broker.store import describe_database, open_store
 
 log = logging.getLogger("tenure.broker")
 
@@ -43,13 +43,17 @@ async def _stopping(app: web.Application) -> None:
 
 def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        secretfiles.prepare_data_dir(config.data_dir, config.db_path)
+        embedded = config.database is None
+        if embedded:
+            secretfiles.prepare_data_dir(config.data_dir, config.db_path)
         op_token = secretfiles.operator_token(config.data_dir, config.operator_token)
         store = await open_store(config)
-        secretfiles.secure_database_files(config.db_path)  # as SQLite left them (see prepare_data_dir)
+        if embedded:
+            secretfiles.secure_database_files(config.db_path)  # as SQLite left them (see prepare_data_dir)
         try:
-            # The embedded store keeps a generated secret key in the data directory.
-            keyring, code_key = await signing.start(config, store, config.clock.now(), may_generate_secret=True)
+            # The embedded store keeps a generated secret key in the data directory; replicas
+            # on a shared database are all given the deployment's one.
+            keyring, code_key = await signing.start(config, store, config.clock.now(), may_generate_secret=embedded)
         except BaseException:
             await store.close()  # clean-up runs only after a finished start-up
             raise
@@ -71,12 +75,15 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             metrics_hash=token_hash(config.metrics_token) if config.metrics_token else None,
             issuer=config.public_url or "tenure",
         )
-        log.info(
-            "broker data in %s (database %s, synchronous=%s)",
-            config.data_dir,
-            config.db_path.name,
-            config.sqlite_synchronous,
-        )
+        if embedded:
+            log.info(
+                "broker data in %s (database %s, synchronous=%s)",
+                config.data_dir,
+                config.db_path.name,
+                config.sqlite_synchronous,
+            )
+        else:
+            log.info("broker data in PostgreSQL %s", describe_database(config.database or ""))
         try:
             yield
         finally:

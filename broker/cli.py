@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the broker")
     serve.add_argument("--config", type=Path, help="TOML config file")
     serve.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    serve.add_argument("--database", help="PostgreSQL URL shared by replicas (default: SQLite in the data directory)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", help="listen port (default 8400)")
     serve.add_argument("--tls-cert", help="PEM certificate chain (serve HTTPS)")
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate", help="add a new signing key (used within a minute)")
     rotate.add_argument("--config", type=Path, help="TOML config file")
     rotate.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    rotate.add_argument("--database", help="the replicas' PostgreSQL URL (rotates for every replica)")
     backup = sub.add_parser("backup", help="copy a running broker's database, consistently, into FILE")
     backup.add_argument("file", type=Path, help="the new backup file (written mode 0600)")
     backup.add_argument("--config", type=Path, help="TOML config file")
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> configuration.Config:
-    flags = {k: getattr(args, k, None) for k in ("data_dir", "host", "port", "tls_cert", "tls_key")}
+    flags = {k: getattr(args, k, None) for k in ("data_dir", "database", "host", "port", "tls_cert", "tls_key")}
     return configuration.load(args.config, flags=flags)
 
 
@@ -89,11 +91,13 @@ async def rotate_keys(cfg: configuration.Config) -> jws.SigningKey:
     through a connection of its own, as another process would."""
     from broker.store import open_store
 
-    secretfiles.prepare_data_dir(cfg.data_dir, cfg.db_path)
-    owner = folder_owner(cfg.data_dir)
+    embedded = cfg.database is None
+    if embedded:
+        secretfiles.prepare_data_dir(cfg.data_dir, cfg.db_path)
+    owner = folder_owner(cfg.data_dir) if embedded else None
     store = await open_store(cfg)
     try:
-        secret = await signing.unlock(cfg, store, may_generate_secret=True)
+        secret = await signing.unlock(cfg, store, may_generate_secret=embedded)
         return await signing.rotate(store, secret, cfg.clock.now())
     finally:
         await store.close()
@@ -137,6 +141,14 @@ def serve(cfg: configuration.Config) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"tenure-broker: setting 'tls_cert'/'tls_key': {exc}", file=sys.stderr)
             return 2
+    if cfg.database is not None and cfg.operator_token is None:
+        print(
+            "tenure-broker: setting 'operator_token' is required with a PostgreSQL database: every "
+            "replica must accept the same operator token (TENURE_OPERATOR_TOKEN: tnr_op_ and at least "
+            "25 more characters, e.g. from `echo tnr_op_$(head -c 32 /dev/urandom | base64 | tr +/ -_ | tr -d =)`)",
+            file=sys.stderr,
+        )
+        return 2
     scheme = "https" if ssl_context else "http"
     log = logging.getLogger("tenure.broker")
 
@@ -160,7 +172,7 @@ def serve(cfg: configuration.Config) -> int:
     except (SecretKeyError, SchemaTooNew) as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 2
-    except signing.KeyFileError as exc:
+    except (signing.KeyFileError, StorageUnavailable) as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -82,6 +82,23 @@ class Config:
     public_url: str | None = _setting(
         None, "The URL agents use to reach this broker (shown in the console's enrol command)."
     )
+    database: str | None = _setting(
+        None,
+        "A PostgreSQL database shared by every broker replica: "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (query options such as sslmode are passed "
+        "through; also TENURE_DATABASE_URL). Unset: SQLite in the data directory. With it, "
+        "secret_key (or secret_key_file) must be given, and to serve operator_token too, the same on every replica.",
+        secret=True,
+    )
+    database_pool_size: int = _setting(
+        10, "PostgreSQL: connections each broker process keeps open at most.", min=1, max=1000
+    )
+    database_timeout_seconds: float = _setting(
+        5.0,
+        "PostgreSQL: how long a request waits to connect or for a free connection before 503 storage_unavailable.",
+        min=0.1,
+        max=300,
+    )
     sqlite_synchronous: str = _setting(
         "full",
         "SQLite durability: 'full' (an acknowledged write survives power loss) or 'normal' "
@@ -207,7 +224,10 @@ def load(
     for name, (var, _) in env_settings(env, "TENURE_", _RETIRED).items():
         raise ConfigError(f"environment {var}: {_RETIRED[name]}")
     values = {} if file is None else _file_values(file, known)
-    for name, (var, raw) in env_settings(env, "TENURE_", known).items():
+    given = env_settings(env, "TENURE_", known)
+    if env.get("TENURE_DATABASE_URL"):  # the name operators and container platforms expect
+        given.setdefault("database", ("TENURE_DATABASE_URL", env["TENURE_DATABASE_URL"]))
+    for name, (var, raw) in given.items():
         if raw != "":
             values[name] = _convert(known[name], raw, f"environment {var}")
     for name, raw in (flags or {}).items():
@@ -222,6 +242,7 @@ def load(
     if token is not None and (not token.startswith("tnr_op_") or len(token) < 32):
         raise ConfigError("setting 'operator_token' must start with tnr_op_ and be at least 32 characters")
     _check_secret_key(values)
+    _check_database(values)
     metrics = values.get("metrics_token")
     if metrics is not None and not _METRICS_TOKEN.fullmatch(metrics):
         raise ConfigError(
@@ -255,4 +276,22 @@ def _check_secret_key(values: Mapping[str, Any]) -> None:
             )
 
 
+def _check_database(values: Mapping[str, Any]) -> None:
+    url = values.get("database")
+    if url is None:
+        return
+    if not _DATABASE_URL.match(str(url)):
+        raise ConfigError(
+            "setting 'database' must be a PostgreSQL URL: postgresql://USER[:PASSWORD]@HOST[:PORT]/DB "
+            "(leave it unset for the embedded SQLite database)"
+        )
+    if values.get("secret_key") is None and values.get("secret_key_file") is None:
+        raise ConfigError(
+            "setting 'secret_key' (or 'secret_key_file') is required with a PostgreSQL database: every "
+            "replica seals and opens the keys in it with the same secret key (e.g. TENURE_SECRET_KEY from "
+            "`head -c 32 /dev/urandom | base64`)"
+        )
+
+
+_DATABASE_URL = re.compile(r"^postgres(ql)?://[^/?#]*/[^/?#]+([?].*)?$")
 _METRICS_TOKEN = re.compile("tnr_met_[!-~]{25,}")

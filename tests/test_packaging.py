@@ -36,8 +36,8 @@ def test_wheel_has_queries_migrations_and_console(tmp_path: Path) -> None:
     needed = [
         p.relative_to(ROOT).as_posix()
         for pattern in (
-            "broker/store/queries/*.sql",
-            "broker/store/migrations/*.sql",
+            "broker/store/queries*/*.sql",
+            "broker/store/migrations*/*.sql",
             "broker/console/static/**/*",
         )
         for p in ROOT.glob(pattern)

@@ -85,8 +85,10 @@ async def acquire(request: web.Request) -> web.StreamResponse:
     body = parse_json(await read_body(request), ACQUIRE)
     svc = services(request)
     now = svc.clock.now()
+    # One lane per estate: its acquires all change its holding rows (broker.store.base).
     grant = await svc.store.write(
-        lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"])
+        lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"]),
+        lane=server.estate_id,
     )
     if grant is None:
         return answer(204, None)
@@ -108,7 +110,7 @@ async def renew(request: web.Request) -> web.StreamResponse:
     parse_json(await read_body(request), RENEW)
     svc = services(request)
     now = svc.clock.now()
-    outcome = await svc.store.write(lambda tx: leases.renew(tx, now, server, lease_id))
+    outcome = await svc.store.write(lambda tx: leases.renew(tx, now, server, lease_id), lane=server.estate_id)
     if isinstance(outcome, leases.Gone):
         raise LeaseGone(outcome.reason)
     return answer(200, _signed(svc, outcome))
@@ -127,5 +129,5 @@ async def release(request: web.Request) -> web.StreamResponse:
     lease_id = path_id(request, "lease")
     svc = services(request)
     now = svc.clock.now()
-    await svc.store.write(lambda tx: leases.release(tx, now, server, lease_id))
+    await svc.store.write(lambda tx: leases.release(tx, now, server, lease_id), lane=server.estate_id)
     return answer(204, None)

@@ -2,14 +2,17 @@
 
 ``open_store(config)`` is the one place that chooses and opens the configured store;
 the application, the benchmarks and the tests call it rather than naming a store class.
-Today the only store is the embedded SQLite one (``broker.store.sqlite``) on
+With ``config.database`` set it is PostgreSQL (``broker.store.postgres``, shared by
+several broker replicas); otherwise the embedded SQLite store (``broker.store.sqlite``) on
 ``config.db_path`` with ``config.sqlite_synchronous``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from broker.errors import StorageUnavailable
 from broker.ids import IdSource, new_id
 from broker.store.base import Store
 
@@ -23,8 +26,26 @@ async def open_store(config: Config, ids: IdSource = new_id) -> Store:
     ``ids`` is where new rows' ids come from (random by default; the model tests count).
     Raises ``StorageUnavailable`` when the database cannot be opened.
     """
-    # Imported here, as a second store's driver would be: only the store chosen is loaded
-    # (and a test may stand a subclass in for the module's class).
+    # Imported here: only the store chosen is loaded (psycopg is an optional extra), and
+    # a test may stand a subclass in for a module's class.
+    if config.database is not None:
+        try:
+            from broker.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StorageUnavailable(
+                f"setting 'database' names PostgreSQL, but its driver is not installed ({exc.name}): "
+                "pip install 'tenure[postgres]'"
+            ) from exc
+        return await PostgresStore.open(
+            config.database, config.database_pool_size, config.database_timeout_seconds, ids
+        )
     from broker.store.sqlite import SqliteStore
 
     return await SqliteStore.open(config.db_path, config.sqlite_synchronous, ids)
+
+
+def describe_database(url: str) -> str:
+    """Where a PostgreSQL URL points, for a log line: ``HOST:PORT/DB``, never a password."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path}"

@@ -53,7 +53,9 @@ What a second store must provide
 
 Where ``fn`` runs is the store's business. ``SqliteStore`` runs a write's ``fn`` on the
 event loop itself, batched with the other writes waiting into one transaction (only the
-COMMIT goes to a thread), and a read's ``fn`` on its reader thread.
+COMMIT goes to a thread), and a read's ``fn`` on its reader thread. ``PostgresStore``
+runs each on a worker thread, one transaction per call, SERIALIZABLE with the whole
+function re-run on a serialization failure (``broker/store/postgres.py``).
 """
 
 from __future__ import annotations
@@ -143,12 +145,15 @@ class StoreStats:
 class Store(Protocol):
     stats: StoreStats
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, lane: str | None = None) -> T:
         """Run ``fn`` in a write transaction and return its result once it is durable.
 
         If ``fn`` raises, its changes are rolled back and the exception propagates.
         If the database cannot be written, raises ``StorageUnavailable`` and nothing
-        of ``fn`` persists.
+        of ``fn`` persists. ``lane`` names writes likely to change the same rows (an
+        estate's lease traffic): a store with concurrent writers may run one lane's
+        writes one at a time rather than retry their collisions. A hint for speed only;
+        isolation never depends on it.
         """
         ...
 

@@ -306,7 +306,8 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open the database {self.path}: {exc}") from exc
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, lane: str | None = None) -> T:
+        # Every write here already runs one at a time: lanes mean nothing to this store.
         if self._closed:
             raise StorageUnavailable("the store is closed")
         loop = asyncio.get_running_loop()

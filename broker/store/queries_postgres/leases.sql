@@ -1,0 +1,86 @@
+-- Leases and the seats they hold (broker/leases.py).
+
+-- name: lease_active_of_encoder
+SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, state, created_at,
+       renewed_at, expires_at, end_reason
+FROM leases WHERE server_id = :server_id AND encoder = :encoder AND state = 'active'
+
+-- name: lease_by_id
+SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, state, created_at,
+       renewed_at, expires_at, end_reason
+FROM leases WHERE id = :lease_id
+
+-- name: lease_seats
+SELECT s.purchase_id, s.count, p.sales_order, p.licence_type, p.expires_at, p.status, p.held_at
+FROM lease_seats s JOIN purchases p ON p.id = s.purchase_id
+WHERE s.lease_id = :lease_id ORDER BY p.expires_at, p.id
+
+-- name: grantable_holdings
+SELECT h.purchase_id, h.allocated, h.leased, p.sales_order, p.expires_at, p.status, p.held_at
+FROM holdings h JOIN purchases p ON p.id = h.purchase_id
+WHERE h.pool_id = :pool_id AND p.licence_type = :licence_type AND p.status = 'valid'
+  AND p.expires_at > :now AND h.allocated > h.leased
+ORDER BY p.expires_at, p.id
+
+-- name: licence_types_of_pool
+SELECT DISTINCT p.licence_type FROM holdings h JOIN purchases p ON p.id = h.purchase_id
+WHERE h.pool_id = :pool_id AND h.allocated > 0
+ORDER BY p.licence_type
+
+-- name: holding_lease
+UPDATE holdings SET leased = leased + :count
+WHERE pool_id = :pool_id AND purchase_id = :purchase_id AND leased + :count <= allocated
+
+-- name: holding_unlease
+UPDATE holdings SET leased = leased - :count WHERE pool_id = :pool_id AND purchase_id = :purchase_id
+
+-- name: lease_insert
+INSERT INTO leases (id, estate_id, pool_id, server_id, encoder, licence_type, count, state,
+                    created_at, renewed_at, expires_at)
+VALUES (:id, :estate_id, :pool_id, :server_id, :encoder, :licence_type, :count, 'active',
+        :now, :now, :expires_at)
+
+-- name: lease_seat_add
+INSERT INTO lease_seats (lease_id, purchase_id, pool_id, count) VALUES (:lease_id, :purchase_id, :pool_id, :count)
+ON CONFLICT (lease_id, purchase_id) DO UPDATE SET count = lease_seats.count + excluded.count
+
+-- name: lease_seat_set
+UPDATE lease_seats SET count = :count WHERE lease_id = :lease_id AND purchase_id = :purchase_id
+
+-- name: lease_seat_delete
+DELETE FROM lease_seats WHERE lease_id = :lease_id AND purchase_id = :purchase_id
+
+-- name: lease_update
+UPDATE leases SET count = :count, licence_type = :licence_type, renewed_at = :now, expires_at = :expires_at
+WHERE id = :lease_id AND state = 'active'
+
+-- name: lease_end
+UPDATE leases SET state = :state, ended_at = :now, end_reason = :reason
+WHERE id = :lease_id AND state = 'active'
+
+-- name: leases_due_in_pool
+SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, expires_at
+FROM leases WHERE pool_id = :pool_id AND state = 'active' AND expires_at <= :now
+
+-- name: leases_due
+SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, expires_at
+FROM leases WHERE state = 'active' AND expires_at <= :now ORDER BY expires_at LIMIT :limit
+
+-- name: leases_active_of_server
+SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, expires_at
+FROM leases WHERE server_id = :server_id AND state = 'active'
+
+-- name: leases_of_estate
+SELECT l.id, l.pool_id, l.server_id, s.name AS server_name, l.encoder, l.licence_type, l.count,
+       l.state, l.created_at, l.renewed_at, l.expires_at, l.end_reason
+FROM leases l JOIN servers s ON s.id = l.server_id
+WHERE l.estate_id = :estate_id AND l.state = 'active' AND l.expires_at > :now
+  AND l.id > :after
+  AND (CAST(:pool_id AS TEXT) IS NULL OR l.pool_id = :pool_id)
+  AND (CAST(:server_id AS TEXT) IS NULL OR l.server_id = :server_id)
+  AND (CAST(:encoder AS TEXT) IS NULL OR l.encoder = :encoder)
+ORDER BY l.id LIMIT :limit
+
+-- name: lease_of_estate
+SELECT id, estate_id, pool_id, server_id, encoder, licence_type, count, state, expires_at
+FROM leases WHERE id = :lease_id AND estate_id = :estate_id
