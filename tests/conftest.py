@@ -1,8 +1,9 @@
-"""Fixtures shared by every test: a real broker on a real SQLite file, a manual clock."""
+"""Fixtures shared by every test: a real broker on a real SQLite file or a real PostgreSQL
+database (each test that builds one runs on both), a manual clock."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from broker.app import create_app
 from broker.clock import ManualClock
 from broker.config import load
 from broker.ids import new_token
+from tests.dbaccess import Database
+from tests.postgres import TEST_SECRET_KEY, PostgresServer
 
 # 2027-01-01T00:00:00Z: tests speak of dates relative to this.
 T0 = 1_798_761_600.0
@@ -30,8 +33,42 @@ def operator_token() -> str:
     return new_token("op")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that builds a broker (``store_kind`` is under ``config_factory``) runs on
+    both stores, unless marked ``sqlite_only`` (it reads the SQLite file, say)."""
+    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("sqlite_only") is None:
+        metafunc.parametrize("store_kind", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def config_factory(tmp_path: Path, clock: ManualClock, operator_token: str) -> Callable[..., Any]:
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def database_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """A fresh PostgreSQL database for this test (dropped after it), or None for SQLite."""
+    if store_kind != "postgres":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create()
+    request.addfinalizer(lambda: server.drop(url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer.reach()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def config_factory(
+    tmp_path: Path, clock: ManualClock, operator_token: str, database_url: str | None
+) -> Callable[..., Any]:
     def make(**overrides: Any) -> Any:
         base: dict[str, Any] = {
             "data_dir": tmp_path / "data",
@@ -39,6 +76,8 @@ def config_factory(tmp_path: Path, clock: ManualClock, operator_token: str) -> C
             "clock": clock,
             "sqlite_synchronous": "normal",
         }
+        if database_url is not None:
+            base.update(database=database_url, secret_key=TEST_SECRET_KEY, database_pool_size=4)
         base.update(overrides)
         return load(None, env={}, **base)
 
@@ -52,6 +91,18 @@ class Broker:
     client: TestClient[Any, Any]
     operator: str
     clock: ManualClock
+
+    @property
+    def config(self) -> Any:
+        """The broker's settings (its store among them)."""
+        from broker.services import SERVICES
+
+        return self.client.app[SERVICES].config
+
+    @property
+    def db(self) -> Database:
+        """The rows behind the broker, read directly (``tests/dbaccess.py``)."""
+        return Database.of(self.config)
 
     def auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}

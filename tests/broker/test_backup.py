@@ -22,6 +22,9 @@ from shared import jws
 from tests.broker.estate_kit import base, enroll, estate, lease
 from tests.conftest import Broker
 
+# backup and restore copy the SQLite file (PostgreSQL: pg_dump, docs/operations.md).
+pytestmark = pytest.mark.sqlite_only
+
 
 def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as conn:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -206,14 +205,9 @@ async def test_code_for_unknown_pool_is_404(broker: Broker) -> None:
 async def test_codes_are_stored_only_as_macs(broker: Broker, tmp_path: Path) -> None:
     est = await stocked(broker)
     codes = [(await make(broker, est))["code"] for _ in range(5)]
-    db = tmp_path / "data" / "tenure.db"
-    conn = sqlite3.connect(db)
-    try:
-        stored = [row[0] for row in conn.execute("SELECT code_mac FROM auth_codes")]
-    finally:
-        conn.close()
+    stored = [row[0] for row in broker.db.rows("SELECT code_mac FROM auth_codes")]
     assert len(stored) == 5 and all(isinstance(m, bytes) and len(m) == 32 for m in stored)
-    blob = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("tenure.db*"))
+    blob = broker.db.dump()
     for c in codes:
         assert c.encode() not in blob
 

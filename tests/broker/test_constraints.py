@@ -10,7 +10,6 @@ function that runs the named queries the way a racing writer would leave them.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,7 +25,6 @@ from broker.errors import (
     TenureError,
 )
 from broker.principal import Principal
-from broker.services import SERVICES
 from broker.store import open_store
 from broker.store.base import Store, Tx
 from tests.broker.estate_kit import assert_problem, enroll, estate, lease, raw
@@ -220,16 +218,8 @@ async def test_a_tripped_constraint_is_a_409_problem_over_http_never_a_500(broke
     await broker.purchase(est.id, quantity=2)
     server = await enroll(broker, est, est.default_pool)
     granted = await lease(broker, server["server_token"], "enc-a", 1)
-    db = broker.client.app[SERVICES].config.db_path
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE holdings SET leased = 0")
-    conn.close()
+    broker.db.run("UPDATE holdings SET leased = 0")
     r = await raw(broker, "DELETE", f"/v1/leases/{granted['id']}", server["server_token"])
     body = assert_problem(r, 409, "conflict")
     assert "constraint" not in body
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("SELECT state FROM leases WHERE id = ?", (granted["id"],)).fetchone() == ("active",)
-    finally:
-        conn.close()
+    assert broker.db.rows("SELECT state FROM leases WHERE id = ?", (granted["id"],)) == [("active",)]

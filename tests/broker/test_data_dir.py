@@ -19,6 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 
+# the modes of the SQLite database files in the data directory.
+pytestmark = pytest.mark.sqlite_only
+
 DB_FILES = ("tenure.db", "tenure.db-wal", "tenure.db-shm")
 
 

@@ -26,6 +26,9 @@ from broker.store.sqlite import SqliteStore
 from tests.broker.estate_kit import Estate, base, enroll, estate
 from tests.conftest import Broker
 
+# SQLite's group commit (PostgreSQL commits each write on its own).
+pytestmark = pytest.mark.sqlite_only
+
 LICENCE = "one-in-one-out"
 
 

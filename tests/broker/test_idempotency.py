@@ -4,7 +4,6 @@ changes nothing; the same key for another request is refused; secrets rest encry
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,12 @@ from tests.broker.estate_kit import Estate, assert_problem, base, estate, pools,
 from tests.conftest import DAY, Broker
 
 
-def db_rows(tmp_path: Path, sql: str) -> list[Any]:
-    conn = sqlite3.connect(tmp_path / "data" / "tenure.db")
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def db_rows(broker: Broker, sql: str) -> list[Any]:
+    return broker.db.rows(sql)
 
 
-def db_bytes(tmp_path: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted((tmp_path / "data").glob("tenure.db*")))
+def db_bytes(broker: Broker) -> bytes:
+    return broker.db.dump()
 
 
 async def post(broker: Broker, path: str, token: str, body: Any, key: str) -> tuple[int, Any, dict[str, str]]:
@@ -45,8 +40,8 @@ async def test_create_estate_retry_returns_same_answer_and_creates_one(broker: B
     assert (s1, s2) == (201, 201)
     assert first == second
     assert h2["Idempotency-Key"] == "order-42"
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM estates") == [(1,)]
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM events WHERE action = 'estate.created'") == [(1,)]
+    assert db_rows(broker, "SELECT COUNT(*) FROM estates") == [(1,)]
+    assert db_rows(broker, "SELECT COUNT(*) FROM events WHERE action = 'estate.created'") == [(1,)]
     # The replayed token works: it is the one token that exists.
     await broker.call("GET", "/v1/me", second["admin_token"], status=200)
     # A different key makes another estate.
@@ -68,12 +63,12 @@ async def test_secrets_in_stored_answers_are_not_in_clear(broker: Broker, tmp_pa
     )
     _, admin, _ = await post(broker, f"/v1/estates/{est['id']}/admins", est["admin_token"], {"name": "C"}, "k4")
     assert purchase["sales_order"] == "SO-1"
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM idempotency") == [(4,)]
-    blob = db_bytes(tmp_path)
+    assert db_rows(broker, "SELECT COUNT(*) FROM idempotency") == [(4,)]
+    blob = db_bytes(broker)
     for secret in (est["admin_token"], admin["token"], code["code"], broker.operator):
         assert secret.encode() not in blob, secret[:8]
     # The keys themselves are not stored either.
-    hashes = [row[0] for row in db_rows(tmp_path, "SELECT key_hash FROM idempotency")]
+    hashes = [row[0] for row in db_rows(broker, "SELECT key_hash FROM idempotency")]
     assert len(hashes) == 4 and all(len(h) == 32 for h in hashes)
 
 
@@ -81,7 +76,7 @@ async def test_same_key_different_body_is_422_and_changes_nothing(broker: Broker
     await post(broker, "/v1/estates", broker.operator, {"name": "A", "admin_name": "B"}, "k")
     s, body, _ = await post(broker, "/v1/estates", broker.operator, {"name": "A2", "admin_name": "B"}, "k")
     assert s == 422 and body["code"] == "idempotency_key_reused"
-    assert db_rows(tmp_path, "SELECT name FROM estates") == [("A",)]
+    assert db_rows(broker, "SELECT name FROM estates") == [("A",)]
 
 
 async def test_same_key_on_another_route_is_422(broker: Broker) -> None:
@@ -149,7 +144,7 @@ async def test_purchase_and_admin_retries(broker: Broker, tmp_path: Path) -> Non
     for _ in range(2):
         await post(broker, f"{base(est)}/purchases", broker.operator, body, "pur")
         await post(broker, f"{base(est)}/admins", est.admin, {"name": "Bob"}, "adm")
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM purchases") == [(1,)]
+    assert db_rows(broker, "SELECT COUNT(*) FROM purchases") == [(1,)]
     assert (await pools(broker, est))["Default Pool"]["allocated"] == 3
     admins = await broker.call("GET", f"{base(est)}/admins", est.admin, status=200)
     assert [a["name"] for a in admins["items"]] == ["Alice", "Bob"]
@@ -174,14 +169,14 @@ async def test_keys_expire_after_a_day(broker: Broker, tmp_path: Path) -> None:
     broker.clock.advance(1)
     _, later, _ = await post(broker, "/v1/estates", broker.operator, body, "daily")
     assert later["id"] != first["id"]
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM estates") == [(2,)]
+    assert db_rows(broker, "SELECT COUNT(*) FROM estates") == [(2,)]
 
 
 async def test_without_a_key_each_post_acts(broker: Broker, tmp_path: Path) -> None:
     for _ in range(2):
         await broker.call("POST", "/v1/estates", broker.operator, {"name": "A", "admin_name": "B"}, 201)
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM estates") == [(2,)]
-    assert db_rows(tmp_path, "SELECT COUNT(*) FROM idempotency") == [(0,)]
+    assert db_rows(broker, "SELECT COUNT(*) FROM estates") == [(2,)]
+    assert db_rows(broker, "SELECT COUNT(*) FROM idempotency") == [(0,)]
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
@@ -260,8 +255,8 @@ async def test_a_copy_of_the_database_and_a_guessed_key_recover_no_token(broker:
     est = await estate(broker)
     _, added, _ = await post(broker, f"{base(est)}/admins", est.admin, {"name": "Bob"}, "paris-1")
     assert added["token"].startswith("tnr_adm_")
-    rows = db_rows(tmp_path, "SELECT key_hash, nonce, body FROM idempotency")
-    digests = [r[0] for r in db_rows(tmp_path, "SELECT token_hash FROM admins UNION SELECT token_hash FROM servers")]
+    rows = db_rows(broker, "SELECT key_hash, nonce, body FROM idempotency")
+    digests = [r[0] for r in db_rows(broker, "SELECT token_hash FROM admins UNION SELECT token_hash FROM servers")]
     assert len(rows) == 1 and token_hash(est.admin) in digests
     for secret in _guesses("paris-1", digests):
         assert not _decrypts(secret, rows[0])
@@ -272,7 +267,6 @@ async def test_a_copy_of_the_database_and_a_guessed_key_recover_no_token(broker:
 
 async def test_a_record_from_before_the_change_is_refused_not_replayed(broker: Broker, tmp_path: Path) -> None:
     import os
-    import sqlite3
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -286,13 +280,10 @@ async def test_a_record_from_before_the_change_is_refused_not_replayed(broker: B
     new = IdempotencyKey.derive("old-1", est.admin, token_hash(est.admin), "POST", path, json.dumps(body).encode())
     nonce = os.urandom(12)
     sealed = AESGCM(_old_secret("old-1", token_hash(est.admin))).encrypt(nonce, b'{"id":"adm_x"}', new.lookup)
-    conn = sqlite3.connect(tmp_path / "data" / "tenure.db")
-    with conn:
-        conn.execute(
-            "INSERT INTO idempotency VALUES (?, ?, 201, ?, ?, ?)",
-            (new.lookup, new.request_hash, nonce, sealed, int(broker.clock.now())),
-        )
-    conn.close()
+    broker.db.run(
+        "INSERT INTO idempotency VALUES (?, ?, 201, ?, ?, ?)",
+        (new.lookup, new.request_hash, nonce, sealed, int(broker.clock.now())),
+    )
     status, problem, _ = await post(broker, path, est.admin, body, "old-1")
     assert (status, problem["code"]) == (422, "idempotency_key_reused")
     admins = await broker.call("GET", path, est.admin, status=200)

@@ -22,6 +22,9 @@ from tests.broker.estate_kit import base, enroll, estate, lease
 from tests.broker.test_backup import start_up
 from tests.conftest import Broker
 
+# the key files of an old SQLite data directory.
+pytestmark = pytest.mark.sqlite_only
+
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -14,39 +12,36 @@ from broker.app import create_app
 from broker.clock import ManualClock
 from tests.broker.leasing import ONE, Site, make_site
 from tests.conftest import Broker
+from tests.dbaccess import Database
 
 
-def check_books(db: Path) -> dict[tuple[str, str], int]:
-    """Invariants 1 and 2 read straight from the SQLite file; returns leased per holding."""
-    conn = sqlite3.connect(db)
-    try:
-        holdings = conn.execute("SELECT pool_id, purchase_id, allocated, leased FROM holdings").fetchall()
-        for pool_id, purchase_id, allocated, leased in holdings:
-            assert 0 <= leased <= allocated, (pool_id, purchase_id, allocated, leased)
-        quantities = dict(conn.execute("SELECT id, quantity FROM purchases").fetchall())
-        allocated_sum: dict[str, int] = {}
-        for _, purchase_id, allocated, _ in holdings:
-            allocated_sum[purchase_id] = allocated_sum.get(purchase_id, 0) + allocated
-        assert allocated_sum == quantities
-        # ``leased`` is exactly the seats of the active leases.
-        seated = dict(
-            ((p, q), n)
-            for p, q, n in conn.execute(
-                "SELECT s.pool_id, s.purchase_id, SUM(s.count) FROM lease_seats s "
-                "JOIN leases l ON l.id = s.lease_id WHERE l.state = 'active' "
-                "GROUP BY s.pool_id, s.purchase_id"
-            ).fetchall()
+def check_books(db: Database) -> dict[tuple[str, str], int]:
+    """Invariants 1 and 2 read straight from the database; returns leased per holding."""
+    holdings = db.rows("SELECT pool_id, purchase_id, allocated, leased FROM holdings")
+    for pool_id, purchase_id, allocated, leased in holdings:
+        assert 0 <= leased <= allocated, (pool_id, purchase_id, allocated, leased)
+    quantities = dict(db.rows("SELECT id, quantity FROM purchases"))
+    allocated_sum: dict[str, int] = {}
+    for _, purchase_id, allocated, _ in holdings:
+        allocated_sum[purchase_id] = allocated_sum.get(purchase_id, 0) + allocated
+    assert allocated_sum == quantities
+    # ``leased`` is exactly the seats of the active leases.
+    seated = dict(
+        ((p, q), n)
+        for p, q, n in db.rows(
+            "SELECT s.pool_id, s.purchase_id, SUM(s.count) FROM lease_seats s "
+            "JOIN leases l ON l.id = s.lease_id WHERE l.state = 'active' "
+            "GROUP BY s.pool_id, s.purchase_id"
         )
-        books = {(p, q): leased for p, q, _, leased in holdings if leased}
-        assert books == seated
-        counts = conn.execute(
-            "SELECT l.id, l.count, SUM(s.count) FROM leases l JOIN lease_seats s "
-            "ON s.lease_id = l.id WHERE l.state = 'active' GROUP BY l.id"
-        ).fetchall()
-        assert all(count == total for _, count, total in counts)
-        return books
-    finally:
-        conn.close()
+    )
+    books = {(p, q): leased for p, q, _, leased in holdings if leased}
+    assert books == seated
+    counts = db.rows(
+        "SELECT l.id, l.count, SUM(s.count) FROM leases l JOIN lease_seats s "
+        "ON s.lease_id = l.id WHERE l.state = 'active' GROUP BY l.id"
+    )
+    assert all(count == total for _, count, total in counts)
+    return books
 
 
 async def _post(broker: Broker, token: str, encoder: str, count: int) -> int:
@@ -62,7 +57,7 @@ async def _site(
     config_factory: Callable[..., Any],
     clock: ManualClock,
     operator_token: str,
-) -> tuple[Broker, Site, Path]:
+) -> tuple[Broker, Site, Database]:
     config = config_factory()
     broker = Broker(await aiohttp_client(create_app(config)), operator_token, clock)
     # 50 seats in Paris from three purchases; more of the same purchases stay in Default.
@@ -71,7 +66,7 @@ async def _site(
         [("SO-A", 30, 100, ONE), ("SO-B", 20, 200, ONE), ("SO-C", 10, 300, ONE)],
         move={"SO-A": 20, "SO-B": 20, "SO-C": 10},
     )
-    return broker, site, config.db_path
+    return broker, site, Database.of(config)
 
 
 async def test_200_concurrent_acquires_for_50_seats_grant_exactly_50(
@@ -125,7 +120,7 @@ async def test_the_same_request_raced_makes_one_lease(
 ) -> None:
     broker, site, db = await _site(aiohttp_client, config_factory, clock, operator_token)
     statuses = await asyncio.gather(*(_post(broker, site.server, "ENC-1", 4) for _ in range(20)))
-    assert sorted(statuses) == [200] * 19 + [201]
+    assert sorted(statuses) == [200] * 19 + [201], sorted(statuses)
     leases = await site.leases()
     assert len(leases) == 1 and leases[0]["count"] == 4
     assert (await site.pool())["in_use"] == 4

@@ -7,12 +7,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 from broker.ids import new_token, token_hash
 from broker.store.sqlite import connect, migrate, migrations
 from tests.conftest import T0, Broker
+
+# SQLite's migrations (PostgreSQL's: tests/broker/test_postgres.py).
+pytestmark = pytest.mark.sqlite_only
 
 LATEST = migrations()[-1][0]
 

@@ -41,6 +41,7 @@ def view_cost(db: Path, now: float, estate_id: str, pool_id: str) -> tuple[dict[
     return view, cost
 
 
+@pytest.mark.sqlite_only  # counts SQLite's virtual-machine steps
 async def test_a_pool_view_does_not_grow_with_the_other_pools(broker: Broker, tmp_path: Path) -> None:
     est = await estate(broker)
     purchase = await broker.purchase(est.id, quantity=1000)

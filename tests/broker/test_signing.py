@@ -15,7 +15,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from broker import keymaterial, reaper, signing
+from broker import keymaterial, reaper, secretkey, signing
 from broker.app import create_app
 from broker.cli import rotate_keys
 from broker.clock import ManualClock
@@ -61,8 +61,9 @@ def _modes(folder: Path) -> dict[str, int]:
     return {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()}
 
 
-def _secret_of(data_dir: Path) -> SecretKey:
-    return SecretKey(base64.b64decode((data_dir / "secret-key").read_text()), "test")
+def _secret_of(config: Any) -> SecretKey:
+    """The deployment's secret key: as configured, else the one generated into the data dir."""
+    return secretkey.resolve(config, may_generate=False)
 
 
 async def _live_site(broker: Broker) -> Site:
@@ -207,8 +208,9 @@ async def test_the_database_holds_no_key_material_in_clear(
     keys = svc.keyring.keys
     assert len(keys) == 2 and keys[0].key.kid != keys[1].key.kid
     await svc.store.close()  # every page in the database file itself, none left in the WAL
-    on_disk = b"".join(p.read_bytes() for p in config.data_dir.glob("tenure.db*"))
-    secret = base64.b64decode((config.data_dir / "secret-key").read_text())
+    on_disk = broker.db.dump()
+    given = config.secret_key or (config.data_dir / "secret-key").read_text()
+    secret = base64.b64decode(given)
     for key in keys:
         raw = key.key.private.private_bytes_raw()
         assert raw not in on_disk and key.key.to_pem() not in on_disk
@@ -216,7 +218,8 @@ async def test_the_database_holds_no_key_material_in_clear(
     assert svc.code_key not in on_disk and secret not in on_disk
     assert b"PRIVATE KEY" not in on_disk
     assert not (config.data_dir / "keys").exists() and not (config.data_dir / "code-key").exists()
-    assert os.stat(config.data_dir / "secret-key").st_mode & 0o777 == 0o600
+    if config.database is None:  # generated into the data directory, for SQLite alone
+        assert os.stat(config.data_dir / "secret-key").st_mode & 0o777 == 0o600
 
 
 async def test_signing_keys_survive_a_restart(
@@ -283,7 +286,7 @@ async def test_a_key_that_does_not_open_does_not_stop_later_rotations(
     # (it would be the wrong secret key); a key added under the right one is picked up.
     with pytest.raises(SecretKeyError, match=f"does not open the signing key {alien.key.kid}"):
         await rotate_keys(config)
-    new_key = await signing.rotate(svc.store, _secret_of(config.data_dir), clock.now())
+    new_key = await signing.rotate(svc.store, _secret_of(config), clock.now())
     await reaper.reload_keys(svc)
     assert [k["kid"] for k in (await _jwks(broker))["keys"]] == [*first, new_key.kid]
     site = await _live_site(broker)
@@ -295,7 +298,7 @@ async def test_a_row_moved_to_another_kid_does_not_open(broker: Broker) -> None:
     svc = broker.client.app[SERVICES]
     rows = await svc.store.read(keymaterial.signing_rows)
     sealed = bytes(rows[0]["sealed"])
-    secret = _secret_of(svc.data_dir)
+    secret = _secret_of(svc.config)
     assert keymaterial.open_signing_key(secret, rows[0]).key.kid == rows[0]["kid"]
     for moved in ({**rows[0], "kid": "another"}, {**rows[0], "created": rows[0]["created"] + 1}):
         with pytest.raises(KeySealed):
