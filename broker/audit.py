@@ -1,16 +1,33 @@
-"""The audit log: every change, appended in the same transaction as the change."""
+"""The audit log: every change, appended in the same transaction as the change.
+
+Each estate's events form a hash chain, so that an edited, deleted or reordered row
+shows: an event's ``hash`` is SHA-256 over the ASCII bytes of the estate's previous
+``hash`` (``GENESIS`` for its first event) followed by the event's canonical JSON
+(``canonical``: the event as ``GET /v1/estates/{estate}/events`` shows it, without
+``id``, ``hash`` and ``prev_hash``). docs/design.md ("Audit log") gives the same
+definition and a recipe to verify a chain by hand; ``broker.books`` verifies it for
+``tenure-broker check``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+from broker.errors import Inconsistent
 from broker.principal import Principal
-from broker.store.base import Tx
+from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
 
 PAGE_MAX = 500
+GENESIS = "0" * 64
+"""The ``prev_hash`` of an estate's first event."""
+HASHED = ("action", "actor", "at", "details", "pool_id", "subject_id")
+"""The members of an event, as the API shows it, that its hash covers: all but ``id``
+(the database's row number, which the chain's order stands for) and the links."""
 
 
 class Action(StrEnum):
@@ -38,6 +55,33 @@ class Action(StrEnum):
     LEASE_RENEWAL_REFUSED = "lease.renewal_refused"
 
 
+def canonical(event: Mapping[str, Any]) -> bytes:
+    """The bytes of ``event`` that its hash covers: its ``HASHED`` members as compact JSON
+    with sorted keys, every character outside printable ASCII escaped (``\\uXXXX``, as
+    Python's ``json.dumps`` writes by default), so the bytes are plain ASCII."""
+    return json.dumps({k: event[k] for k in HASHED}, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def link(prev_hash: str, event: Mapping[str, Any]) -> str:
+    """The ``hash`` of ``event`` following an event whose hash is ``prev_hash``."""
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(event)).hexdigest()
+
+
+def view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``events`` row as the API shows it (``hash`` and ``prev_hash`` as stored)."""
+    return {
+        "id": str(row["id"]),
+        "at": format_ts(row["at"]),
+        "actor": {"kind": row["actor_kind"], "id": row["actor_id"], "name": row["actor_name"]},
+        "action": row["action"],
+        "pool_id": row["pool_id"],
+        "subject_id": row["subject_id"],
+        "details": json.loads(row["details"]),
+        "prev_hash": row["prev_hash"],
+        "hash": row["hash"],
+    }
+
+
 def record(
     tx: Tx,
     now: float,
@@ -49,25 +93,71 @@ def record(
     subject_id: str | None = None,
     **details: Any,
 ) -> None:
-    """Append one event. ``actor`` None means the broker itself (a lapse, a reaper)."""
+    """Append one event to the estate's chain. ``actor`` None means the broker itself (a
+    lapse, a reaper). The estate's last hash is read and the new one written in this same
+    transaction, which the store runs as if alone, so two writers never fork a chain."""
+    if estate_id is None:
+        raise Inconsistent(f"a {action.value} event names no estate: every event is on an estate's chain")
     name: str | None
     if actor is None:
         kind, actor_id, name = "system", None, "broker"
     else:
         kind, actor_id = actor.kind, actor.actor_id
         name = actor.name if actor.kind != "operator" else "operator"
+    row = {
+        "at": int(now),
+        "actor_kind": kind,
+        "actor_id": actor_id,
+        "actor_name": name,
+        "action": action.value,
+        "pool_id": pool_id,
+        "subject_id": subject_id,
+        "details": json.dumps(details, separators=(",", ":"), sort_keys=True),
+    }
+    prev = _head(tx, estate_id)
+    # Hashed as it will be read back: the details through JSON and back, as stored.
     tx.run(
         "event_insert",
         estate_id=estate_id,
-        at=int(now),
-        actor_kind=kind,
-        actor_id=actor_id,
-        actor_name=name,
-        action=action.value,
-        pool_id=pool_id,
-        subject_id=subject_id,
-        details=json.dumps(details, separators=(",", ":"), sort_keys=True),
+        prev_hash=prev,
+        hash=link(prev, view({**row, "id": 0, "prev_hash": None, "hash": None})),
+        **row,
     )
+
+
+def _head(tx: Tx, estate_id: str) -> str:
+    """The estate's last hash: the ``prev_hash`` of its next event."""
+    last = tx.one("event_last_hash", estate_id=estate_id)
+    if last is None:
+        return GENESIS
+    if last["hash"] is None:  # events written by a broker before the chain: chain them first
+        return _chain(tx, tx.all("events_unchained_of_estate", estate_id=estate_id), {})[estate_id]
+    return str(last["hash"])
+
+
+def chain_backlog(tx: Tx, limit: int = 2000) -> int:
+    """Chain up to ``limit`` events that have no hash yet (those written before the
+    chain existed), oldest first, each onto its estate's chain; returns how many.
+
+    The broker calls it at start, until it returns less than ``limit``.
+    """
+    rows = tx.all("events_unchained", limit=limit)
+    _chain(tx, rows, {})
+    return len(rows)
+
+
+def _chain(tx: Tx, rows: list[Row], heads: dict[str, str]) -> dict[str, str]:
+    """Hash ``rows`` (unchained events in id order) onto their estates' chains; the
+    estates' new heads."""
+    for r in rows:
+        estate_id = r["estate_id"]
+        prev = heads.get(estate_id)
+        if prev is None:
+            before = tx.one("event_hash_before", estate_id=estate_id, before=r["id"])
+            prev = GENESIS if before is None or before["hash"] is None else str(before["hash"])
+        heads[estate_id] = link(prev, view(r))
+        tx.run("event_chain", id=r["id"], prev_hash=prev, hash=heads[estate_id])
+    return heads
 
 
 ORDERS = ("asc", "desc")
@@ -101,16 +191,5 @@ def page(
         rows = tx.all("events_page", after=after or 0, **filters)
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [
-        {
-            "id": str(r["id"]),
-            "at": format_ts(r["at"]),
-            "actor": {"kind": r["actor_kind"], "id": r["actor_id"], "name": r["actor_name"]},
-            "action": r["action"],
-            "pool_id": r["pool_id"],
-            "subject_id": r["subject_id"],
-            "details": json.loads(r["details"]),
-        }
-        for r in rows
-    ]
+    items = [view(r) for r in rows]
     return {"items": items, "next": str(rows[-1]["id"]) if more and rows else None}

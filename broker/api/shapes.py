@@ -100,6 +100,10 @@ EVENT = shape(
         "pool_id": {"type": ["string", "null"]},
         "subject_id": {"type": ["string", "null"]},
         "details": {"type": "object"},
+        # The estate's hash chain (docs/design.md, "Audit log"); null only for an event a
+        # broker before the chain wrote, until a broker of this version has started.
+        "prev_hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        "hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
     }
 )
 ADMIN_LEASE = shape(
