@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -158,6 +159,80 @@ def _chain(tx: Tx, rows: list[Row], heads: dict[str, str]) -> dict[str, str]:
         heads[estate_id] = link(prev, view(r))
         tx.run("event_chain", id=r["id"], prev_hash=prev, hash=heads[estate_id])
     return heads
+
+
+CHAIN_PAGE = 2000
+
+
+@dataclass(frozen=True)
+class Walk:
+    """How far an estate's chain was found whole, and where it broke if it did."""
+
+    checked: int
+    """Events found whole in this walk."""
+    last_id: int | None
+    """The last of them (or, with none, the event the walk started after)."""
+    last_hash: str | None
+    broken_at: int | None
+    reason: str | None
+    """Why the link at ``broken_at`` is broken, in words."""
+    more: bool
+    """Events remain past ``last_id``: walk on with ``after=last_id``."""
+
+
+def walk(tx: Tx, estate_id: str, *, after: int = 0, limit: int | None = None) -> Walk:
+    """Verify the estate's chain from just past event ``after``, up to ``limit`` events
+    (all when None), stopping at the first broken link.
+
+    In id order, each event must name the hash before it as ``prev_hash`` (``GENESIS``
+    for the estate's first) and carry the hash of its own contents: an edited row fails
+    the second, a deleted or moved one the first, at the event after it. The walk starts
+    from the stored hash of the estate's event at or before ``after``, which an earlier
+    walk up to there found whole.
+    """
+    start = tx.one("event_chain_start", estate_id=estate_id, after=after) if after else None
+    before: int | None = start["id"] if start else None
+    expected = str(start["hash"]) if start and start["hash"] else GENESIS
+    checked, cursor = 0, after
+    while limit is None or checked < limit:
+        size = CHAIN_PAGE if limit is None else min(CHAIN_PAGE, limit - checked)
+        rows = tx.all("events_chain_page", estate_id=estate_id, after=cursor, limit=size)
+        for row in rows:
+            broken = _link_broken(row, expected, before)
+            if broken:
+                return Walk(checked, before, expected if before else None, row["id"], broken, True)
+            expected, before, checked = str(row["hash"]), row["id"], checked + 1
+        if len(rows) < size:
+            return Walk(checked, before, expected if before else None, None, None, False)
+        cursor = rows[-1]["id"]
+    more = tx.one("events_chain_page", estate_id=estate_id, after=cursor, limit=1) is not None
+    return Walk(checked, before, expected if before else None, None, None, more)
+
+
+def _link_broken(row: Row, expected: str, before: int | None) -> str | None:
+    if row["hash"] is None or row["prev_hash"] is None:
+        if before is None:
+            return (
+                "it is not chained yet (written before the audit log was chained; "
+                "a broker of this version chains such events when it starts)"
+            )
+        return f"it has no hash, yet event {before} before it has one (the row was edited)"
+    if row["prev_hash"] != expected:
+        if before is None:
+            return (
+                "it is the estate's first event, yet its prev_hash is not the chain's start "
+                "(events before it were deleted)"
+            )
+        return (
+            f"its prev_hash is not the hash of event {before} (an event between them was deleted, or rows were moved)"
+        )
+    try:
+        own = link(row["prev_hash"], view(row))
+    except (ValueError, TypeError, OverflowError):  # details that are not JSON, a time that is no time
+        return "its contents cannot be read (the row was edited)"
+    if own != row["hash"]:
+        return "its hash does not match its contents (the row was edited)"
+    return None
 
 
 ORDERS = ("asc", "desc")

@@ -22,8 +22,6 @@ from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
 from shared.words import count
 
-CHAIN_PAGE = 2000
-
 
 @dataclass(frozen=True)
 class Report:
@@ -165,50 +163,11 @@ def _astray_lease(lease: Row) -> str:
 
 
 def chain_break(tx: Tx, estate_id: str) -> str | None:
-    """The first broken link of the estate's audit chain, in words, or None when whole.
-
-    Walking the events in id order, each must name the hash before it as ``prev_hash``
-    (``audit.GENESIS`` for the first) and carry the hash of its own contents: an edited
-    row fails the second, a deleted or reordered one the first, at the event after it.
-    """
-    expected, before = audit.GENESIS, None
-    after = 0
-    while True:
-        rows = tx.all("books_events_of_estate", estate_id=estate_id, after=after, limit=CHAIN_PAGE)
-        for row in rows:
-            broken = _link_broken(row, expected, before)
-            if broken:
-                return f"audit chain broken at event {row['id']}: {broken}"
-            expected, before = str(row["hash"]), row["id"]
-        if len(rows) < CHAIN_PAGE:
-            return None
-        after = rows[-1]["id"]
-
-
-def _link_broken(row: Row, expected: str, before: int | None) -> str | None:
-    if row["hash"] is None or row["prev_hash"] is None:
-        if before is None:
-            return (
-                "it is not chained yet (written before the audit log was chained; "
-                "a broker of this version chains such events when it starts)"
-            )
-        return f"it has no hash, yet event {before} before it has one (the row was edited)"
-    if row["prev_hash"] != expected:
-        if before is None:
-            return (
-                "it is the estate's first event, yet its prev_hash is not the chain's start "
-                "(events before it were deleted)"
-            )
-        return (
-            f"its prev_hash is not the hash of event {before} (an event between them was deleted, or rows were moved)"
-        )
-    try:
-        own = audit.link(row["prev_hash"], audit.view(row))
-    except (ValueError, TypeError, OverflowError):  # details that are not JSON, a time that is no time
-        return "its contents cannot be read (the row was edited)"
-    if own != row["hash"]:
-        return "its hash does not match its contents (the row was edited)"
-    return None
+    """The first broken link of the estate's audit chain, in words, or None when whole."""
+    walked = audit.walk(tx, estate_id)
+    if walked.broken_at is None:
+        return None
+    return f"audit chain broken at event {walked.broken_at}: {walked.reason}"
 
 
 def summary(report: Report) -> str:

@@ -106,6 +106,17 @@ EVENT = shape(
         "hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
     }
 )
+CHAIN = shape(
+    {
+        # Whole so far: no broken link among the events checked (more may follow: ``next``).
+        "whole": BOOL,
+        "checked": INT,
+        # The last event found whole, with its hash: note it to prove the log later.
+        "last": {"type": ["object", "null"], "properties": {"id": STR, "hash": STR}},
+        "broken": {"type": ["object", "null"], "properties": {"id": STR, "reason": STR}},
+        "next": {"type": ["string", "null"]},
+    }
+)
 ADMIN_LEASE = shape(
     {
         "id": ID,

@@ -49,3 +49,13 @@ WHERE estate_id = :estate_id AND id < :before
        OR (action = 'licences.moved' AND json_extract(details, '$.from_pool') = :pool_id))
   AND (:action IS NULL OR action = :action OR action LIKE :action || '.%')
 ORDER BY id DESC LIMIT :limit
+
+-- name: event_chain_start
+-- Where a walk along the estate's chain from just past :after starts: the estate's event
+-- at or before it.
+SELECT id, hash FROM events WHERE estate_id = :estate_id AND id <= :after ORDER BY id DESC LIMIT 1
+
+-- name: events_chain_page
+-- One estate's events in chain order, a page at a time (audit.walk).
+SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details, prev_hash, hash
+FROM events WHERE estate_id = :estate_id AND id > :after ORDER BY id LIMIT :limit

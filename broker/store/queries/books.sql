@@ -155,8 +155,3 @@ UNION ALL
 SELECT 'event', CAST(id AS TEXT), estate_id FROM events
 WHERE estate_id IS NULL OR NOT EXISTS (SELECT 1 FROM estates e WHERE e.id = events.estate_id)
 ORDER BY 1, 2
-
--- name: books_events_of_estate
--- One estate's events in chain order, a page at a time.
-SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details, prev_hash, hash
-FROM events WHERE estate_id = :estate_id AND id > :after ORDER BY id LIMIT :limit
