@@ -26,6 +26,8 @@ from shared.timefmt import format_ts
 PAGE_MAX = 500
 GENESIS = "0" * 64
 """The ``prev_hash`` of an estate's first event."""
+# One encoder, made once: json.dumps with any argument set builds a new one every call.
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 HASHED = ("action", "actor", "at", "details", "pool_id", "subject_id")
 """The members of an event, as the API shows it, that its hash covers: all but ``id``
 (the database's row number, which the chain's order stands for) and the links."""
@@ -60,7 +62,7 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     """The bytes of ``event`` that its hash covers: its ``HASHED`` members as compact JSON
     with sorted keys, every character outside printable ASCII escaped (``\\uXXXX``, as
     Python's ``json.dumps`` writes by default), so the bytes are plain ASCII."""
-    return json.dumps({k: event[k] for k in HASHED}, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return _COMPACT.encode({k: event[k] for k in HASHED}).encode("ascii")
 
 
 def link(prev_hash: str, event: Mapping[str, Any]) -> str:
@@ -113,17 +115,27 @@ def record(
         "action": action.value,
         "pool_id": pool_id,
         "subject_id": subject_id,
-        "details": json.dumps(details, separators=(",", ":"), sort_keys=True),
+        "details": _COMPACT.encode(details),
     }
     prev = _head(tx, estate_id)
-    # Hashed as it will be read back: the details through JSON and back, as stored.
-    tx.run(
-        "event_insert",
-        estate_id=estate_id,
-        prev_hash=prev,
-        hash=link(prev, view({**row, "id": 0, "prev_hash": None, "hash": None})),
-        **row,
+    digest = hashlib.sha256(prev.encode("ascii") + _canonical_new(row)).hexdigest()
+    tx.run("event_insert", estate_id=estate_id, prev_hash=prev, hash=digest, **row)
+
+
+def _canonical_new(row: Mapping[str, Any]) -> bytes:
+    """``canonical(view(row))`` for a row about to be inserted, without parsing back the
+    details just serialised: they are already in canonical form (sorted keys, compact,
+    ASCII), so they are spliced in between the members that sort before and after them.
+    Half the chain's cost on the write path; a test holds it to ``canonical``."""
+    before = _COMPACT.encode(
+        {
+            "action": row["action"],
+            "actor": {"kind": row["actor_kind"], "id": row["actor_id"], "name": row["actor_name"]},
+            "at": format_ts(row["at"]),
+        }
     )
+    after = _COMPACT.encode({"pool_id": row["pool_id"], "subject_id": row["subject_id"]})
+    return f'{before[:-1]},"details":{row["details"]},{after[1:]}'.encode("ascii")
 
 
 def _head(tx: Tx, estate_id: str) -> str:

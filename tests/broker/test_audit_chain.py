@@ -5,6 +5,7 @@ when a broker of this version starts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker import audit
 from broker.app import create_app
@@ -166,3 +169,43 @@ async def test_the_api_verifies_the_chain_a_slice_at_a_time_and_names_a_break(br
     other = await estate(broker, "Third")
     await broker.call("GET", f"{base(est)}/events/chain", other.admin, status=404)
     assert (await broker.call("GET", f"{base(other)}/events/chain", other.admin, status=200))["whole"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+NAME = st.none() | st.text(max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    details=st.dictionaries(st.text(max_size=8), JSON, max_size=4),
+    actor=st.tuples(st.sampled_from(["admin", "server", "operator", "system"]), NAME, NAME),
+    pool_id=NAME,
+    subject_id=NAME,
+    at=st.integers(min_value=0, max_value=4_102_444_800),
+)
+def test_the_insert_hashes_exactly_the_canonical_bytes(
+    details: dict[str, Any],
+    actor: tuple[str, str | None, str | None],
+    pool_id: str | None,
+    subject_id: str | None,
+    at: int,
+) -> None:
+    """The write path splices the stored details into the canonical JSON rather than parse
+    them back; for any details and names (lone surrogates, quotes, non-ASCII, nesting) its
+    bytes are those of the definition, which the API's readers and check recompute."""
+    row = {
+        "at": at,
+        "actor_kind": actor[0],
+        "actor_id": actor[1],
+        "actor_name": actor[2],
+        "action": "pool.updated",
+        "pool_id": pool_id,
+        "subject_id": subject_id,
+        "details": json.dumps(details, separators=(",", ":"), sort_keys=True),
+    }
+    stored = {**row, "id": 1, "prev_hash": None, "hash": None}
+    assert audit._canonical_new(row) == audit.canonical(audit.view(stored))
