@@ -209,3 +209,13 @@ def test_the_insert_hashes_exactly_the_canonical_bytes(
     }
     stored = {**row, "id": 1, "prev_hash": None, "hash": None}
     assert audit._canonical_new(row) == audit.canonical(audit.view(stored))
+
+
+def test_the_worked_example_in_the_docs_is_what_the_broker_computes() -> None:
+    text = (ROOT / "docs" / "design.md").read_text()
+    example = re.search(r"\$ printf '%s%s' ([0-9a-f]{64}) '(\{.*?\})' \| sha256sum\n([0-9a-f]{64})  -", text)
+    assert example is not None, "docs/design.md has the worked example"
+    prev, body, digest = example.groups()
+    event = json.loads(body)
+    assert audit.canonical(event).decode() == body
+    assert audit.link(prev, event) == digest
