@@ -4,9 +4,9 @@ Each estate's events form a hash chain, so that an edited, deleted or reordered 
 shows: an event's ``hash`` is SHA-256 over the ASCII bytes of the estate's previous
 ``hash`` (``GENESIS`` for its first event) followed by the event's canonical JSON
 (``canonical``: the event as ``GET /v1/estates/{estate}/events`` shows it, without
-``id``, ``hash`` and ``prev_hash``). docs/design.md ("Audit log") gives the same
-definition and a recipe to verify a chain by hand; ``broker.books`` verifies it for
-``tenure-broker check``.
+``id``, ``hash`` and ``prev_hash``). docs/design.md gives the same
+definition ("The audit chain") and a recipe to verify a chain by hand; ``walk``
+verifies it, for ``tenure-broker check`` (``broker.books``) and ``GET …/events/chain``.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def chain_backlog(tx: Tx, limit: int = 2000) -> int:
     """Chain up to ``limit`` events that have no hash yet (those written before the
     chain existed), oldest first, each onto its estate's chain; returns how many.
 
-    The broker calls it at start, until it returns less than ``limit``.
+    The broker calls it at start, until it returns 0.
     """
     rows = tx.all("events_unchained", limit=limit)
     _chain(tx, rows, {})

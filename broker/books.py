@@ -49,6 +49,14 @@ def check(tx: Tx, now: float) -> Report:
     )
 
 
+def _when(value: object) -> str:
+    """A stored time as the API writes it, or as stored when it is no time (a row edited by hand)."""
+    try:
+        return format_ts(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError, OverflowError):
+        return repr(value)
+
+
 def _in(estate_id: str | None) -> str:
     return f"estate {estate_id}" if estate_id else "no estate"
 
@@ -97,15 +105,17 @@ def _astray_seat(s: Row) -> str:
 def _beyond_validity(v: Row, now: int) -> str:
     lease = f"live lease {v['lease_id']} (encoder {v['encoder']})"
     purchase = f"purchase {v['purchase_id']} ({v['sales_order']})"
-    end = purchases.grace_end(v)
+    try:
+        end = purchases.grace_end(v)
+    except (ValueError, TypeError):  # an expiry or hold that is no time: its rows were edited
+        return f"{lease} holds seats of {purchase}, whose expiry or hold is no time"
     if v["status"] == "on_hold" and v["held_at"] is not None and v["created_at"] >= v["held_at"]:
         return (
-            f"{lease} was granted at {format_ts(v['created_at'])} seats of {purchase}, "
-            f"on hold since {format_ts(v['held_at'])}"
+            f"{lease} was granted at {_when(v['created_at'])} seats of {purchase}, on hold since {_when(v['held_at'])}"
         )
     if now >= end:
-        return f"{lease} holds seats of {purchase}, whose grace ended at {format_ts(end)}"
-    return f"{lease} runs until {format_ts(v['lease_expires_at'])}, past the grace end of {purchase}, {format_ts(end)}"
+        return f"{lease} holds seats of {purchase}, whose grace ended at {_when(end)}"
+    return f"{lease} runs until {_when(v['lease_expires_at'])}, past the grace end of {purchase}, {_when(end)}"
 
 
 def _orphans(tx: Tx) -> Iterator[str]:
@@ -136,7 +146,7 @@ def _astray_holding(h: Row) -> str:
     if h["pool_found"] is None:
         return "and that pool does not exist"
     if h["deleted_at"] is not None:
-        return f"and that pool was deleted at {format_ts(h['deleted_at'])}"
+        return f"and that pool was deleted at {_when(h['deleted_at'])}"
     if h["purchase_found"] is None:
         return "which does not exist"
     return f"a purchase of estate {h['purchase_estate']}"
@@ -146,7 +156,7 @@ def _astray_pool(row: Row) -> str:
     if row["pool_found"] is None:
         return "which does not exist"
     if row["deleted_at"] is not None:
-        return f"deleted at {format_ts(row['deleted_at'])}"
+        return f"deleted at {_when(row['deleted_at'])}"
     return f"of estate {row['pool_estate']}"
 
 
@@ -154,11 +164,11 @@ def _astray_lease(lease: Row) -> str:
     if lease["server_found"] is None:
         return f"is of server {lease['server_id']}, which does not exist"
     if lease["removed_at"] is not None:
-        return f"is of server {lease['server_id']}, removed at {format_ts(lease['removed_at'])}"
+        return f"is of server {lease['server_id']}, removed at {_when(lease['removed_at'])}"
     if lease["pool_found"] is None:
         return f"is in pool {lease['pool_id']}, which does not exist"
     if lease["deleted_at"] is not None:
-        return f"is in pool {lease['pool_id']}, deleted at {format_ts(lease['deleted_at'])}"
+        return f"is in pool {lease['pool_id']}, deleted at {_when(lease['deleted_at'])}"
     return f"is in pool {lease['pool_id']}, but its server {lease['server_id']} is bound to pool {lease['server_pool']}"
 
 

@@ -291,3 +291,22 @@ def test_check_cannot_open_exits_2(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "the database is at schema 99; this broker knows up to" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+async def test_rows_edited_into_nonsense_are_findings_not_a_traceback(broker: Broker, tmp_path: Path) -> None:
+    w = await world(broker, tmp_path)
+    ids, others = event_ids(w.db, w.est.id), event_ids(w.db, w.other.id)
+    tamper(
+        w.db,
+        f"UPDATE events SET details = '{{not json' WHERE id = {ids[0]}",
+        f"UPDATE events SET at = 'yesterday' WHERE id = {others[1]}",
+        f"UPDATE pools SET deleted_at = 'soon' WHERE id = '{w.paris['id']}'",
+    )
+    done = await check_live(w.data)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    server, paris = w.server["server_id"], w.paris["id"]
+    assert f"estate {w.est.id}: server {server} (host-1) is bound to pool {paris}, deleted at 'soon'" in lines
+    unreadable = "its contents cannot be read (the row was edited)"
+    assert f"estate {w.est.id}: audit chain broken at event {ids[0]}: {unreadable}" in lines
+    assert f"estate {w.other.id}: audit chain broken at event {others[1]}: {unreadable}" in lines
