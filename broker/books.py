@@ -109,7 +109,7 @@ def _beyond_validity(v: Row, now: int) -> str:
         end = purchases.grace_end(v)
     except (ValueError, TypeError):  # an expiry or hold that is no time: its rows were edited
         return f"{lease} holds seats of {purchase}, whose expiry or hold is no time"
-    if v["status"] == "on_hold" and v["held_at"] is not None and v["created_at"] >= v["held_at"]:
+    if v["status"] == "on_hold" and v["held_at"] is not None and v["created_at"] > v["held_at"]:
         return (
             f"{lease} was granted at {_when(v['created_at'])} seats of {purchase}, on hold since {_when(v['held_at'])}"
         )

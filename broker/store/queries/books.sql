@@ -70,7 +70,8 @@ ORDER BY l.estate_id, l.id, s.purchase_id
 
 -- name: books_leases_beyond_validity
 -- Invariant 7: no live lease runs past the grace end of a purchase it holds seats of, and
--- none was granted from a purchase while it was on hold. The grace rule is
+-- none was granted from a purchase while it was on hold (a later second than the hold: times
+-- are whole seconds, and a grant in the same second may have come first). The grace rule is
 -- broker/purchases.py's grace_end: expiry + :grace, or the hold + :grace if sooner.
 SELECT l.id AS lease_id, l.estate_id, l.encoder, l.created_at, l.expires_at AS lease_expires_at,
        p.id AS purchase_id, p.sales_order, p.status, p.held_at, p.expires_at
@@ -78,7 +79,7 @@ FROM leases l JOIN lease_seats s ON s.lease_id = l.id JOIN purchases p ON p.id =
 WHERE l.state = 'active' AND l.expires_at > :now
   AND (l.expires_at > p.expires_at + :grace
        OR (p.status = 'on_hold' AND p.held_at IS NOT NULL
-           AND (l.expires_at > p.held_at + :grace OR l.created_at >= p.held_at)))
+           AND (l.expires_at > p.held_at + :grace OR l.created_at > p.held_at)))
 ORDER BY l.estate_id, l.id, p.id
 
 -- name: books_seats_without_lease
