@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker import console, reaper, secretfiles, signing
+from broker import audit, console, reaper, secretfiles, signing
 from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import answers, problems
@@ -19,6 +19,7 @@ from broker.principals import PrincipalCache
 from broker.ratelimit import StoredLimiter
 from broker.services import SERVICES, Services
 from broker.store import describe_database, open_store
+from broker.store.base import Store
 
 log = logging.getLogger("tenure.broker")
 
@@ -54,6 +55,7 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             # The embedded store keeps a generated secret key in the data directory; replicas
             # on a shared database are all given the deployment's one.
             keyring, code_key = await signing.start(config, store, config.clock.now(), may_generate_secret=embedded)
+            await _chain_audit_backlog(store)
         except BaseException:
             await store.close()  # clean-up runs only after a finished start-up
             raise
@@ -90,6 +92,16 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             await store.close()
 
     return ctx
+
+
+async def _chain_audit_backlog(store: Store) -> None:
+    """Chain the events a broker before the hash chain wrote (once, after that upgrade),
+    before any request can add to a chain. A batch a write, so no write is long."""
+    chained = 0
+    while (done := await store.write(audit.chain_backlog)) > 0:
+        chained += done
+    if chained:
+        log.info("chained %d audit event(s) written before the audit log was hash-chained", chained)
 
 
 def _background(

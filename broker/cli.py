@@ -1,4 +1,5 @@
-"""``tenure-broker``: serve the broker, rotate its signing keys, back it up and restore it."""
+"""``tenure-broker``: serve the broker, rotate its signing keys, back it up and restore it,
+and check its books."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -18,6 +20,9 @@ from broker.errors import StorageUnavailable
 from broker.secretkey import SecretKeyError
 from broker.store.base import SchemaTooNew
 from shared import __version__, jws, logs
+
+if TYPE_CHECKING:
+    from broker import books
 from shared.secretfile import folder_owner
 from shared.words import count
 
@@ -48,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("file", type=Path, help="a file written by 'tenure-broker backup'")
     restore.add_argument("--config", type=Path, help="TOML config file")
     restore.add_argument("--data-dir", required=True, help="the new data directory (must be empty)")
+    check = sub.add_parser(
+        "check", help="recompute every invariant and each estate's audit chain from the rows (safe while serving)"
+    )
+    check.add_argument("--config", type=Path, help="TOML config file")
+    check.add_argument("--data-dir", help="data directory (default ./tenure-data)")
+    check.add_argument("--database", help="the replicas' PostgreSQL URL (default: SQLite in the data directory)")
     return parser
 
 
@@ -69,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return _rotate(cfg)
     if args.command in ("backup", "restore"):
         return _copy(args.command, args.file, cfg)
+    if args.command == "check":
+        return _check(cfg)
     return serve(cfg)
 
 
@@ -128,6 +141,41 @@ def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check(cfg: configuration.Config) -> int:
+    """``check``: one line per finding on stdout, a summary on stderr; exit 0 when the
+    books hold, 1 when something was found, 2 when the database cannot be opened."""
+    from broker import books
+
+    if cfg.database is None and not cfg.db_path.exists():  # opening it would make an empty one
+        print(f"tenure-broker: cannot open the database: {cfg.db_path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(check_books(cfg))
+    except (StorageUnavailable, SchemaTooNew) as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 2
+    for line in report.findings:
+        print(line)
+    print(books.summary(report), file=sys.stderr)
+    return 1 if report.findings else 0
+
+
+async def check_books(cfg: configuration.Config) -> books.Report:
+    """What ``check`` does: one read, one consistent snapshot, through a store of its own
+    (as another process would open it); nothing is written."""
+    from broker import books
+    from broker.store import open_store
+
+    owner = folder_owner(cfg.data_dir) if cfg.database is None else None
+    store = await open_store(cfg)
+    try:
+        return await store.read(lambda tx: books.check(tx, cfg.clock.now()))
+    finally:
+        await store.close()
+        if owner is not None:  # run as root: the broker's user must still open its database
+            secretfiles.give_database_files(cfg.db_path, owner)
 
 
 def serve(cfg: configuration.Config) -> int:

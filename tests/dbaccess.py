@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from broker.config import Config
 
@@ -42,9 +43,23 @@ class Database:
         finally:
             db.close()
 
-    def run(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+    def dicts(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         if self.url is not None:
-            with psycopg.connect(self.url, autocommit=True) as conn:
+            with psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as conn:
+                return conn.execute(sql.replace("?", "%s"), params).fetchall()
+        db = sqlite3.connect(self.path)
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute(sql, params).fetchall()]
+        finally:
+            db.close()
+
+    def run(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One statement, foreign keys unchecked (as the sqlite3 shell runs it by default;
+        on PostgreSQL, as a superuser's session in replica mode)."""
+        if self.url is not None:
+            with psycopg.connect(self.url) as conn:
+                conn.execute("SET LOCAL session_replication_role = replica")
                 return conn.execute(sql.replace("?", "%s"), params).rowcount
         db = sqlite3.connect(self.path)
         try:

@@ -50,6 +50,9 @@ def test_the_walkthrough_runs_verbatim_and_keeps_its_secrets_private(tmp_path: P
         assert re.search(r"^code: \d{8}$", result.stdout, re.M)
         assert re.search(r"^verified: ENC-0001 holds 3 one-in-one-out until \d+$", result.stdout, re.M)
         assert re.search(r'"action": "lease.granted"', result.stdout)
+        assert re.search(
+            r"^checked 1 estate, 2 purchases, 1 active lease and \d+ events: all invariants hold$", result.stderr, re.M
+        ), result.stderr
         # Nothing new beside the data directory, which is private (0700).
         assert set(tmp_path.iterdir()) == before
         assert (tmp_path / "tenure-data").stat().st_mode & 0o077 == 0

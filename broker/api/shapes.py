@@ -100,6 +100,21 @@ EVENT = shape(
         "pool_id": {"type": ["string", "null"]},
         "subject_id": {"type": ["string", "null"]},
         "details": {"type": "object"},
+        # The estate's hash chain (docs/design.md, "Audit log"); null only for an event a
+        # broker before the chain wrote, until a broker of this version has started.
+        "prev_hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        "hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+    }
+)
+CHAIN = shape(
+    {
+        # Whole so far: no broken link among the events checked (more may follow: ``next``).
+        "whole": BOOL,
+        "checked": INT,
+        # The last event found whole, with its hash: note it to prove the log later.
+        "last": {"type": ["object", "null"], "properties": {"id": STR, "hash": STR}},
+        "broken": {"type": ["object", "null"], "properties": {"id": STR, "reason": STR}},
+        "next": {"type": ["string", "null"]},
     }
 )
 ADMIN_LEASE = shape(

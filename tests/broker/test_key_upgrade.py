@@ -31,7 +31,8 @@ Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 async def _old_layout(broker: Broker, data: Path) -> None:
     """Turn a stopped broker's data directory into what the old code left: each signing
     key a PEM file ``keys/key-<created>-<kid prefix>.pem`` and the code key ``code-key``
-    (both mode 0600, as ``write_secret`` wrote them), no secret key, schema version 2."""
+    (both mode 0600, as ``write_secret`` wrote them), no secret key, schema version 2
+    (so no audit chain either)."""
     svc = broker.client.app[SERVICES]
     keys = svc.keyring.keys
     code_key = svc.code_key
@@ -44,6 +45,8 @@ async def _old_layout(broker: Broker, data: Path) -> None:
     conn = sqlite3.connect(data / "tenure.db")
     for table in ("key_material", "console_sessions", "redemption_attempts", "health"):  # versions 3 to 5
         conn.execute(f"DROP TABLE {table}")
+    for column in ("prev_hash", "hash"):  # version 6
+        conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.close()
 

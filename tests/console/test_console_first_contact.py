@@ -155,6 +155,7 @@ def test_the_audit_log_opens_newest_first_in_words(console: Console) -> None:
         "Audited estate, with Alice as its first admin",
     ]
     assert not any(c in "".join(details) for c in '{}[]"')
+    expect(page.locator(".chain")).to_contain_text("The audit chain is whole: 6 events check out.")
     console.shot("13-audit-log", docs=True)
     page.set_viewport_size(PHONE)
     assert fits_the_screen(page)

@@ -109,6 +109,7 @@ REQUESTS: dict[str, Callable[[World], Request]] = {
     "list_leases": lambda w: (f"{w.est.base}/leases", None, 200),
     "revoke_lease": lambda w: (f"{w.est.base}/leases/{w.lease}", None, 204),
     "list_events": lambda w: (f"{w.est.base}/events", None, 200),
+    "verify_chain": lambda w: (f"{w.est.base}/events/chain", None, 200),
     "metrics": lambda w: ("/metrics", None, 200),
     "create_estate": lambda w: ("/v1/estates", {"name": "New", "admin_name": "Zed"}, 201),
     "record_purchase": lambda w: (

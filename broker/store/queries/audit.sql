@@ -1,12 +1,35 @@
 -- The audit log (broker/audit.py).
 
 -- name: event_insert
-INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details)
-VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details)
+INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
+                    prev_hash, hash)
+VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
+        :prev_hash, :hash)
+
+-- name: event_last_hash
+-- The estate's newest event's link: what the next event chains onto.
+SELECT hash FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1
+
+-- name: event_hash_before
+SELECT hash FROM events WHERE estate_id = :estate_id AND id < :before ORDER BY id DESC LIMIT 1
+
+-- name: events_unchained
+-- Events written before the chain existed (migration 0006), oldest first.
+SELECT id, estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
+       prev_hash, hash
+FROM events WHERE hash IS NULL AND estate_id IS NOT NULL ORDER BY id LIMIT :limit
+
+-- name: events_unchained_of_estate
+SELECT id, estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
+       prev_hash, hash
+FROM events WHERE estate_id = :estate_id AND hash IS NULL ORDER BY id
+
+-- name: event_chain
+UPDATE events SET prev_hash = :prev_hash, hash = :hash WHERE id = :id AND hash IS NULL
 
 -- name: events_page
 -- Oldest first, from just after the cursor :after (0: from the start).
-SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details
+SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details, prev_hash, hash
 FROM events
 WHERE estate_id = :estate_id AND id > :after
   AND (:pool_id IS NULL OR pool_id = :pool_id
@@ -19,10 +42,20 @@ ORDER BY id LIMIT :limit
 -- Newest first, from just before the cursor :before (the caller passes a number above
 -- every id to start from the newest). The same filters as events_page; the direction is
 -- its own query so that both walk the (estate_id, id) index instead of sorting.
-SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details
+SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details, prev_hash, hash
 FROM events
 WHERE estate_id = :estate_id AND id < :before
   AND (:pool_id IS NULL OR pool_id = :pool_id
        OR (action = 'licences.moved' AND json_extract(details, '$.from_pool') = :pool_id))
   AND (:action IS NULL OR action = :action OR action LIKE :action || '.%')
 ORDER BY id DESC LIMIT :limit
+
+-- name: event_chain_start
+-- Where a walk along the estate's chain from just past :after starts: the estate's event
+-- at or before it.
+SELECT id, hash FROM events WHERE estate_id = :estate_id AND id <= :after ORDER BY id DESC LIMIT 1
+
+-- name: events_chain_page
+-- One estate's events in chain order, a page at a time (audit.walk).
+SELECT id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details, prev_hash, hash
+FROM events WHERE estate_id = :estate_id AND id > :after ORDER BY id LIMIT :limit

@@ -1,5 +1,7 @@
 // The audit log (#/audit?pool=…&action=…): every change in the estate, newest first
-// (the broker's order=desc), 50 at a time; "Show more events" goes further back.
+// (the broker's order=desc), 50 at a time; "Show more events" goes further back. Above it,
+// the state of the estate's hash chain (GET …/events/chain, followed slice by slice) and
+// its newest hash, which an admin notes to prove the log later; each event shows its hash.
 
 import { api, listAll, E } from '../api.js';
 import { clearError, el, errorBox, field, h1, showError } from '../dom.js';
@@ -78,7 +80,8 @@ export async function auditPage(query) {
         el('td', { role: 'cell', 'data-label': 'Who' }, who(ev.actor)),
         el('td', { role: 'cell', 'data-label': 'What' }, kinds.get(ev.action) || ev.action),
         el('td', { role: 'cell', 'data-label': 'Pool' }, ev.pool_id ? names.pool(ev.pool_id) : '—'),
-        el('td', { role: 'cell', class: 'details', 'data-label': 'Details' }, describeEvent(ev, names))));
+        el('td', { role: 'cell', class: 'details', 'data-label': 'Details' }, describeEvent(ev, names)),
+        el('td', { role: 'cell', class: 'hash', 'data-label': 'Hash' }, shortHash(ev))));
     }
     cursor = page.next || '';
     more.hidden = !page.next;
@@ -98,15 +101,57 @@ export async function auditPage(query) {
     }
   });
   await load();
+  const chain = el('p', { class: 'chain', 'aria-live': 'polite' }, 'Checking the audit chain…');
+  checkChain(chain);
   const log = body.children.length
     ? el('div', { class: 'table-wrap audit-log' }, el('table', { role: 'table' }, el('caption', { class: 'visually-hidden' }, 'Audit log, newest first'),
-      el('thead', {}, el('tr', { role: 'row' }, ['When', 'Who', 'What', 'Pool', 'Details'].map((h) => el('th', { scope: 'col', role: 'columnheader' }, h)))), body))
+      el('thead', {}, el('tr', { role: 'row' }, ['When', 'Who', 'What', 'Pool', 'Details', 'Hash'].map((h) => el('th', { scope: 'col', role: 'columnheader' }, h)))), body))
     : el('p', { class: 'empty' }, 'No events match.');
-  return [h1('Audit log'), el('p', { class: 'lead' }, 'Every change in the estate, newest first.'), filters, log, more, errors];
+  return [h1('Audit log'), el('p', { class: 'lead' }, 'Every change in the estate, newest first.'), chain, filters, log, more, errors];
 }
 
 function who(actor) {
   if (actor.kind === 'system') return 'The broker';
   if (actor.kind === 'operator') return 'The vendor (operator)';
   return `${actor.name || actor.id} (${actor.kind})`;
+}
+
+function shortHash(ev) {
+  if (!ev.hash) return 'not chained yet';
+  return el('code', { title: `hash ${ev.hash}\nafter ${ev.prev_hash}` }, `${ev.hash.slice(0, 12)}…`);
+}
+
+/** Walk the estate's chain on the broker, a slice per call, and say how it stands. */
+async function checkChain(status) {
+  let after = '';
+  let checked = 0;
+  let last = null;
+  try {
+    for (;;) {
+      const part = await api('GET', E(`/events/chain${after ? `?after=${encodeURIComponent(after)}` : ''}`));
+      checked += part.checked;
+      last = part.last || last;
+      if (part.broken) {
+        status.className = 'chain broken';
+        status.replaceChildren(`The audit chain is broken at event ${part.broken.id}: ${part.broken.reason}. `
+          + 'Events from there on may have been changed; ask your vendor to run tenure-broker check.');
+        return;
+      }
+      if (!part.next || !status.isConnected) break;
+      after = part.next;
+      status.textContent = `Checking the audit chain… ${checked.toLocaleString('en-GB')} events so far`;
+    }
+  } catch (err) {
+    status.className = 'chain broken';
+    status.textContent = `The audit chain could not be checked: ${err.message}`;
+    return;
+  }
+  status.className = 'chain whole';
+  if (!last) {
+    status.textContent = 'The audit chain is whole: no events yet.';
+    return;
+  }
+  status.replaceChildren(
+    `The audit chain is whole: ${checked.toLocaleString('en-GB')} events check out. Newest hash (note it to prove this log later): `,
+    el('code', { class: 'newest-hash' }, last.hash));
 }
