@@ -81,6 +81,8 @@ async def test_renews_at_renew_after_with_jitter(
     assert not any(r.endswith("/renew") for r in proxy.requests)
     await fake_clock.advance(1.0)
     await eventually(lambda: agent.keeper("ENC-1").record.held.expires_at > held.expires_at, what="renewal")
+    # The renewed lease is saved before it is announced (a new version): wait for both.
+    await eventually(lambda: agent.keeper("ENC-1").version > first["version"], what="the renewal announced")
     second = await agent.lease("ENC-1")
     assert second["lease"]["id"] == first["lease"]["id"]
     assert second["lease"]["token"] != first["lease"]["token"]
