@@ -43,6 +43,7 @@ class PostgresServer:
         self._admin = admin
         self._prefix = f"tenure_test_{os.getpid()}"
         self._numbers = itertools.count(1)
+        self._stale: list[str] = []
         self._admin.execute(f"DROP DATABASE IF EXISTS {self._prefix} WITH (FORCE)")
         self._admin.execute(f"CREATE DATABASE {self._prefix}")
         self._run = psycopg.connect(with_database(ADMIN_URL, self._prefix), autocommit=True)
@@ -60,6 +61,7 @@ class PostgresServer:
 
     def create(self) -> str:
         """A new schema in the run's database, migrated: the URL that opens it."""
+        self._drop_stale()
         schema = f"t{next(self._numbers)}"
         self._run.execute(f"CREATE SCHEMA {schema}")
         # A test's commits need not survive a power cut: no WAL flush per commit.
@@ -70,16 +72,28 @@ class PostgresServer:
 
     def create_empty(self) -> str:
         """A new, empty database of its own: its URL."""
+        self._drop_stale()
         name = f"{self._prefix}_{next(self._numbers)}"
         self._admin.execute(f"CREATE DATABASE {name}")
         return with_database(ADMIN_URL, name)
 
     def drop(self, url: str) -> None:
-        schema = re.search(r"search_path%3D(\w+)", url)
-        if schema is not None:
-            self._run.execute(f"DROP SCHEMA IF EXISTS {schema.group(1)} CASCADE")
-        else:
-            self._admin.execute(f"DROP DATABASE IF EXISTS {urlsplit(url).path.lstrip('/')} WITH (FORCE)")
+        """Drop ``url``'s schema or database, once the test is over.
+
+        Not at once: a fixture's finalizer may run before the broker that uses the database
+        is closed (pytest tears fixtures down in its own order), and that broker's last
+        background write must not meet a missing table. The next ``create`` drops it.
+        """
+        self._stale.append(url)
+
+    def _drop_stale(self) -> None:
+        while self._stale:
+            url = self._stale.pop()
+            schema = re.search(r"search_path%3D(\w+)", url)
+            if schema is not None:
+                self._run.execute(f"DROP SCHEMA IF EXISTS {schema.group(1)} CASCADE")
+            else:
+                self._admin.execute(f"DROP DATABASE IF EXISTS {urlsplit(url).path.lstrip('/')} WITH (FORCE)")
 
     def terminate(self, url: str) -> int:
         """Kill every other connection to ``url``'s database, as an operator or a failover would."""
@@ -91,6 +105,7 @@ class PostgresServer:
         return int(str(row[0])) if row else 0
 
     def close(self) -> None:
+        self._drop_stale()
         self._run.close()
         self._admin.execute(f"DROP DATABASE IF EXISTS {self._prefix} WITH (FORCE)")
         self._admin.close()
