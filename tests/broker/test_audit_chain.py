@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from tests.broker.estate_kit import Estate, base, enroll, estate, lease, new_poo
 from tests.broker.test_audit import events
 from tests.broker.test_check import check, rows
 from tests.conftest import Broker
+from tests.dbaccess import Database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,6 +85,7 @@ async def test_the_documented_recipe_verifies_a_real_broker_and_names_a_tampered
     assert verify(removed) == f"broken at event {got[3]['id']}: its prev_hash is not the hash of the event before it"
 
 
+@pytest.mark.sqlite_only  # an SQLite database of schema 5 upgraded (PostgreSQL's schema began chained)
 async def test_events_from_before_the_chain_are_chained_when_the_broker_starts(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     config_factory: Callable[..., Any],
@@ -104,7 +107,7 @@ async def test_events_from_before_the_chain_are_chained_when_the_broker_starts(
     # check (which upgrades the schema as any command does) names each estate's unchained log.
     found = await asyncio.to_thread(check, data)
     assert found.returncode == 1
-    firsts = dict(rows(db, "SELECT estate_id, MIN(id) FROM events GROUP BY estate_id"))
+    firsts = dict(rows(Database(None, db), "SELECT estate_id, MIN(id) FROM events GROUP BY estate_id"))
     assert sorted(found.stdout.splitlines()) == sorted(
         f"estate {e.id}: audit chain broken at event {firsts[e.id]}: it is not chained yet (written before the "
         "audit log was chained; a broker of this version chains such events when it starts)"
@@ -152,11 +155,7 @@ async def test_the_api_verifies_the_chain_a_slice_at_a_time_and_names_a_break(br
     past = await broker.call("GET", f"{base(est)}/events/chain?after={got[4]['id']}", est.admin, status=200)
     assert past["checked"] == len(got) - 5 and past["whole"]
 
-    db = broker.client.app[SERVICES].config.db_path
-    conn = sqlite3.connect(db)
-    conn.execute("UPDATE events SET actor_name = 'Mallory' WHERE id = ?", (int(got[6]["id"]),))
-    conn.commit()
-    conn.close()
+    broker.db.run("UPDATE events SET actor_name = 'Mallory' WHERE id = ?", (int(got[6]["id"]),))
     broken = await broker.call("GET", f"{base(est)}/events/chain", est.admin, status=200)
     assert broken == {
         "whole": False,
