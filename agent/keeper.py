@@ -108,6 +108,9 @@ class Keeper:
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()
+        # While a new lease is being saved, the encoder is shown what it was last told:
+        # the view from before the change (see _store).
+        self._shown: dict[str, Any] | None = None
 
     @classmethod
     def adopt(cls, record: EncoderRecord, deps: KeeperDeps) -> Keeper:
@@ -196,8 +199,15 @@ class Keeper:
                     task.cancel()
                 await asyncio.gather(waiter, finished, sleeper, return_exceptions=True)
 
+    @property
+    def saving(self) -> bool:
+        """A change is being written to disk; the encoder is shown what was before it."""
+        return self._shown is not None
+
     def state(self, now: float | None = None) -> str:
         """The encoder-visible state; ``now`` is on the monotonic clock."""
+        if self._shown is not None:
+            return str(self._shown["state"])
         now = self._deps.clock.monotonic() if now is None else now
         r = self.record
         if r.want is None:
@@ -212,6 +222,11 @@ class Keeper:
 
     def view(self, *, with_token: bool = True) -> dict[str, Any]:
         """The encoder's lease as the local API shows it."""
+        if self._shown is not None:
+            shown = dict(self._shown)
+            if not with_token and shown["lease"] is not None:
+                shown["lease"] = {k: v for k, v in shown["lease"].items() if k != "token"}
+            return shown
         now = self._deps.clock.monotonic()
         r = self.record
         state = self.state(now)
@@ -397,16 +412,19 @@ class Keeper:
         return clock.monotonic(), clock.wall()
 
     async def _store(self, held: Held | None) -> None:
+        # On disk before the encoder is told: an agent killed right after answering
+        # "active" re-adopts the very lease it announced, instead of asking again. Until
+        # then, whoever asks (a poll, not only a waiter) sees the view from before.
+        self._shown = self.view()
         self.record.held = held
         self.record.error = None
         self._offline = False
         if held is not None:
             self._lost = False
-        # On disk before the encoder is told: an agent killed right after answering
-        # "active" re-adopts the very lease it announced, instead of asking again.
         try:
             await self._deps.save()
         finally:
+            self._shown = None
             self._announce()
 
     async def _acquire(self) -> None:

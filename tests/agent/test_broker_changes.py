@@ -66,7 +66,11 @@ async def test_a_renewal_answered_lapsed_acquires_again_on_its_own(
     assert await live_broker.in_use() == 0  # lapsed: the seats are back in the pool
     proxy.let_go()
     await eventually(
-        lambda: (h := agent.keeper("ENC-1").record.held) is not None and h.lease_id != first["id"],
+        lambda: (
+            (h := agent.keeper("ENC-1").record.held) is not None
+            and h.lease_id != first["id"]
+            and not agent.keeper("ENC-1").saving
+        ),
         what="a new lease",
     )
     await agent.wait_state("ENC-1", "active")
@@ -85,7 +89,11 @@ async def test_a_renewal_answered_lapsed_acquires_again_on_its_own(
     assert fresh is not None
     await fake_clock.advance(fresh.renew_at - fake_clock.monotonic() + 0.1)
     await eventually(
-        lambda: (h := agent.keeper("ENC-1").record.held) is not None and h.expires_at > fresh.expires_at,
+        lambda: (
+            (h := agent.keeper("ENC-1").record.held) is not None
+            and h.expires_at > fresh.expires_at
+            and not agent.keeper("ENC-1").saving
+        ),
         what="the new lease's renewal",
     )
 
@@ -130,7 +138,11 @@ async def test_a_key_rotation_on_a_live_broker_is_fetched_and_verified(
     assert held is not None
     await fake_clock.advance(held.renew_at - fake_clock.monotonic() + 0.1)
     await eventually(
-        lambda: (h := agent.keeper("ENC-1").record.held) is not None and h.expires_at > held.expires_at,
+        lambda: (
+            (h := agent.keeper("ENC-1").record.held) is not None
+            and h.expires_at > held.expires_at
+            and not agent.keeper("ENC-1").saving
+        ),
         what="the renewal",
     )
     view = await agent.lease("ENC-1")

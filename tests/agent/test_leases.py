@@ -247,7 +247,9 @@ async def test_shrink_keeps_the_lease_and_delete_releases_it(
     agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
     first = await _active(agent, "ENC-1", 4)
     await agent.want("ENC-1", 1)
-    await eventually(lambda: agent.keeper("ENC-1").record.held.count == 1, what="shrink")
+    await eventually(
+        lambda: agent.keeper("ENC-1").record.held.count == 1 and not agent.keeper("ENC-1").saving, what="shrink"
+    )
     assert (await agent.lease("ENC-1"))["lease"]["id"] == first["lease"]["id"]
     assert await live_broker.in_use() == 1
     status, body = await agent.call("DELETE", "/v1/encoders/ENC-1/lease?wait=5")
@@ -275,7 +277,8 @@ async def test_tampered_token_is_never_served(
     proxy.tampering = False
     await advance_in_steps(fake_clock, 11)
     await agent.wait_state("ENC-1", "active")
-    assert (await agent.lease("ENC-1"))["lease"]["count"] == 2
+    shown = await agent.lease("ENC-1")
+    assert shown["lease"] is not None and shown["lease"]["count"] == 2, shown
     assert await live_broker.in_use() == 2
 
 
@@ -379,7 +382,43 @@ async def test_domain_binding_takes_from_its_own_pool(
     # Moving an encoder to another domain gives the old seats back.
     await agent.want("ENC-T", 2)
     await eventually(
-        lambda: (held := agent.keeper("ENC-T").record.held) is not None and held.domain is None, what="move"
+        lambda: (
+            (held := agent.keeper("ENC-T").record.held) is not None
+            and held.domain is None
+            and not agent.keeper("ENC-T").saving
+        ),
+        what="move",
     )
     assert await live_broker.in_use(paris) == 0
     assert await live_broker.in_use() == 3
+
+
+async def test_a_granted_lease_is_shown_only_once_it_is_saved(
+    live_broker: LiveBroker,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    proxy: Proxy,
+) -> None:
+    """An encoder that polls while its new lease is being written to disk still sees it
+    pending: told "active" and then killed, the agent would come back without the lease."""
+    agent = await _enrolled(live_broker, agent_config, start_agent, proxy)
+    runner = agent.runner
+    saving, go_on = asyncio.Event(), asyncio.Event()
+    save = runner._deps.save
+
+    async def slow_save() -> None:
+        saving.set()
+        await go_on.wait()
+        await save()
+
+    runner._deps = dataclasses.replace(runner._deps, save=slow_save)  # keepers made from now on
+    await agent.want("ENC-1", 2)
+    await asyncio.wait_for(saving.wait(), 15)
+    assert agent.keeper("ENC-1").record.held is not None  # granted, and being saved
+    polled = await agent.lease("ENC-1")
+    assert (polled["state"], polled["lease"]) == ("pending", None)
+    go_on.set()
+    await agent.wait_state("ENC-1", "active")
+    shown = await agent.lease("ENC-1")
+    assert shown["lease"] is not None and shown["lease"]["count"] == 2, shown
+    assert [e.encoder for e in load_leases(agent_config.state_dir).encoders.values()] == ["ENC-1"]
