@@ -307,6 +307,8 @@ def copy_store(cfg: Config, url: str) -> Copied:
     """Copy the SQLite database of ``cfg``'s data directory into the empty PostgreSQL
     database ``url``, verified; ``CopyError`` (nothing written) otherwise."""
     check_url(url)
+    if not cfg.db_path.is_file():
+        raise CopyError(f"there is no broker database at {cfg.db_path}", exit_code=2)
     started = time.monotonic()
     secret, secret_from = find_secret(cfg)
     try:
