@@ -244,8 +244,9 @@ def _rows(cursor: Any) -> Iterator[tuple[Any, ...]]:
 
 
 def canonical(value: Any) -> tuple[str, Any]:
-    """A value as both databases' drivers give it back, tagged by kind: SQLite is loosely
-    typed, so a text in a BLOB column, say, must not compare equal to bytes."""
+    """A value as both databases' drivers give it back, tagged by kind, to name the first
+    column that differs in two rows found unequal (SQLite is loosely typed: a text in a
+    BLOB column must not pass for the bytes PostgreSQL made of it)."""
     if value is None:
         return ("null", None)
     if isinstance(value, bool):
@@ -279,7 +280,7 @@ def compare(
         b = next(copy, None)
         if b is not None:
             copied += 1
-        if first is not None:
+        if first is not None or a == b:  # equal values: text never equals bytes, nor a number text
             continue
         where = f"table {table.name}, row {'/'.join(str(a[i]) for i in keys)}"
         if b is None:
