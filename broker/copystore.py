@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker import books, keyfiles, keymaterial, secretkey
+from broker import books, keyfiles, keymaterial, secretfiles, secretkey
 from broker.config import Config
 from broker.ids import new_id
 from broker.secretkey import KeySealed, SecretKey
 from broker.store import sqlite as sqlite_store
+from shared.secretfile import folder_owner
 from shared.words import count
 
 # How long to wait for the source's exclusive lock, and for the target's table locks.
@@ -319,6 +320,7 @@ def copy_store(cfg: Config, url: str) -> Copied:
             f"--to names PostgreSQL, but its driver is not installed ({exc.name}): pip install 'tenure[postgres]'",
             exit_code=2,
         ) from exc
+    owner = folder_owner(cfg.data_dir)
     source = open_source(cfg.db_path)
     try:
         found = keyfiles.load(cfg.data_dir)
@@ -342,6 +344,8 @@ def copy_store(cfg: Config, url: str) -> Copied:
         return _copy(cfg, url, source, secret, secret_from, started)
     finally:
         source.close()
+        if owner is not None:  # run as root: the broker's user must still open its database
+            secretfiles.give_database_files(cfg.db_path, owner)
 
 
 def _migrate(postgres: Any, url: str) -> None:

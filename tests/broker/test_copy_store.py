@@ -5,10 +5,14 @@ by the real command into an empty PostgreSQL database, then served from there by
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,12 @@ import aiohttp
 import psycopg
 import pytest
 
+from broker import copystore
 from broker.clock import ManualClock
 from broker.console import COOKIE
 from shared import jws
 from tests.broker.estate_kit import Estate, base, enroll, estate, lease, new_pool
-from tests.broker.test_cli import clean_env, run
+from tests.broker.test_cli import clean_env, free_port, run
 from tests.broker.test_cli import serve as serve
 from tests.conftest import Broker
 from tests.dbaccess import Database
@@ -299,3 +304,51 @@ async def test_a_copy_that_would_differ_is_rolled_back_and_named(broker: Broker,
     assert line is not None and line["checked"] == "check finds the same 1 finding in both, and none new"
     assert pg_count(same, "events") == len(db.rows("SELECT id FROM events WHERE hash IS NULL")) > 1
     assert pg_rows(same, "SELECT COUNT(*) FROM events WHERE hash IS NULL") == [(pg_count(same, "events"),)]
+
+
+def test_a_killed_broker_is_refused_while_it_runs_and_copied_whole_after(
+    serve: Any, tmp_path: Path, empty_database: Any
+) -> None:
+    """A real ``serve`` process: refused while it runs; after SIGKILL (no clean close, its
+    last commits maybe not yet checkpointed out of the WAL) the copy holds them."""
+    data = tmp_path / "data"
+    token = "tnr_op_" + "k" * 43
+    broker = serve("--data-dir", str(data), env=clean_env(TENURE_OPERATOR_TOKEN=token))
+    broker.wait_healthy()
+    request = urllib.request.Request(
+        f"{broker.url}/v1/estates",
+        data=json.dumps({"name": "Acme", "admin_name": "Alice"}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        made = json.loads(resp.read())
+    target = empty_database()
+    refused = copy_store(data, target)
+    assert refused.returncode == 1 and "is in use by another process" in refused.stderr, refused.stderr
+    broker.proc.send_signal(signal.SIGKILL)
+    broker.proc.wait()
+    done = copy_store(data, target)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Copied 1 estate, 0 live leases, ")
+    assert pg_rows(target, "SELECT id, name FROM estates") == [(made["id"], "Acme")]
+    unreachable = copy_store(data, f"postgresql://postgres@127.0.0.1:{free_port()}/tenure")
+    assert unreachable.returncode == 1 and "cannot open the database" in unreachable.stderr, unreachable.stderr
+    assert "nothing was copied" in unreachable.stderr and "Traceback" not in unreachable.stderr
+
+
+async def test_every_table_is_copied_or_named_as_not(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """A table a migration adds must be copied, or named as not copied, on purpose."""
+    from broker.store.sqlite import SqliteStore
+
+    store = await SqliteStore.open(tmp_path / "t.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        sqlite_tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    url = postgres_server.create()
+    try:
+        pg_tables = {n for (n,) in pg_rows(url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    finally:
+        postgres_server.drop(url)
+    named = {t.name for t in copystore.TABLES} | copystore.NOT_COPIED
+    assert sqlite_tables - {"sqlite_sequence"} == named
+    assert pg_tables - {"tenure_schema"} == named
