@@ -405,11 +405,11 @@ def _copy(
         raise CopyError(
             f"{target} refused the copy: {first[0] if first else type(exc).__name__}; nothing was copied"
         ) from exc
-    live = rows_where(source, "SELECT COUNT(*) FROM leases WHERE state = 'active'")
+    live = _scalar(source, "SELECT COUNT(*) FROM leases WHERE state = 'active'")
     return Copied(cfg.db_path.resolve(), target, rows, live, len(was.findings), secret_from, time.monotonic() - started)
 
 
-def rows_where(source: sqlite3.Connection, query: str) -> int:
+def _scalar(source: sqlite3.Connection, query: str) -> int:
     (n,) = source.execute(query).fetchone()
     return int(n)
 
