@@ -1,5 +1,5 @@
 """``tenure-broker``: serve the broker, rotate its signing keys, back it up and restore it,
-and check its books."""
+check its books, and copy an SQLite broker into PostgreSQL."""
 
 from __future__ import annotations
 
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="TOML config file")
     check.add_argument("--data-dir", help="data directory (default ./tenure-data)")
     check.add_argument("--database", help="the replicas' PostgreSQL URL (default: SQLite in the data directory)")
+    copy = sub.add_parser(
+        "copy-store", help="copy a stopped SQLite broker's whole state into an empty PostgreSQL database, verified"
+    )
+    copy.add_argument("--to", required=True, metavar="URL", help="the empty PostgreSQL database: postgresql://…/DB")
+    copy.add_argument("--config", type=Path, help="the SQLite broker's TOML config file")
+    copy.add_argument("--data-dir", help="the SQLite broker's data directory (default ./tenure-data)")
     return parser
 
 
@@ -70,7 +76,12 @@ def _load(args: argparse.Namespace) -> configuration.Config:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = _load(args)
+        if args.command == "copy-store":
+            # The source is always the data directory's SQLite database; --to names the target.
+            env = {k: v for k, v in os.environ.items() if k != "TENURE_DATABASE_URL"}
+            cfg = configuration.load(args.config, env=env, flags={"data_dir": args.data_dir}, database=None)
+        else:
+            cfg = _load(args)
     except configuration.ConfigError as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 2
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return _copy(args.command, args.file, cfg)
     if args.command == "check":
         return _check(cfg)
+    if args.command == "copy-store":
+        return _copy_store(cfg, args.to)
     return serve(cfg)
 
 
@@ -140,6 +153,25 @@ def _copy(command: str, file: Path, cfg: configuration.Config) -> int:
     except backup.BackupError as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _copy_store(cfg: configuration.Config, url: str) -> int:
+    """``copy-store``: one line on stdout when the copy is made and verified (exit 0); else
+    what stopped it, or each difference found, on stderr, with nothing written (exit 1 or 2)."""
+    from broker import copystore
+
+    try:
+        done = copystore.copy_store(cfg, url)
+    except copystore.CopyDiffers as exc:
+        for line in exc.differences:
+            print(f"tenure-broker: {line}", file=sys.stderr)
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except copystore.CopyError as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(done.line())
     return 0
 
 
