@@ -241,9 +241,22 @@ class PostgresStore:
             max_size=pool_size,
             timeout=wait_seconds,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_seconds))},
+            configure=self._configure,
             open=False,
             name="tenure",
         )
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Each new connection: waits bounded, dead peers found (run once, at connect)."""
+        # No wait for a lock (a lane's, or a row's) outlasts what a request may wait; one
+        # that would is refused (StorageUnavailable) rather than queued without end.
+        conn.execute(f"SET lock_timeout = {max(1, round(self.timeout * 1000))}")
+        # A transaction left open by a stalled client is ended by the server, and with it
+        # every lock it held; keepalives let the server notice a vanished client in ~25 s.
+        conn.execute("SET idle_in_transaction_session_timeout = 60000")
+        conn.execute("SET tcp_keepalives_idle = 10")
+        conn.execute("SET tcp_keepalives_interval = 5")
+        conn.execute("SET tcp_keepalives_count = 3")
 
     @classmethod
     async def open(
@@ -292,7 +305,8 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
-        self._threads.shutdown(wait=True)  # every accepted request is answered first
+        # Every accepted request is answered first (waited for off the loop).
+        await asyncio.to_thread(self._threads.shutdown, wait=True)
         await asyncio.to_thread(self._pool.close)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -349,6 +363,10 @@ class PostgresStore:
             self._count(failed=True)
             log.error("no database connection within %.1f s: %s", self.timeout, exc)
             raise StorageUnavailable("the database cannot be reached now; nothing was changed") from exc
+        except pg_errors.LockNotAvailable as exc:
+            self._count(failed=True)
+            log.warning("a write waited %.1f s for a lock and gave up: %s", self.timeout, _first_line(exc))
+            raise StorageUnavailable("the database is too busy to take this change now; nothing was changed") from exc
         except psycopg.OperationalError as exc:
             self._count(failed=True)
             self._written_at = 0.0
