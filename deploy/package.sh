@@ -95,6 +95,10 @@ build() {
     install -m 0644 "docs/$file" "$doc/$file"
   done
   install -m 0644 README.md "$doc/README.md"
+  if [ "$pkg" = tenure-broker ]; then  # what an operator adapts: the proxy, the alerts
+    install -D -m 0644 deploy/nginx/tenure.conf "$doc/examples/nginx-tenure.conf"
+    install -D -m 0644 deploy/prometheus/tenure-alerts.yml "$doc/examples/tenure-alerts.yml"
+  fi
   cat > "$doc/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: tenure

@@ -198,6 +198,8 @@ def test_package_contents(debs: dict[str, Path]) -> None:
         ).stdout  # a tar holding ./conffiles
         assert f"./usr/bin/{name} -> ../lib/{name}/bin/{name}" in listing
         assert f"./lib/systemd/system/{name}.service" in listing
+        if name == "tenure-broker":
+            assert f"./usr/share/doc/{name}/examples/tenure-alerts.yml" in listing
         assert "__pycache__" not in listing  # compiled at install, removed at removal
         assert b"/etc/" in conffiles
         unit = (ROOT / "deploy/systemd" / f"{name}.service").read_text()
@@ -253,6 +255,13 @@ def test_remove_keeps_configuration_and_data_purge_leaves_nothing(debian: Path, 
         shutil.copy(deb, debian / "tmp" / deb.name)
     ok(chroot(debian, "apt-get", "install", "-y", "-q", *(f"/tmp/{d.name}" for d in debs.values()), offline=True))
     ok(chroot(debian, "tenure-broker", "keys", "rotate", "--data-dir", "/var/lib/tenure-broker"))  # some data
+    # Installing over an installed package (as an upgrade does) keeps the admin's edits.
+    conffile = debian / "etc/tenure/broker.toml"
+    conffile.write_text(conffile.read_text() + "# edited by the admin\n")
+    broker_deb = f"/tmp/{debs['tenure-broker'].name}"
+    ok(chroot(debian, "apt-get", "install", "-y", "-q", "--reinstall", broker_deb, offline=True))
+    assert conffile.read_text().endswith("# edited by the admin\n")
+    assert (debian / "var/lib/tenure-broker/tenure.db").is_file()
     ok(chroot(debian, "apt-get", "remove", "-y", "-q", "tenure-agent", "tenure-broker", offline=True))
     assert not (debian / "usr/bin/tenure-agent").exists()
     assert not (debian / "usr/lib/tenure-broker").exists()  # byte-code compiled at install went too
