@@ -192,10 +192,10 @@ if [ "\$1" = purge ]; then
     fi
     rm -rf $state
     if getent passwd $pkg >/dev/null && command -v deluser >/dev/null; then
-        deluser --system --quiet $pkg >/dev/null || true
+        deluser --system --quiet $pkg >/dev/null 2>&1 || true
     fi
     if getent group $pkg >/dev/null && command -v delgroup >/dev/null; then
-        delgroup --system --quiet $pkg >/dev/null || true
+        delgroup --system --quiet $pkg >/dev/null 2>&1 || true
     fi
 fi
 exit 0
