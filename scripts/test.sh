@@ -25,6 +25,7 @@ want systemd-analyze systemd        # verify and security on deploy/systemd/*.se
 want dpkg-deb dpkg                  # deploy/package.sh builds the .deb files
 want lintian lintian                # ...which must have no lintian errors
 want debootstrap debootstrap        # ...and install into a clean Debian 12 root
+want systemd-nspawn systemd-container   # ...booted under systemd, to run the services
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

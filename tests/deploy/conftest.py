@@ -29,6 +29,7 @@ _SOURCES = {
     "dpkg-deb": "apt-get install dpkg",
     "lintian": "apt-get install lintian",
     "debootstrap": "apt-get install debootstrap",
+    "systemd-nspawn": "apt-get install systemd-container",
 }
 
 

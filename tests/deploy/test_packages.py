@@ -1,7 +1,8 @@
 """The Debian packages, built by deploy/package.sh, checked by lintian, and installed into a
 clean Debian 12 root (debootstrap, then chroot): `--help`, an agent enrolled against the
 packaged broker running on 127.0.0.1, then `apt-get remove` and `apt-get purge`, leaving
-the root as it was.
+the root as it was. The same root booted under systemd (systemd-nspawn) runs both services
+from their units, hardening and Type=notify included.
 
 Slow (about two minutes; the first run also spends one or two on debootstrap, whose root
 is then kept in ~/.cache/tenure): marked ``package``. By hand, as root on Debian 12:
@@ -29,8 +30,9 @@ pytestmark = [pytest.mark.package, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# What the packages depend on, in the base root, so that installing them needs no network.
-BASE_PACKAGES = "python3.11,adduser"
+# What the packages depend on, in the base root, so that installing them needs no network;
+# and systemd, to boot the root as a container and run the services as a host would.
+BASE_PACKAGES = "python3.11,adduser,systemd,systemd-sysv,dbus"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tenure"
 
 
@@ -273,3 +275,93 @@ def test_remove_keeps_configuration_and_data_purge_leaves_nothing(debian: Path, 
     assert files(debian) ^ before == set()
     assert "tenure" not in (debian / "etc/passwd").read_text()
     assert "tenure" not in (debian / "etc/group").read_text()
+
+
+SETUP = """
+import json, urllib.request
+op = open("/var/lib/tenure-broker/operator-token").read().strip()
+def call(path, token, body):
+    req = urllib.request.Request("http://127.0.0.1:8400" + path, data=json.dumps(body).encode(),
+                                 headers={"Authorization": "Bearer " + token}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        return json.load(answer)
+estate = call("/v1/estates", op, {"name": "Acme Broadcast", "admin_name": "Alice"})
+e, admin = estate["id"], estate["admin_token"]
+purchase = call(f"/v1/estates/{e}/purchases", op, {"sales_order": "SO-1", "licence_type": "one-in-one-out",
+                                                  "quantity": 4, "expires_at": "2099-01-01T00:00:00Z"})
+pool = call(f"/v1/estates/{e}/pools", admin, {"name": "Paris", "moves": [{"purchase_id": purchase["id"], "count": 2}]})
+print(call(f"/v1/estates/{e}/pools/{pool['id']}/auth-codes", admin, {})["code"])
+"""
+
+
+def container_init(nspawn: subprocess.Popen[bytes], log: Path) -> int:
+    """The PID (on this host) of systemd in the container ``nspawn`` boots."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert nspawn.poll() is None, log.read_text()
+        children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.1)
+    raise AssertionError(f"systemd-nspawn started no container: {log.read_text()}")
+
+
+def test_the_services_run_under_systemd(debian: Path, debs: dict[str, Path]) -> None:
+    nspawn = need("systemd-nspawn")
+    for deb in debs.values():
+        shutil.copy(deb, debian / "root" / deb.name)  # /tmp is a tmpfs once systemd runs
+    (debian / "root/setup.py").write_text(SETUP)
+    log = debian.parent / "container.log"
+    boot = [nspawn, "--quiet", "--directory", str(debian), "--boot", "--register=no", "--keep-unit"]
+    boot += ["--private-network", "--console=passive"]  # no network: the install must need none
+    with log.open("wb") as out:
+        container = subprocess.Popen(
+            boot,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        init = container_init(container, log)
+
+        def inside(*command: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["nsenter", "--target", str(init), "--all", "--", *command],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=ENV,
+            )
+
+        deadline = time.monotonic() + 60
+        while True:  # until systemd in the container answers on its bus, then until it has booted
+            booted = inside("systemctl", "is-system-running", "--wait")
+            if booted.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert booted.stdout.strip() in ("running", "degraded"), booted.stdout + booted.stderr + log.read_text()
+        ok(inside("apt-get", "install", "-y", "-q", *(f"/root/{d.name}" for d in debs.values())))
+        # Started by postinst; Type=notify: "active" means READY=1 came, once listening.
+        assert inside("systemctl", "is-active", "tenure-broker", "tenure-agent").stdout.split() == ["active"] * 2
+        status = ok(inside("systemctl", "show", "--property=StatusText", "--value", "tenure-broker"))
+        assert status.strip() == "listening on http://127.0.0.1:8400"
+        # Enrol and lease through the running services, sandboxed as their units say.
+        code = ok(inside("python3.11", "/root/setup.py")).strip()
+        enroll = ["tenure-agent", "enroll", code, "--broker", "http://127.0.0.1:8400", "--name", "enc-7"]
+        assert "Enrolled server" in ok(inside("runuser", "-u", "tenure-agent", "--", *enroll))
+        lease = ["tenure-agent", "lease", "ENC-0001", "--type", "one-in-one-out", "--count", "2"]
+        assert "holds 2 one-in-one-out licences" in ok(inside("runuser", "-u", "tenure-agent", "--", *lease))
+        assert "ENC-0001" in ok(inside("tenure-agent", "status"))  # exit 0: all is well
+        # A stop releases the encoder's seats (SIGTERM, within TimeoutStopSec).
+        ok(inside("systemctl", "stop", "tenure-agent", "tenure-broker"))
+        journal = ok(inside("journalctl", "--unit=tenure-agent", "--output=cat", "--no-pager"))
+        assert "lease released: encoder ENC-0001" in journal
+        ok(inside("apt-get", "purge", "-y", "-q", "tenure-agent", "tenure-broker"))
+        assert inside("systemctl", "cat", "tenure-broker").returncode != 0  # the unit is gone
+    finally:
+        container.terminate()  # nspawn shuts the container down cleanly
+        try:
+            container.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            container.kill()
+            container.wait()
