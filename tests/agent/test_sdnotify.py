@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier
+from shared.sdnotify import Notifier
 from tests.agent.harness import FakeClock, settle
 
 

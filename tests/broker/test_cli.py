@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -118,6 +119,29 @@ def test_serve_generates_operator_token_and_stops_on_sigterm(serve: object, tmp_
     assert get(f"{again.url}/v1/me", token)[0] == 200
     assert again.stop() == 0
     assert token not in again.log.read_text()
+
+
+def test_serve_tells_systemd_ready_once_listening_and_stopping_on_sigterm(serve: object, tmp_path: Path) -> None:
+    # Type=notify in deploy/systemd/tenure-broker.service: READY=1 must come, and only
+    # once the port answers; STOPPING=1 when SIGTERM starts the shutdown.
+    short = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))  # AF_UNIX paths are short
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(short / "notify"))
+        sock.settimeout(15)
+        broker = serve(  # type: ignore[operator]
+            "--data-dir", str(tmp_path / "data"), env=clean_env(NOTIFY_SOCKET=str(short / "notify"))
+        )
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\n")
+        assert f"STATUS=listening on http://127.0.0.1:{broker.port}" in ready
+        assert get(f"{broker.url}/healthz")[0] == 200  # at once: no retry needed
+        broker.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert broker.proc.wait(timeout=10) == 0
+    finally:
+        sock.close()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_operator_token_from_the_environment_writes_no_file(serve: object, tmp_path: Path) -> None:

@@ -2,28 +2,42 @@
 
 One datagram per message to the AF_UNIX socket named by ``NOTIFY_SOCKET``; a leading
 ``@`` means Linux's abstract namespace. Outside systemd (no ``NOTIFY_SOCKET``) every call
-is a no-op, so the service runs the same under a terminal or a test.
+is a no-op, so the service runs the same under a terminal or a test. Both services use it:
+the agent (ready, status, watchdog, stopping) and the broker (ready once its sockets are
+bound, stopping on shutdown), so that ``Type=notify`` units start their dependants only
+when the service answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import socket
 from collections.abc import Mapping
-
-from agent.clock import Clock, SystemClock
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+
+class Sleeper(Protocol):
+    """What the watchdog loop needs of a clock (the agent's ``Clock`` is one)."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class _EventLoopSleeper:
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class Notifier:
     """Sends ``READY=1``, ``WATCHDOG=1``, ``STATUS=…`` and ``STOPPING=1`` to systemd."""
 
-    def __init__(self, env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, *, clock: Sleeper | None = None) -> None:
         env = os.environ if env is None else env
-        self._clock: Clock = clock or SystemClock()
+        self._clock: Sleeper = clock or _EventLoopSleeper()
         self.address = _address(env.get("NOTIFY_SOCKET", ""))
         self.watchdog_interval = _watchdog_interval(env)
 
