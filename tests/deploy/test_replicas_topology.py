@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.broker.test_cli import COMMAND
 from tests.postgres import TEST_SECRET_KEY
 from tests.test_replicas_walkthrough import OPERATOR, Replica
 
@@ -302,6 +304,101 @@ def test_each_instance_serves_its_own_port_from_the_one_environment_file() -> No
     ports = set(re.findall(r"^\s*server\s+127\.0\.0\.1:(\d+)\b", NGINX_SYSTEMD.read_text(), re.M))
     enabled = re.search(r"systemctl enable --now (.*)", UNIT.read_text())
     assert enabled and ports == set(re.findall(r"tenure-broker@(\d+)", enabled.group(1)))
+
+
+def environment_file(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines as systemd reads an EnvironmentFile (blank and comment lines skipped)."""
+    found = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")) and "=" in line:
+            key, value = line.split("=", 1)
+            found[key.strip()] = value.strip()
+    return found
+
+
+class Instances:
+    """``tenure-broker@PORT`` instances started by hand exactly as the unit starts them:
+    its ExecStart with %i, its Environment= overridden by the filled-in example
+    EnvironmentFile, and deploy/broker.example.toml as /etc/tenure/broker.toml."""
+
+    def __init__(self, folder: Path, database: str, count: int) -> None:
+        unit = unit_settings()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TENURE_")}
+        env.update(value.split("=", 1) for value in unit["Environment"])
+        filled = environment_file(ENV_EXAMPLE.read_text())
+        filled.update(TENURE_DATABASE_URL=database, TENURE_SECRET_KEY=TEST_SECRET_KEY, TENURE_OPERATOR_TOKEN=OPERATOR)
+        env.update(filled)  # systemd: an EnvironmentFile's settings override Environment='s
+        config = folder / "broker.toml"
+        shutil.copy(ROOT / "deploy" / "broker.example.toml", config)
+        self.ports = [free_tcp_port() for _ in range(count)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs = [folder / f"tenure-broker@{port}.log" for port in self.ports]
+        for port, log in zip(self.ports, self.logs, strict=True):
+            argv = unit["ExecStart"][0].replace("%i", str(port)).split()
+            assert argv[0] == "/usr/local/bin/tenure-broker" and "/etc/tenure/broker.toml" in argv
+            argv = [*COMMAND, *argv[1:]]
+            argv = [str(config) if a == "/etc/tenure/broker.toml" else a for a in argv]
+            argv = [str(folder / a.removeprefix("/var/lib/")) if a.startswith("/var/lib/") else a for a in argv]
+            with log.open("wb") as out:
+                self.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=out))
+        deadline = time.monotonic() + 30
+        while not all(self.healthy(port) for port in self.ports):
+            for proc, log in zip(self.procs, self.logs, strict=True):
+                assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text()}"
+            assert time.monotonic() < deadline, "the instances did not become healthy"
+            time.sleep(0.05)
+
+    @staticmethod
+    def healthy(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> list[int]:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return [proc.wait(timeout=15) for proc in self.procs]
+
+
+@pytest.fixture
+def instances(tmp_path: Path, postgres_server: Any) -> Iterator[Instances]:
+    database = postgres_server.create_empty()
+    started = None
+    try:
+        started = Instances(tmp_path, database, 2)
+        yield started
+    finally:
+        if started is not None:
+            started.stop()
+        postgres_server.drop(database)
+
+
+@pytest.mark.slow
+def test_two_instances_started_as_the_unit_starts_them_serve_one_database(instances: Instances) -> None:
+    keys = []
+    for port, log in zip(instances.ports, instances.logs, strict=True):
+        # Loopback, from the unit's TENURE_HOST, although the example file says 0.0.0.0.
+        assert f"listening on http://127.0.0.1:{port} " in log.read_text(), log.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/keys", timeout=5) as answer:
+            keys.append(json.load(answer))
+    assert keys[0] == keys[1] and keys[0]["keys"]
+    assert instances.stop() == [0, 0]
+
+
+@pytest.mark.slow
+def test_the_compose_health_check_passes_on_a_serving_replica_and_fails_on_a_stopped_one(
+    compose: dict[str, Any], instances: Instances
+) -> None:
+    check = compose["services"]["broker-1"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"] and "127.0.0.1:8400" in check[3]
+    code = check[3].replace("127.0.0.1:8400", f"127.0.0.1:{instances.ports[0]}")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode == 0
+    instances.stop()
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode != 0
 
 
 # -- a real nginx before two real replicas ----------------------------------------------
