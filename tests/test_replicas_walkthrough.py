@@ -1,8 +1,8 @@
-"""Two real ``tenure-broker serve`` replicas, started at the same moment on one empty
-PostgreSQL database, serve the README walkthrough through either of them in any order.
+"""Two (and three) real ``tenure-broker serve`` replicas, started at the same moment on one
+empty PostgreSQL database, serve the README walkthrough through any of them in any order.
 
 This is issue 12's "done when": nothing a request depends on may live in one process.
-Each step goes to the other replica than the step before; the estate made through one
+Each step goes to the next replica in turn; the estate made through one
 is bought for through the other, the code made on one is redeemed on the other, a
 lease granted by one is renewed, grown and released through the other, and both
 publish the same keys. Afterwards ``tenure-broker check --database URL`` proves the books.
@@ -97,21 +97,25 @@ def empty_database(postgres_server: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, empty_database: str) -> Iterator[tuple[Replica, Replica]]:
-    """Two replicas launched back to back, before either has opened the database, so that
-    both apply the schema and make the first keys at once."""
-    pair = (Replica("a", tmp_path, empty_database), Replica("b", tmp_path, empty_database))
+def replicas(request: pytest.FixtureRequest, tmp_path: Path, empty_database: str) -> Iterator[tuple[Replica, ...]]:
+    """Replicas ``a``, ``b`` (and ``c`` when the test's ``order`` names it) launched back to
+    back, before any has opened the database, so that all apply the schema and make the
+    first keys at once."""
+    callspec = getattr(request.node, "callspec", None)
+    order = str(callspec.params.get("order", "ab")) if callspec is not None else "ab"
+    names = sorted(set(order))
+    started = tuple(Replica(name, tmp_path, empty_database) for name in names)
     try:
         deadline = time.monotonic() + 30
-        while not all(r.healthy() for r in pair):
-            for r in pair:
+        while not all(r.healthy() for r in started):
+            for r in started:
                 assert r.proc.poll() is None, f"replica {r.name} exited {r.proc.returncode}: {r.log.read_text()}"
             assert time.monotonic() < deadline, "the replicas did not become healthy"
             time.sleep(0.05)
-        yield pair
+        yield started
     finally:
-        codes = [r.stop() for r in pair]
-    assert codes == [0, 0], "a replica did not stop cleanly: " + "".join(r.log.read_text() for r in pair)
+        codes = [r.stop() for r in started]
+    assert codes == [0] * len(started), "a replica did not stop cleanly: " + "".join(r.log.read_text() for r in started)
 
 
 def schema_applied_once(database: str, logs: list[str]) -> None:
@@ -136,12 +140,12 @@ def check_books(database: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", ["a", "b"])
-def test_two_replicas_started_together_serve_the_walkthrough_in_either_order(
-    replicas: tuple[Replica, Replica], empty_database: str, first: str
+@pytest.mark.parametrize("order", ["ab", "ba", "cab"])
+def test_replicas_started_together_serve_the_walkthrough_in_any_order(
+    order: str, replicas: tuple[Replica, ...], empty_database: str
 ) -> None:
-    a, b = replicas
-    turn = cycle((a, b) if first == "a" else (b, a))
+    by_name = {r.name: r for r in replicas}
+    turn = cycle([by_name[name] for name in order])
 
     def step(method: str, path: str, token: str | None, body: Any = None, *, status: int, **kw: Any) -> Any:
         replica = next(turn)
@@ -149,7 +153,7 @@ def test_two_replicas_started_together_serve_the_walkthrough_in_either_order(
         assert got == status, f"{method} {path} on replica {replica.name}: {got} {answer}"
         return answer
 
-    schema_applied_once(empty_database, [a.log.read_text(), b.log.read_text()])
+    schema_applied_once(empty_database, [r.log.read_text() for r in replicas])
 
     # The vendor creates an estate and records two purchases.
     estate = step("POST", "/v1/estates", OPERATOR, {"name": "Acme Broadcast", "admin_name": "Alice"}, status=201)
@@ -200,8 +204,8 @@ def test_two_replicas_started_together_serve_the_walkthrough_in_either_order(
     lease = step(
         "POST", "/v1/leases", srv, {"encoder": "ENC-0001", "licence_type": "one-in-one-out", "count": 3}, status=201
     )
-    jwks = [step("GET", "/v1/keys", None, status=200), step("GET", "/v1/keys", None, status=200)]
-    assert jwks[0] == jwks[1] and len(jwks[0]["keys"]) == 1
+    jwks = [step("GET", "/v1/keys", None, status=200) for _ in replicas]
+    assert all(j == jwks[0] for j in jwks) and len(jwks[0]["keys"]) == 1
     assert enrolled["keys"] == jwks[0]
     keys = jws.keys_from_jwks(jwks[0])
     claims = jws.verify(lease["token"], keys, now=time.time())
@@ -244,7 +248,7 @@ def test_two_replicas_started_together_serve_the_walkthrough_in_either_order(
 
 @pytest.mark.slow
 def test_the_readme_walkthrough_runs_through_two_replicas_alternately(
-    replicas: tuple[Replica, Replica], empty_database: str, tmp_path: Path
+    replicas: tuple[Replica, ...], empty_database: str, tmp_path: Path
 ) -> None:
     """The README's script itself, every request alternating between the replicas; only
     the URLs, the operator token's source and the books check's database differ."""
