@@ -2,10 +2,10 @@
 empty PostgreSQL database, serve the README walkthrough through any of them in any order.
 
 This is issue 12's "done when": nothing a request depends on may live in one process.
-Each step goes to the next replica in turn; the estate made through one
-is bought for through the other, the code made on one is redeemed on the other, a
-lease granted by one is renewed, grown and released through the other, and both
-publish the same keys. Afterwards ``tenure-broker check --database URL`` proves the books.
+Each step goes to the next replica in turn: the estate made through one is bought for
+through another, the code made on one is redeemed on another, a lease granted by one is
+renewed, grown and released through the others, and all publish the same keys.
+Afterwards ``tenure-broker check --database URL`` proves the books.
 """
 
 from __future__ import annotations

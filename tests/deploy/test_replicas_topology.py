@@ -336,7 +336,7 @@ class Instances:
         self.logs = [folder / f"tenure-broker@{port}.log" for port in self.ports]
         for port, log in zip(self.ports, self.logs, strict=True):
             argv = unit["ExecStart"][0].replace("%i", str(port)).split()
-            assert argv[0] == "/usr/local/bin/tenure-broker" and "/etc/tenure/broker.toml" in argv
+            assert argv[0].endswith("/bin/tenure-broker") and "/etc/tenure/broker.toml" in argv
             argv = [*COMMAND, *argv[1:]]
             argv = [str(config) if a == "/etc/tenure/broker.toml" else a for a in argv]
             argv = [str(folder / a.removeprefix("/var/lib/")) if a.startswith("/var/lib/") else a for a in argv]
