@@ -229,4 +229,4 @@ build tenure-broker tenure-broker tenure-broker.service \
   deploy/broker.example.toml /etc/tenure/broker.toml \
   "Tenure licence broker for fleets of video encoders" \
   "The broker keeps estates, purchases and pools of licences, hands out 8-digit enrolment codes and signed (Ed25519) leases, and serves an HTTP admin API, an admin console and a Prometheus scrape. It stores everything in an embedded SQLite database, or in PostgreSQL shared by several replicas." \
-  operations.md configuration.md design.md
+  operations.md configuration.md design.md replicas.md
