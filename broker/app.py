@@ -47,11 +47,11 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
         embedded = config.database is None
         if embedded:
             secretfiles.prepare_data_dir(config.data_dir, config.db_path)
-        op_token = secretfiles.operator_token(config.data_dir, config.operator_token)
         store = await open_store(config)
         if embedded:
             secretfiles.secure_database_files(config.db_path)  # as SQLite left them (see prepare_data_dir)
         try:
+            op_token = await _operator_token(config, store)
             # The embedded store keeps a generated secret key in the data directory; replicas
             # on a shared database are all given the deployment's one.
             keyring, code_key = await signing.start(config, store, config.clock.now(), may_generate_secret=embedded)
@@ -102,6 +102,25 @@ async def _chain_audit_backlog(store: Store) -> None:
         chained += done
     if chained:
         log.info("chained %d audit event(s) written before the audit log was hash-chained", chained)
+
+
+async def _operator_token(config: Config, store: Store) -> str:
+    """The operator token; one is generated only for a database that holds no estate yet.
+
+    A database restored without its data directory's operator-token file must not be
+    handed to a new operator silently: the old token is what its operator holds.
+    """
+    if config.operator_token or secretfiles.operator_token_exists(config.data_dir):
+        return secretfiles.operator_token(config.data_dir, config.operator_token)
+    estates = await store.read(lambda tx: tx.scalar("estates_count"))
+    if estates:
+        raise secretfiles.OperatorTokenMissing(
+            f"the database holds {estates} estate(s), and this broker has no operator token: set "
+            f"TENURE_OPERATOR_TOKEN (setting 'operator_token') to the deployment's, or copy the old data "
+            f"directory's operator-token to {config.data_dir / 'operator-token'}; a new token would lock its "
+            "operator out"
+        )
+    return secretfiles.operator_token(config.data_dir, None)
 
 
 def _background(

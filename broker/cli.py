@@ -259,7 +259,7 @@ def serve(cfg: configuration.Config) -> int:
             access_log=None,
             shutdown_timeout=10,
         )
-    except (SecretKeyError, SchemaTooNew) as exc:
+    except (SecretKeyError, SchemaTooNew, secretfiles.OperatorTokenMissing) as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
         return 2
     except (signing.KeyFileError, StorageUnavailable) as exc:

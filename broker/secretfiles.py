@@ -68,6 +68,15 @@ def _tighten(path: Path, mode: int) -> None:
         log.warning("%s was mode %04o; set it to %04o (no other user may read it)", path, current, current & mode)
 
 
+class OperatorTokenMissing(Exception):
+    """A database with estates and no operator token to go with it (exit 2)."""
+
+
+def operator_token_exists(data_dir: Path) -> bool:
+    path = data_dir / "operator-token"
+    return path.exists() and bool(path.read_text().strip())
+
+
 def operator_token(data_dir: Path, configured: str | None) -> str:
     """The operator token: as configured, else generated once into DATA_DIR/operator-token."""
     if configured:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from broker import backup, secretkey
+from broker import backup, secretfiles, secretkey
 from broker.app import create_app
 from broker.cli import main
 from broker.secretkey import SecretKeyError
@@ -101,6 +101,10 @@ async def test_a_restored_data_directory_serves_the_same_books_and_tokens(
     assert sorted(p.name for p in new_dir.iterdir() if not p.name.startswith("tenure.db")) == []
 
     shutil.copy(config_factory().data_dir / "secret-key", new_dir / "secret-key")
+    # Nor a new operator token over a database with estates: its operator holds the old one.
+    with pytest.raises(secretfiles.OperatorTokenMissing, match=r"holds 1 estate\(s\), and this broker has no operator"):
+        await start_up(config_factory(data_dir=new_dir, operator_token=None))
+    assert not (new_dir / "operator-token").exists()
     client = await aiohttp_client(create_app(config_factory(data_dir=new_dir)))
     again = Broker(client, broker.operator, broker.clock)
     pools = await again.call("GET", f"{base(est)}/pools", est.admin, status=200)

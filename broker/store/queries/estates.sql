@@ -3,6 +3,9 @@
 -- name: estate_insert
 INSERT INTO estates (id, name, created_at) VALUES (:id, :name, :now)
 
+-- name: estates_count
+SELECT COUNT(*) FROM estates
+
 -- name: estate_by_id
 SELECT id, name, created_at FROM estates WHERE id = :estate_id
 
