@@ -29,7 +29,8 @@ run again on another (the server rolled the broken transaction back); one that b
 during ``COMMIT`` leaves the outcome unknown, and the caller gets ``StorageUnavailable``.
 When no connection can be had within ``timeout`` (the server is down or restarting),
 the request is refused with ``StorageUnavailable`` and the pool keeps reconnecting in the
-background, so the broker recovers by itself.
+background (each lost connection for ``RECONNECT_SECONDS``, then afresh at the next
+request), so the broker recovers by itself within about a second of the server's return.
 
 Schema: migrations in ``migrations_postgres/`` are applied at open under an advisory
 lock, so that replicas starting together apply each exactly once while the others wait;
@@ -70,6 +71,13 @@ MAX_PAUSE = 0.1
 # How many of those tries may answer a unique violation by running again (_write_once).
 UNIQUE_RETRIES = 2
 PROBE_SECONDS = 1.0  # as SqliteStore: a recent write vouches for the database being writable
+# How long the pool goes on trying to replace one lost connection before it gives up (and
+# the next request that finds no connection starts afresh). psycopg_pool doubles the pause
+# between tries (1, 2, 4, 8 s ...) until this runs out; its default, 300 s, would leave a
+# broker whose database came back after a minute's outage refusing requests for up to a
+# minute more. Bounded so, the broker connects again within about a second of the
+# database's return, whatever the outage's length (docs/design.md, Storage, "Faults").
+RECONNECT_SECONDS = 2.0
 # The advisory lock (a fixed 64-bit key) under which migrations are applied.
 MIGRATION_LOCK = 0x7465_6E75_7265_0001  # "tenure" + 1
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
@@ -240,6 +248,7 @@ class PostgresStore:
             min_size=1,
             max_size=pool_size,
             timeout=wait_seconds,
+            reconnect_timeout=RECONNECT_SECONDS,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_seconds))},
             open=False,
             name="tenure",
