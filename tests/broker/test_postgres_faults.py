@@ -30,6 +30,8 @@ from tests.conftest import Broker
 from tests.postgres import TEST_SECRET_KEY, PostgresServer
 from tests.tcpproxy import TcpProxy
 
+pytestmark = pytest.mark.slow
+
 # How long a request waits for a connection before 503 (database_timeout_seconds).
 WAIT = 0.5
 # How soon after a fault ends the broker must answer again (measured: docs/design.md).
