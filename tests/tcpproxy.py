@@ -13,11 +13,18 @@ broker's database URL at ``proxy.url(url)`` and then makes the network misbehave
 - ``restore()``: listening again on the same port.
 
 ``pg_terminate_backend`` needs no proxy: ``PostgresServer.terminate`` does it.
+
+``Blackhole`` is the one fault the proxy cannot make: a database host that vanishes (power
+lost, network partitioned) answers nothing at all, not even a reset, so what was sent is
+never acknowledged. It drops every packet to and from the proxy's port with ``iptables``
+(root only; ``Blackhole.unavailable()`` says why not where it cannot be used).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -121,3 +128,32 @@ class TcpProxy:
             pass
         finally:
             sink.transport.abort()
+
+
+class Blackhole:
+    """``with Blackhole(port):`` every packet to or from 127.0.0.1:``port`` is dropped."""
+
+    def __init__(self, port: int) -> None:
+        tag = f"tenure-test-{os.getpid()}"
+        self._rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment", tag, "-j", "DROP"],
+            ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(port), "-m", "comment", "--comment", tag, "-j", "DROP"],
+        ]
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why iptables cannot be used here, or None."""
+        try:
+            listed = subprocess.run(["iptables", "-S", "INPUT"], capture_output=True, text=True, check=False)
+        except OSError as exc:
+            return f"iptables is not installed ({exc.strerror})"
+        return None if listed.returncode == 0 else f"iptables cannot be used here: {listed.stderr.strip()}"
+
+    def __enter__(self) -> Blackhole:
+        for rule in self._rules:
+            subprocess.run(["iptables", "-A", *rule], check=True, capture_output=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for rule in self._rules:
+            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)

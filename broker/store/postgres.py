@@ -31,6 +31,8 @@ When no connection can be had within ``timeout`` (the server is down or restarti
 the request is refused with ``StorageUnavailable`` and the pool keeps reconnecting in the
 background (each lost connection for ``RECONNECT_SECONDS``, then afresh at the next
 request), so the broker recovers by itself within about a second of the server's return.
+A host that vanishes without a word (no reset) is noticed within ``timeout`` as well: what
+is sent must be acknowledged by then (``_tcp_timeouts``), or the connection fails.
 
 Schema: migrations in ``migrations_postgres/`` are applied at open under an advisory
 lock, so that replicas starting together apply each exactly once while the others wait;
@@ -249,7 +251,7 @@ class PostgresStore:
             max_size=pool_size,
             timeout=wait_seconds,
             reconnect_timeout=RECONNECT_SECONDS,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_seconds))},
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_seconds)), **_tcp_timeouts(wait_seconds)},
             open=False,
             name="tenure",
         )
@@ -411,6 +413,24 @@ class PostgresStore:
             else:
                 stats.commits += 1
                 stats.commit_seconds.observe(seconds)
+
+
+def _tcp_timeouts(seconds: float) -> dict[str, int]:
+    """libpq settings under which a connection to a host that has vanished (powered off,
+    partitioned: no reset comes back) fails within about ``seconds``. Without them a
+    query sent on it waits for TCP to give up (some 15 minutes), holding its worker thread
+    and its connection, and one that had been sent waits for an answer for hours. What
+    is sent must be acknowledged within ``seconds`` (``tcp_user_timeout``, Linux), and a
+    connection waiting for an answer is probed every ``seconds`` (keepalives; a live
+    server's kernel acknowledges the probes however long the query runs)."""
+    whole = max(1, round(seconds))
+    return {
+        "tcp_user_timeout": round(seconds * 1000),
+        "keepalives": 1,
+        "keepalives_idle": whole,
+        "keepalives_interval": whole,
+        "keepalives_count": 3,
+    }
 
 
 def _first_line(exc: BaseException) -> str:

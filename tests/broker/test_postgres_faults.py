@@ -28,13 +28,15 @@ from broker.config import Config, load
 from tests.broker.leasing import ONE, Site, make_site
 from tests.conftest import Broker
 from tests.postgres import TEST_SECRET_KEY, PostgresServer
-from tests.tcpproxy import TcpProxy
+from tests.tcpproxy import Blackhole, TcpProxy
 
 pytestmark = pytest.mark.slow
 
 METRICS = "tnr_met_" + "m" * 32  # a Prometheus scrape needs the database too
 # How long a request waits for a connection before 503 (database_timeout_seconds).
 WAIT = 0.5
+# A request not answered within this many seconds is hung (on a connection nobody answers).
+HUNG = 10.0
 # How soon after a fault ends the broker must answer again (measured: docs/design.md).
 RECOVERY = 3.0
 # An outage longer than psycopg_pool's reconnection backoff would let pass unnoticed
@@ -110,9 +112,12 @@ async def books_hold(url: str, tmp_path: Path, clock: ManualClock) -> None:
 
 
 async def answer(broker: Broker, method: str, path: str, token: str | None = None, json: Any = None) -> Any:
-    """(status, content type, body) of one request."""
+    """(status, content type, body) of one request (which must be answered within HUNG s)."""
     headers = broker.auth(token) if token else {}
-    resp = await broker.client.request(method, path, json=json, headers=headers)
+    try:
+        resp = await asyncio.wait_for(broker.client.request(method, path, json=json, headers=headers), HUNG)
+    except TimeoutError:
+        raise AssertionError(f"{method} {path}: no answer in {HUNG} s") from None
     broker.client.session.cookie_jar.clear()  # a console session signed in is not used after
     if resp.status == 204 or resp.content_type == "text/plain":
         return resp.status, resp.content_type, None
@@ -200,6 +205,29 @@ async def test_an_unreachable_database_is_503_with_nothing_changed_and_recovery_
     proxy.restore()
     took = await recovers(broker, time.monotonic())
     print(f"\nunreachable for {LONG_OUTAGE:.0f} s: serving again {took:.2f} s after it came back")
+    await serves_again(broker, site, lease, code)
+    await books_hold(pg_url, tmp_path, clock)
+
+
+async def test_a_vanished_database_host_is_503_not_a_hang(
+    broker: Broker, proxy: TcpProxy, pg_url: str, tmp_path: Path, clock: ManualClock
+) -> None:
+    why = Blackhole.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    site, lease, code = await stocked(broker)
+    before = everything(pg_url)
+    # Nothing comes back from the host, not even a reset: the broker's pooled connections
+    # are open to nobody, and what it sends on them is never acknowledged.
+    with Blackhole(proxy.port):
+        started = time.monotonic()
+        await refused_with_nothing_changed(broker, site, lease, code, before, pg_url)
+        took = time.monotonic() - started
+    recovered = await recovers(broker, time.monotonic())
+    print(
+        f"\nhost vanished: {len(attempts(broker, site, lease, code))} requests refused in {took:.1f} s; "
+        f"serving again {recovered:.2f} s after it came back"
+    )
     await serves_again(broker, site, lease, code)
     await books_hold(pg_url, tmp_path, clock)
 
