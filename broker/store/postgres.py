@@ -358,6 +358,7 @@ class PostgresStore:
             raise _Retry from exc
         except psycopg_pool.PoolTimeout as exc:
             self._count(failed=True)
+            self._written_at = 0.0
             log.error("no database connection within %.1f s: %s", self.timeout, exc)
             raise StorageUnavailable("the database cannot be reached now; nothing was changed") from exc
         except psycopg.OperationalError as exc:
@@ -392,10 +393,12 @@ class PostgresStore:
                         if not conn.closed:
                             conn.execute("ROLLBACK")
             except psycopg_pool.PoolTimeout as exc:
+                self._written_at = 0.0  # no recent write vouches for the database now (ping)
                 raise StorageUnavailable("the database cannot be reached now") from exc
             except psycopg.OperationalError as exc:
                 # A connection the server dropped (a restart, pg_terminate_backend): the
                 # others in the pool went with it. A read is safe to run again at once.
+                self._written_at = 0.0
                 self._pool.check()
                 log.warning("read failed: %s", _first_line(exc))
                 if attempt == 2:

@@ -6,7 +6,9 @@
 - ``tenure-broker keys rotate --database URL`` reaches every replica within
   ``key_reload_seconds``, and ``GET /v1/keys`` answers the same on each;
 - the same code redeemed on two replicas at once enrols one server;
-- a wrong-code budget spent across replicas is one budget.
+- a wrong-code budget spent across replicas is one budget;
+- the database restarting under two replicas (through ``tests/tcpproxy.py``): each
+  answers 503 meanwhile, never a 500, and serves again by itself.
 
 The in-process counterparts (one app per "replica", a manual clock) are in
 ``tests/broker/test_replicas.py``.
@@ -32,6 +34,7 @@ import pytest
 from broker.ids import new_token
 from tests.broker.fleet import Replica, call, cli
 from tests.postgres import PostgresServer
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -407,3 +410,52 @@ def test_sigkill_of_a_replica_under_load_loses_no_acknowledged_lease_and_the_oth
             r.stop()
         postgres_server.drop(database)
     print(f"\nreplica SIGKILL figures: {figures}")
+
+
+# -- the database restarting under the replicas ------------------------------------------
+
+
+def test_replicas_ride_out_a_database_restart_by_themselves(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    database = postgres_server.create()
+    proxy = TcpProxy.before(database)
+    operator = new_token("op")
+    replicas = [
+        Replica(name, tmp_path, proxy.url(database), operator, database_timeout_seconds=0.5).start()
+        for name in ("r1", "r2")
+    ]
+    try:
+        for r in replicas:
+            r.ready()
+        fleet = Fleet(replicas, database, operator, tmp_path)
+        est = fleet.estate("Restart", 4)
+        status, host = call(f"{replicas[0].url}/v1/enroll", "POST", None, {"code": fleet.code(est), "name": "h"})
+        assert status == 201, host
+
+        def acquire(r: Replica, encoder: str) -> tuple[int, Any]:
+            body = {"encoder": encoder, "licence_type": ONE, "count": 1}
+            return call(f"{r.url}/v1/leases", "POST", host["server_token"], body)
+
+        proxy.refuse(cut=False)  # the server shuts down: no new connections ...
+        postgres_server.terminate(database)  # ... and each backend ends its own
+        for r in replicas:
+            for status, answer in (acquire(r, f"during-{r.name}"), call(f"{r.url}/healthz")):
+                assert status == 503 and answer["code"] == "storage_unavailable", (r.name, status, answer)
+        assert fleet.rows("SELECT count(*) FROM leases") == [(0,)]
+        proxy.restore()
+        back = time.monotonic()
+        waited: dict[str, float] = {}
+        for r in replicas:
+            while call(f"{r.url}/healthz")[0] != 200:
+                assert time.monotonic() - back < 3.0, f"{r.name} did not recover by itself"
+                time.sleep(0.05)
+            waited[r.name] = time.monotonic() - back
+            status, lease = acquire(r, f"after-{r.name}")
+            assert status == 201, (r.name, lease)
+        fleet.books_hold()
+        shown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in waited.items())
+        print(f"\ndatabase restart under two replicas: healthy again after {shown}")
+    finally:
+        for r in replicas:
+            r.stop()
+        proxy.close()
+        postgres_server.drop(database)
