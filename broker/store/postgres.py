@@ -29,7 +29,10 @@ run again on another (the server rolled the broken transaction back); one that b
 during ``COMMIT`` leaves the outcome unknown, and the caller gets ``StorageUnavailable``.
 When no connection can be had within ``timeout`` (the server is down or restarting),
 the request is refused with ``StorageUnavailable`` and the pool keeps reconnecting in the
-background, so the broker recovers by itself.
+background (each lost connection for ``RECONNECT_SECONDS``, then afresh at the next
+request), so the broker recovers by itself within about a second of the server's return.
+A host that vanishes without a word (no reset) is noticed within ``timeout`` as well: what
+is sent must be acknowledged by then (``_tcp_timeouts``), or the connection fails.
 
 Schema: migrations in ``migrations_postgres/`` are applied at open under an advisory
 lock, so that replicas starting together apply each exactly once while the others wait;
@@ -70,6 +73,13 @@ MAX_PAUSE = 0.1
 # How many of those tries may answer a unique violation by running again (_write_once).
 UNIQUE_RETRIES = 2
 PROBE_SECONDS = 1.0  # as SqliteStore: a recent write vouches for the database being writable
+# How long the pool goes on trying to replace one lost connection before it gives up (and
+# the next request that finds no connection starts afresh). psycopg_pool doubles the pause
+# between tries (1, 2, 4, 8 s ...) until this runs out; its default, 300 s, would leave a
+# broker whose database came back after a minute's outage refusing requests for up to a
+# minute more. Bounded so, the broker connects again within about a second of the
+# database's return, whatever the outage's length (docs/design.md, Storage, "Faults").
+RECONNECT_SECONDS = 2.0
 # The advisory lock (a fixed 64-bit key) under which migrations are applied.
 MIGRATION_LOCK = 0x7465_6E75_7265_0001  # "tenure" + 1
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
@@ -240,7 +250,8 @@ class PostgresStore:
             min_size=1,
             max_size=pool_size,
             timeout=wait_seconds,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_seconds))},
+            reconnect_timeout=RECONNECT_SECONDS,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_seconds)), **_tcp_timeouts(wait_seconds)},
             configure=self._configure,
             open=False,
             name="tenure",
@@ -361,6 +372,7 @@ class PostgresStore:
             raise _Retry from exc
         except psycopg_pool.PoolTimeout as exc:
             self._count(failed=True)
+            self._written_at = 0.0
             log.error("no database connection within %.1f s: %s", self.timeout, exc)
             raise StorageUnavailable("the database cannot be reached now; nothing was changed") from exc
         except pg_errors.LockNotAvailable as exc:
@@ -399,10 +411,12 @@ class PostgresStore:
                         if not conn.closed:
                             conn.execute("ROLLBACK")
             except psycopg_pool.PoolTimeout as exc:
+                self._written_at = 0.0  # no recent write vouches for the database now (ping)
                 raise StorageUnavailable("the database cannot be reached now") from exc
             except psycopg.OperationalError as exc:
                 # A connection the server dropped (a restart, pg_terminate_backend): the
                 # others in the pool went with it. A read is safe to run again at once.
+                self._written_at = 0.0
                 self._pool.check()
                 log.warning("read failed: %s", _first_line(exc))
                 if attempt == 2:
@@ -420,6 +434,24 @@ class PostgresStore:
             else:
                 stats.commits += 1
                 stats.commit_seconds.observe(seconds)
+
+
+def _tcp_timeouts(seconds: float) -> dict[str, int]:
+    """libpq settings under which a connection to a host that has vanished (powered off,
+    partitioned: no reset comes back) fails within about ``seconds``. Without them a
+    query sent on it waits for TCP to give up (some 15 minutes), holding its worker thread
+    and its connection, and one that had been sent waits for an answer for hours. What
+    is sent must be acknowledged within ``seconds`` (``tcp_user_timeout``, Linux), and a
+    connection waiting for an answer is probed every ``seconds`` (keepalives; a live
+    server's kernel acknowledges the probes however long the query runs)."""
+    whole = max(1, round(seconds))
+    return {
+        "tcp_user_timeout": round(seconds * 1000),
+        "keepalives": 1,
+        "keepalives_idle": whole,
+        "keepalives_interval": whole,
+        "keepalives_count": 3,
+    }
 
 
 def _first_line(exc: BaseException) -> str:
