@@ -152,9 +152,11 @@ def start_broker(
     port: int | None = None,
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> Proc:
     """A real ``tenure-broker serve`` on ``data_dir``; ``env`` adds settings (e.g.
-    ``TENURE_DATABASE_URL`` and ``TENURE_SECRET_KEY`` for a PostgreSQL replica)."""
+    ``TENURE_DATABASE_URL`` and ``TENURE_SECRET_KEY`` for a PostgreSQL replica); ``wrap``
+    runs it through another command (``python -m bench.profiled OUT``), given its arguments."""
     port = port or free_port()
     # Every bench client enrols from 127.0.0.1, and a redemption in flight counts against
     # the per-address failure budget (10 by default) until it succeeds: enrolling with 64
@@ -169,7 +171,7 @@ def start_broker(
         **(env or {}),
     }
     exe = shutil.which("tenure-broker", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "broker.cli"]
+    cmd = list(wrap) if wrap else [exe] if exe else [sys.executable, "-m", "broker.cli"]
     out = open(log or os.devnull, "ab")
     proc = subprocess.Popen(
         [*cmd, "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],

@@ -39,6 +39,7 @@ import base64
 import json
 import os
 import platform
+import pstats
 import re
 import sys
 import tempfile
@@ -76,6 +77,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-sqlite", action="store_true", help="skip the SQLite broker")
     p.add_argument("--statements", action="store_true", help="also the statement-log pass (see above)")
     p.add_argument("--pg-log", type=Path, default=Path("/var/log/postgresql/postgresql-15-main.log"))
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="instead: one SQLite broker and one replica, 1 estate, each under bench.profiled (CPU per "
+        "thread), profiles into DIR and their top functions printed",
+    )
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -163,8 +171,9 @@ def database(
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start(work: Path, n: int, url: str | None, key: str, pool_size: int | None) -> Group:
-    """One SQLite broker (``url`` None) or ``n`` replicas on ``url``, each answering."""
+def start(work: Path, n: int, url: str | None, key: str, pool_size: int | None, profile: Path | None = None) -> Group:
+    """One SQLite broker (``url`` None) or ``n`` replicas on ``url``, each answering; with
+    ``profile``, the first under ``bench.profiled``, writing its profile there at exit."""
     env = {"TENURE_REDEEM_FAILURES_GLOBAL": "1000000"}
     if url is not None:
         env |= {"TENURE_DATABASE_URL": url, "TENURE_SECRET_KEY": key}
@@ -174,7 +183,8 @@ def start(work: Path, n: int, url: str | None, key: str, pool_size: int | None) 
     work.mkdir(parents=True, exist_ok=True)
     try:
         for i in range(n):
-            procs.append(start_broker(work / f"r{i}", log=work / f"r{i}.log", env=env))
+            wrap = [sys.executable, "-m", "bench.profiled", str(profile)] if profile and i == 0 else []
+            procs.append(start_broker(work / f"r{i}", log=work / f"r{i}.log", env=env, wrap=wrap))
     except BaseException:
         Group(procs).stop() if procs else None
         raise
@@ -332,6 +342,27 @@ def pg_meters(admin: psycopg.Connection[Any], name: str) -> Callable[[], dict[st
     }
 
 
+def profile_pass(args: argparse.Namespace, admin: psycopg.Connection[Any], work: Path, key: str) -> None:
+    args.profile.mkdir(parents=True, exist_ok=True)
+    for config in ("sqlite", "pg×1"):
+        out = args.profile / f"{config.replace('×', '')}.pstats"
+        name = f"tenure_bench_{os.getpid()}_prof"
+        with database(admin, args.admin_url, name) as url:
+            group = start(work / name / config, 1, url if config != "sqlite" else None, key, args.pool_size, out)
+            try:
+                tokens = asyncio.run(estates(group.url, 1, args.clients))
+                lines = measure(
+                    args, group, tokens, config=config, n_estates=1, meters=pg_meters(admin, name), dbname=None
+                )
+            finally:
+                group.stop()
+        requests = sum(x.result.ok for x in lines)  # the windows only: a lower bound of what was profiled
+        print(f"   {config}: profile in {out}; top functions by own CPU (all threads, whole run)")
+        stats = pstats.Stats(str(out))
+        stats.sort_stats("tottime").print_stats(25)
+        print(f"   ({requests} requests answered in the measured windows)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     key = base64.b64encode(os.urandom(32)).decode()
@@ -351,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="tenure-replicas-") as tmp:
             work = Path(tmp)
+            if args.profile:
+                profile_pass(args, admin, work, key)
+                return 0
             for n_estates in (int(x) for x in args.estates.split(",")):
                 if not args.no_sqlite:
                     group = start(work / f"sqlite-e{n_estates}", 1, None, key, None)
