@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         f"in {args.procs} processes on the same cores; {args.duration:g} s measured after {args.warmup:g} s "
         f"warm-up per run; SQLite synchronous=FULL; PostgreSQL synchronous_commit="
         f"{admin.execute('SHOW synchronous_commit').fetchone()[0]}, "  # type: ignore[index]
-        f"database_pool_size {args.pool_size or ': the broker default'} per replica"
+        f"database_pool_size {args.pool_size or 'as the broker defaults'} per replica"
     )
     print(f"load average before: {open('/proc/loadavg').read().strip()}")
     print(HEAD, flush=True)
