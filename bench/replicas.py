@@ -20,9 +20,12 @@ estates they run side by side.
 Every line prints throughput, p50/p99, and CPU per answered request from ``/proc``: the
 broker processes (all replicas summed), the PostgreSQL backends of the benchmark's
 database, PostgreSQL's WAL writer, checkpointer and background writer (shared with any
-other database on the server), and the client processes. Contention: ``others`` is the
-CPU that none of these used (other work on the machine, in cores), ``box`` how busy all
-cores were, and the 1-minute load average before and after each run.
+other database on the server), and the client processes; on PostgreSQL also the
+serialization failures and deadlocks per 100 answered requests (``retry``, from the
+server's log) and the mean time of one committed write transaction in a replica's worker
+thread (``tx``, from the replicas' ``/metrics``). Contention: ``other`` is the CPU that
+none of these used (other work on the machine, in cores), ``box`` how busy all cores
+were, and the 1-minute load average before and after each run.
 
 ``--statements`` adds a pass with ``log_min_duration_statement = 0`` on the benchmark's
 database (one replica and ``max(--replicas)``, one estate) and reads PostgreSQL's log
@@ -43,6 +46,7 @@ import pstats
 import re
 import sys
 import tempfile
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +59,7 @@ import psycopg
 
 from bench import estate as setup
 from bench import load
-from bench.procs import Group, cpu_seconds, start_broker
+from bench.procs import OPERATOR_TOKEN, Group, cpu_seconds, start_broker
 from bench.stats import Result
 
 AUX = ("walwriter", "checkpointer", "background writer")
@@ -104,6 +108,12 @@ class Line:
     log: Log | None = None
 
     @property
+    def tx_ms(self) -> float:
+        """Mean time of one committed write transaction in a replica's worker thread."""
+        n = self.result.extra.get("tx_n", 0.0)
+        return 1000 * self.result.extra.get("tx_s", 0.0) / n if n else float("nan")
+
+    @property
     def retries(self) -> float:
         """Serialization failures and deadlocks (each a re-run) per 100 answered requests."""
         if self.log is None or not self.result.ok:
@@ -122,9 +132,9 @@ class Line:
         others = (x["machine_busy_s"] - ours) / r.seconds
         errs = sum(r.errors.values())
         pg = (
-            f"{self.us('pg_backends_s'):5.0f} {self.us('pg_aux_s'):4.0f} {self.retries:5.0f}"
+            f"{self.us('pg_backends_s'):5.0f} {self.us('pg_aux_s'):4.0f} {self.retries:5.0f} {self.tx_ms:5.1f}"
             if self.pg
-            else f"{'-':>5} {'-':>4} {'-':>5}"
+            else f"{'-':>5} {'-':>4} {'-':>5} {'-':>5}"
         )
         return (
             f"{self.config:<7} {self.estates:>2} {self.kind:<7} {r.rate:6.0f} {r.p50:6.1f} {r.p99:6.1f} "
@@ -136,10 +146,42 @@ class Line:
 
 HEAD = (
     f"{'config':<7} {'e':>2} {'run':<7} {'req/s':>6} {'p50':>6} {'p99':>6} {'cpu':>5} {'brokr':>5} "
-    f"{'pg':>5} {'aux':>4} {'retry':>5} {'clnt':>4} {'other':>5} {'box':>4} {'load':>9} err\n"
+    f"{'pg':>5} {'aux':>4} {'retry':>5} {'tx':>5} {'clnt':>4} {'other':>5} {'box':>4} {'load':>9} err\n"
     f"{'':<7} {'':>2} {'':<7} {'':>6} {'ms':>6} {'ms':>6} {'':>5} {'---- µs/request ----':>16} {'%':>5} "
-    f"{'µs/r':>4} {'cores':>5} {'':>4} {'1 min':>9}"
+    f"{'ms':>5} {'µs/r':>4} {'cores':>5} {'':>4} {'1 min':>9}"
 )
+
+
+class StoreFigures:
+    """The replicas' own write figures from ``/metrics`` (summed over replicas): seconds
+    and count of committed write transactions (on PostgreSQL one per request, timed in
+    the worker thread from taking a connection to after COMMIT and the lane's unlock)."""
+
+    NAMES = ("tenure_store_commit_duration_seconds_sum", "tenure_store_commit_duration_seconds_count")
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.last: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        total = dict.fromkeys(self.NAMES, 0.0)
+        for url in self.urls:
+            req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                for line in resp.read().decode().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name in total:
+                        total[name] += float(value)
+        return total
+
+    def meters(self) -> dict[str, Callable[[], float]]:
+        """Read in this order: ``tx_s`` scrapes, ``tx_n`` takes the same scrape's count."""
+
+        def seconds() -> float:
+            self.last = self.read()
+            return self.last[self.NAMES[0]]
+
+        return {"tx_s": seconds, "tx_n": lambda: self.last[self.NAMES[1]]}
 
 
 class PgCpu:
@@ -241,7 +283,7 @@ def measure(
             duration=args.duration,
             warmup=args.warmup,
             tag=re.sub(r"\W", "", f"{config}e{n_estates}"),
-            meters={**meters(), "log": mark} if dbname else meters(),
+            meters={**meters(), **StoreFigures(group.urls).meters(), "log": mark} if dbname else meters(),
         )
         if kind == "acquire":
             acquired = got
@@ -426,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         data = [
             {"config": x.config, "estates": x.estates, "kind": x.kind, "load_before": x.load_before,
-             "load_after": x.load_after, "retries_per_100": x.retries,
+             "load_after": x.load_after, "retries_per_100": x.retries, "tx_ms": x.tx_ms,
              "pg_errors": dict(x.log.errors) if x.log else None, **x.result.as_dict()}
             for x in lines
         ]  # fmt: skip
