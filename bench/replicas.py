@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import platform
 import pstats
@@ -405,6 +406,17 @@ def profile_pass(args: argparse.Namespace, admin: psycopg.Connection[Any], work:
         print(f"   ({requests} requests answered in the measured windows)")
 
 
+def _no_nan(value: Any) -> Any:
+    """``value`` with every NaN (a figure with nothing to measure) as null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     key = base64.b64encode(os.urandom(32)).decode()
@@ -472,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
              "pg_errors": dict(x.log.errors) if x.log else None, **x.result.as_dict()}
             for x in lines
         ]  # fmt: skip
-        args.out.write_text(json.dumps(data, indent=1))
+        args.out.write_text(json.dumps(_no_nan(data), indent=1))
         print(f"results written to {args.out}")
     return 0
 
