@@ -13,21 +13,33 @@ import json
 import multiprocessing
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bench.estate import LICENCE
 from bench.http1 import Client, bearer
-from bench.procs import Proc, machine_busy
+from bench.procs import Usage, machine_busy
 from bench.stats import Result
 
 ECHO_BODY = json.dumps({"encoder": "enc-000001-0", "licence_type": LICENCE, "count": 1}).encode()
+
+
+class Target(Protocol):
+    """What a run measures: a ``bench.procs.Proc``, or a ``Group`` of replicas."""
+
+    url: str
+
+    def usage(self) -> Usage: ...
+
+    def reset_peak(self) -> None: ...
 
 
 @dataclass
 class Task:
     token: str = ""
     leases: list[str] = field(default_factory=list)
+    url: str = ""  # this client's server (a replica), else the run's target
 
 
 @dataclass
@@ -47,10 +59,11 @@ class PartResult:
     errors: Counter[str]
     acquired: list[tuple[str, str]]  # (token, lease id) for later renew/release runs
     last_end: float
+    cpu_seconds: float = 0.0  # this client process's CPU over the measured window
 
 
 async def _task(part: Part, index: int, task: Task, out: PartResult, t0: float, t1: float) -> None:
-    client = Client(part.url, 1)  # one keep-alive connection per client, as an agent has
+    client = Client(task.url or part.url, 1)  # one keep-alive connection per client, as an agent has
     headers = bearer(task.token)
     url, n = "", 0
     while True:
@@ -97,7 +110,14 @@ async def _run_part(part: Part) -> PartResult:
         await asyncio.sleep(delay)
     t0 = part.start_at + part.warmup
     t1 = t0 + part.duration
-    await asyncio.gather(*(_task(part, i, t, out, t0, t1) for i, t in enumerate(part.tasks)))
+
+    async def clock() -> None:  # the client's own CPU over the window, as the broker's
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        c0 = time.process_time()
+        await asyncio.sleep(max(0.0, t1 - time.time()))
+        out.cpu_seconds = time.process_time() - c0
+
+    await asyncio.gather(clock(), *(_task(part, i, t, out, t0, t1) for i, t in enumerate(part.tasks)))
     return out
 
 
@@ -107,7 +127,7 @@ def _child(part: Part) -> PartResult:
 
 def run(
     kind: str,
-    target: Proc,
+    target: Target,
     tasks: list[Task],
     *,
     procs: int,
@@ -115,8 +135,16 @@ def run(
     warmup: float = 1.0,
     tag: str = "b",
     name: str | None = None,
+    meters: Mapping[str, Callable[[], float]] | None = None,
 ) -> tuple[Result, list[tuple[str, str]]]:
-    """Run ``len(tasks)`` closed-loop clients against ``target`` and measure the broker."""
+    """Run ``len(tasks)`` closed-loop clients against ``target`` and measure the broker.
+
+    ``meters`` are read at the start and the end of the measured window; each one's
+    change lands in ``result.extra`` under its name (e.g. the CPU seconds of the
+    database's processes), beside the CPU seconds of the client processes, the broker
+    and the whole machine over the window (only when ``meters`` is given)."""
+    metered = meters is not None
+    meters = meters or {}
     procs = max(1, min(procs, len(tasks)))
     start_at = time.time() + 0.6
     parts = [Part(kind, target.url, f"{tag}{p}", start_at, warmup, duration, tasks[p::procs]) for p in range(procs)]
@@ -127,8 +155,10 @@ def run(
         time.sleep(max(0.0, t0 - time.time()))
         target.reset_peak()
         u0, m0 = target.usage(), machine_busy()
+        x0 = {k: f() for k, f in meters.items()}
         time.sleep(max(0.0, t0 + duration - time.time()))
         u1, m1 = target.usage(), machine_busy()
+        x1 = {k: f() for k, f in meters.items()}
         outs: list[PartResult] = pending.get(timeout=duration + warmup + 120)
     latencies = [x for o in outs for x in o.latencies]
     errors: Counter[str] = Counter()
@@ -142,6 +172,11 @@ def run(
     result.broker_cpu = 100 * (u1.cpu_seconds - u0.cpu_seconds) / seconds
     result.machine_busy = 100 * (m1[0] - m0[0]) / max(1e-9, m1[1] - m0[1])
     result.broker_peak_mb = u1.peak_rss_mb
+    if metered:
+        result.extra.update({k: x1[k] - x0[k] for k in meters})
+        result.extra["clients_cpu_s"] = sum(o.cpu_seconds for o in outs)
+        result.extra["machine_busy_s"] = m1[0] - m0[0]
+        result.extra["broker_cpu_s"] = u1.cpu_seconds - u0.cpu_seconds
     acquired = [a for o in outs for a in o.acquired]
     return result, acquired
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,27 +110,72 @@ def _started(proc: subprocess.Popen[bytes], port: int) -> Proc:
     return p
 
 
+class Group:
+    """Several broker replicas measured as one: CPU summed, peak RSS the largest; ``url``
+    is the first's (set-up goes there), ``urls`` every one's (load is spread over them)."""
+
+    def __init__(self, procs: Sequence[Proc]) -> None:
+        self.procs = list(procs)
+        self.url = self.procs[0].url
+        self.urls = [p.url for p in self.procs]
+
+    def usage(self) -> Usage:
+        each = [p.usage() for p in self.procs]
+        return Usage(sum(u.cpu_seconds for u in each), sum(u.rss_mb for u in each), max(u.peak_rss_mb for u in each))
+
+    def reset_peak(self) -> None:
+        for p in self.procs:
+            p.reset_peak()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of these processes (all threads); a pid gone meanwhile counts 0."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
 def start_broker(
-    data_dir: Path, *, synchronous: str = "full", port: int | None = None, log: Path | None = None
+    data_dir: Path,
+    *,
+    synchronous: str = "full",
+    port: int | None = None,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> Proc:
+    """A real ``tenure-broker serve`` on ``data_dir``; ``env`` adds settings (e.g.
+    ``TENURE_DATABASE_URL`` and ``TENURE_SECRET_KEY`` for a PostgreSQL replica); ``wrap``
+    runs it through another command (``python -m bench.profiled OUT``), given its arguments."""
     port = port or free_port()
     # Every bench client enrols from 127.0.0.1, and a redemption in flight counts against
     # the per-address failure budget (10 by default) until it succeeds: enrolling with 64
     # workers would be refused 429. The budget guards against guessing, not load; it is
     # raised here so that setting up thousands of servers is not what is measured.
-    env = {
+    settings = {
         **os.environ,
         "TENURE_OPERATOR_TOKEN": OPERATOR_TOKEN,
         "TENURE_SQLITE_SYNCHRONOUS": synchronous,
         "TENURE_LOG_LEVEL": "warning",
         "TENURE_REDEEM_FAILURES_PER_ADDRESS": "100000",
+        **(env or {}),
     }
     exe = shutil.which("tenure-broker", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "broker.cli"]
+    cmd = list(wrap) if wrap else [exe] if exe else [sys.executable, "-m", "broker.cli"]
     out = open(log or os.devnull, "ab")
     proc = subprocess.Popen(
         [*cmd, "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        env=settings,
         stdout=out,
         stderr=out,
         cwd=ROOT,
