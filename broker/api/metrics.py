@@ -150,6 +150,12 @@ def _store_figures(out: Exposition, stats: StoreStats) -> None:
         ("write_jobs", stats.write_jobs, "Write jobs run; jobs per commit shows group commit at work."),
         ("read_jobs", stats.read_jobs, "Read jobs run."),
         ("failed_commits", stats.failed_commits, "Write transactions that failed; their requests were answered 503."),
+        (
+            "write_retries",
+            stats.retries,
+            "Write transactions run again after a serialization failure, deadlock or connection lost "
+            "before COMMIT (PostgreSQL); their requests were still answered.",
+        ),
     ):
         out.single(f"tenure_store_{name}_total", "counter", help_, value)
     out.histograms("tenure_store_batch_jobs", "Write jobs per group-commit transaction.", [({}, stats.batch_jobs)])

@@ -135,6 +135,7 @@ class StoreStats:
     write_jobs: int = 0
     read_jobs: int = 0
     failed_commits: int = 0
+    retries: int = 0  # PostgreSQL: tries run again (serialization failure, deadlock, lost connection)
     largest_batch: int = 0
     checkpoints: int = 0
     batch_jobs: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZES))

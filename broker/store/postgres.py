@@ -66,7 +66,7 @@ T = TypeVar("T")
 
 # How many times a write function is run before a serialization failure, deadlock or
 # broken connection is answered with StorageUnavailable.
-MAX_TRIES = 12
+MAX_TRIES = 20
 # Pauses between tries: jittered, doubling from FIRST_PAUSE up to MAX_PAUSE seconds.
 FIRST_PAUSE = 0.002
 MAX_PAUSE = 0.1
@@ -331,6 +331,8 @@ class PostgresStore:
             try:
                 return self._write_once(fn, lane, retry_unique=attempt <= UNIQUE_RETRIES)
             except _Retry as exc:
+                with self._stats_lock:
+                    self.stats.retries += 1
                 if attempt == MAX_TRIES:
                     self._count(failed=True)
                     raise StorageUnavailable(
@@ -368,7 +370,6 @@ class PostgresStore:
                     if lane is not None and not conn.closed:
                         conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lane,))
         except _RETRY as exc:
-            self._count(failed=True)
             raise _Retry from exc
         except psycopg_pool.PoolTimeout as exc:
             self._count(failed=True)
@@ -380,12 +381,12 @@ class PostgresStore:
             log.warning("a write waited %.1f s for a lock and gave up: %s", self.timeout, _first_line(exc))
             raise StorageUnavailable("the database is too busy to take this change now; nothing was changed") from exc
         except psycopg.OperationalError as exc:
-            self._count(failed=True)
             self._written_at = 0.0
             self._pool.check()  # drop every other connection the same fault broke
             if not committing:
                 log.warning("database connection lost before COMMIT; trying again: %s", _first_line(exc))
                 raise _Retry from exc
+            self._count(failed=True)
             log.error("database connection lost during COMMIT: %s", _first_line(exc))
             raise StorageUnavailable("the database connection was lost while committing this change") from exc
         except (pg_errors.InsufficientResources, pg_errors.ReadOnlySqlTransaction) as exc:
