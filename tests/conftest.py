@@ -158,8 +158,10 @@ class Broker:
 
 @pytest.fixture
 async def broker(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    # config_factory first: fixtures are torn down in reverse, so the app (aiohttp_client)
+    # stops before its PostgreSQL schema is dropped, never with a write still in flight.
     config_factory: Callable[..., Any],
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     clock: ManualClock,
     operator_token: str,
 ) -> Broker:
