@@ -15,10 +15,8 @@ from tests.conftest import Broker
 
 @pytest.fixture
 async def roomy_broker(
-    # config_factory first: fixtures are torn down in reverse, so the app (aiohttp_client)
-    # stops before its PostgreSQL schema is dropped, never with a write still in flight.
-    config_factory: Callable[..., Any],
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
     clock: ManualClock,
     operator_token: str,
 ) -> Broker:
