@@ -1,8 +1,15 @@
-"""The books, read straight from the SQLite file, and docs/design.md's invariants over them.
+"""The books, read straight from the database, and docs/design.md's invariants over them.
 
-The tests in this folder call ``check_books(path)`` after every step, every kill and
-every storage fault: it opens its own read-only connection, so it sees exactly what a
-restarted broker would see, and owes nothing to the broker's code.
+The tests in this folder call ``check_books(source)`` after every step, every kill and
+every storage fault. ``source`` is the broker's database on either store: a
+``tests.dbaccess.Database`` (``broker.db``), the SQLite file's ``Path``, or a ``Reader``
+kept open between checks. Each check opens its own read-only connection (or uses the
+reader's) and reads everything in ONE transaction: on SQLite a read transaction on the
+file, on PostgreSQL ``REPEATABLE READ READ ONLY``, so that a check running beside live
+writers sees one consistent state of the books, exactly what a restarted broker or
+another replica would see, and owes nothing to the broker's code.
+
+``connect_ro`` and ``integrity_ok`` remain for what only makes sense on the SQLite file.
 """
 
 from __future__ import annotations
@@ -12,16 +19,135 @@ import json
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
+
+from tests.dbaccess import Database
+
 GRACE = 30 * 86400
+# Every table a write can touch, for "a failed operation changed nothing". Rate-limit
+# budgets, console sessions, keys and the health probe are left out: a refused call may
+# spend a budget, and none of them are the books.
+TABLES = (
+    "estates",
+    "admins",
+    "pools",
+    "purchases",
+    "holdings",
+    "leases",
+    "lease_seats",
+    "servers",
+    "auth_codes",
+    "moves",
+    "events",
+    "idempotency",
+)
+
+
+class Query:
+    """Statements run inside one read transaction: ``q(sql, params)`` is their rows, as dicts."""
+
+    def __init__(self, run: Callable[[str, tuple[Any, ...]], list[dict[str, Any]]], postgres: bool) -> None:
+        self._run = run
+        self.postgres = postgres
+
+    def __call__(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return self._run(sql, params)
 
 
 def connect_ro(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+class Reader:
+    """A read-only connection to either store, kept open across many consistent reads.
+
+    ``with reader.transaction() as q: q("SELECT … WHERE id = ?", (x,))``: every ``q``
+    inside the block sees one snapshot. Statements use ``?`` placeholders on both stores.
+    """
+
+    def __init__(self, source: Database | Path) -> None:
+        if isinstance(source, Path):
+            source = Database(None, source)
+        self.postgres = source.postgres
+        self._pg: psycopg.Connection[dict[str, Any]] | None = None
+        self._lite: sqlite3.Connection | None = None
+        if source.url is not None:
+            self._pg = psycopg.connect(source.url, autocommit=True, row_factory=dict_row)
+        else:
+            self._lite = connect_ro(source.path)
+
+    @classmethod
+    def wrapping(cls, conn: sqlite3.Connection) -> Reader:
+        """A reader on a SQLite connection the caller opened (and will close)."""
+        reader = cls.__new__(cls)
+        reader.postgres, reader._pg, reader._lite = False, None, conn
+        return reader
+
+    @contextmanager
+    def transaction(self) -> Iterator[Query]:
+        if self._pg is not None:
+            pg = self._pg
+            pg.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield Query(lambda sql, params: pg.execute(sql.replace("?", "%s"), params).fetchall(), True)
+            finally:
+                pg.execute("ROLLBACK")
+            return
+        lite = self._lite
+        assert lite is not None
+        # Python's sqlite3 runs a SELECT outside any transaction (each statement its own
+        # snapshot): BEGIN makes the block's reads one snapshot, as on PostgreSQL.
+        ours = not lite.in_transaction
+        if ours:
+            lite.execute("BEGIN")
+        try:
+            yield Query(lambda sql, params: [dict(r) for r in _rows(lite, sql, params)], False)
+        finally:
+            if ours:
+                lite.execute("ROLLBACK")
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+        if self._lite is not None:
+            self._lite.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+Source = Database | Path | Reader | sqlite3.Connection
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    cur = conn.cursor()
+    cur.row_factory = sqlite3.Row  # whatever the connection's own factory is
+    return cur.execute(sql, params).fetchall()
+
+
+@contextmanager
+def reading(source: Source) -> Iterator[Query]:
+    """One consistent read transaction on ``source``; a connection opened for it is closed after."""
+    if isinstance(source, Reader):
+        with source.transaction() as q:
+            yield q
+    elif isinstance(source, sqlite3.Connection):
+        with Reader.wrapping(source).transaction() as q:
+            yield q
+    else:
+        with Reader(source) as reader, reader.transaction() as q:
+            yield q
 
 
 def grace_end(p: Any) -> int:
@@ -31,7 +157,7 @@ def grace_end(p: Any) -> int:
     return end
 
 
-def check_books(path: Path, conn: sqlite3.Connection | None = None) -> dict[str, int]:
+def check_books(source: Source) -> dict[str, int]:
     """Assert invariants 1 and 2 (and the bookkeeping that backs them); return counts.
 
     1. For every purchase, the sum of its holdings over pools is its quantity.
@@ -39,25 +165,27 @@ def check_books(path: Path, conn: sqlite3.Connection | None = None) -> dict[str,
        exactly the seats of that pair's active leases; an active lease's count is the
        sum of its seats, all from its own pool and of its own licence type.
 
-    And every estate's audit chain is whole (``check_chains``).
+    And every estate's audit chain is whole (``check_chains``). All of it from one
+    snapshot of the database.
     """
-    own = conn is None
-    db = conn or connect_ro(path)
-    try:
-        purchases = {r["id"]: r for r in db.execute("SELECT * FROM purchases")}
+    with reading(source) as q:
+        purchases = {r["id"]: r for r in q("SELECT * FROM purchases")}
         allocated: dict[str, int] = defaultdict(int)
         holdings = {}
-        for h in db.execute("SELECT * FROM holdings"):
-            assert 0 <= h["leased"] <= h["allocated"], dict(h)
+        for h in q("SELECT * FROM holdings"):
+            assert 0 <= h["leased"] <= h["allocated"], h
             allocated[h["purchase_id"]] += h["allocated"]
             holdings[(h["pool_id"], h["purchase_id"])] = h
         for pid, p in purchases.items():
             assert allocated[pid] == p["quantity"], (pid, allocated[pid], p["quantity"])
+        seats_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for s in q("SELECT * FROM lease_seats"):
+            seats_of[s["lease_id"]].append(s)
         seats_in: dict[tuple[str, str], int] = defaultdict(int)
         active = 0
-        for lease in db.execute("SELECT * FROM leases WHERE state = 'active'"):
+        for lease in q("SELECT * FROM leases WHERE state = 'active'"):
             active += 1
-            seats = db.execute("SELECT * FROM lease_seats WHERE lease_id = ?", (lease["id"],)).fetchall()
+            seats = seats_of.get(lease["id"], [])
             assert seats, f"active lease {lease['id']} holds no seat"
             assert sum(s["count"] for s in seats) == lease["count"], lease["id"]
             for s in seats:
@@ -68,28 +196,31 @@ def check_books(path: Path, conn: sqlite3.Connection | None = None) -> dict[str,
             assert h["leased"] == seats_in.get(key, 0), (key, h["leased"], seats_in.get(key, 0))
         for key in seats_in:
             assert key in holdings, f"seats leased from a holding that does not exist: {key}"
-        dup = db.execute(
-            "SELECT server_id, encoder, COUNT(*) n FROM leases WHERE state = 'active' "
-            "GROUP BY server_id, encoder HAVING n > 1"
-        ).fetchall()
-        assert not dup, [dict(d) for d in dup]
-        events = check_chains(db)
-        return {"purchases": len(purchases), "holdings": len(holdings), "active_leases": active, "events": events}
-    finally:
-        if own:
-            db.close()
+        dup = q(
+            "SELECT server_id, encoder, COUNT(*) AS n FROM leases WHERE state = 'active' "
+            "GROUP BY server_id, encoder HAVING COUNT(*) > 1"
+        )
+        assert not dup, dup
+        events = _check_chains(q)
+    return {"purchases": len(purchases), "holdings": len(holdings), "active_leases": active, "events": events}
 
 
-def check_chains(db: sqlite3.Connection) -> int:
+def check_chains(source: Source) -> int:
     """Assert that every estate's audit chain is whole, by docs/design.md's definition
     ("The audit chain") written out again here; return the number of events.
 
     Group commit rolls a failed job back to its savepoint while its batch commits: a chain
-    head it moved must move back with it, or the next event would fork the chain.
+    head it moved must move back with it, or the next event would fork the chain. Across
+    replicas, two writers must never chain onto the same head.
     """
+    with reading(source) as q:
+        return _check_chains(q)
+
+
+def _check_chains(q: Query) -> int:
     heads: dict[str, str] = {}
     n = 0
-    for e in db.execute("SELECT * FROM events ORDER BY id"):
+    for e in q("SELECT * FROM events ORDER BY id"):
         n += 1
         prev = heads.get(e["estate_id"], "0" * 64)
         body = {
@@ -107,29 +238,26 @@ def check_chains(db: sqlite3.Connection) -> int:
     return n
 
 
-def snapshot(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the tables a write can touch, for "a failed operation changed nothing"."""
-    out = {}
-    for table in (
-        "estates",
-        "admins",
-        "pools",
-        "purchases",
-        "holdings",
-        "leases",
-        "lease_seats",
-        "servers",
-        "auth_codes",
-        "moves",
-        "events",
-        "idempotency",
-    ):
-        rows = conn.execute(f"SELECT * FROM {table}").fetchall()
-        out[table] = sorted((tuple(r) for r in rows), key=repr)
-    return out
+def snapshot(source: Source) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables a write can touch (``TABLES``), read in one transaction,
+    for "a failed operation changed nothing"."""
+    out: dict[str, list[tuple[Any, ...]]] = {table: [] for table in TABLES}
+    with reading(source) as q:
+        if q.postgres:
+            # One round trip rather than one per table: the model test takes a snapshot
+            # before and after every refused operation. Each row comes as its JSON text,
+            # its columns in order (bytea as hex text: it is compared, never used).
+            union = " UNION ALL ".join(f"SELECT '{t}' AS t, row_to_json(x)::text AS r FROM {t} x" for t in TABLES)
+            for row in q(union):
+                out[row["t"]].append(tuple(json.loads(row["r"]).values()))
+        else:
+            for table in TABLES:
+                out[table] = [tuple(r.values()) for r in q(f"SELECT * FROM {table}")]
+    return {table: sorted(rows, key=repr) for table, rows in out.items()}
 
 
 def integrity_ok(path: Path) -> None:
+    """SQLite's own checks of the file: ``integrity_check`` and ``foreign_key_check``."""
     db = connect_ro(path)
     try:
         (result,) = db.execute("PRAGMA integrity_check").fetchone()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tests.conftest import Broker
@@ -94,8 +93,3 @@ async def acquire(broker: Broker, server_token: str, encoder: str, count: int, l
     return await call(
         broker, "POST", "/v1/leases", server_token, {"encoder": encoder, "licence_type": licence_type, "count": count}
     )
-
-
-def db_path(tmp_path: Path) -> Path:
-    """The database of the ``broker`` fixture (``config_factory`` puts it there)."""
-    return tmp_path / "data" / "tenure.db"

@@ -1,15 +1,16 @@
 """Races over HTTP: exactly the right number of winners, never a 500, books intact.
 
-Every request here goes through the real app on a real socket and the real store, whose
-single writer batches whatever arrives together into one transaction (group commit):
-the races below put many competing jobs into the same batch.
+Every request here goes through the real app on a real socket and the real store, on
+both stores. On SQLite the single writer batches whatever arrives together into one
+transaction (group commit): the races below put many competing jobs into the same batch.
+On PostgreSQL each request is its own SERIALIZABLE transaction on a pool of connections:
+the races below are concurrent transactions, which the store serialises (lanes, retries).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from pathlib import Path
 
 from tests.conftest import Broker
 from tests.reliability import kit
@@ -20,7 +21,7 @@ def statuses(answers: list[kit.Answer]) -> Counter[int]:
     return Counter(a.status for a in answers)
 
 
-async def test_many_servers_race_for_the_same_seats(broker: Broker, tmp_path: Path) -> None:
+async def test_many_servers_race_for_the_same_seats(broker: Broker) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=10)
     pool = await kit.pool(broker, est, "Paris", {bought["id"]: 10})
@@ -33,10 +34,10 @@ async def test_many_servers_race_for_the_same_seats(broker: Broker, tmp_path: Pa
     assert {a.body["code"] for a in answers if a.status == 409} == {"pool_exhausted"}
     view = await broker.call("GET", f"{est.base}/pools/{pool}", est.admin, status=200)
     assert (view["allocated"], view["in_use"], view["available"]) == (10, 10, 0)
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_grows_race_and_exactly_the_covered_ones_win(broker: Broker, tmp_path: Path) -> None:
+async def test_grows_race_and_exactly_the_covered_ones_win(broker: Broker) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=12)
     pool = await kit.pool(broker, est, "Paris", {bought["id"]: 12})
@@ -51,10 +52,10 @@ async def test_grows_race_and_exactly_the_covered_ones_win(broker: Broker, tmp_p
             assert a.body["code"] == "pool_exhausted" and a.body["available"] < 2
     leases = await broker.call("GET", f"{est.base}/leases", est.admin, status=200)
     assert sorted(le["count"] for le in leases["items"]) == [1, 1, 1, 3, 3, 3]
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_one_encoder_asked_many_counts_at_once_holds_exactly_one(broker: Broker, tmp_path: Path) -> None:
+async def test_one_encoder_asked_many_counts_at_once_holds_exactly_one(broker: Broker) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=20)
     host = await kit.enrol(broker, est, est.default_pool)
@@ -68,10 +69,10 @@ async def test_one_encoder_asked_many_counts_at_once_holds_exactly_one(broker: B
     held = leases[0]["count"] if leases else 0
     assert held in counts and view["in_use"] == held
     assert view["holdings"][0]["purchase_id"] == bought["id"]
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_moves_race_acquires_on_the_same_purchase(broker: Broker, tmp_path: Path) -> None:
+async def test_moves_race_acquires_on_the_same_purchase(broker: Broker) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=10)
     pool = await kit.pool(broker, est, "Paris", {bought["id"]: 10})
@@ -110,10 +111,10 @@ async def test_moves_race_acquires_on_the_same_purchase(broker: Broker, tmp_path
     lyon = await broker.call("GET", f"{est.base}/pools/{other}", est.admin, status=200)
     assert paris["allocated"] == 10 - moved and lyon["allocated"] == moved
     assert paris["in_use"] == leased
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_two_hosts_redeem_one_code_only_one_wins(roomy_broker: Broker, tmp_path: Path) -> None:
+async def test_two_hosts_redeem_one_code_only_one_wins(roomy_broker: Broker) -> None:
     broker = roomy_broker  # 25 failures from one address: not what the limit is for
     est = await kit.estate(broker)
     await broker.purchase(est.id, "SO-1", quantity=5)
@@ -126,10 +127,10 @@ async def test_two_hosts_redeem_one_code_only_one_wins(roomy_broker: Broker, tmp
         assert {a.body["code"] for a in answers if a.status == 403} == {"auth_code_invalid"}
     servers = await broker.call("GET", f"{est.base}/servers", est.admin, status=200)
     assert len(servers["items"]) == 5
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(broker: Broker, tmp_path: Path) -> None:
+async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(broker: Broker) -> None:
     est = await kit.estate(broker)
     bought = await broker.purchase(est.id, "SO-1", quantity=10)
     headers = {"Idempotency-Key": "create-paris-1"}
@@ -176,10 +177,10 @@ async def test_concurrent_retries_with_one_idempotency_key_have_one_effect(broke
     assert statuses(answers) == {201: 8} and len({a.body["code"] for a in answers}) == 1
     live = await broker.call("GET", f"{est.base}/auth-codes", est.admin, status=200)
     assert len(live["items"]) == 1
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_one_key_with_different_requests_at_once(broker: Broker, tmp_path: Path) -> None:
+async def test_one_key_with_different_requests_at_once(broker: Broker) -> None:
     est = await kit.estate(broker)
     await broker.purchase(est.id, "SO-1", quantity=10)
     answers = await asyncio.gather(
@@ -192,10 +193,10 @@ async def test_one_key_with_different_requests_at_once(broker: Broker, tmp_path:
     assert {a.body["code"] for a in answers if a.status == 422} == {"idempotency_key_reused"}
     pools = await broker.call("GET", f"{est.base}/pools", est.admin, status=200)
     assert len(pools["items"]) == 2
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)
 
 
-async def test_removal_races_renewals_and_acquires(broker: Broker, tmp_path: Path) -> None:
+async def test_removal_races_renewals_and_acquires(broker: Broker) -> None:
     est = await kit.estate(broker)
     await broker.purchase(est.id, "SO-1", quantity=10)
     host = await kit.enrol(broker, est, est.default_pool)
@@ -211,4 +212,4 @@ async def test_removal_races_renewals_and_acquires(broker: Broker, tmp_path: Pat
     assert view["in_use"] == 0  # the removal freed everything, whatever came before it
     after = await kit.acquire(broker, token, "ENC-9", 1)
     assert after.status == 401
-    check_books(kit.db_path(tmp_path))
+    check_books(broker.db)

@@ -6,6 +6,10 @@ every operation and sends them with a token that may use the route, on real ids 
 real estate half of the time (else on whatever id it drew). Every answer must be below
 500 and conform to the document: status declared, content type, and body schema.
 Negative cases must be refused with a 4xx.
+
+Everything here runs on both stores: the module's broker (``live``) once on SQLite and
+once on PostgreSQL, whose text columns refuse what SQLite's take (a NUL, say), so that
+hostile input must be refused before it reaches either.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from broker.clock import ManualClock
 from broker.config import load
 from broker.ids import new_token
 from tests.conftest import T0
+from tests.dbaccess import Database
+from tests.postgres import TEST_SECRET_KEY, PostgresServer
 from tests.reliability.invariants import check_books, integrity_ok
 from tests.reliability.live import LiveBroker, request
 
@@ -111,9 +117,13 @@ class Estate:
 
 
 @contextmanager
-def serve(folder: Path) -> Iterator[tuple[LiveBroker, str]]:
-    """A fresh broker on ``folder`` whose code-failure budget the fuzzer cannot exhaust."""
+def serve(folder: Path, database_url: str | None) -> Iterator[tuple[LiveBroker, str]]:
+    """A fresh broker on ``folder`` (SQLite) or on ``database_url`` (PostgreSQL) whose
+    code-failure budget the fuzzer cannot exhaust."""
     operator = new_token("op")
+    store: dict[str, Any] = {}
+    if database_url is not None:
+        store = {"database": database_url, "secret_key": TEST_SECRET_KEY, "database_pool_size": 4}
     config = load(
         None,
         env={},
@@ -123,14 +133,21 @@ def serve(folder: Path) -> Iterator[tuple[LiveBroker, str]]:
         sqlite_synchronous="normal",
         redeem_failures_per_address=10**6,
         redeem_failures_global=10**9,
+        **store,
     )
     with LiveBroker(config) as broker:
         yield broker, operator
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveBroker, str]]:
-    with serve(tmp_path_factory.mktemp("fuzz")) as started:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[tuple[LiveBroker, str]]:
+    """One broker for the module's hand-made cases, on each store in turn."""
+    url = None
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create()
+        request.addfinalizer(lambda: server.drop(url))
+    with serve(tmp_path_factory.mktemp("fuzz"), url) as started:
         yield started
 
 
@@ -226,9 +243,10 @@ def fuzz(
 
 
 def assert_books_intact(broker: LiveBroker) -> dict[str, int]:
-    db = Path(broker.config.db_path)
+    db = Database.of(broker.config)
     counts = check_books(db)
-    integrity_ok(db)
+    if not db.postgres:
+        integrity_ok(db.path)
     return counts
 
 
@@ -245,9 +263,9 @@ def test_fuzz_every_operation(live: tuple[LiveBroker, str]) -> None:
     assert_books_intact(broker)
 
 
-def test_a_short_fuzz_leaves_the_books_intact(tmp_path: Path) -> None:
+def test_a_short_fuzz_leaves_the_books_intact(tmp_path: Path, database_url: str | None) -> None:
     """Its own broker and its own fuzz: the books it checks are the ones it just wrote."""
-    with serve(tmp_path) as (broker, operator):
+    with serve(tmp_path, database_url) as (broker, operator):
         FIGURES.clear()
         failures = fuzz(broker, operator, 3, (GenerationMode.POSITIVE,), writes_only=True)
         assert not failures, "\n".join(failures)

@@ -2,18 +2,21 @@
 
 A hypothesis state machine drives the domain functions (``broker.purchases``,
 ``broker.pools``, ``broker.codes``, ``broker.leases``, ``broker.servers``) through a real
-store (``open_store``, SQLite on a file), each call one ``store.write`` transaction exactly as the HTTP
-handlers make it, and keeps a deliberately naive reference model beside it. After every
-step:
+store (``open_store``), each call one ``store.write`` transaction exactly as the HTTP
+handlers make it, and keeps a deliberately naive reference model beside it. It runs on
+both stores: on SQLite, one store on a file; on PostgreSQL, two stores (two replicas) on
+one fresh schema, the writes alternating between them (``Books``). After every step:
 
-- ``pools.list_views`` agrees with the model, pool by pool and holding by holding;
-- invariants 1 and 2 hold, read straight from the file (``invariants.check_books``);
+- ``pools.list_views`` agrees with the model, pool by pool and holding by holding (read
+  through the replica that did not write last);
+- invariants 1 and 2 hold, read straight from the database (``invariants.check_books``);
 - a refused operation changed no row of any table (invariant 3: all or nothing);
 - every grant took new seats only from grantable purchases, earliest expiry first, and
   its ``exp`` is within the grace of every purchase it holds (invariant 7).
 
-The HTTP layer is not in the loop on purpose: it keeps a step under a millisecond, so
-thousands of steps run in seconds. The HTTP paths get their own tests beside this one.
+The HTTP layer is not in the loop on purpose: it keeps a step under a millisecond (on
+SQLite), so thousands of steps run in seconds. The HTTP paths get their own tests beside
+this one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import dataclasses
 import sys
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +61,9 @@ from broker.errors import (
 from broker.ids import CountingIds
 from broker.principal import Principal
 from broker.store import open_store
-from tests.reliability.invariants import GRACE, check_books, connect_ro, snapshot
+from tests.dbaccess import Database
+from tests.postgres import TEST_SECRET_KEY, PostgresServer
+from tests.reliability.invariants import GRACE, Reader, check_books, snapshot
 
 T = TypeVar("T")
 DAY = 86400
@@ -71,6 +77,7 @@ CODE_KEY = b"k" * 32
 # Figures for docs/reliability.md, printed at the end of the run.
 STATS: dict[str, int] = defaultdict(int)
 EXAMPLES = 150
+QUICK_EXAMPLES = {"sqlite": 15, "postgres": 8}  # PostgreSQL: a schema per example, see FreshSchemas
 
 
 @dataclass
@@ -208,30 +215,81 @@ def actual_view(v: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class FreshSchemas:
+    """A fresh PostgreSQL schema for each example, made one ahead on a thread of its own.
+
+    Making a schema (its migrations) and dropping one are the server's work and, on a busy
+    machine, as long as a short example: done while the example before runs, they overlap
+    it rather than add to it. The examples still never share a schema.
+    """
+
+    def __init__(self, server: PostgresServer) -> None:
+        self._server = server
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="fresh-schema")
+        self._next = self._thread.submit(server.create)
+
+    def take(self) -> str:
+        url = self._next.result()
+        self._next = self._thread.submit(self._server.create)
+        return url
+
+    def drop(self, url: str) -> None:
+        self._thread.submit(self._server.drop, url)
+
+    def close(self) -> None:
+        self._thread.submit(self._server.drop, self._next.result())
+        self._thread.shutdown(wait=True)
+
+
 class Books(RuleBasedStateMachine):
-    """One estate per example, on a store file of its own with counting ids."""
+    """One estate per example, on a database of its own with counting ids.
+
+    On SQLite: one store on a file of its own. On PostgreSQL (``schemas`` set): a fresh
+    schema per example and TWO stores on it, as two broker replicas would open it; the
+    writes alternate between them, call by call (a code made through one is redeemed
+    through the other), and the reads after each step go through the replica that did
+    not write last, so every step also checks that a commit on one replica is what the
+    other sees next.
+    """
 
     loop: asyncio.AbstractEventLoop
     folder: Path
+    schemas: FreshSchemas | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.model: Model | None = None
         self._pending: dict[str, MLease] = {}
+        self._turn = 0
         STATS["sequences"] += 1
-        config = Config(data_dir=self.folder / f"books-{STATS['sequences']}", sqlite_synchronous="normal")
-        config.data_dir.mkdir()
-        self.db_path = config.db_path
+        data_dir = self.folder / f"books-{STATS['sequences']}"
+        data_dir.mkdir()
         # Ids decide ties (equal expiries are ordered by id), so random ids would make a
-        # replayed sequence take another path and hypothesis would call it flaky.
-        self.store = self.loop.run_until_complete(open_store(config, ids=CountingIds()))
-        self.conn = connect_ro(self.db_path)
+        # replayed sequence take another path and hypothesis would call it flaky. The
+        # replicas share one counter: between them they hand out each id once.
+        ids = CountingIds()
+        if self.schemas is None:
+            config = Config(data_dir=data_dir, sqlite_synchronous="normal")
+            self.db = Database(None, config.db_path)
+            replicas = 1
+        else:
+            url = self.schemas.take()
+            config = Config(data_dir=data_dir, database=url, secret_key=TEST_SECRET_KEY, database_pool_size=2)
+            self.db = Database(url, config.db_path)
+            replicas = 2
+        self.stores = [self.loop.run_until_complete(open_store(config, ids=ids)) for _ in range(replicas)]
+        self.reader = Reader(self.db)
 
     def teardown(self) -> None:
-        self.conn.close()
-        self.loop.run_until_complete(self.store.close())
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        self.reader.close()
+        for store in self.stores:
+            self.loop.run_until_complete(store.close())
+        if self.db.url is not None:
+            assert self.schemas is not None
+            self.schemas.drop(self.db.url)
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.db.path}{suffix}").unlink(missing_ok=True)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -241,10 +299,16 @@ class Books(RuleBasedStateMachine):
         return self.model
 
     def write(self, fn: Callable[[Any], T]) -> T:
-        return self.loop.run_until_complete(self.store.write(fn))
+        """``fn`` as one transaction, through each replica in turn."""
+        replica = self._turn % len(self.stores)
+        self._turn += 1
+        STATS[f"writes via replica {replica + 1}"] += 1
+        return self.loop.run_until_complete(self.stores[replica].write(fn))
 
     def read(self, fn: Callable[[Any], T]) -> T:
-        return self.loop.run_until_complete(self.store.read(fn))
+        """``fn`` through the replica whose turn to write is next: not the last writer."""
+        store = self.stores[self._turn % len(self.stores)]
+        return self.loop.run_until_complete(store.read(fn))
 
     def attempt(self, fn: Callable[[Any], T], expect_error: type[TenureError] | None) -> T | None:
         """Run ``fn``; if the model says it must fail, it must, and change nothing."""
@@ -252,14 +316,14 @@ class Books(RuleBasedStateMachine):
         STATS[f"op:{sys._getframe(1).f_code.co_name}"] += 1
         if expect_error is None:
             return self.write(fn)
-        before = snapshot(self.conn)
+        before = snapshot(self.reader)
         try:
             self.write(fn)
         except TenureError as exc:
             assert isinstance(exc, expect_error), (exc, expect_error)
         else:
             raise AssertionError(f"expected {expect_error.__name__}")
-        assert snapshot(self.conn) == before, "a refused operation changed the books"
+        assert snapshot(self.reader) == before, "a refused operation changed the books"
         STATS["refused"] += 1
         STATS[f"refused:{expect_error.__name__}"] += 1
         return None
@@ -692,7 +756,7 @@ class Books(RuleBasedStateMachine):
         if self.model is None:
             return
         m, now = self.m, self.m.now
-        check_books(self.db_path, self.conn)
+        check_books(self.reader)
         views = self.read(lambda tx: pools.list_views(tx, now, self.estate))
         assert {v["id"] for v in views} == set(m.pools)
         for v in views:
@@ -707,11 +771,13 @@ class Books(RuleBasedStateMachine):
         assert {item["id"] for item in page["items"]} == live
 
 
-def explore(folder: Path, examples: int) -> dict[str, int]:
-    """Run the model; derandomized, so that its coverage (and the thresholds on it) is the
-    same on every run: a random draw of few acquires once failed CI with 81 grants."""
+def explore(folder: Path, examples: int, server: PostgresServer | None = None) -> dict[str, int]:
+    """Run the model (on SQLite, or with ``server`` on two PostgreSQL replicas); derandomized,
+    so that its coverage (and the thresholds on it) is the same on every run: a random draw
+    of few acquires once failed CI with 81 grants."""
     loop = asyncio.new_event_loop()
     Books.loop, Books.folder = loop, folder
+    Books.schemas = None if server is None else FreshSchemas(server)
     STATS.clear()
     try:
         run_state_machine_as_test(
@@ -726,24 +792,40 @@ def explore(folder: Path, examples: int) -> dict[str, int]:
             ),
         )
     finally:
+        if Books.schemas is not None:
+            Books.schemas.close()
+            Books.schemas = None
         loop.close()
     print(f"\nmodel test explored: {dict(STATS)}")
     return dict(STATS)
 
 
-def test_books_agree_with_the_model_quick(tmp_path: Path) -> None:
-    stats = explore(tmp_path, 15)
-    assert stats["sequences"] >= 15 and stats["grants"] > 0
+def postgres(store_kind: str, request: pytest.FixtureRequest) -> PostgresServer | None:
+    if store_kind != "postgres":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server
+
+
+def test_books_agree_with_the_model_quick(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> None:
+    examples = QUICK_EXAMPLES[store_kind]
+    stats = explore(tmp_path, examples, postgres(store_kind, request))
+    assert stats["sequences"] >= examples and stats["grants"] > 0
+    if store_kind == "postgres":  # both replicas wrote, about equally
+        assert abs(stats["writes via replica 1"] - stats["writes via replica 2"]) <= stats["sequences"]
 
 
 @pytest.mark.slow
-def test_books_agree_with_the_model(tmp_path: Path) -> None:
-    stats = explore(tmp_path, EXAMPLES)
+@pytest.mark.timeout(300)  # PostgreSQL: 90-100 s measured on a 2-core machine under load
+def test_books_agree_with_the_model(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> None:
+    stats = explore(tmp_path, EXAMPLES, postgres(store_kind, request))
     assert stats["sequences"] >= EXAMPLES and stats["grants"] > 100 and stats["exhausted"] > 50
 
 
-async def test_the_store_gives_new_rows_the_ids_it_was_given(tmp_path: Path) -> None:
-    store = await open_store(Config(data_dir=tmp_path, sqlite_synchronous="normal"), ids=CountingIds())
+async def test_the_store_gives_new_rows_the_ids_it_was_given(config_factory: Callable[..., Config]) -> None:
+    config = config_factory()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(config, ids=CountingIds())
     try:
         est = await store.write(lambda tx: estates.create(tx, T0, OPERATOR, "Acme", "Alice", 3600))
     finally:
