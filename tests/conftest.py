@@ -52,29 +52,8 @@ def database_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
         return None
     server: PostgresServer = request.getfixturevalue("postgres_server")
     url = server.create()
-    request.node.stash.setdefault(DROP_AFTER, []).append(lambda: server.drop(url))
+    request.addfinalizer(lambda: server.drop(url))  # dropped when the next is made (tests/postgres.py)
     return url
-
-
-# What to drop once a test's fixtures are all torn down (``pytest_runtest_teardown``).
-DROP_AFTER = pytest.StashKey[list[Callable[[], None]]]()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Drop a test's PostgreSQL schema only after every fixture of the test is torn down.
-
-    A finalizer of ``database_url`` would run before the teardown of any fixture set up
-    earlier, such as ``aiohttp_client`` asked for before ``config_factory``: the schema
-    went while the app still ran, and a write in flight (the idempotency purge at start)
-    failed on a vanished table, an error in teardown now and then. After the last test
-    the session's ``postgres_server`` has gone, and with it the run's whole database.
-    """
-    yield
-    drops = item.stash.get(DROP_AFTER, [])
-    if nextitem is not None:
-        for drop in drops:
-            drop()
 
 
 @pytest.fixture(scope="session")
