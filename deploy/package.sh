@@ -70,6 +70,9 @@ build() {
   if command -v strip >/dev/null; then
     find "$venv" -name '*.so' -exec strip --strip-unneeded {} +
   fi
+  # Shared libraries are not programs (lintian: shared-library-is-executable); wheels such
+  # as psycopg-binary's bundle theirs (libpq and its own) with mode 0755.
+  find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec chmod 0644 {} +
   sed -i "s|$venv|$prefix|g" "$venv/pyvenv.cfg"
   # Console scripts name the interpreter by its build path: give them the installed one.
   for script in "$venv"/bin/*; do
