@@ -118,7 +118,13 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> int:
     ``conn`` is in autocommit mode. Each migration is one transaction; another replica
     calling this meanwhile waits for the lock, then finds the work done.
     """
+    # A replica waits for another's migrations however long they take (lock_timeout,
+    # set on every pooled connection for requests, does not apply to this wait).
+    row = conn.execute("SHOW lock_timeout").fetchone()
+    bound = row[0] if row is not None else "0"
+    conn.execute("SET lock_timeout = 0")
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (bound,))
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS tenure_schema (version INTEGER NOT NULL)")
         row = conn.execute("SELECT max(version) FROM tenure_schema").fetchone()

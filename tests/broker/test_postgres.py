@@ -222,3 +222,21 @@ async def test_one_encoder_raced_across_replicas_gets_one_lease_and_no_conflict(
     finally:
         for replica in replicas:
             await replica.close()
+
+
+async def test_a_replica_waits_for_another_replicas_migrations_however_long(empty_database: str) -> None:
+    """Migrations may outlast database_timeout_seconds (the bound on a request's lock
+    waits): a replica starting meanwhile waits for them rather than failing to start."""
+    from broker.store.postgres import MIGRATION_LOCK
+
+    with psycopg.connect(empty_database, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        opening = asyncio.ensure_future(PostgresStore.open(empty_database, 1, 0.3))
+        await asyncio.sleep(1.0)  # three times the replica's lock bound
+        assert not opening.done()
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        store = await asyncio.wait_for(opening, 10)
+    try:
+        assert _versions(empty_database) == [v for v, _, _ in migrations()]
+    finally:
+        await store.close()
