@@ -54,9 +54,16 @@ async def reload_keys(svc: Services) -> None:
 
 async def purge_loop(svc: Services) -> None:
     while True:
-        try:
-            now = svc.clock.now()
-            await svc.store.write(partial(idempotency.purge, now=now))
-        except StorageUnavailable as exc:
-            log.warning("idempotency purge: %s", exc.detail)
+        await purge_idempotency(svc)
         await asyncio.sleep(3600)
+
+
+async def purge_idempotency(svc: Services) -> None:
+    """One round of ``purge_loop``: forget idempotency records past their day. Never
+    raises: one failed round (the database away, or worse) must not end the purging."""
+    try:
+        await svc.store.write(partial(idempotency.purge, now=svc.clock.now()))
+    except StorageUnavailable as exc:
+        log.warning("idempotency purge: %s", exc.detail)
+    except Exception:
+        log.exception("idempotency purge failed; trying again in an hour")

@@ -313,3 +313,26 @@ async def test_console_session_retries_replay_and_another_session_is_refused(bro
     assert_problem(r, 422, "idempotency_key_reused")
     admins = await broker.call("GET", f"{base(est)}/admins", est.admin, status=200)
     assert [a["name"] for a in admins["items"]] == ["Alice", "Bob"]
+
+
+async def test_the_purge_forgets_old_records_and_outlives_a_failed_round(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    from broker import reaper
+    from broker.services import SERVICES
+
+    svc = broker.client.app[SERVICES]
+    await post(broker, "/v1/estates", broker.operator, {"name": "A", "admin_name": "B"}, "old")
+    broker.clock.advance(DAY + 1)
+    await post(broker, "/v1/estates", broker.operator, {"name": "C", "admin_name": "D"}, "new")
+    await reaper.purge_idempotency(svc)
+    assert db_rows(broker, "SELECT COUNT(*) FROM idempotency") == [(1,)]
+    # A round that fails (SQLite: the write refused; PostgreSQL: an error the store does
+    # not know) is logged, raises nothing, and the next round purges again.
+    broker.db.run("ALTER TABLE idempotency RENAME TO idempotency_away")
+    await reaper.purge_idempotency(svc)
+    assert "idempotency purge" in caplog.text
+    broker.db.run("ALTER TABLE idempotency_away RENAME TO idempotency")
+    broker.clock.advance(DAY + 1)
+    await reaper.purge_idempotency(svc)
+    assert db_rows(broker, "SELECT COUNT(*) FROM idempotency") == [(0,)]
