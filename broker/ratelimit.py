@@ -41,6 +41,7 @@ from typing import Protocol
 from broker.clock import Clock
 from broker.errors import RateLimited
 from broker.store.base import Store, Tx
+from shared import durations
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -73,19 +74,6 @@ def network_key(client: IPAddress | None) -> str:
     return str(ipaddress.ip_network((client, 48 if client.version == 6 else 24), strict=False))
 
 
-def about(seconds: float) -> str:
-    """A wait as people say it: "about 15 minutes", never "894 s"."""
-    if seconds <= 5:
-        return "a moment"
-    minutes = round(seconds / 60)
-    if minutes <= 1:
-        return "about a minute"
-    if minutes < 90:
-        return f"about {minutes} minutes"
-    hours = round(seconds / 3600)
-    return f"about {hours} hours"
-
-
 @dataclass(frozen=True)
 class Limits:
     """The budgets: ``redeem_failures_per_address``, ``redeem_failures_global``, ``redeem_window_seconds``."""
@@ -102,7 +90,7 @@ def _budget_spent(tx: Tx, now: float, client: IPAddress | None, limits: Limits) 
     if row is not None and row["attempts"] >= limits.per_address:
         wait = _wait(row["oldest_failure"], now, limits.window)
         raise RateLimited(
-            f"Too many wrong codes from this address; try again in {about(wait)}.",
+            f"Too many wrong codes from this address; try again in {durations.about(wait)}.",
             retry_after=wait,
         )
     if int(tx.scalar("redemption_count", since=since)) < limits.overall:
@@ -112,7 +100,7 @@ def _budget_spent(tx: Tx, now: float, client: IPAddress | None, limits: Limits) 
         wait = _wait(row["oldest_failure"], now, limits.window)
         raise RateLimited(
             "This broker is receiving many wrong codes, so each network may try only a few; "
-            f"try again in {about(wait)}.",
+            f"try again in {durations.about(wait)}.",
             retry_after=wait,
         )
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 from broker.clock import ManualClock
-from broker.ratelimit import about
+from shared.durations import about
 from tests.conftest import Broker
 
 
@@ -31,10 +31,11 @@ async def _code(broker: Broker) -> str:
     return code
 
 
-def test_waits_are_said_as_people_say_them() -> None:
+def test_waits_are_said_as_people_say_them_the_same_by_broker_and_agent() -> None:
+    # One wording for a wait (shared/durations.py): the broker's 429 and the agent's line.
     assert about(894) == "about 15 minutes"
-    assert about(1) == "a moment"
-    assert about(75) == "about a minute"
+    assert about(1) == "about 1 second"
+    assert about(75) == "about 1 minute"
     assert about(3 * 3600) == "about 3 hours"
 
 
