@@ -20,6 +20,7 @@ from broker.ratelimit import StoredLimiter
 from broker.services import SERVICES, Services
 from broker.store import describe_database, open_store
 from broker.store.base import Store
+from shared import words
 
 log = logging.getLogger("tenure.broker")
 
@@ -115,7 +116,7 @@ async def _operator_token(config: Config, store: Store) -> str:
     estates = await store.read(lambda tx: tx.scalar("estates_count"))
     if estates:
         raise secretfiles.OperatorTokenMissing(
-            f"the database holds {estates} estate(s), and this broker has no operator token: set "
+            f"the database holds {words.count(estates, 'estate')}, and this broker has no operator token: set "
             f"TENURE_OPERATOR_TOKEN (setting 'operator_token') to the deployment's, or copy the old data "
             f"directory's operator-token to {config.data_dir / 'operator-token'}; a new token would lock its "
             "operator out"

@@ -102,7 +102,7 @@ async def test_a_restored_data_directory_serves_the_same_books_and_tokens(
 
     shutil.copy(config_factory().data_dir / "secret-key", new_dir / "secret-key")
     # Nor a new operator token over a database with estates: its operator holds the old one.
-    with pytest.raises(secretfiles.OperatorTokenMissing, match=r"holds 1 estate\(s\), and this broker has no operator"):
+    with pytest.raises(secretfiles.OperatorTokenMissing, match="holds 1 estate, and this broker has no operator"):
         await start_up(config_factory(data_dir=new_dir, operator_token=None))
     assert not (new_dir / "operator-token").exists()
     client = await aiohttp_client(create_app(config_factory(data_dir=new_dir)))
