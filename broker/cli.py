@@ -21,11 +21,11 @@ from broker.secretkey import SecretKeyError
 from broker.store.base import SchemaTooNew
 from shared import __version__, jws, logs
 from shared.sdnotify import Notifier
+from shared.secretfile import folder_owner
+from shared.words import count
 
 if TYPE_CHECKING:
     from broker import books
-from shared.secretfile import folder_owner
-from shared.words import count
 
 
 def _parser() -> argparse.ArgumentParser:
