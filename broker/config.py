@@ -95,7 +95,8 @@ class Config:
     )
     database_timeout_seconds: float = _setting(
         5.0,
-        "PostgreSQL: how long a request waits to connect or for a free connection before 503 storage_unavailable.",
+        "PostgreSQL: how long a request waits to connect, for a free connection or for a lock, and how "
+        "long the database may leave what is sent unacknowledged, before 503 storage_unavailable.",
         min=0.1,
         max=300,
     )
