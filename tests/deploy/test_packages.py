@@ -352,7 +352,9 @@ def test_the_services_run_under_systemd(debian: Path, debs: dict[str, Path]) -> 
         lease = ["tenure-agent", "lease", "ENC-0001", "--type", "one-in-one-out", "--count", "2"]
         assert "holds 2 one-in-one-out licences" in ok(inside("runuser", "-u", "tenure-agent", "--", *lease))
         assert "ENC-0001" in ok(inside("tenure-agent", "status"))  # exit 0: all is well
-        # A stop releases the encoder's seats (SIGTERM, within TimeoutStopSec).
+        # A stop releases the encoder's seats (SIGTERM, within TimeoutStopSec). Stopped together,
+        # as at shutdown, the agent goes first (After=tenure-broker.service), while its broker
+        # still answers.
         ok(inside("systemctl", "stop", "tenure-agent", "tenure-broker"))
         journal = ok(inside("journalctl", "--unit=tenure-agent", "--output=cat", "--no-pager"))
         assert "lease released: encoder ENC-0001" in journal
