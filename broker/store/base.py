@@ -70,6 +70,7 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 Row = dict[str, Any]
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{4})_.*\.sql$")
 
 
 class Tx(Protocol):
@@ -171,6 +172,17 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def read_migrations(folder: Traversable) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every ``NNNN_name.sql`` migration in ``folder``, in order."""
+    out = []
+    for entry in folder.iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match:
+            out.append((int(match.group(1)), entry.name, entry.read_text()))
+    out.sort()
+    return out
 
 
 def read_queries(folder: Traversable) -> dict[str, str]:

@@ -59,7 +59,7 @@ from psycopg.rows import dict_row
 
 from broker.errors import ConstraintViolated, StorageUnavailable
 from broker.ids import IdSource, new_id
-from broker.store.base import Row, SchemaTooNew, StoreStats, Tx, read_queries
+from broker.store.base import Row, SchemaTooNew, StoreStats, Tx, read_migrations, read_queries
 
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
@@ -102,14 +102,7 @@ def load_queries() -> dict[str, str]:
 
 def migrations() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration of this store, in order."""
-    folder = resources.files("broker.store") / "migrations_postgres"
-    out = []
-    for entry in folder.iterdir():
-        match = re.match(r"^(\d{4})_.*\.sql$", entry.name)
-        if match:
-            out.append((int(match.group(1)), entry.name, entry.read_text()))
-    out.sort()
-    return out
+    return read_migrations(resources.files("broker.store") / "migrations_postgres")
 
 
 def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> int:

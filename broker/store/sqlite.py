@@ -48,7 +48,7 @@ import aiosqlite
 
 from broker.errors import ConstraintViolated, StorageUnavailable
 from broker.ids import IdSource, new_id
-from broker.store.base import Row, SchemaTooNew, StoreStats, Tx, read_queries
+from broker.store.base import Row, SchemaTooNew, StoreStats, Tx, read_migrations, read_queries
 
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
@@ -73,15 +73,8 @@ def load_queries() -> dict[str, str]:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every migration, in order."""
-    folder = resources.files("broker.store") / "migrations"
-    out = []
-    for entry in folder.iterdir():
-        match = re.match(r"^(\d{4})_.*\.sql$", entry.name)
-        if match:
-            out.append((int(match.group(1)), entry.name, entry.read_text()))
-    out.sort()
-    return out
+    """(version, file name, SQL) of every migration of this store, in order."""
+    return read_migrations(resources.files("broker.store") / "migrations")
 
 
 def migrate(conn: sqlite3.Connection, upto: int | None = None) -> int:
