@@ -56,6 +56,22 @@ def database_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
     return url
 
 
+@pytest.fixture
+def pg_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database (a schema of the run's) for a store-level test."""
+    url = postgres_server.create()
+    yield url
+    postgres_server.drop(url)
+
+
+@pytest.fixture
+def empty_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty PostgreSQL database of its own, as an operator makes one for replicas."""
+    url = postgres_server.create_empty()
+    yield url
+    postgres_server.drop(url)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer.reach()

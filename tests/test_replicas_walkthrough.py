@@ -28,7 +28,7 @@ import pytest
 
 from shared import jws
 from tests.broker.test_cli import COMMAND, clean_env, free_port
-from tests.postgres import TEST_SECRET_KEY, PostgresServer
+from tests.postgres import TEST_SECRET_KEY
 from tests.test_readme import walkthrough
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,15 +85,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.wait()
-
-
-@pytest.fixture
-def empty_database(postgres_server: PostgresServer) -> Iterator[str]:
-    url = postgres_server.create_empty()
-    try:
-        yield url
-    finally:
-        postgres_server.drop(url)
 
 
 @pytest.fixture

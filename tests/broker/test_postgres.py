@@ -7,7 +7,6 @@ Everything else it shares with SQLite is tested on both stores by the rest of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -25,24 +24,6 @@ from tests.postgres import TEST_SECRET_KEY, PostgresServer
 OPERATOR = Principal(kind="operator", token_hash=b"")
 YEAR = 365 * 86400
 LATEST = migrations()[-1][0]
-
-
-@pytest.fixture
-def pg_database(postgres_server: PostgresServer) -> Iterator[str]:
-    url = postgres_server.create()
-    try:
-        yield url
-    finally:
-        postgres_server.drop(url)
-
-
-@pytest.fixture
-def empty_database(postgres_server: PostgresServer) -> Iterator[str]:
-    url = postgres_server.create_empty()
-    try:
-        yield url
-    finally:
-        postgres_server.drop(url)
 
 
 def _versions(url: str) -> list[int]:

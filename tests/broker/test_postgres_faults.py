@@ -45,17 +45,8 @@ LONG_OUTAGE = 8.0
 
 
 @pytest.fixture
-def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
-    url = postgres_server.create()
-    try:
-        yield url
-    finally:
-        postgres_server.drop(url)
-
-
-@pytest.fixture
-def proxy(pg_url: str) -> Iterator[TcpProxy]:
-    made = TcpProxy.before(pg_url)
+def proxy(pg_database: str) -> Iterator[TcpProxy]:
+    made = TcpProxy.before(pg_database)
     try:
         yield made
     finally:
@@ -81,13 +72,13 @@ def _config(data_dir: Path, url: str, operator_token: str, clock: ManualClock) -
 async def broker(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     tmp_path: Path,
-    pg_url: str,
+    pg_database: str,
     proxy: TcpProxy,
     clock: ManualClock,
     operator_token: str,
 ) -> AsyncIterator[Broker]:
     """A broker whose every database connection goes through ``proxy``."""
-    client = await aiohttp_client(create_app(_config(tmp_path / "data", proxy.url(pg_url), operator_token, clock)))
+    client = await aiohttp_client(create_app(_config(tmp_path / "data", proxy.url(pg_database), operator_token, clock)))
     yield Broker(client, operator_token, clock)
 
 
@@ -189,39 +180,39 @@ async def serves_again(broker: Broker, site: Site, lease: dict[str, Any], code: 
 
 
 async def test_an_unreachable_database_is_503_with_nothing_changed_and_recovery_by_itself(
-    broker: Broker, proxy: TcpProxy, pg_url: str, tmp_path: Path, clock: ManualClock
+    broker: Broker, proxy: TcpProxy, pg_database: str, tmp_path: Path, clock: ManualClock
 ) -> None:
     site, lease, code = await stocked(broker)
-    before = everything(pg_url)
+    before = everything(pg_database)
     proxy.refuse()  # connections refused, the open ones dropped
     started = time.monotonic()
-    await refused_with_nothing_changed(broker, site, lease, code, before, pg_url)
+    await refused_with_nothing_changed(broker, site, lease, code, before, pg_database)
     # A long outage: the pool's reconnection attempts have backed off by the time it ends.
     while time.monotonic() - started < LONG_OUTAGE:
         status, _, _ = await answer(broker, "GET", "/healthz")
         assert status == 503
         await asyncio.sleep(0.5)
-    assert everything(pg_url) == before
+    assert everything(pg_database) == before
     proxy.restore()
     took = await recovers(broker, time.monotonic())
     print(f"\nunreachable for {LONG_OUTAGE:.0f} s: serving again {took:.2f} s after it came back")
     await serves_again(broker, site, lease, code)
-    await books_hold(pg_url, tmp_path, clock)
+    await books_hold(pg_database, tmp_path, clock)
 
 
 async def test_a_vanished_database_host_is_503_not_a_hang(
-    broker: Broker, proxy: TcpProxy, pg_url: str, tmp_path: Path, clock: ManualClock
+    broker: Broker, proxy: TcpProxy, pg_database: str, tmp_path: Path, clock: ManualClock
 ) -> None:
     why = Blackhole.unavailable()
     if why is not None:
         pytest.skip(why)
     site, lease, code = await stocked(broker)
-    before = everything(pg_url)
+    before = everything(pg_database)
     # Nothing comes back from the host, not even a reset: the broker's pooled connections
     # are open to nobody, and what it sends on them is never acknowledged.
     with Blackhole(proxy.port):
         started = time.monotonic()
-        await refused_with_nothing_changed(broker, site, lease, code, before, pg_url)
+        await refused_with_nothing_changed(broker, site, lease, code, before, pg_database)
         took = time.monotonic() - started
     recovered = await recovers(broker, time.monotonic())
     print(
@@ -229,33 +220,33 @@ async def test_a_vanished_database_host_is_503_not_a_hang(
         f"serving again {recovered:.2f} s after it came back"
     )
     await serves_again(broker, site, lease, code)
-    await books_hold(pg_url, tmp_path, clock)
+    await books_hold(pg_database, tmp_path, clock)
 
 
 async def test_a_database_restart_is_503_with_nothing_changed_and_recovery_by_itself(
     broker: Broker,
     proxy: TcpProxy,
     postgres_server: PostgresServer,
-    pg_url: str,
+    pg_database: str,
     tmp_path: Path,
     clock: ManualClock,
 ) -> None:
     site, lease, code = await stocked(broker)
-    before = everything(pg_url)
+    before = everything(pg_database)
     # The server shuts down: new connections are refused, and each open one is ended by
     # its backend ("terminating connection due to administrator command") ...
     proxy.refuse(cut=False)
-    assert postgres_server.terminate(pg_url) >= 1
-    await refused_with_nothing_changed(broker, site, lease, code, before, pg_url)
+    assert postgres_server.terminate(pg_database) >= 1
+    await refused_with_nothing_changed(broker, site, lease, code, before, pg_database)
     proxy.restore()  # ... and it is back
     took = await recovers(broker, time.monotonic())
     print(f"\nrestart: serving again {took:.2f} s after the database came back")
     await serves_again(broker, site, lease, code)
-    await books_hold(pg_url, tmp_path, clock)
+    await books_hold(pg_database, tmp_path, clock)
 
 
 async def test_connections_cut_under_the_broker_are_replaced_unnoticed(
-    broker: Broker, proxy: TcpProxy, pg_url: str, tmp_path: Path, clock: ManualClock
+    broker: Broker, proxy: TcpProxy, pg_database: str, tmp_path: Path, clock: ManualClock
 ) -> None:
     site, lease, code = await stocked(broker)
     for _ in range(3):
@@ -266,7 +257,7 @@ async def test_connections_cut_under_the_broker_are_replaced_unnoticed(
     status, _, _ = await answer(broker, "GET", "/healthz")
     assert status == 200
     await serves_again(broker, site, lease, code)
-    await books_hold(pg_url, tmp_path, clock)
+    await books_hold(pg_database, tmp_path, clock)
 
 
 @pytest.mark.parametrize("fault", ["connections killed", "restart"])
@@ -275,7 +266,7 @@ async def test_a_fault_under_load_is_never_a_500_and_loses_no_acknowledged_lease
     broker: Broker,
     proxy: TcpProxy,
     postgres_server: PostgresServer,
-    pg_url: str,
+    pg_database: str,
     tmp_path: Path,
     clock: ManualClock,
 ) -> None:
@@ -308,7 +299,7 @@ async def test_a_fault_under_load_is_never_a_500_and_loses_no_acknowledged_lease
             await asyncio.sleep(0.3)
             if fault == "restart":
                 proxy.refuse(cut=False)
-            killed += postgres_server.terminate(pg_url)
+            killed += postgres_server.terminate(pg_database)
             if fault == "restart":
                 await asyncio.sleep(1.0)
                 proxy.restore()
@@ -318,7 +309,7 @@ async def test_a_fault_under_load_is_never_a_500_and_loses_no_acknowledged_lease
         await asyncio.gather(*workers)
     assert killed >= 2 and seen.get(200, 0) + seen.get(201, 0) > 20, (killed, seen)
     took = await recovers(broker, time.monotonic())
-    with psycopg.connect(pg_url, autocommit=True) as conn:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
         rows = {
             r[0]: (r[1], r[2]) for r in conn.execute("SELECT encoder, id, count FROM leases WHERE state = 'active'")
         }
@@ -326,4 +317,4 @@ async def test_a_fault_under_load_is_never_a_500_and_loses_no_acknowledged_lease
         allowed = {(body["id"], body["count"]), (body["id"], unknown.get(name, body["count"]))}
         assert rows.get(name) in allowed, (name, body, unknown.get(name), rows.get(name))
     print(f"\n{fault} under load ({killed} connections killed): answers {seen}; healthy after {took:.2f} s")
-    await books_hold(pg_url, tmp_path, clock)
+    await books_hold(pg_database, tmp_path, clock)
