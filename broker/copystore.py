@@ -170,16 +170,15 @@ def find_secret(cfg: Config) -> tuple[SecretKey, str]:
 
 
 def _open_keys(secret: SecretKey, rows: Sequence[dict[str, Any]], where: str) -> None:
-    for row in rows:
-        try:
-            keymaterial.open_row(secret, row["purpose"], row)
-        except KeySealed as exc:
-            raise CopyError(
-                f"the secret key from {secret.source} does not open the {exc} in {where}: it is not the "
-                "secret key the SQLite broker sealed its keys under. Give the one it was started with "
-                "(TENURE_SECRET_KEY, 'secret_key_file', or its data directory's secret-key); nothing was copied",
-                exit_code=2,
-            ) from exc
+    try:
+        keymaterial.open_all(secret, rows)
+    except KeySealed as exc:
+        raise CopyError(
+            f"the secret key from {secret.source} does not open the {exc} in {where}: it is not the "
+            "secret key the SQLite broker sealed its keys under. Give the one it was started with "
+            "(TENURE_SECRET_KEY, 'secret_key_file', or its data directory's secret-key); nothing was copied",
+            exit_code=2,
+        ) from exc
 
 
 # -- the source ----------------------------------------------------------------------

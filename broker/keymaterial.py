@@ -9,6 +9,7 @@ for that very row, so the database holds no key in clear and a row cannot be swa
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,6 +43,12 @@ def signing_rows(tx: Tx) -> list[Row]:
 def open_row(secret: SecretKey, purpose: str, row: Row) -> bytes:
     """The secret of ``row``; ``KeySealed`` if ``secret`` did not seal it there."""
     return secret.open(purpose, row["kid"], int(row["created"]), bytes(row["sealed"]))
+
+
+def open_all(secret: SecretKey, rows: Iterable[Row]) -> None:
+    """Check that ``secret`` opens every stored key of ``rows``; ``KeySealed`` names the first that it does not."""
+    for row in rows:
+        open_row(secret, row["purpose"], row)
 
 
 def open_signing_key(secret: SecretKey, row: Row) -> StoredKey:

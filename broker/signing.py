@@ -41,16 +41,15 @@ async def unlock(config: Config, store: Store, *, may_generate_secret: bool) -> 
     """
     rows = await store.read(keymaterial.all_rows)
     secret = await asyncio.to_thread(secretkey.resolve, config, may_generate=may_generate_secret and not rows)
-    for row in rows:
-        try:
-            keymaterial.open_row(secret, row["purpose"], row)
-        except KeySealed as exc:
-            raise SecretKeyError(
-                f"the secret key from {secret.source} does not open the {exc} stored in the database: "
-                "it is not the secret key this data was sealed under. Start the broker with the "
-                "deployment's secret key (TENURE_SECRET_KEY, 'secret_key_file', or the old data "
-                "directory's secret-key copied beside the database); nothing was changed"
-            ) from exc
+    try:
+        keymaterial.open_all(secret, rows)
+    except KeySealed as exc:
+        raise SecretKeyError(
+            f"the secret key from {secret.source} does not open the {exc} stored in the database: "
+            "it is not the secret key this data was sealed under. Start the broker with the "
+            "deployment's secret key (TENURE_SECRET_KEY, 'secret_key_file', or the old data "
+            "directory's secret-key copied beside the database); nothing was changed"
+        ) from exc
     found = await asyncio.to_thread(keyfiles.load, config.data_dir)
     if found:
         added = await store.write(partial(keymaterial.import_files, secret=secret, found=found))
