@@ -10,14 +10,10 @@ Afterwards ``tenure-broker check --database URL`` proves the books.
 
 from __future__ import annotations
 
-import json
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from itertools import cycle
 from pathlib import Path
@@ -27,7 +23,8 @@ import psycopg
 import pytest
 
 from shared import jws
-from tests.broker.test_cli import COMMAND, clean_env, free_port
+from tests.broker import fleet
+from tests.broker.test_cli import COMMAND, clean_env
 from tests.postgres import TEST_SECRET_KEY
 from tests.test_readme import walkthrough
 
@@ -35,56 +32,25 @@ ROOT = Path(__file__).resolve().parents[1]
 OPERATOR = "tnr_op_replicas-walkthrough-operator-token-0001"
 
 
-class Replica:
-    """One ``tenure-broker serve`` process on its own port and its own data directory."""
+class Replica(fleet.Replica):
+    """One replica (``tests/broker/fleet.py``) with the walkthrough's operator token, started
+    at once; ``call`` takes a path on it."""
 
     def __init__(self, name: str, folder: Path, database: str) -> None:
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"{name}.log"
-        env = clean_env(
-            TENURE_DATABASE_URL=database,
-            TENURE_SECRET_KEY=TEST_SECRET_KEY,
-            TENURE_OPERATOR_TOKEN=OPERATOR,
-            TENURE_DATABASE_POOL_SIZE="4",
-            TENURE_LOG_FORMAT="text",
-        )
-        args = ["serve", "--port", str(self.port), "--data-dir", str(folder / name)]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([*COMMAND, *args], env=env, stdout=out, stderr=out)
+        super().__init__(name, folder, database, OPERATOR, database_pool_size=4)
+        self.log = self.log_path
+        self.start()
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as answer:
-                return answer.status == 200
+            return fleet.call(f"{self.url}/healthz", timeout=2)[0] == 200
         except OSError:
             return False
 
     def call(
         self, method: str, path: str, token: str | None = None, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        sent = dict(headers or {})
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
-        data = None if body is None else json.dumps(body).encode()
-        if data is not None:
-            sent["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                status, raw = answer.status, answer.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        return status, (json.loads(raw) if raw else None)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return fleet.call(self.url + path, method, token, body, headers, timeout=10)
 
 
 @pytest.fixture

@@ -125,13 +125,15 @@ class Replica:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM (SIGKILL after 15 s); the exit status, None if it never started."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+        return None if self.proc is None else self.proc.wait()
 
 
 def cli(database: str, cwd: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
