@@ -63,6 +63,7 @@ DELIVERIES = shapes.shape(
     }
 )
 BASE = "/v1/estates/{estate}/webhooks"
+EMPTY = obj({})
 
 
 def _webhooks(request: web.Request) -> Webhooks:
@@ -154,6 +155,7 @@ async def delete_webhook(request: web.Request) -> web.StreamResponse:
     summary="A new signing secret, shown in this answer only; the old one also signs for 24 hours",
     tag="webhooks",
     auth=ADMIN,
+    body=EMPTY,
     responses={200: ROTATED},
     idempotent=True,
 )
@@ -161,7 +163,7 @@ async def rotate_webhook_secret(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     endpoint_id = path_id(request, "webhook")
     raw = await read_body(request)
-    parse_json(raw, obj({}))
+    parse_json(raw, EMPTY)
     hooks = _webhooks(request)
     secret = signing.new_secret()
     now = services(request).clock.now()
@@ -179,6 +181,7 @@ async def rotate_webhook_secret(request: web.Request) -> web.StreamResponse:
     summary="Send a webhook.test event to this endpoint",
     tag="webhooks",
     auth=ADMIN,
+    body=EMPTY,
     responses={202: TESTED},
     idempotent=True,
 )
@@ -186,7 +189,7 @@ async def test_webhook(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     endpoint_id = path_id(request, "webhook")
     raw = await read_body(request)
-    parse_json(raw, obj({}))
+    parse_json(raw, EMPTY)
     now = services(request).clock.now()
     response = await idempotent_write(
         request, actor, raw, lambda tx: (202, endpoints.send_test(tx, now, actor, estate_id, endpoint_id))

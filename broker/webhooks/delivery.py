@@ -88,7 +88,10 @@ def record(
         error=outcome.error,
         outcome=result,
     )
-    tx.run("webhook_succeeded" if outcome.ok else "webhook_failed", endpoint_id=row["endpoint_id"], now=int(now))
+    if outcome.ok:
+        tx.run("webhook_succeeded", endpoint_id=row["endpoint_id"], now=int(now))
+    else:
+        tx.run("webhook_failed", endpoint_id=row["endpoint_id"], now=int(now))
     if tx.one("webhook_outbox_of_claim", outbox_id=row["id"], claim=claim_id) is None:
         return result  # the claim ran out and another round has the row: it decides
     if result == "retrying":
