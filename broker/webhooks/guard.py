@@ -67,8 +67,8 @@ def refusal(address: IPAddress) -> str | None:
         (address.is_link_local, "link-local"),
         (address.is_multicast, "multicast"),
         (isinstance(address, ipaddress.IPv4Address) and address in _CGNAT, "shared (CGNAT)"),
-        (address.is_private, "private"),
         (address.is_reserved, "reserved"),
+        (address.is_private, "private"),
         (not address.is_global, "non-global"),
     )
     for hit, name in checks:
