@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiohttp import web
@@ -147,3 +149,62 @@ async def listening() -> AsyncIterator[Receiver]:
         yield found
     finally:
         await found.stop()
+
+
+class ThreadReceiver(ThreadingHTTPServer):
+    """The same receiver in a thread, for tests whose broker is another process (plain,
+    non-async tests): ``verified`` holds each payload that one of ``secrets`` verified."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.secrets: list[str] = []
+        self.verified: list[dict[str, Any]] = []
+        self.unverified: list[str] = []
+        self.arrived: list[str] = []  # webhook-id of every request, on arrival
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    @classmethod
+    @contextmanager
+    def serving(cls) -> Iterator[ThreadReceiver]:
+        server = cls()
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ThreadReceiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with self.server.lock:
+            self.server.arrived.append(headers.get("webhook-id", "?"))
+            secrets = list(self.server.secrets)
+        if self.server.delay:
+            time.sleep(self.server.delay)
+        for secret in secrets:
+            try:
+                Webhook(secret).verify(body, headers)
+            except Exception:
+                continue
+            with self.server.lock:
+                self.server.verified.append(json.loads(body))
+            break
+        else:
+            with self.server.lock:
+                self.server.unverified.append(headers.get("webhook-id", "?"))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -5,65 +5,24 @@ each delivery with the Standard Webhooks library."""
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
-from standardwebhooks import Webhook
 
 from broker.ids import new_token
+from tests.broker.webhook_kit import ThreadReceiver
 from tests.console.conftest import Console, LiveBroker, free_port, open_console, running_broker
 
 pytestmark = pytest.mark.browser
 
 
-class Receiver(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.secrets: list[str] = []
-        self.verified: list[dict[str, Any]] = []
-        self.unverified: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        for secret in self.server.secrets:
-            try:
-                Webhook(secret).verify(body, headers)
-            except Exception:
-                continue
-            self.server.verified.append(json.loads(body))
-            break
-        else:
-            self.server.unverified.append(headers.get("webhook-id", "?"))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[ThreadReceiver]:
+    with ThreadReceiver.serving() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +38,9 @@ def hook_console(browser: Any, hook_broker: LiveBroker) -> Iterator[Console]:
         yield opened
 
 
-def test_add_an_endpoint_see_its_secret_once_and_its_test_delivery(hook_console: Console, receiver: Receiver) -> None:
+def test_add_an_endpoint_see_its_secret_once_and_its_test_delivery(
+    hook_console: Console, receiver: ThreadReceiver
+) -> None:
     broker, page = hook_console.broker, hook_console.page
     est = broker.estate("Harbour Vision")
     hook_console.sign_in(est["admin_token"])
