@@ -102,6 +102,20 @@ def record(
     return result
 
 
+KEEP_SECONDS = 30 * 86400
+"""Finished deliveries, their events and attempts are kept this long, then purged."""
+
+
+def purge(tx: Tx, now: float, limit: int = 1000) -> int:
+    """Forget up to ``limit`` each of the attempts, finished deliveries and events older than
+    ``KEEP_SECONDS``, and quiet periods that are over; how many rows went."""
+    before = int(now) - KEEP_SECONDS
+    gone = tx.run("webhook_attempts_purge", before=before, limit=limit)
+    gone += tx.run("webhook_outbox_purge", before=before, limit=limit)
+    gone += tx.run("webhook_events_purge", before=before, limit=limit)
+    return gone + tx.run("webhook_marks_purge", now=int(now))
+
+
 def release(tx: Tx, claim_id: str) -> int:
     """Give back the rows of a claim not sent (a broker stopping): due again at once."""
     return tx.run("webhook_outbox_release", claim=claim_id)

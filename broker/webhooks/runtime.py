@@ -1,5 +1,6 @@
-"""What one broker process runs for webhooks: the dispatcher, the expiry scheduler, and
-the note of refused acquires (``pool.exhausted``)."""
+"""What one broker process runs for webhooks: the dispatcher, the expiry scheduler (which
+also purges deliveries older than 30 days), and the note of refused acquires
+(``pool.exhausted``)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class Webhooks:
         while True:
             try:
                 await self.scan_expiry()
+                await self.store.write(partial(delivery.purge, now=self.clock.now()))
             except StorageUnavailable as exc:
                 log.warning("webhook expiry scan: %s", exc.detail)
             except Exception:

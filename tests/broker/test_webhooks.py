@@ -397,3 +397,22 @@ async def test_concurrent_expiry_scans_fire_once(
     assert sum(sent) == 20
     await deliver(one)
     assert len(receiver.deliveries) == 20 and receiver.unverified == []
+
+
+async def test_finished_deliveries_are_purged_after_thirty_days(hooked: Broker, receiver: Receiver) -> None:
+    from functools import partial
+
+    from broker.webhooks.delivery import purge
+
+    est = await estate(hooked)
+    made = await add_endpoint(hooked, est, receiver, ["server.enrolled"])
+    await hooked.call("POST", f"{base(est)}/webhooks/{made['id']}/test", est.admin, {}, 202)
+    await deliver(hooked)
+    store = hooked.client.app[SERVICES].store
+    receiver.status = 500
+    await hooked.call("POST", f"{base(est)}/webhooks/{made['id']}/test", est.admin, {}, 202)
+    await deliver(hooked)  # pending: kept however old
+    assert await store.write(partial(purge, now=hooked.clock.now() + 29 * 86400)) == 0
+    assert await store.write(partial(purge, now=hooked.clock.now() + 31 * 86400)) == 4  # 2 attempts, 1 row, 1 event
+    listed = await hooked.call("GET", f"{base(est)}/webhooks/{made['id']}/deliveries", est.admin)
+    assert listed["items"] == [] and listed["deliveries"] == {"pending": 1, "delivered": 0, "failed": 0}

@@ -108,3 +108,19 @@ SELECT name FROM pools WHERE id = :pool_id;
 
 -- name: webhook_outbox_release
 UPDATE webhook_outbox SET claim = NULL, claimed_until = NULL WHERE claim = :claim AND state = 'pending';
+
+-- name: webhook_attempts_purge
+DELETE FROM webhook_attempts WHERE id IN (SELECT id FROM webhook_attempts WHERE at < :before ORDER BY id LIMIT :limit);
+
+-- name: webhook_outbox_purge
+DELETE FROM webhook_outbox WHERE id IN (
+    SELECT id FROM webhook_outbox WHERE state <> 'pending' AND created_at < :before LIMIT :limit);
+
+-- name: webhook_events_purge
+DELETE FROM webhook_events WHERE id IN (
+    SELECT e.id FROM webhook_events e
+    WHERE e.at < :before AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = e.id)
+    LIMIT :limit);
+
+-- name: webhook_marks_purge
+DELETE FROM webhook_marks WHERE until IS NOT NULL AND until < :now;
