@@ -199,15 +199,29 @@ class Dispatcher:
         self._claims.add(claim_id)
         self._quiet.clear()
         # Kept while in flight, so that a broker stopping gives back what it did not send.
-        rows = await self._store.write(partial(claim, now=now, claim_id=claim_id, until=now + self._timeout + 60))
-        await asyncio.gather(*(self._send(row, claim_id) for row in rows))
+        try:
+            rows = await self._store.write(partial(claim, now=now, claim_id=claim_id, until=now + self._timeout + 60))
+        except Exception:
+            self._done(claim_id)  # nothing was claimed
+            raise
+        results = await asyncio.gather(*(self._send(row, claim_id) for row in rows), return_exceptions=True)
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):  # its claim runs out, and it is sent again
+                log.error("webhook %s: the attempt could not be recorded: %s", row["event_id"], result)
+        self._done(claim_id)
+        return len(rows)
+
+    def _done(self, claim_id: str) -> None:
         self._claims.discard(claim_id)
         if not self._claims:
             self._quiet.set()
-        return len(rows)
 
     async def _send(self, row: Row, claim_id: str) -> None:
-        outcome = await self.post(row)
+        try:
+            outcome = await self.post(row)
+        except Exception as exc:  # a bug or a secret that will not open: an attempt that failed
+            log.exception("webhook %s to endpoint %s", row["event_id"], row["endpoint_id"])
+            outcome = Outcome(None, 0, f"the broker could not send it: {type(exc).__name__}")
         result = await self._store.write(
             partial(
                 record,
