@@ -2,7 +2,9 @@
 -- outbox of deliveries (written in the same transaction as the event) and every attempt.
 -- An endpoint's signing secret is sealed under the deployment's secret key, as key
 -- material is (broker/secretkey.py): it must be usable for HMAC, so it cannot be hashed.
-CREATE TABLE webhook_endpoints (
+-- IF NOT EXISTS: a database whose version was set back (a restored or hand-mended one)
+-- may hold these tables already, and they are the same.
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
     id               TEXT PRIMARY KEY,
     estate_id        TEXT NOT NULL REFERENCES estates(id),
     url              TEXT NOT NULL,
@@ -17,9 +19,9 @@ CREATE TABLE webhook_endpoints (
     last_success_at  INTEGER,
     last_failure_at  INTEGER
 );
-CREATE INDEX webhook_endpoints_estate ON webhook_endpoints(estate_id, id);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_estate ON webhook_endpoints(estate_id, id);
 
-CREATE TABLE webhook_events (
+CREATE TABLE IF NOT EXISTS webhook_events (
     id         TEXT PRIMARY KEY,                -- the webhook-id header and the payload's id
     estate_id  TEXT NOT NULL REFERENCES estates(id),
     type       TEXT NOT NULL,
@@ -27,7 +29,7 @@ CREATE TABLE webhook_events (
     body       TEXT NOT NULL                    -- the exact bytes signed and sent
 );
 
-CREATE TABLE webhook_outbox (
+CREATE TABLE IF NOT EXISTS webhook_outbox (
     id             TEXT PRIMARY KEY,
     endpoint_id    TEXT NOT NULL REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
     event_id       TEXT NOT NULL REFERENCES webhook_events(id),
@@ -38,10 +40,10 @@ CREATE TABLE webhook_outbox (
     claimed_until  INTEGER,
     created_at     INTEGER NOT NULL
 );
-CREATE INDEX webhook_outbox_due ON webhook_outbox(state, next_at);
-CREATE INDEX webhook_outbox_endpoint ON webhook_outbox(endpoint_id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(state, next_at);
+CREATE INDEX IF NOT EXISTS webhook_outbox_endpoint ON webhook_outbox(endpoint_id);
 
-CREATE TABLE webhook_attempts (
+CREATE TABLE IF NOT EXISTS webhook_attempts (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     endpoint_id  TEXT NOT NULL REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
     outbox_id    TEXT NOT NULL,
@@ -54,12 +56,12 @@ CREATE TABLE webhook_attempts (
     error        TEXT,
     outcome      TEXT NOT NULL CHECK (outcome IN ('delivered', 'retrying', 'failed'))
 );
-CREATE INDEX webhook_attempts_endpoint ON webhook_attempts(endpoint_id, id);
+CREATE INDEX IF NOT EXISTS webhook_attempts_endpoint ON webhook_attempts(endpoint_id, id);
 
 -- Events that fire once: a unique key per (purchase, event, expiry), or a quiet period
 -- per (pool, licence type) for pool.exhausted; inserted in the transaction that writes
 -- the event, so that any number of replicas fire each once.
-CREATE TABLE webhook_marks (
+CREATE TABLE IF NOT EXISTS webhook_marks (
     key    TEXT PRIMARY KEY,
     until  INTEGER                              -- NULL: for ever
 );
