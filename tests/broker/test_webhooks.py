@@ -416,3 +416,18 @@ async def test_finished_deliveries_are_purged_after_thirty_days(hooked: Broker, 
     assert await store.write(partial(purge, now=hooked.clock.now() + 31 * 86400)) == 4  # 2 attempts, 1 row, 1 event
     listed = await hooked.call("GET", f"{base(est)}/webhooks/{made['id']}/deliveries", est.admin)
     assert listed["items"] == [] and listed["deliveries"] == {"pending": 1, "delivered": 0, "failed": 0}
+
+
+async def test_a_retried_create_makes_one_endpoint_and_answers_the_same_secret(
+    hooked: Broker, receiver: Receiver
+) -> None:
+    est = await estate(hooked)
+    payload = {"url": receiver.url, "events": ["lease.lapsed"]}
+    headers = {"Idempotency-Key": "add-hook-1"}
+    first = await hooked.call("POST", f"{base(est)}/webhooks", est.admin, payload, 201, headers)
+    again = await hooked.call("POST", f"{base(est)}/webhooks", est.admin, payload, 201, headers)
+    assert again == first
+    listed = await hooked.call("GET", f"{base(est)}/webhooks", est.admin)
+    assert [h["id"] for h in listed["items"]] == [first["id"]]
+    stored = hooked.db.rows("SELECT body FROM idempotency")
+    assert all(first["secret"].encode() not in bytes(r[0]) for r in stored)  # kept sealed
