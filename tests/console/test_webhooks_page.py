@@ -103,3 +103,33 @@ def test_an_endpoint_that_keeps_failing_is_flagged(hook_console: Console) -> Non
     attempts = page.get_by_role("table", name="Delivery attempts")
     expect(attempts.get_by_role("row").filter(has_text="cannot connect")).to_have_count(3)
     hook_console.assert_clean()
+
+
+def test_rotate_the_secret_then_delete_the_endpoint(hook_console: Console, receiver: ThreadReceiver) -> None:
+    broker, page = hook_console.broker, hook_console.page
+    est = broker.estate("Turnstone Media")
+    eid, admin = est["id"], est["admin_token"]
+    made = broker.ok(
+        "POST", f"/v1/estates/{eid}/webhooks", admin, {"url": receiver.url, "events": ["lease.lapsed"]}, 201
+    )
+    hook_console.sign_in(admin)
+    page.goto(f"{broker.url}/console/#/webhooks/{made['id']}")
+    expect(page.get_by_role("heading", level=1, name="Webhook endpoint")).to_be_visible()
+
+    page.get_by_role("button", name="Rotate secret").click()
+    page.get_by_role("dialog", name="Rotate the signing secret?").get_by_role("button", name="Yes, rotate").click()
+    secret_field = page.get_by_role("textbox", name="Signing secret")
+    expect(secret_field).to_have_value(re.compile("^whsec_"))
+    rotated = secret_field.input_value()
+    assert rotated != made["secret"]
+    receiver.secrets.append(rotated)
+    page.get_by_role("button", name="Send test event").click()
+    expect(page.get_by_role("table", name="Delivery attempts")).to_contain_text("delivered")
+    assert any(p["data"].get("endpoint_id") == made["id"] for p in receiver.verified)  # the new secret verifies it
+
+    page.get_by_role("button", name="Delete endpoint").click()
+    page.get_by_role("dialog", name="Delete this endpoint?").get_by_role("button", name="Yes, delete").click()
+    expect(page.get_by_role("heading", level=1, name="Webhooks")).to_be_visible()
+    expect(page.get_by_text("No webhook endpoints yet.")).to_be_visible()
+    assert broker.call("GET", f"/v1/estates/{eid}/webhooks/{made['id']}", admin)[0] == 404
+    hook_console.assert_clean()
