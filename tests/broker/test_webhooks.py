@@ -431,3 +431,21 @@ async def test_a_retried_create_makes_one_endpoint_and_answers_the_same_secret(
     assert [h["id"] for h in listed["items"]] == [first["id"]]
     stored = hooked.db.rows("SELECT body FROM idempotency")
     assert all(first["secret"].encode() not in bytes(r[0]) for r in stored)  # kept sealed
+
+
+async def test_deliveries_are_listed_newest_first_a_page_at_a_time(hooked: Broker, receiver: Receiver) -> None:
+    est = await estate(hooked)
+    made = await add_endpoint(hooked, est, receiver, ["lease.lapsed"])
+    sent = []
+    for _ in range(5):
+        sent.append(
+            (await hooked.call("POST", f"{base(est)}/webhooks/{made['id']}/test", est.admin, {}, 202))["event_id"]
+        )
+        await deliver(hooked)
+    path = f"{base(est)}/webhooks/{made['id']}/deliveries"
+    first = await hooked.call("GET", f"{path}?limit=2", est.admin, status=200)
+    second = await hooked.call("GET", f"{path}?limit=2&before={first['next']}", est.admin, status=200)
+    third = await hooked.call("GET", f"{path}?limit=2&before={second['next']}", est.admin, status=200)
+    seen = [a["event_id"] for page in (first, second, third) for a in page["items"]]
+    assert seen == list(reversed(sent)) and third["next"] is None
+    await hooked.call("GET", f"{path}?before=x", est.admin, status=400)

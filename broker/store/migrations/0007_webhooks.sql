@@ -65,3 +65,6 @@ CREATE TABLE IF NOT EXISTS webhook_marks (
     key    TEXT PRIMARY KEY,
     until  INTEGER                              -- NULL: for ever
 );
+
+-- The expiry scheduler's scan (purchases due a stage), across estates.
+CREATE INDEX IF NOT EXISTS purchases_expiry ON purchases(expires_at);

@@ -57,3 +57,6 @@ CREATE TABLE IF NOT EXISTS webhook_marks (
     key    TEXT PRIMARY KEY,
     until  BIGINT
 );
+
+-- The expiry scheduler's scan (purchases due a stage), across estates.
+CREATE INDEX IF NOT EXISTS purchases_expiry ON purchases(expires_at);
