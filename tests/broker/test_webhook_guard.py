@@ -176,3 +176,21 @@ async def test_an_address_admitted_by_the_setting_is_refused_once_it_is_off(
         "127.0.0.1 is a loopback address; webhooks go only to public addresses",
         "url: must be an https:// URL",
     }
+
+
+async def test_a_name_is_connected_to_at_the_address_the_resolver_vetted(
+    aiohttp_client: Any, config_factory: Any, clock: ManualClock, operator_token: str, receiver: Receiver
+) -> None:
+    """With the setting on, a name that resolves to loopback is delivered to, through the
+    vetting resolver (the address it returned is the one connected to)."""
+    names = Names({"receiver.test": ["127.0.0.1"]})
+    b = await hook_broker(aiohttp_client, config_factory, clock, operator_token, webhook_resolve=names)
+    est = await estate(b)
+    url = f"http://receiver.test:{receiver.port}/hook"
+    made = await b.call("POST", f"{base(est)}/webhooks", est.admin, {"url": url, "events": ["lease.lapsed"]}, 201)
+    receiver.secrets.append(made["secret"])
+    await b.call("POST", f"{base(est)}/webhooks/{made['id']}/test", est.admin, {}, 202)
+    await deliver(b)
+    assert [d.payload["type"] for d in receiver.deliveries] == ["webhook.test"] and receiver.unverified == []
+    assert receiver.deliveries[0].headers["host"] == f"receiver.test:{receiver.port}"
+    assert names.asked == ["receiver.test", "receiver.test"]  # at creation, and again at delivery
