@@ -171,3 +171,9 @@ def deliveries(tx: Tx, estate_id: str, endpoint_id: str, *, before: int, limit: 
         "next": str(rows[-1]["id"]) if more and rows else None,
         "deliveries": counts,
     }
+
+
+def metrics(tx: Tx) -> Row:
+    """For ``/metrics``: deliveries pending and given up, and endpoints failing, all estates."""
+    row = tx.one("webhook_metrics", failing_after=FAILING_AFTER)
+    return row if row is not None else {"pending": 0, "failed": 0, "failing": 0}

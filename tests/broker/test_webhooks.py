@@ -449,3 +449,35 @@ async def test_deliveries_are_listed_newest_first_a_page_at_a_time(hooked: Broke
     seen = [a["event_id"] for page in (first, second, third) for a in page["items"]]
     assert seen == list(reversed(sent)) and third["next"] is None
     await hooked.call("GET", f"{path}?before=x", est.admin, status=400)
+
+
+async def test_metrics_show_deliveries_waiting_given_up_and_failing_endpoints(
+    hooked: Broker, receiver: Receiver
+) -> None:
+    async def gauges() -> dict[str, float]:
+        resp = await hooked.client.get("/metrics", headers=hooked.auth(hooked.operator))
+        text = await resp.text()
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith("tenure_webhook_")
+        }
+
+    receiver.status = 503
+    est = await estate(hooked)
+    made = await add_endpoint(hooked, est, receiver, ["lease.lapsed"])
+    for _ in range(2):
+        await hooked.call("POST", f"{base(est)}/webhooks/{made['id']}/test", est.admin, {}, 202)
+    assert await gauges() == {
+        "tenure_webhook_deliveries_pending": 2,
+        "tenure_webhook_deliveries_failed": 0,
+        "tenure_webhook_endpoints_failing": 0,
+    }
+    for _ in range(4):
+        await deliver(hooked)
+        hooked.clock.advance(150)
+    assert await gauges() == {
+        "tenure_webhook_deliveries_pending": 0,
+        "tenure_webhook_deliveries_failed": 2,
+        "tenure_webhook_endpoints_failing": 1,
+    }

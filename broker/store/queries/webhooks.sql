@@ -124,3 +124,9 @@ DELETE FROM webhook_events WHERE id IN (
 
 -- name: webhook_marks_purge
 DELETE FROM webhook_marks WHERE until IS NOT NULL AND until < :now;
+
+-- name: webhook_metrics
+SELECT
+  (SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending') AS pending,
+  (SELECT COUNT(*) FROM webhook_outbox WHERE state = 'failed') AS failed,
+  (SELECT COUNT(*) FROM webhook_endpoints WHERE failures >= :failing_after) AS failing;
