@@ -62,6 +62,11 @@ def claim(tx: Tx, now: float, claim_id: str, until: float, limit: int = BATCH) -
     return tx.all("webhook_outbox_claimed", claim=claim_id)
 
 
+def any_due(tx: Tx, now: float) -> bool:
+    """Whether a claim now would find a row (a read: an idle broker takes no write lock)."""
+    return tx.one("webhook_outbox_any_due", now=int(now)) is not None
+
+
 def record(
     tx: Tx, now: float, row: Row, claim_id: str, outcome: Outcome, schedule: Sequence[float], jitter: float
 ) -> str:
@@ -195,6 +200,8 @@ class Dispatcher:
     async def deliver_due(self) -> int:
         """One round: claim the due rows and send them, concurrently; how many were sent."""
         now = self._clock.now()
+        if not await self._store.read(partial(any_due, now=now)):
+            return 0
         claim_id = secrets.token_hex(12)
         self._claims.add(claim_id)
         self._quiet.clear()

@@ -130,3 +130,8 @@ SELECT
   (SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending') AS pending,
   (SELECT COUNT(*) FROM webhook_outbox WHERE state = 'failed') AS failed,
   (SELECT COUNT(*) FROM webhook_endpoints WHERE failures >= :failing_after) AS failing;
+
+-- name: webhook_outbox_any_due
+SELECT 1 FROM webhook_outbox
+WHERE state = 'pending' AND next_at <= :now AND (claimed_until IS NULL OR claimed_until <= :now)
+LIMIT 1;
