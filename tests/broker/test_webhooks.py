@@ -95,6 +95,13 @@ async def test_endpoints_are_scoped_to_their_estate(hooked: Broker, receiver: Re
         {"url": "https://user:pw@hooks.example/x", "events": ["server.enrolled"]},
         {"url": "https://", "events": ["server.enrolled"]},
         {"url": "https://hooks.example/x", "events": ["server.enrolled"], "extra": 1},
+        {"url": "https://hooks.\u0000example/x", "events": ["server.enrolled"]},
+        {"url": "https://hooks.example/x\n", "events": ["server.enrolled"]},
+        {"url": "https://hooks example/x", "events": ["server.enrolled"]},
+        {"url": "https://[::1/x", "events": ["server.enrolled"]},
+        {"url": "https://hooks.example:99999/x", "events": ["server.enrolled"]},
+        {"url": "https://" + "a" * 2050, "events": ["server.enrolled"]},
+        {"url": "https://hooks.example/x", "events": ["server.enrolled", "server.enrolled"] * 30},
     ],
 )
 async def test_bad_endpoints_are_validation_errors(hooked: Broker, payload: dict[str, Any]) -> None:
