@@ -9,8 +9,9 @@ round sends the same attempt while it is in flight. Each send's outcome is writt
 outside 2xx, 3xx included since redirects are not followed; a timeout; a refused or
 unreachable address; a TLS failure) schedules the next attempt after the next delay of
 the schedule, with up to 10 % jitter, or, after the last, marks it ``failed``. A broker
-that stops mid-send (SIGTERM, a crash) leaves the claim to run out; the attempt is then
-made again, by whichever replica comes first.
+stopped mid-send (SIGTERM) gives its unfinished rows back as it stops, due at once; one
+that crashes leaves the claim to run out. Either way the attempt is made again, by
+whichever replica comes first.
 """
 
 from __future__ import annotations
