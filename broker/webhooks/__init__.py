@@ -9,6 +9,8 @@
 - ``guard``: which URLs and addresses may be sent to (no server-side request forgery).
 - ``delivery``: the loop that claims due outbox rows, sends them and records each attempt.
 - ``scheduler``: the expiry events (``purchase.expiring``, ``.expired``, ``.grace_ended``).
+- ``runtime``: what each broker process runs (the dispatcher and scheduler loops, the
+  purge, and ``pool.exhausted`` after a refused acquire).
 
 docs/events.md is the receiver's side; docs/design.md ("Webhooks") the rules.
 """
