@@ -129,5 +129,8 @@ class Webhooks:
         except StorageUnavailable as exc:
             log.warning("pool.exhausted webhook not written: %s", exc.detail)
             return
+        except Exception:  # the refusal stays the answer, whatever went wrong here
+            log.exception("pool.exhausted webhook not written")
+            return
         if sent:
             self.dispatcher.wake()
