@@ -9,7 +9,7 @@ So, unless the operator sets ``webhook_allow_private``:
 - every address the host is, or resolves to, must be globally routable: loopback,
   private (RFC 1918, fc00::/7), link-local, unspecified, multicast, reserved, shared
   (CGNAT, 100.64.0.0/10) and other non-global addresses are refused, as are IPv6
-  addresses that embed such an IPv4 address (IPv4-mapped, 6to4, Teredo);
+  addresses that embed such an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64);
 - the check is made when the endpoint is created (``400 validation_error``) and again
   at every delivery, after resolving the name, by ``VettedResolver``: the connection
   goes to the very addresses that were checked, so a name that resolves to a public
@@ -37,6 +37,7 @@ Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 MAX_URL = 2048
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
 class AddressRefused(OSError):
@@ -58,6 +59,8 @@ def refusal(address: IPAddress) -> str | None:
     """Why webhooks may not go to ``address`` (a range's name), or None when they may."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is None and any(address in net for net in _NAT64):  # a NAT64 gateway reaches the IPv4 one
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             reason = refusal(embedded)
             return f"IPv6 embedding a {reason} IPv4 address" if reason else None

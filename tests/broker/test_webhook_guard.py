@@ -58,6 +58,8 @@ REFUSED = {
     "::ffff:127.0.0.1": "IPv6 embedding a loopback IPv4 address",
     "::ffff:10.0.0.1": "IPv6 embedding a private IPv4 address",
     "2002:a00:1::": "IPv6 embedding a private IPv4 address",
+    "64:ff9b::a9fe:a9fe": "IPv6 embedding a link-local IPv4 address",  # NAT64 to 169.254.169.254
+    "2001:db8::1": "private",
 }
 
 
@@ -66,7 +68,7 @@ def test_non_public_ranges_are_refused(address: str, reason: str) -> None:
     assert refusal(ipaddress.ip_address(address)) == reason
 
 
-@pytest.mark.parametrize("address", [PUBLIC, "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize("address", [PUBLIC, "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"])
 def test_public_addresses_are_allowed(address: str) -> None:
     assert refusal(ipaddress.ip_address(address)) is None
 
