@@ -53,6 +53,8 @@ class Webhooks:
             schedule=schedule,
         )
         self._noted: dict[tuple[str, str], float] = {}
+        self.scanned = asyncio.Event()
+        """Set once the first expiry scan (made at start) is over."""
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Webhooks]:
@@ -89,6 +91,7 @@ class Webhooks:
                 log.warning("webhook expiry scan: %s", exc.detail)
             except Exception:
                 log.exception("webhook expiry scan failed; trying again next round")
+            self.scanned.set()
             await asyncio.sleep(self.scan_seconds)
 
     async def acquire_refused(

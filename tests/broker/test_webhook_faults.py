@@ -19,7 +19,7 @@ from broker.config import Config, load
 from broker.services import SERVICES
 from broker.webhooks import events
 from tests.broker.estate_kit import base, estate
-from tests.broker.webhook_kit import Receiver, add_endpoint, hook_settings, listening
+from tests.broker.webhook_kit import Receiver, add_endpoint, hook_settings, hooks_of, listening
 from tests.conftest import Broker
 from tests.postgres import TEST_SECRET_KEY
 from tests.tcpproxy import TcpProxy
@@ -92,5 +92,6 @@ async def test_delivery_resumes_by_itself_after_the_database_returns(
             break
         await asyncio.sleep(0.05)
     assert [d.payload["id"] for d in receiver.deliveries] == [event_id] and receiver.unverified == []
+    await hooks_of(b).dispatcher.idle()  # the receiver has answered: wait for the record
     listed = await b.call("GET", f"{base(est)}/webhooks/{made['id']}/deliveries", est.admin, status=200)
     assert listed["deliveries"]["delivered"] == 1

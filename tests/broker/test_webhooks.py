@@ -402,7 +402,8 @@ async def test_concurrent_expiry_scans_fire_once(
         await one.purchase(est.id, sales_order=f"SO-{i}", expires_in_days=5)
     sent = await asyncio.gather(*(h.scan_expiry() for h in (hooks_of(one), hooks_of(two)) * 3))
     assert sum(sent) == 20
-    await deliver(one)
+    await deliver(one)  # each scan woke its own broker's loop: wait for both
+    await deliver(two)
     assert len(receiver.deliveries) == 20 and receiver.unverified == []
 
 
