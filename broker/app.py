@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from broker import audit, console, reaper, secretfiles, signing
-from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
+from broker.api import agent, estate, metrics, operator, pools, public, webhooks  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import answers, problems
 from broker.config import Config
@@ -20,6 +20,9 @@ from broker.ratelimit import StoredLimiter
 from broker.services import SERVICES, Services
 from broker.store import describe_database, open_store
 from broker.store.base import Store
+from broker.webhooks import guard
+from broker.webhooks.delivery import SCHEDULE
+from broker.webhooks.runtime import Webhooks
 from shared import words
 
 log = logging.getLogger("tenure.broker")
@@ -34,6 +37,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_background(reaper.lapse_loop))
     app.cleanup_ctx.append(_background(reaper.key_loop))
     app.cleanup_ctx.append(_background(reaper.purge_loop))
+    app.cleanup_ctx.append(_webhooks(config))
     console.setup(app)
     app.on_shutdown.append(_stopping)
     return app
@@ -91,6 +95,29 @@ def _services(config: Config) -> Callable[[web.Application], AsyncIterator[None]
             yield
         finally:
             await store.close()
+
+    return ctx
+
+
+def _webhooks(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Webhook delivery and the expiry scheduler (``broker.webhooks``), stopped before the store closes."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        svc = app[SERVICES]
+        hooks = Webhooks(
+            svc.store,
+            svc.clock,
+            svc.keyring.secret,
+            resolve=config.webhook_resolve or guard.system_resolve,
+            allow_private=config.webhook_allow_private,
+            timeout_seconds=config.webhook_timeout_seconds,
+            poll_seconds=config.webhook_poll_seconds,
+            scan_seconds=config.webhook_scan_seconds,
+            schedule=config.webhook_schedule or SCHEDULE,
+        )
+        app[webhooks.WEBHOOKS] = hooks
+        async with hooks.running():
+            yield
 
     return ctx
 

@@ -56,6 +56,10 @@ class Action(StrEnum):
     LEASE_REVOKED = "lease.revoked"
     LEASE_LAPSED = "lease.lapsed"
     LEASE_RENEWAL_REFUSED = "lease.renewal_refused"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an action name, not a secret
+    WEBHOOK_TESTED = "webhook.tested"
 
 
 def canonical(event: Mapping[str, Any]) -> bytes:

@@ -26,6 +26,7 @@ from broker.errors import AuthCodeInvalid, Inconsistent, NotFound, NoValidLicenc
 from broker.ids import new_token, token_hash
 from broker.principal import Principal
 from broker.store.base import Tx
+from broker.webhooks import events as webhook_events
 from shared.codes import CODE_DIGITS, normalise_code, with_check_digit
 from shared.timefmt import format_ts
 
@@ -188,6 +189,17 @@ def redeem(tx: Tx, now: float, key: bytes, code: str, name: str, kind: str) -> d
         name=name,
         kind=kind,
         auth_code_id=row["id"],
+    )
+    enrolled = {
+        "server_id": server_id,
+        "name": name,
+        "kind": kind,
+        "pool_id": row["pool_id"],
+        "pool_name": names["pool_name"],
+    }
+    webhook_events.emit(tx, now, row["estate_id"], webhook_events.SERVER_ENROLLED, enrolled)
+    webhook_events.emit(
+        tx, now, row["estate_id"], webhook_events.CODE_REDEEMED, {"auth_code_id": row["id"], **enrolled}
     )
     return {
         "server_id": server_id,

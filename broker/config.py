@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,27 @@ class Config:
         min=0.05,
         max=60,
     )
+    webhook_allow_private: bool = _setting(
+        False,
+        "Let webhooks go to loopback, private, link-local and other non-public addresses, and to "
+        "http:// URLs: for receivers on the operator's own network. Off, such URLs are refused.",
+    )
+    webhook_timeout_seconds: float = _setting(
+        10.0, "How long one webhook delivery attempt may take before it counts as failed.", min=0.5, max=120
+    )
+    webhook_poll_seconds: float = _setting(
+        1.0, "How often each broker looks for webhook deliveries that are due.", min=0.01, max=60
+    )
+    webhook_scan_seconds: float = _setting(
+        60.0, "How often purchases are checked for expiry events (purchase.expiring and after).", min=0.05, max=3600
+    )
     clock: Clock = field(default_factory=SystemClock, metadata={"internal": True}, compare=False)
+    webhook_schedule: tuple[float, ...] | None = field(default=None, metadata={"internal": True}, compare=False)
+    """Delays between delivery attempts (default ``broker.webhooks.delivery.SCHEDULE``); tests shorten it."""
+    webhook_resolve: Callable[[str, int], Awaitable[list[str]]] | None = field(
+        default=None, metadata={"internal": True}, compare=False
+    )
+    """How webhook host names are resolved (default: the system's resolver); tests map names."""
 
     @property
     def db_path(self) -> Path:

@@ -81,6 +81,11 @@ TABLES = (
     Table("key_material", ("purpose", "kid")),
     Table("console_sessions", ("id_hash",)),
     Table("redemption_attempts", identity="id"),
+    Table("webhook_endpoints"),
+    Table("webhook_events"),
+    Table("webhook_outbox"),
+    Table("webhook_attempts", identity="id"),
+    Table("webhook_marks", ("key",)),
 )
 # The readiness probe's one row: each database keeps its own (the migration makes it).
 NOT_COPIED = frozenset({"health"})

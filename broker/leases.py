@@ -29,6 +29,7 @@ from broker.errors import (
 )
 from broker.principal import Principal
 from broker.store.base import Row, Tx
+from broker.webhooks import events as webhook_events
 from shared.secret import Secret
 from shared.timefmt import format_ts
 from shared.wire import Lease
@@ -117,6 +118,22 @@ def _end(tx: Tx, now: float, lease: Row, state: str, reason: str, actor: Princip
         count=lease["count"],
         reason=reason,
     )
+    if state == "lapsed":
+        webhook_events.emit(
+            tx,
+            now,
+            lease["estate_id"],
+            webhook_events.LEASE_LAPSED,
+            {
+                "lease_id": lease["id"],
+                "pool_id": lease["pool_id"],
+                "server_id": lease["server_id"],
+                "encoder": lease["encoder"],
+                "licence_type": lease["licence_type"],
+                "count": lease["count"],
+                "expired_at": format_ts(now),
+            },
+        )
 
 
 def lapse_due(tx: Tx, now: float, pool_id: str) -> int:

@@ -8,6 +8,7 @@ from broker import audit, leases, paging, pools
 from broker.errors import Inconsistent, NotFound, ServerHasLeases
 from broker.principal import Principal
 from broker.store.base import Row, Tx
+from broker.webhooks import events as webhook_events
 from shared.timefmt import format_ts
 from shared.words import count
 
@@ -88,4 +89,6 @@ def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str)
         kind=server["kind"],
         leases_freed=freed,
     )
+    data = {"server_id": server_id, "name": server["name"], "kind": server["kind"], "pool_id": server["pool_id"]}
+    webhook_events.emit(tx, now, estate_id, webhook_events.SERVER_REMOVED, {**data, "leases_freed": freed})
     return freed

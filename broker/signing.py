@@ -134,6 +134,11 @@ class Keyring:
         self._jwks = {"keys": published}
 
     @property
+    def secret(self) -> SecretKey:
+        """The deployment's secret key, which also seals webhook secrets (broker/webhooks/)."""
+        return self._secret
+
+    @property
     def current(self) -> jws.SigningKey:
         return self._keys[-1].key
 

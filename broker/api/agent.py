@@ -17,7 +17,8 @@ from broker.api.http import (
 )
 from broker.api.path import path_id
 from broker.api.schema import LICENCE_TYPE, NAME, SERIAL, integer, obj
-from broker.errors import AuthCodeInvalid, LeaseGone
+from broker.api.webhooks import WEBHOOKS
+from broker.errors import AuthCodeInvalid, LeaseGone, PoolExhausted
 from broker.services import Services
 from shared import jws
 
@@ -86,10 +87,23 @@ async def acquire(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     now = svc.clock.now()
     # One lane per estate: its acquires all change its holding rows (broker.store.base).
-    grant = await svc.store.write(
-        lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"]),
-        lane=server.estate_id,
-    )
+    try:
+        grant = await svc.store.write(
+            lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"]),
+            lane=server.estate_id,
+        )
+    except PoolExhausted as exc:
+        if server.estate_id is not None and server.pool_id is not None:
+            await request.app[WEBHOOKS].acquire_refused(
+                server.estate_id,
+                server.pool_id,
+                body["licence_type"],
+                requested=int(exc.extra.get("requested", body["count"])),
+                available=int(exc.extra.get("available", 0)),
+                server_id=server.server_id,
+                encoder=body["encoder"],
+            )
+        raise
     if grant is None:
         return answer(204, None)
     return answer(201 if grant.created else 200, _signed(svc, grant))

@@ -21,6 +21,7 @@ from broker.api.exposition import Exposition, process_metrics
 from broker.api.http import Handler, authenticate, route, services
 from broker.errors import Inconsistent
 from broker.store.base import Histogram, StoreStats, Tx
+from broker.webhooks import endpoints
 from shared import __version__
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -91,6 +92,13 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     ):
         out.single(f"tenure_{name}", "gauge", help_, counts[name])
     _pool_figures(out, views)
+    hooks = await svc.store.read(endpoints.metrics)
+    for name, key, help_ in (
+        ("deliveries_pending", "pending", "Webhook deliveries waiting for an attempt or a retry (all brokers)."),
+        ("deliveries_failed", "failed", "Webhook deliveries given up after every attempt, in the last 30 days."),
+        ("endpoints_failing", "failing", "Webhook endpoints whose last three or more attempts failed."),
+    ):
+        out.single(f"tenure_webhook_{name}", "gauge", help_, int(hooks[key]))
     out.single(
         "tenure_leases_lapsed_total",
         "counter",

@@ -48,6 +48,21 @@ CASES = {
         "TenureStoreFailing",
         [{"instance": "b1", "job": "tenure-broker", "severity": "page"}],
     ),
+    "webhook endpoints failing for half an hour": (
+        {
+            'tenure_webhook_endpoints_failing{job="tenure-broker",instance="b1"}': "0 0 1x40",
+            'tenure_webhook_endpoints_failing{job="tenure-broker",instance="b2"}': "0 0 1x40",
+        },
+        "40m",
+        "TenureWebhooksFailing",
+        [{"job": "tenure-broker", "severity": "warning"}],
+    ),
+    "a webhook endpoint failing briefly is no alert": (
+        {'tenure_webhook_endpoints_failing{job="tenure-broker",instance="b1"}': "0 1x10 0x30"},
+        "40m",
+        "TenureWebhooksFailing",
+        [],
+    ),
     "broker down": (
         {'up{job="tenure-broker",instance="b1"}': "1 1 0 0 0 0 0"},
         "5m",

@@ -22,6 +22,7 @@ import { poolPage } from './js/pages/pool.js';
 import { poolsPage } from './js/pages/pools.js';
 import { route, setRoutes } from './js/router.js';
 import { begin, showSignIn } from './js/session.js';
+import { webhookPage, webhooksPage } from './js/pages/webhooks.js';
 
 setRoutes([
   [/^#\/$/, homePage],
@@ -30,6 +31,8 @@ setRoutes([
   [/^#\/pools\/([A-Za-z0-9_-]+)$/, poolPage],
   [/^#\/pools\/([A-Za-z0-9_-]+)\/codes$/, codesPage],
   [/^#\/audit(?:\?(.*))?$/, auditPage],
+  [/^#\/webhooks$/, webhooksPage],
+  [/^#\/webhooks\/([A-Za-z0-9_-]+)$/, webhookPage],
 ]);
 
 async function boot() {

@@ -17,7 +17,7 @@ export function setRoutes(routes) {
 function markNav(hash) {
   const page = hash.split('?')[0];
   let current = page === '#/pools/new' || page === '#/' ? page : null;
-  if (!current) current = page.startsWith('#/pools') ? '#/pools' : page.startsWith('#/audit') ? '#/audit' : null;
+  if (!current) current = page.startsWith('#/pools') ? '#/pools' : page.startsWith('#/audit') ? '#/audit' : page.startsWith('#/webhooks') ? '#/webhooks' : null;
   for (const a of topbar.querySelectorAll('nav a')) {
     if (a.getAttribute('href') === current) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');

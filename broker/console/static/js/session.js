@@ -50,7 +50,7 @@ async function signOut() {
 }
 
 function renderTopbar() {
-  const links = [['#/', 'Estate'], ['#/pools', 'See all pools'], ['#/pools/new', 'Add pool'], ['#/audit', 'Audit log']];
+  const links = [['#/', 'Estate'], ['#/pools', 'See all pools'], ['#/pools/new', 'Add pool'], ['#/audit', 'Audit log'], ['#/webhooks', 'Webhooks']];
   topbar.replaceChildren(
     el('p', { class: 'brand' }, 'Tenure', el('span', { class: 'estate-name' }, state.me.estate_name)),
     el('nav', { 'aria-label': 'Console' }, el('ul', {}, links.map(([href, text]) => el('li', {}, el('a', { href }, text))))),

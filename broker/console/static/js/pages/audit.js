@@ -30,6 +30,10 @@ const EVENT_KINDS = [
   ['admin.added', 'Admin invited'],
   ['admin.removed', 'Admin removed'],
   ['estate.created', 'Estate created'],
+  ['webhook.created', 'Webhook endpoint added'],
+  ['webhook.deleted', 'Webhook endpoint deleted'],
+  ['webhook.secret_rotated', 'Webhook secret rotated'],
+  ['webhook.tested', 'Webhook test event sent'],
 ];
 
 export async function auditPage(query) {
