@@ -10,6 +10,7 @@ Format and ``process_*``: ``broker.api.exposition``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -23,6 +24,7 @@ from broker.errors import Inconsistent
 from broker.store.base import Histogram, StoreStats, Tx
 from shared import __version__
 
+WORKER = web.AppKey("worker", int)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -82,6 +84,13 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     out = Exposition()
     out.single("tenure_up", "gauge", "1 while the broker answers scrapes.", 1)
     out.family("tenure_build_info", "gauge", "The broker's version (always 1).", [({"version": __version__}, 1)])
+    out.family(
+        "tenure_worker_info",
+        "gauge",
+        "The process that answered this scrape (always 1): its index under serve --workers and its pid. "
+        "Request, store and process figures on this page are that process's own.",
+        [({"worker": request.app[WORKER], "pid": os.getpid()}, 1)],
+    )
     for name, help_ in (
         ("estates", "Estates."),
         ("pools", "Pools not deleted."),

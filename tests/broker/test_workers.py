@@ -1,0 +1,128 @@
+"""``tenure-broker serve --workers 2`` as an operator runs it, on each store: one address
+served by two worker processes under one parent (docs/configuration.md, ``workers``).
+
+- both workers answer, connections are spread over them, and each is a child of the
+  process that was started;
+- SIGKILL of a worker under acquire load loses no acknowledged lease: every lease
+  answered 201 renews afterwards, and the parent starts a new worker in its place;
+- SIGTERM to the parent stops everything promptly, exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from broker.ids import new_token
+from tests.broker.fleet import Replica, call
+
+pytestmark = pytest.mark.slow
+
+ONE = "one-in-one-out"
+WORKER = re.compile(r'^tenure_worker_info\{worker="(\d+)",pid="(\d+)"\} 1$', re.M)
+
+
+def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
+    """pid → worker index of the processes that answered ``tries`` fresh connections."""
+    seen: dict[int, int] = {}
+    for _ in range(tries):
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:  # a new connection each time
+            for index, pid in WORKER.findall(answer.read().decode()):
+                seen[int(pid)] = int(index)
+    return seen
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def set_up(url: str, operator: str, seats: int) -> str:
+    """An estate with ``seats`` seats and one enrolled server: its token."""
+    status, est = call(f"{url}/v1/estates", "POST", operator, {"name": "Workers", "admin_name": "Al"})
+    assert status == 201, est
+    status, bought = call(
+        f"{url}/v1/estates/{est['id']}/purchases",
+        "POST",
+        operator,
+        {"sales_order": "SO-1", "licence_type": ONE, "quantity": seats, "expires_at": "2099-01-01T00:00:00Z"},
+    )
+    assert status == 201, bought
+    status, made = call(
+        f"{url}/v1/estates/{est['id']}/pools/{est['default_pool_id']}/auth-codes", "POST", est["admin_token"], {}
+    )
+    assert status == 201, made
+    status, host = call(f"{url}/v1/enroll", "POST", None, {"code": made["code"], "name": "w"})
+    assert status == 201, host
+    return str(host["server_token"])
+
+
+def test_two_workers_share_the_address_survive_a_killed_worker_and_stop_on_sigterm(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, database_pool_size=4)
+    broker.start()
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        seen = workers_seen(broker.url, operator)
+        assert sorted(seen.values()) == [0, 1], seen
+        assert all(parent_of(pid) == broker.proc.pid for pid in seen)
+
+        server = set_up(broker.url, operator, seats=500)
+        granted: list[str] = []
+        stop = threading.Event()
+
+        def acquire() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {"encoder": f"E{n}", "licence_type": ONE, "count": 1}
+                try:
+                    status, lease = call(f"{broker.url}/v1/leases", "POST", server, body, timeout=5)
+                except OSError:
+                    continue  # the connection went with the killed worker: not acknowledged
+                if status == 201:
+                    granted.append(lease["id"])
+
+        load = threading.Thread(target=acquire)
+        load.start()
+        try:
+            while len(granted) < 20:
+                time.sleep(0.01)
+            victim = next(pid for pid, index in seen.items() if index == 1)
+            os.kill(victim, signal.SIGKILL)
+            before = len(granted)
+            while len(granted) < before + 20:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            load.join(30)
+        # A new worker 1 took the dead one's place; the parent and worker 0 never went.
+        deadline = time.monotonic() + 15
+        while True:
+            now = workers_seen(broker.url, operator, tries=10)
+            if sorted(now.values()) == [0, 1] and victim not in now:
+                break
+            assert time.monotonic() < deadline, now
+        assert broker.proc.poll() is None
+        # Every acknowledged lease is there, whichever worker granted or now renews it.
+        for lease_id in granted:
+            status, renewed = call(f"{broker.url}/v1/leases/{lease_id}/renew", "POST", server, {})
+            assert status == 200, (lease_id, renewed)
+    finally:
+        started = time.monotonic()
+        code = broker.stop()
+    assert code == 0, broker.log_path.read_text()[-3000:]
+    assert time.monotonic() - started < 5
+    log = broker.log_path.read_text()
+    assert "2 workers listening" in log and "exited -9" in log
