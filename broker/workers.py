@@ -22,6 +22,7 @@ the secret key, the operator token) is made once; the others start when it answe
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -43,6 +44,7 @@ AUTO_SQLITE = 1
 AUTO_POSTGRES = 1
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+PR_SET_PDEATHSIG = 1
 STOP_SECONDS = 15.0  # a worker's shutdown_timeout (10 s) and its store's close
 
 Worker = Callable[[int, Callable[[], None]], int]
@@ -89,6 +91,15 @@ def listen(host: str, port: int, workers: int) -> list[list[socket.socket]]:
     return made
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM to this worker when the parent dies, however it dies (SIGKILL too): no
+    worker outlives the broker's supervisor, holding the port and the database."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclass
 class _Child:
     index: int
@@ -107,10 +118,12 @@ class _Supervisor:
     deaths: deque[float] = field(default_factory=deque)
 
     def start(self, index: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                _die_with_parent(parent)
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)

@@ -5,7 +5,8 @@ served by two worker processes under one parent (docs/configuration.md, ``worker
   process that was started;
 - SIGKILL of a worker under acquire load loses no acknowledged lease: every lease
   answered 201 renews afterwards, and the parent starts a new worker in its place;
-- SIGTERM to the parent stops everything promptly, exit 0.
+- SIGTERM to the parent stops everything promptly, exit 0; SIGKILL to the parent takes
+  its workers with it.
 """
 
 from __future__ import annotations
@@ -126,3 +127,27 @@ def test_two_workers_share_the_address_survive_a_killed_worker_and_stop_on_sigte
     assert time.monotonic() - started < 5
     log = broker.log_path.read_text()
     assert "2 workers listening" in log and "exited -9" in log
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, "", operator, workers=2)
+    broker.start()
+    try:
+        broker.ready()
+        pids = set(workers_seen(broker.url, operator, tries=20))
+        assert len(pids) == 2
+    finally:
+        broker.kill()  # SIGKILL: the parent has no chance to stop its workers itself
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "(Z)"
+    return f"({stat[stat.rindex(')') + 2]})"
