@@ -19,6 +19,10 @@ many queries it makes (``python -m bench.reader`` measures it against aiosqlite,
 costs a hand-off per statement). WAL checkpoints run from a task on the loop through
 an aiosqlite connection, where one statement every half second is all there is.
 
+A batch runs its jobs on the loop for at most ``BATCH_LOOP_SECONDS``; the jobs it did
+not reach go back to the head of the queue for the next batch, so that answers and new
+requests get the loop between batches however many jobs wait.
+
 Costs that would otherwise be paid per request are paid per batch or once: the answers
 of a batch reach the loop in one wake-up, and each named query's column names are read
 once. Nothing is cached between transactions, so every read sees what is committed,
