@@ -98,6 +98,7 @@ class Line:
     client_us: float
     others_pct: float  # CPU of everything else, % of all cores
     load: str
+    each_us: str = ""  # CPU per request of each server process (parent first), when several
 
     def text(self, ceiling: float | None) -> str:
         ratio = f"{self.rate / ceiling:5.2f}x" if ceiling else "   -  "
@@ -105,6 +106,7 @@ class Line:
             f"{self.label:<22} {self.rate:8,.0f}/s {ratio}  p50 {self.p50_ms:6.1f}  p99 {self.p99_ms:6.1f}  "
             f"max {self.max_ms:6.1f} ms  errors {self.errors:<4} server {self.server_us:5.0f} us/req  "
             f"wrk {self.client_us:4.0f} us/req  others {self.others_pct:3.0f}%  load {self.load}"
+            + (f"\n{'':24}per process: {self.each_us} us/req" if self.each_us else "")
         )
 
 
@@ -138,6 +140,7 @@ def run_wrk(label: str, server: Proc, lua: str, work: Path, *, connections: int,
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     pids = _tree(server.pid)
+    each_before = [_cpu([pid]) for pid in pids]
     server_before, (busy_before, total_before) = _cpu(pids), machine_busy()
     proc = subprocess.Popen(
         [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), server.url],
@@ -149,6 +152,7 @@ def run_wrk(label: str, server: Proc, lua: str, work: Path, *, connections: int,
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     server_cpu = _cpu(pids) - server_before
+    each = [_cpu([pid]) - before for pid, before in zip(pids, each_before, strict=True)]
     busy, total = machine_busy()
     match = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
     if proc.returncode != 0 or match is None:
@@ -170,6 +174,7 @@ def run_wrk(label: str, server: Proc, lua: str, work: Path, *, connections: int,
         client_cpu / answered * 1e6,
         others,
         load,
+        " + ".join(f"{cpu / answered * 1e6:.0f}" for cpu in each) if len(pids) > 1 else "",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -252,14 +253,43 @@ def serve(cfg: configuration.Config) -> int:
     except OSError as exc:
         print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    # On SQLite one writer process runs the workers' hot transactions (broker.store.relay).
+    relay = cfg.database is None and workers.SQLITE_WRITER
+    worker_cfg = dataclasses.replace(cfg, relay_writes=True) if relay else cfg
     return workers.supervise(
         cfg,
         sockets,
         lambda index, ready: serve_process(
-            cfg, ssl_context, sockets[index], worker=index, ready=ready, stopping=lambda: None
+            worker_cfg, ssl_context, sockets[index], worker=index, ready=ready, stopping=lambda: None
         ),
         https=ssl_context is not None,
+        writer=(lambda ready: writer_process(cfg, ready)) if relay else None,
     )
+
+
+def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
+    """The writer of ``serve --workers`` on SQLite: the store, and the workers' jobs."""
+    from broker.store.relay import serve_writer, socket_path
+    from broker.store.sqlite import SqliteStore
+
+    async def run() -> None:
+        secretfiles.prepare_data_dir(cfg.data_dir, cfg.db_path)
+        store = await SqliteStore.open(cfg.db_path, cfg.sqlite_synchronous)
+        secretfiles.secure_database_files(cfg.db_path)
+        try:
+            await serve_writer(store, socket_path(cfg.data_dir), ready)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except SchemaTooNew as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 2
+    except (StorageUnavailable, OSError) as exc:
+        print(f"tenure-broker: writer: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def serve_process(

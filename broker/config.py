@@ -157,6 +157,9 @@ class Config:
         max=60,
     )
     clock: Clock = field(default_factory=SystemClock, metadata={"internal": True}, compare=False)
+    # Set by ``serve --workers`` on SQLite for its workers: hot writes go to the writer
+    # process (broker.store.relay).
+    relay_writes: bool = field(default=False, metadata={"internal": True})
 
     @property
     def db_path(self) -> Path:

@@ -42,8 +42,12 @@ log = logging.getLogger("tenure.broker")
 # ``workers = "auto"``: the fastest configuration measured per store (docs/performance.md).
 AUTO_SQLITE = 1
 AUTO_POSTGRES = 1
+# On SQLite, several workers hand their hot writes to one writer process (True) or each
+# write the file themselves (False); see docs/performance.md, "Workers".
+SQLITE_WRITER = True
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+WRITER = 255  # the writer's index (broker.store.relay), beside workers 0..N-1
 PR_SET_PDEATHSIG = 1
 STOP_SECONDS = 15.0  # a worker's shutdown_timeout (10 s) and its store's close
 
@@ -111,6 +115,7 @@ class _Child:
 class _Supervisor:
     sockets: list[list[socket.socket]]
     run: Worker
+    writer: Callable[[Callable[[], None]], int] | None
     ready_r: int
     ready_w: int
     wake_r: int
@@ -137,7 +142,7 @@ class _Supervisor:
                 def ready() -> None:
                     os.write(self.ready_w, bytes([index]))
 
-                code = self.run(index, ready)
+                code = self.writer(ready) if self.writer is not None and index == WRITER else self.run(index, ready)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -146,9 +151,6 @@ class _Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self.children[pid] = _Child(index, pid)
-
-    def ready_count(self) -> int:
-        return sum(child.ready for child in self.children.values())
 
     def read_ready(self) -> None:
         for index in os.read(self.ready_r, 256):
@@ -184,18 +186,11 @@ class _Supervisor:
         return set()
 
     def stop(self) -> bool:
-        """SIGTERM to every worker and wait for them; True when all exited 0."""
-        clean = True
-        for pid in self.children:
-            os.kill(pid, signal.SIGTERM)
+        """SIGTERM to every worker and wait for them, the writer last (the workers'
+        requests in flight still need it); True when all exited 0."""
         deadline = time.monotonic() + STOP_SECONDS
-        while self.children and time.monotonic() < deadline:
-            for child, code in self.reap():
-                if code != 0:
-                    log.warning("worker %d (pid %d) exited %d while stopping", child.index, child.pid, code)
-                    clean = False
-            if self.children:
-                self.wait(0.05)
+        clean = self._stop_some(lambda child: child.index != WRITER, deadline)
+        clean = self._stop_some(lambda child: True, deadline) and clean
         for pid, child in list(self.children.items()):
             log.error("worker %d (pid %d) did not stop within %g s: killed", child.index, pid, STOP_SECONDS)
             os.kill(pid, signal.SIGKILL)
@@ -203,6 +198,36 @@ class _Supervisor:
             clean = False
         self.children.clear()
         return clean
+
+    def _stop_some(self, which: Callable[[_Child], bool], deadline: float) -> bool:
+        clean = True
+        for pid, child in self.children.items():
+            if which(child):
+                os.kill(pid, signal.SIGTERM)
+        while any(which(c) for c in self.children.values()) and time.monotonic() < deadline:
+            for child, code in self.reap():
+                if code != 0:
+                    log.warning("worker %d (pid %d) exited %d while stopping", child.index, child.pid, code)
+                    clean = False
+            self.wait(0.05)
+        return clean
+
+    def restart_the_dead(self, announced: bool) -> int | None:
+        """Start again each worker that exited; an exit code when the broker must stop
+        instead (a start-up that failed, or a crash loop)."""
+        for child, code in self.reap():
+            if not announced and child.index in (0, WRITER) and not child.ready:
+                what = "the writer" if child.index == WRITER else "worker 0"
+                log.error("%s exited %d before it answered: not starting the others", what, code)
+                self.stop()
+                return code or 1
+            log.error("worker %d (pid %d) exited %d", child.index, child.pid, code)
+            if self.crash_loop():
+                log.error("more than %d workers died within %g s: stopping", MAX_RESTARTS, RESTART_WINDOW)
+                self.stop()
+                return 1
+            self.start(child.index)
+        return None
 
     def crash_loop(self) -> bool:
         now = time.monotonic()
@@ -212,8 +237,16 @@ class _Supervisor:
         return len(self.deaths) > MAX_RESTARTS
 
 
-def supervise(cfg: Config, sockets: list[list[socket.socket]], run: Worker, *, https: bool) -> int:
-    """Run ``len(sockets)`` workers until SIGTERM; the parent's exit code."""
+def supervise(
+    cfg: Config,
+    sockets: list[list[socket.socket]],
+    run: Worker,
+    *,
+    https: bool,
+    writer: Callable[[Callable[[], None]], int] | None = None,
+) -> int:
+    """Run ``len(sockets)`` workers until SIGTERM, and first ``writer`` (a process that
+    writes for them, ``broker.store.relay``) if given; the parent's exit code."""
     notifier = Notifier()
     ready_r, ready_w = os.pipe()
     wake_r, wake_w = os.pipe()
@@ -222,13 +255,15 @@ def supervise(cfg: Config, sockets: list[list[socket.socket]], run: Worker, *, h
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
-    sup = _Supervisor(sockets, run, ready_r, ready_w, wake_r)
+    sup = _Supervisor(sockets, run, writer, ready_r, ready_w, wake_r)
     workers = len(sockets)
     port = sockets[0][0].getsockname()[1]
     address = f"{'https' if https else 'http'}://{cfg.host}:{port}"
     try:
-        sup.start(0)
+        if writer is not None:
+            sup.start(WRITER)
         announced = False
+        started = 0  # how many HTTP workers have been started
         while True:
             signals = sup.wait(None if sup.children else 0)
             if signal.SIGTERM in signals or signal.SIGINT in signals:
@@ -237,21 +272,18 @@ def supervise(cfg: Config, sockets: list[list[socket.socket]], run: Worker, *, h
                 clean = sup.stop()
                 log.info("stopped (pid %d)", os.getpid())
                 return 0 if clean else 1
-            for child, code in sup.reap():
-                if not announced and child.index == 0 and not child.ready:
-                    log.error("worker 0 exited %d before it answered: not starting the others", code)
-                    sup.stop()
-                    return code or 1
-                log.error("worker %d (pid %d) exited %d", child.index, child.pid, code)
-                if sup.crash_loop():
-                    log.error("more than %d workers died within %g s: stopping", MAX_RESTARTS, RESTART_WINDOW)
-                    sup.stop()
-                    return 1
-                sup.start(child.index)
-            if len(sup.children) == 1 and sup.ready_count() == 1 and not announced and workers > 1:
+            failed = sup.restart_the_dead(announced)
+            if failed is not None:
+                return failed
+            ready = {child.index for child in sup.children.values() if child.ready}
+            if started == 0 and (writer is None or WRITER in ready):
+                sup.start(0)
+                started = 1
+            if started == 1 and 0 in ready:
                 for index in range(1, workers):
                     sup.start(index)
-            if not announced and sup.ready_count() == workers:
+                started = workers
+            if not announced and len(ready - {WRITER}) == workers:
                 announced = True
                 log.info("%d workers listening on %s (pid %d)", workers, address, os.getpid())
                 base = cfg.public_url or address
