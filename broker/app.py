@@ -12,7 +12,7 @@ from aiohttp import web
 from broker import audit, console, reaper, secretfiles, signing
 from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
-from broker.api.middleware import answers, problems
+from broker.api.middleware import every_request
 from broker.config import Config
 from broker.ids import token_hash
 from broker.principals import PrincipalCache
@@ -29,7 +29,7 @@ def create_app(config: Config, *, worker: int = 0, housekeeping: bool = True) ->
     """The broker's application; ``worker`` is its index under ``serve --workers`` (shown
     on ``/metrics``), and ``housekeeping`` whether it runs the lease reaper and the
     idempotency purge (one process of several is enough)."""
-    app = web.Application(middlewares=[metrics.measure, answers, problems], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[every_request], client_max_size=MAX_BODY)
     app[metrics.REQUESTS] = metrics.RequestMetrics()
     app[metrics.WORKER] = worker
     for r in ROUTES:

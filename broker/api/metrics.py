@@ -11,7 +11,6 @@ Format and ``process_*``: ``broker.api.exposition``.
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from broker import pools
 from broker.api.exposition import Exposition, process_metrics
-from broker.api.http import Handler, authenticate, route, services
+from broker.api.http import authenticate, route, services
 from broker.errors import Inconsistent
 from broker.store.base import Histogram, StoreStats, Tx
 from shared import __version__
@@ -47,16 +46,6 @@ class RequestMetrics:
 
 
 REQUESTS = web.AppKey("request_metrics", RequestMetrics)
-
-
-@web.middleware
-async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-    start = time.perf_counter()
-    response = await handler(request)
-    info = request.match_info.route.resource
-    path = info.canonical if info is not None else "unmatched"
-    request.app[REQUESTS].observe(request.method, path, response.status, time.perf_counter() - start)
-    return response
 
 
 def _books(tx: Tx, now: float) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
