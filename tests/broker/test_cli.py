@@ -219,6 +219,7 @@ def test_a_broker_given_the_wrong_secret_key_refuses_to_start(serve: object, tmp
     [
         (["serve", "--port", "nope"], {}, "port"),
         (["serve", "--port", "70000"], {}, "port"),
+        (["serve", "--workers", "0"], {}, "workers"),
         (["serve"], {"TENURE_LOG_LEVEL": "loud"}, "log_level"),
         (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
         (["serve"], {"TENURE_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies"),
