@@ -18,6 +18,9 @@ the secret key, the operator token) is made once; the others start when it answe
   key, a database it cannot open) ends the start-up with that worker's exit code.
 - Housekeeping (the lease reaper, the idempotency purge) runs in worker 0 only; every
   worker re-reads the signing keys on its own ``key_reload_seconds``.
+- On SQLite a writer process starts before worker 0 and runs the workers' hot writes
+  (``broker.store.relay``); it is stopped after them, and restarted like a worker.
+- Workers die with the parent, however it dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
