@@ -83,6 +83,25 @@ def _raise(payload: tuple[type[errors.TenureError], str, dict[str, Any]]) -> Any
     raise exc
 
 
+class _Outbox:
+    """Frames for one connection, sent together at the end of the loop's turn: a batch's
+    answers (or a burst of requests' jobs) cost one write, not one each."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        if not self.frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self.frames = self.frames, []
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(frames))
+
+
 class RelayedSqliteStore(SqliteStore):
     """A worker's ``SqliteStore`` that sends ``relayed`` write jobs to the writer."""
 
@@ -90,7 +109,7 @@ class RelayedSqliteStore(SqliteStore):
         super().__init__(path, synchronous, ids)
         self.relay_path = socket_path(path.parent)
         self._relay_lock = asyncio.Lock()
-        self._relay: asyncio.StreamWriter | None = None
+        self._relay: _Outbox | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._answers: asyncio.Task[None] | None = None
@@ -105,13 +124,13 @@ class RelayedSqliteStore(SqliteStore):
         job_id = self._next_id
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = future
-        relay.write(_frame((job_id, fn)))
+        relay.send(_frame((job_id, fn)))
         kind, value = await future
         if kind == "error":
             return _raise(value)  # type: ignore[no-any-return]
         return value  # type: ignore[no-any-return]
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _Outbox:
         async with self._relay_lock:
             if self._relay is not None:
                 return self._relay
@@ -125,9 +144,9 @@ class RelayedSqliteStore(SqliteStore):
                     if loop.time() >= deadline:
                         raise StorageUnavailable(f"the writer process does not answer: {exc.strerror}") from exc
                     await asyncio.sleep(0.05)
-            self._relay = writer
+            self._relay = _Outbox(writer)
             self._answers = loop.create_task(self._read_answers(reader, writer))
-            return writer
+            return self._relay
 
     async def _read_answers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -149,7 +168,7 @@ class RelayedSqliteStore(SqliteStore):
 
     async def close(self) -> None:
         if self._relay is not None:
-            self._relay.close()
+            self._relay.writer.close()
         if self._answers is not None:
             self._answers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,7 +184,7 @@ async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]
     loop.add_signal_handler(signal.SIGINT, stop.set)
     jobs: set[asyncio.Task[None]] = set()
 
-    async def run(job_id: int, fn: Callable[[Tx], Any], writer: asyncio.StreamWriter) -> None:
+    async def run(job_id: int, fn: Callable[[Tx], Any], outbox: _Outbox) -> None:
         try:
             answer: tuple[int, str, Any] = (job_id, "ok", await store.write(fn))
         except Exception as exc:  # the worker raises it for its request
@@ -177,14 +196,14 @@ async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]
         except (pickle.PicklingError, TypeError, AttributeError):
             log.exception("cannot send a relayed write's answer back")
             frame = _frame((job_id, *_failure(errors.Inconsistent("unpicklable answer"))))
-        if not writer.is_closing():
-            writer.write(frame)
+        outbox.send(frame)
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        outbox = _Outbox(writer)
         try:
             while True:
                 job_id, fn = pickle.loads(await _read_frame(reader))  # noqa: S301 (our workers)
-                task = loop.create_task(run(job_id, fn, writer))
+                task = loop.create_task(run(job_id, fn, outbox))
                 jobs.add(task)
                 task.add_done_callback(jobs.discard)
         except (OSError, asyncio.IncompleteReadError, EOFError):
