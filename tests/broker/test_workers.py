@@ -5,15 +5,19 @@ served by two worker processes under one parent (docs/configuration.md, ``worker
   process that was started;
 - SIGKILL of a worker under acquire load loses no acknowledged lease: every lease
   answered 201 renews afterwards, and the parent starts a new worker in its place;
+- a signing key rotated while it runs is used by every worker within key_reload_seconds;
 - SIGTERM to the parent stops everything promptly, exit 0; SIGKILL to the parent takes
   its workers with it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from broker.ids import new_token
-from tests.broker.fleet import Replica, call
+from tests.broker.fleet import Replica, call, command
 
 pytestmark = pytest.mark.slow
 
@@ -195,3 +199,35 @@ def test_on_sqlite_one_writer_process_commits_for_every_worker_and_may_die(tmp_p
         code = broker.stop()
     assert code == 0
     assert "writer listening" in broker.log_path.read_text()
+
+
+def test_every_worker_signs_with_a_rotated_key_within_key_reload_seconds(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, key_reload_seconds=0.2)
+    broker.start()
+    try:
+        broker.ready()
+        assert len(workers_seen(broker.url, operator, tries=20)) == 2
+        server = set_up(broker.url, operator, seats=100)
+        where = ["--database", database_url] if database_url else []
+        rotated = subprocess.run(
+            [*command(), "keys", "rotate", "--data-dir", str(broker.data_dir), *where],
+            env=broker.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        kid = re.search(r"Added signing key (\S+);", rotated.stdout)
+        assert kid is not None, rotated.stdout
+        time.sleep(1.0)  # key_reload_seconds, and a margin for a busy machine
+        for i in range(20):  # fresh connections: both workers answer some of them
+            body = {"encoder": f"K{i}", "licence_type": ONE, "count": 1}
+            status, lease = call(f"{broker.url}/v1/leases", "POST", server, body)
+            assert status == 201, lease
+            head = lease["token"].split(".")[0]
+            assert json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"] == kid.group(1)
+    finally:
+        assert broker.stop() == 0
