@@ -4,6 +4,7 @@
   python -m bench --quick    the same, shorter and at 16 and 64 clients only (about a minute)
   python -m bench --scale    adds 100,000 live leases renewed on schedule, and acquire
                              latency with 1,000 vs 1,000,000 leases in the database
+  python -m bench wrk ...    acquire and renew with wrk as the client (python -m bench wrk -h)
 
 Everything runs on this machine against 127.0.0.1: a real ``tenure-broker serve`` on a
 temporary data directory, a tiny aiohttp echo server for the ceiling, and client
@@ -180,6 +181,11 @@ def growth(args: argparse.Namespace, report: Report, work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["wrk"]:
+        from bench import wrk
+
+        return wrk.main(argv[1:])
     args = _args(argv)
     sweep = (
         [int(x) for x in args.concurrency.split(",")]

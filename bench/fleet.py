@@ -13,13 +13,15 @@ import asyncio
 import json
 import multiprocessing
 import random
+import re
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
 from bench.estate import LICENCE
 from bench.http1 import Client, bearer
-from bench.procs import Proc, machine_busy
+from bench.procs import OPERATOR_TOKEN, Proc, machine_busy
 from bench.stats import Result
 
 OPS = ("acquire", "renew", "resize", "release")
@@ -165,9 +167,9 @@ def run(
         t0 = start_at + ramp
         time.sleep(max(0.0, t0 - time.time()))
         broker.reset_peak()
-        u0, m0 = broker.usage(), machine_busy()
+        u0, m0, h0 = broker.usage(), machine_busy(), _renew_buckets(broker.url)
         time.sleep(max(0.0, t0 + measure - time.time()))
-        u1, m1 = broker.usage(), machine_busy()
+        u1, m1, h1 = broker.usage(), machine_busy(), _renew_buckets(broker.url)
         outs: list[FleetOut] = pending.get(timeout=ramp + measure + 300)
     live = len(tokens) * encoders
     results = []
@@ -194,6 +196,40 @@ def run(
         "lapsed": sum(o.lapsed for o in outs),
         "live_at_end": sum(o.live_at_end for o in outs),
         "broker_rss_end_mb": round(u1.rss_mb, 1),
+        **_broker_side(h0, h1),
     }
     results.append(total)
     return results
+
+
+_BUCKET = re.compile(
+    r"^tenure_http_request_duration_seconds_bucket"
+    r'\{method="POST",route="/v1/leases/\{lease\}/renew",le="([^"]+)"\} (\S+)$',
+    re.M,
+)
+
+
+def _renew_buckets(url: str) -> dict[float, float]:
+    """The broker's own histogram of renewal times (from its middleware's start to the
+    answer: without the time a request waits in socket buffers or in the client)."""
+    request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    return {float(le): float(n) for le, n in _BUCKET.findall(text)}
+
+
+def _broker_side(before: dict[float, float], after: dict[float, float]) -> dict[str, object]:
+    """Broker-side renewals in the window: the share within 50 ms, and the bucket
+    holding the p99 (the histogram's resolution)."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return {}
+    p99 = next((le for le in sorted(counts) if counts[le] >= 0.99 * total), float("inf"))
+    return {
+        "broker_side_renew_within_50ms": f"{100 * counts.get(0.05, 0.0) / total:.2f}%",
+        "broker_side_renew_p99_at_most_ms": p99 * 1000,
+    }

@@ -12,7 +12,7 @@ from aiohttp import web
 from broker import audit, console, reaper, secretfiles, signing
 from broker.api import agent, estate, metrics, operator, pools, public, webhooks  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
-from broker.api.middleware import answers, problems
+from broker.api.middleware import every_request
 from broker.config import Config
 from broker.ids import token_hash
 from broker.principals import PrincipalCache
@@ -28,15 +28,20 @@ from shared import words
 log = logging.getLogger("tenure.broker")
 
 
-def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[metrics.measure, answers, problems], client_max_size=MAX_BODY)
+def create_app(config: Config, *, worker: int = 0, housekeeping: bool = True) -> web.Application:
+    """The broker's application; ``worker`` is its index under ``serve --workers`` (shown
+    on ``/metrics``), and ``housekeeping`` whether it runs the lease reaper and the
+    idempotency purge (one process of several is enough)."""
+    app = web.Application(middlewares=[every_request], client_max_size=MAX_BODY)
     app[metrics.REQUESTS] = metrics.RequestMetrics()
+    app[metrics.WORKER] = worker
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
     app.cleanup_ctx.append(_services(config))
-    app.cleanup_ctx.append(_background(reaper.lapse_loop))
     app.cleanup_ctx.append(_background(reaper.key_loop))
-    app.cleanup_ctx.append(_background(reaper.purge_loop))
+    if housekeeping:
+        app.cleanup_ctx.append(_background(reaper.lapse_loop))
+        app.cleanup_ctx.append(_background(reaper.purge_loop))
     app.cleanup_ctx.append(_webhooks(config))
     console.setup(app)
     app.on_shutdown.append(_stopping)

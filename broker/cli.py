@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gc
 import logging
 import os
+import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", help="listen port (default 8400)")
     serve.add_argument("--tls-cert", help="PEM certificate chain (serve HTTPS)")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    serve.add_argument(
+        "--workers", help="broker processes on the one address: N (1-64) or auto (the default: the fastest measured)"
+    )
     keys = sub.add_parser("keys", help="manage lease-signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     rotate = keys_sub.add_parser("rotate", help="add a new signing key (used within a minute)")
@@ -70,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> configuration.Config:
-    flags = {k: getattr(args, k, None) for k in ("data_dir", "database", "host", "port", "tls_cert", "tls_key")}
+    names = ("data_dir", "database", "host", "port", "tls_cert", "tls_key", "workers")
+    flags = {k: getattr(args, k, None) for k in names}
     return configuration.load(args.config, flags=flags)
 
 
@@ -212,7 +220,7 @@ async def check_books(cfg: configuration.Config) -> books.Report:
 
 
 def serve(cfg: configuration.Config) -> int:
-    from broker.app import create_app
+    from broker import workers
 
     ssl_context = None
     if cfg.tls_cert and cfg.tls_key:
@@ -230,30 +238,106 @@ def serve(cfg: configuration.Config) -> int:
             file=sys.stderr,
         )
         return 2
+    count = workers.count(cfg)
+    if count == 1:
+        notifier = Notifier()
+        scheme = "https" if ssl_context else "http"
+
+        def ready() -> None:
+            # Type=notify: systemd starts what depends on the broker only now, when it answers.
+            notifier.ready(f"listening on {scheme}://{cfg.host}:{cfg.port}")
+
+        return serve_process(cfg, ssl_context, None, worker=None, ready=ready, stopping=notifier.stopping)
+    try:
+        sockets = workers.listen(cfg.host, cfg.port, count)
+    except OSError as exc:
+        print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    # On SQLite one writer process runs the workers' hot transactions (broker.store.relay).
+    relay = cfg.database is None and workers.SQLITE_WRITER
+    worker_cfg = dataclasses.replace(cfg, relay_writes=True) if relay else cfg
+    return workers.supervise(
+        cfg,
+        sockets,
+        lambda index, ready: serve_process(
+            worker_cfg, ssl_context, sockets[index], worker=index, ready=ready, stopping=lambda: None
+        ),
+        https=ssl_context is not None,
+        writer=(lambda ready: writer_process(cfg, ready)) if relay else None,
+    )
+
+
+def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
+    """The writer of ``serve --workers`` on SQLite: the store, and the workers' jobs."""
+    from broker.store.relay import serve_writer, socket_path
+    from broker.store.sqlite import SqliteStore
+
+    async def run() -> None:
+        secretfiles.prepare_data_dir(cfg.data_dir, cfg.db_path)
+        store = await SqliteStore.open(cfg.db_path, cfg.sqlite_synchronous)
+        secretfiles.secure_database_files(cfg.db_path)
+        try:
+            await serve_writer(store, socket_path(cfg.data_dir), ready)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except SchemaTooNew as exc:
+        print(f"tenure-broker: {exc}", file=sys.stderr)
+        return 2
+    except (StorageUnavailable, OSError) as exc:
+        print(f"tenure-broker: writer: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve_process(
+    cfg: configuration.Config,
+    ssl_context: ssl.SSLContext | None,
+    sockets: list[socket.socket] | None,
+    *,
+    worker: int | None,
+    ready: Callable[[], None],
+    stopping: Callable[[], object],
+) -> int:
+    """One broker process: the whole broker (``worker`` None), or worker ``worker`` of
+    ``serve --workers``, serving on ``sockets`` made for it; ``ready`` is called once it
+    answers. Returns the exit code."""
+    from broker.app import create_app
+
     scheme = "https" if ssl_context else "http"
     log = logging.getLogger("tenure.broker")
-    notifier = Notifier()
+    which = f"pid {os.getpid()}" if worker is None else f"worker {worker}, pid {os.getpid()}"
 
     def listening(_banner: str) -> None:
         # run_app calls its ``print`` once every socket is bound: the one moment at which
         # "listening" is true (an on_startup hook runs before the bind, and may lie).
-        log.info("listening on %s://%s:%d (pid %d)", scheme, cfg.host, cfg.port, os.getpid())
-        base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
-        log.info("console at %s/console/", base.rstrip("/"))
-        # Type=notify: systemd starts what depends on the broker only now, when it answers.
-        notifier.ready(f"listening on {scheme}://{cfg.host}:{cfg.port}")
+        # What start-up made (modules, routes, keys, the schema's queries) lives as long
+        # as the process: out of the collector's way, a full collection walks only what
+        # serving made (docs/performance.md, "The tail").
+        gc.collect()
+        gc.freeze()
+        log.info("listening on %s://%s:%d (%s)", scheme, cfg.host, _port(cfg, sockets), which)
+        if worker is None:
+            base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
+            log.info("console at %s/console/", base.rstrip("/"))
+        ready()
 
     try:
-        app = create_app(cfg)
+        # Housekeeping (the lease reaper, the idempotency purge) runs in one process;
+        # every worker reloads its own signing keys.
+        app = create_app(cfg, worker=worker or 0, housekeeping=not worker)
 
-        async def stopping(_app: web.Application) -> None:
-            notifier.stopping()
+        async def on_shutdown(_app: web.Application) -> None:
+            stopping()
 
-        app.on_shutdown.append(stopping)
+        app.on_shutdown.append(on_shutdown)
         web.run_app(
             app,
-            host=cfg.host,
-            port=cfg.port,
+            host=None if sockets else cfg.host,
+            port=None if sockets else cfg.port,
+            sock=sockets,
             ssl_context=ssl_context,
             print=listening,
             access_log=None,
@@ -271,8 +355,12 @@ def serve(cfg: configuration.Config) -> int:
         else:
             print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    log.info("stopped (pid %d)", os.getpid())
+    log.info("stopped (%s)", which)
     return 0
+
+
+def _port(cfg: configuration.Config, sockets: list[socket.socket] | None) -> int:
+    return int(sockets[0].getsockname()[1]) if sockets else cfg.port
 
 
 if __name__ == "__main__":

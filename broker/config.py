@@ -40,6 +40,9 @@ _RETIRED = {
 }
 
 
+MAX_WORKERS = 64
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it."""
 
@@ -106,6 +109,12 @@ class Config:
         "(survives a process crash; may lose the last commits on power loss).",
         choices=("full", "normal"),
     )
+    workers: str = _setting(
+        "auto",
+        "Broker processes serving one address (serve): a whole number 1-64, or 'auto' for the "
+        "configuration measured fastest for the store in use (see docs/performance.md).",
+        workers=True,
+    )
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
     log_format: str = _setting(
         "auto",
@@ -168,6 +177,9 @@ class Config:
         default=None, metadata={"internal": True}, compare=False
     )
     """How webhook host names are resolved (default: the system's resolver); tests map names."""
+    # Set by ``serve --workers`` on SQLite for its workers: hot writes go to the writer
+    # process (broker.store.relay).
+    relay_writes: bool = field(default=False, metadata={"internal": True})
 
     @property
     def db_path(self) -> Path:
@@ -204,6 +216,11 @@ def _cidrs(raw: Any) -> tuple[IPNetwork, ...]:
 
 def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     where = f"setting '{f.name}' (from {source})"
+    if f.metadata.get("workers"):
+        text = str(raw).strip().lower() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+        if text == "auto" or (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_WORKERS):
+            return text
+        raise ConfigError(f"{where}: {raw!r} is not 'auto' or a whole number 1..{MAX_WORKERS}")
     if f.metadata.get("cidrs"):
         try:
             return _cidrs(raw)
@@ -255,8 +272,8 @@ def load(
         if raw is not None:
             values[name] = _convert(known[name], raw, f"--{name.replace('_', '-')}")
     for name, raw in overrides.items():
-        cidrs = name in known and known[name].metadata.get("cidrs")
-        values[name] = _convert(known[name], raw, "overrides") if cidrs else raw
+        checked = name in known and (known[name].metadata.get("cidrs") or known[name].metadata.get("workers"))
+        values[name] = _convert(known[name], raw, "overrides") if checked else raw
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise ConfigError("settings 'tls_cert' and 'tls_key' go together: give both or neither")
     token = values.get("operator_token")

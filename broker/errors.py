@@ -1,6 +1,6 @@
 """Domain errors: what the API reports on purpose, each with its HTTP status and code.
 
-Domain code raises these; the ``problems`` middleware (``broker.api.middleware``) renders
+Domain code raises these; the middleware (``broker.api.middleware.every_request``) renders
 any ``TenureError`` as ``application/problem+json`` (RFC 9457) from the class's own
 ``status``, ``code`` and ``title``, so a subclass answers as its parent unless it says
 otherwise: the class is the mapping, and there is no table to keep in step with it.

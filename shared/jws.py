@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -58,7 +57,7 @@ def b64url_decode(text: str) -> bytes:
 
 
 def public_bytes(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return key.public_bytes_raw()
 
 
 def key_id(key: Ed25519PublicKey) -> str:
@@ -97,12 +96,18 @@ class SigningKey:
 
     @classmethod
     def from_pem(cls, pem: bytes) -> SigningKey:
+        # PEM is the broker's (its keys on disk); the agent never reads one, and the
+        # serialization module costs it ~1 MB resident: imported here, when used.
+        from cryptography.hazmat.primitives import serialization
+
         private = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError("not an Ed25519 private key")
         return cls(key_id(private.public_key()), private)
 
     def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

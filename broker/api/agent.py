@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from broker import codes, leases
@@ -19,7 +21,9 @@ from broker.api.path import path_id
 from broker.api.schema import LICENCE_TYPE, NAME, SERIAL, integer, obj
 from broker.api.webhooks import WEBHOOKS
 from broker.errors import AuthCodeInvalid, LeaseGone, PoolExhausted
+from broker.principal import Principal
 from broker.services import Services
+from broker.store.relay import relayed
 from shared import jws
 
 ENROL = obj(
@@ -67,6 +71,11 @@ async def enroll(request: web.Request) -> web.StreamResponse:
     return answer(201, result)
 
 
+def _bare(server: Principal) -> Principal:
+    """The principal without this request's credential: what a relayed job may carry."""
+    return dataclasses.replace(server, credential=None)
+
+
 def _signed(svc: Services, grant: leases.Grant) -> dict[str, object]:
     claims = {"iss": svc.issuer, **grant.claims()}
     return grant.render(jws.sign(claims, svc.keyring.current))
@@ -89,7 +98,14 @@ async def acquire(request: web.Request) -> web.StreamResponse:
     # One lane per estate: its acquires all change its holding rows (broker.store.base).
     try:
         grant = await svc.store.write(
-            lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"]),
+            relayed(
+                leases.acquire,
+                now=now,
+                server=_bare(server),
+                encoder=body["encoder"],
+                licence_type=body["licence_type"],
+                count=body["count"],
+            ),
             lane=server.estate_id,
         )
     except PoolExhausted as exc:
@@ -124,7 +140,9 @@ async def renew(request: web.Request) -> web.StreamResponse:
     parse_json(await read_body(request), RENEW)
     svc = services(request)
     now = svc.clock.now()
-    outcome = await svc.store.write(lambda tx: leases.renew(tx, now, server, lease_id), lane=server.estate_id)
+    outcome = await svc.store.write(
+        relayed(leases.renew, now=now, server=_bare(server), lease_id=lease_id), lane=server.estate_id
+    )
     if isinstance(outcome, leases.Gone):
         raise LeaseGone(outcome.reason)
     return answer(200, _signed(svc, outcome))
@@ -143,5 +161,7 @@ async def release(request: web.Request) -> web.StreamResponse:
     lease_id = path_id(request, "lease")
     svc = services(request)
     now = svc.clock.now()
-    await svc.store.write(lambda tx: leases.release(tx, now, server, lease_id), lane=server.estate_id)
+    await svc.store.write(
+        relayed(leases.release, now=now, server=_bare(server), lease_id=lease_id), lane=server.estate_id
+    )
     return answer(204, None)

@@ -10,7 +10,7 @@ Format and ``process_*``: ``broker.api.exposition``.
 
 from __future__ import annotations
 
-import time
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -18,12 +18,13 @@ from aiohttp import web
 
 from broker import pools
 from broker.api.exposition import Exposition, process_metrics
-from broker.api.http import Handler, authenticate, route, services
+from broker.api.http import authenticate, route, services
 from broker.errors import Inconsistent
 from broker.store.base import Histogram, StoreStats, Tx
 from broker.webhooks import endpoints
 from shared import __version__
 
+WORKER = web.AppKey("worker", int)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -46,16 +47,6 @@ class RequestMetrics:
 
 
 REQUESTS = web.AppKey("request_metrics", RequestMetrics)
-
-
-@web.middleware
-async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-    start = time.perf_counter()
-    response = await handler(request)
-    info = request.match_info.route.resource
-    path = info.canonical if info is not None else "unmatched"
-    request.app[REQUESTS].observe(request.method, path, response.status, time.perf_counter() - start)
-    return response
 
 
 def _books(tx: Tx, now: float) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
@@ -83,6 +74,13 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     out = Exposition()
     out.single("tenure_up", "gauge", "1 while the broker answers scrapes.", 1)
     out.family("tenure_build_info", "gauge", "The broker's version (always 1).", [({"version": __version__}, 1)])
+    out.family(
+        "tenure_worker_info",
+        "gauge",
+        "The process that answered this scrape (always 1): its index under serve --workers and its pid. "
+        "Request, store and process figures on this page are that process's own.",
+        [({"worker": request.app[WORKER], "pid": os.getpid()}, 1)],
+    )
     for name, help_ in (
         ("estates", "Estates."),
         ("pools", "Pools not deleted."),

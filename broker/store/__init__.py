@@ -39,6 +39,10 @@ async def open_store(config: Config, ids: IdSource = new_id) -> Store:
         return await PostgresStore.open(
             config.database, config.database_pool_size, config.database_timeout_seconds, ids
         )
+    if config.relay_writes:  # a worker of several (broker.workers): one writer process writes
+        from broker.store.relay import RelayedSqliteStore
+
+        return await RelayedSqliteStore.open(config.db_path, config.sqlite_synchronous, ids)
     from broker.store.sqlite import SqliteStore
 
     return await SqliteStore.open(config.db_path, config.sqlite_synchronous, ids)

@@ -19,6 +19,10 @@ many queries it makes (``python -m bench.reader`` measures it against aiosqlite,
 costs a hand-off per statement). WAL checkpoints run from a task on the loop through
 an aiosqlite connection, where one statement every half second is all there is.
 
+A batch runs its jobs on the loop for at most ``BATCH_LOOP_SECONDS``; the jobs it did
+not reach go back to the head of the queue for the next batch, so that answers and new
+requests get the loop between batches however many jobs wait.
+
 Costs that would otherwise be paid per request are paid per batch or once: the answers
 of a batch reach the loop in one wake-up, and each named query's column names are read
 once. Nothing is cached between transactions, so every read sees what is committed,
@@ -53,6 +57,10 @@ from broker.store.base import Row, SchemaTooNew, StoreStats, Tx, read_migrations
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
 MAX_BATCH = 512
+# How long one batch may run its jobs on the event loop before the rest of the waiting
+# jobs are left for the next batch: a bound on how long a batch keeps the loop from
+# sending answers and reading requests (each job is ~100-300 us of SQLite and Python).
+BATCH_LOOP_SECONDS = 0.010
 # How long a batch waits for another process to release the database's write lock
 # before its requests are refused with 503 (the loop never blocks on it: it sleeps).
 BUSY_WAIT = 2.0
@@ -427,9 +435,6 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
 
     async def _run_batch(self, batch: list[_Job]) -> list[_Outcome]:
-        self.stats.write_jobs += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self.stats.batch_jobs.observe(len(batch))
         if self._conn is None:
             await self._reconnect()
         conn, tx = self._conn, self._tx
@@ -441,7 +446,8 @@ class SqliteStore:
         started = time.perf_counter()
         try:
             await self._begin(conn)
-            for job in batch:
+            on_loop = time.perf_counter()
+            for i, job in enumerate(batch):
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(tx)
@@ -454,6 +460,15 @@ class SqliteStore:
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append(_Outcome(job, True, result))
+                if time.perf_counter() - on_loop > BATCH_LOOP_SECONDS and i + 1 < len(batch):
+                    # The loop has other work (answers to send, requests to read): the
+                    # rest waits for the next batch, ahead of anything newer.
+                    self._pending[:0] = batch[i + 1 :]
+                    batch = batch[: i + 1]
+                    break
+            self.stats.write_jobs += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.batch_jobs.observe(len(batch))
             await self._commit(conn)
             self.stats.commits += 1
             self.stats.commit_seconds.observe(time.perf_counter() - started)

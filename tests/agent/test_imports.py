@@ -7,6 +7,8 @@ particular knows nothing of who owns it (its owner hands it a ``KeeperDeps``).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "agent"
@@ -72,3 +74,14 @@ def test_cycle_finds_a_circle() -> None:
 def test_the_keeper_knows_nothing_of_its_owners() -> None:
     owners = {"agent.runner", "agent.host", "agent.daemon", "agent.localapi", "agent.cli"}
     assert not graph()["agent.keeper"] & owners
+
+
+def test_an_idle_agent_does_not_load_what_only_the_broker_uses() -> None:
+    # PEM handling (cryptography's serialization, ~1 MB resident) is the broker's: the
+    # agent's `run` must not pay for it (docs/performance.md, "Agent footprint").
+    code = (
+        "import sys, agent.cli, agent.daemon\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat.primitives.serialization')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -121,7 +121,10 @@ def test_serve_generates_operator_token_and_stops_on_sigterm(serve: object, tmp_
     assert token not in again.log.read_text()
 
 
-def test_serve_tells_systemd_ready_once_listening_and_stopping_on_sigterm(serve: object, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_tells_systemd_ready_once_listening_and_stopping_on_sigterm(
+    serve: object, tmp_path: Path, workers: str
+) -> None:
     # Type=notify in deploy/systemd/tenure-broker.service: READY=1 must come, and only
     # once the port answers; STOPPING=1 when SIGTERM starts the shutdown.
     short = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))  # AF_UNIX paths are short
@@ -130,15 +133,25 @@ def test_serve_tells_systemd_ready_once_listening_and_stopping_on_sigterm(serve:
         sock.bind(str(short / "notify"))
         sock.settimeout(15)
         broker = serve(  # type: ignore[operator]
-            "--data-dir", str(tmp_path / "data"), env=clean_env(NOTIFY_SOCKET=str(short / "notify"))
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--workers",
+            workers,
+            env=clean_env(NOTIFY_SOCKET=str(short / "notify")),
         )
         ready = sock.recv(4096).decode()
         assert ready.startswith("READY=1\n")
-        assert f"STATUS=listening on http://127.0.0.1:{broker.port}" in ready
-        assert get(f"{broker.url}/healthz")[0] == 200  # at once: no retry needed
+        # With workers, only the parent speaks to systemd, once every worker answers.
+        listening = "listening" if workers == "1" else f"{workers} workers listening"
+        assert f"STATUS={listening} on http://127.0.0.1:{broker.port}" in ready
+        for _ in range(10):
+            assert get(f"{broker.url}/healthz")[0] == 200  # at once, whichever worker: no retry needed
         broker.proc.send_signal(signal.SIGTERM)
         assert sock.recv(4096) == b"STOPPING=1"
         assert broker.proc.wait(timeout=10) == 0
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            print(sock.recv(4096))  # nothing more: no worker sent a message of its own
     finally:
         sock.close()
         shutil.rmtree(short, ignore_errors=True)
@@ -219,6 +232,7 @@ def test_a_broker_given_the_wrong_secret_key_refuses_to_start(serve: object, tmp
     [
         (["serve", "--port", "nope"], {}, "port"),
         (["serve", "--port", "70000"], {}, "port"),
+        (["serve", "--workers", "0"], {}, "workers"),
         (["serve"], {"TENURE_LOG_LEVEL": "loud"}, "log_level"),
         (["serve"], {"TENURE_SQLITE_SYNCHRONOUS": "off"}, "sqlite_synchronous"),
         (["serve"], {"TENURE_TRUSTED_PROXIES": "10.0.0.0/33"}, "trusted_proxies"),

@@ -154,7 +154,8 @@ def test_every_setting_has_a_default_and_help() -> None:
         assert f.default is not dataclasses.MISSING, f.name
         assert f.metadata.get("help"), f.name
     internal = {f.name for f in dataclasses.fields(Config)} - {f.name for f in settings()}
-    assert internal == {"clock", "webhook_schedule", "webhook_resolve"}  # injected by tests, not settings
+    # Set by the code or injected by tests, never by an operator.
+    assert internal == {"clock", "webhook_schedule", "webhook_resolve", "relay_writes"}
 
 
 def test_every_setting_is_documented() -> None:
@@ -194,3 +195,15 @@ def test_the_secret_key_is_masked_and_may_come_from_a_file(tmp_path: Path) -> No
     file.write_text(key[:-4] + "\n")
     with pytest.raises(ConfigError, match="'secret_key_file'"):
         load(None, env={"TENURE_SECRET_KEY_FILE": str(file)})
+
+
+@pytest.mark.parametrize("value", ["auto", "1", "2", "64", " AUTO "])
+def test_workers_is_auto_or_a_count(value: str) -> None:
+    assert load(None, env={"TENURE_WORKERS": value}).workers == value.strip().lower()
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two", "-1", "1.5"])
+def test_a_bad_workers_value_names_the_setting(value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="setting 'workers'"):
+        load(None, env={"TENURE_WORKERS": value})
+    assert load(write(tmp_path, "workers = 3\n"), env={}).workers == "3"

@@ -1,0 +1,233 @@
+"""``tenure-broker serve --workers 2`` as an operator runs it, on each store: one address
+served by two worker processes under one parent (docs/configuration.md, ``workers``).
+
+- both workers answer, connections are spread over them, and each is a child of the
+  process that was started;
+- SIGKILL of a worker under acquire load loses no acknowledged lease: every lease
+  answered 201 renews afterwards, and the parent starts a new worker in its place;
+- a signing key rotated while it runs is used by every worker within key_reload_seconds;
+- SIGTERM to the parent stops everything promptly, exit 0; SIGKILL to the parent takes
+  its workers with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from broker.ids import new_token
+from tests.broker.fleet import Replica, call, command
+
+pytestmark = pytest.mark.slow
+
+ONE = "one-in-one-out"
+WORKER = re.compile(r'^tenure_worker_info\{worker="(\d+)",pid="(\d+)"\} 1$', re.M)
+
+
+def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
+    """pid → worker index of the processes that answered ``tries`` fresh connections."""
+    seen: dict[int, int] = {}
+    for _ in range(tries):
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:  # a new connection each time
+            for index, pid in WORKER.findall(answer.read().decode()):
+                seen[int(pid)] = int(index)
+    return seen
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def set_up(url: str, operator: str, seats: int) -> str:
+    """An estate with ``seats`` seats and one enrolled server: its token."""
+    status, est = call(f"{url}/v1/estates", "POST", operator, {"name": "Workers", "admin_name": "Al"})
+    assert status == 201, est
+    status, bought = call(
+        f"{url}/v1/estates/{est['id']}/purchases",
+        "POST",
+        operator,
+        {"sales_order": "SO-1", "licence_type": ONE, "quantity": seats, "expires_at": "2099-01-01T00:00:00Z"},
+    )
+    assert status == 201, bought
+    status, made = call(
+        f"{url}/v1/estates/{est['id']}/pools/{est['default_pool_id']}/auth-codes", "POST", est["admin_token"], {}
+    )
+    assert status == 201, made
+    status, host = call(f"{url}/v1/enroll", "POST", None, {"code": made["code"], "name": "w"})
+    assert status == 201, host
+    return str(host["server_token"])
+
+
+def test_two_workers_share_the_address_survive_a_killed_worker_and_stop_on_sigterm(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, database_pool_size=4)
+    broker.start()
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        seen = workers_seen(broker.url, operator)
+        assert sorted(seen.values()) == [0, 1], seen
+        assert all(parent_of(pid) == broker.proc.pid for pid in seen)
+
+        server = set_up(broker.url, operator, seats=500)
+        granted: list[str] = []
+        stop = threading.Event()
+
+        def acquire() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {"encoder": f"E{n}", "licence_type": ONE, "count": 1}
+                try:
+                    status, lease = call(f"{broker.url}/v1/leases", "POST", server, body, timeout=5)
+                except OSError:
+                    continue  # the connection went with the killed worker: not acknowledged
+                if status == 201:
+                    granted.append(lease["id"])
+
+        load = threading.Thread(target=acquire)
+        load.start()
+        try:
+            while len(granted) < 20:
+                time.sleep(0.01)
+            victim = next(pid for pid, index in seen.items() if index == 1)
+            os.kill(victim, signal.SIGKILL)
+            before = len(granted)
+            while len(granted) < before + 20:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            load.join(30)
+        # A new worker 1 took the dead one's place; the parent and worker 0 never went.
+        deadline = time.monotonic() + 15
+        while True:
+            now = workers_seen(broker.url, operator, tries=10)
+            if sorted(now.values()) == [0, 1] and victim not in now:
+                break
+            assert time.monotonic() < deadline, now
+        assert broker.proc.poll() is None
+        # Every acknowledged lease is there, whichever worker granted or now renews it.
+        for lease_id in granted:
+            status, renewed = call(f"{broker.url}/v1/leases/{lease_id}/renew", "POST", server, {})
+            assert status == 200, (lease_id, renewed)
+        # A refusal comes back as itself, whichever process ran the transaction.
+        body = {"encoder": "big", "licence_type": ONE, "count": 10_000}
+        status, problem = call(f"{broker.url}/v1/leases", "POST", server, body)
+        assert (status, problem["code"]) == (409, "pool_exhausted"), problem
+    finally:
+        started = time.monotonic()
+        code = broker.stop()
+    assert code == 0, broker.log_path.read_text()[-3000:]
+    assert time.monotonic() - started < 5
+    log = broker.log_path.read_text()
+    assert "2 workers listening" in log and "exited -9" in log
+
+
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, "", operator, workers=2)
+    broker.start()
+    try:
+        broker.ready()
+        pids = set(workers_seen(broker.url, operator, tries=20))
+        assert len(pids) == 2
+    finally:
+        broker.kill()  # SIGKILL: the parent has no chance to stop its workers itself
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "(Z)"
+    return f"({stat[stat.rindex(')') + 2]})"
+
+
+@pytest.mark.sqlite_only
+def test_on_sqlite_one_writer_process_commits_for_every_worker_and_may_die(tmp_path: Path) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, "", operator, workers=2)
+    broker.start()
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        seen = workers_seen(broker.url, operator)
+        children = {
+            int(p) for p in Path(f"/proc/{broker.proc.pid}/task/{broker.proc.pid}/children").read_text().split()
+        }
+        (writer,) = children - set(seen)
+        server = set_up(broker.url, operator, seats=100)
+        leases = []
+        for i in range(10):
+            status, lease = call(
+                f"{broker.url}/v1/leases", "POST", server, {"encoder": f"E{i}", "licence_type": ONE, "count": 1}
+            )
+            assert status == 201, lease
+            leases.append(lease["id"])
+        os.kill(writer, signal.SIGKILL)
+        # The workers stay; the next writes wait for the new writer, then go through.
+        deadline = time.monotonic() + 15
+        while True:
+            status, lease = call(
+                f"{broker.url}/v1/leases", "POST", server, {"encoder": "after", "licence_type": ONE, "count": 1}
+            )
+            if status == 201:
+                break
+            assert status == 503 and time.monotonic() < deadline, (status, lease)
+        assert set(workers_seen(broker.url, operator, tries=10)) <= set(seen)
+        for lease_id in leases:
+            assert call(f"{broker.url}/v1/leases/{lease_id}/renew", "POST", server, {})[0] == 200
+    finally:
+        code = broker.stop()
+    assert code == 0
+    assert "writer listening" in broker.log_path.read_text()
+
+
+def test_every_worker_signs_with_a_rotated_key_within_key_reload_seconds(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, key_reload_seconds=0.2)
+    broker.start()
+    try:
+        broker.ready()
+        assert len(workers_seen(broker.url, operator, tries=20)) == 2
+        server = set_up(broker.url, operator, seats=100)
+        where = ["--database", database_url] if database_url else []
+        rotated = subprocess.run(
+            [*command(), "keys", "rotate", "--data-dir", str(broker.data_dir), *where],
+            env=broker.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        kid = re.search(r"Added signing key (\S+);", rotated.stdout)
+        assert kid is not None, rotated.stdout
+        time.sleep(1.0)  # key_reload_seconds, and a margin for a busy machine
+        for i in range(20):  # fresh connections: both workers answer some of them
+            body = {"encoder": f"K{i}", "licence_type": ONE, "count": 1}
+            status, lease = call(f"{broker.url}/v1/leases", "POST", server, body)
+            assert status == 201, lease
+            head = lease["token"].split(".")[0]
+            assert json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"] == kid.group(1)
+    finally:
+        assert broker.stop() == 0
