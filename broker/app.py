@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from broker import audit, console, reaper, secretfiles, signing
-from broker.api import agent, estate, metrics, operator, pools, public  # noqa: F401 - registers routes
+from broker.api import agent, estate, metrics, operator, pools, public, stream  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import answers, problems
 from broker.config import Config
@@ -31,6 +31,7 @@ def create_app(config: Config) -> web.Application:
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
     app.cleanup_ctx.append(_services(config))
+    stream.setup(app)
     app.cleanup_ctx.append(_background(reaper.lapse_loop))
     app.cleanup_ctx.append(_background(reaper.key_loop))
     app.cleanup_ctx.append(_background(reaper.purge_loop))

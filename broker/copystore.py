@@ -81,6 +81,8 @@ TABLES = (
     Table("key_material", ("purpose", "kid")),
     Table("console_sessions", ("id_hash",)),
     Table("redemption_attempts", identity="id"),
+    Table("stream_events", identity="id"),
+    Table("stream_horizon"),
 )
 # The readiness probe's one row: each database keeps its own (the migration makes it).
 NOT_COPIED = frozenset({"health"})
