@@ -13,6 +13,7 @@ is the keeper's business (``agent/keeper.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import re
@@ -167,6 +168,10 @@ class BrokerClient:
                 location = resp.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout, self.base_url)) from exc
+        return self._judge(status, raw, retry_after, location)
+
+    def _judge(self, status: int, raw: bytes, retry_after: float | None, location: str) -> tuple[int, Any]:
+        """The answer's status and JSON body, or the ``agent.errors`` exception it means."""
         data: Any = None
         if raw:
             try:
@@ -242,6 +247,27 @@ class BrokerClient:
         if not isinstance(data, dict):
             raise self._garbled("me")
         return data
+
+    async def stream(self, token: Secret, last_event_id: str | None) -> aiohttp.ClientResponse:
+        """``GET /v1/stream``: the open event stream, to be read and closed by the caller
+        (``agent/stream.py``). Only the answer's head must come within the timeout; the
+        body has none (the caller notices a dead stream by its heartbeats stopping)."""
+        headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token.reveal()}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        url = self.base_url + "/v1/stream"
+        unbounded = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self._open().get(url, headers=headers, allow_redirects=False, timeout=unbounded)
+                if resp.status == 200 and resp.content_type == "text/event-stream":
+                    return resp
+                with contextlib.closing(resp):
+                    raw = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout, self.base_url)) from exc
+        self._judge(resp.status, raw, _retry_after(resp.headers.get("Retry-After")), resp.headers.get("Location", ""))
+        raise self._garbled("stream")
 
     def _lease(self, data: Any, what: str) -> Lease:
         try:

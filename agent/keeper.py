@@ -26,7 +26,9 @@ A keeper talks out through one narrow door, its ``KeeperDeps`` (the clock, the r
 source, the retry policy, the bindings, broker clients, key rings, persistence, broker
 health, and two reports to its owner: "I am done" and "this binding is gone"). Its owner
 (``Runner``, in ``agent/runner.py``) talks in through the intent methods ``want``,
-``withdraw``, ``binding_removed`` and ``bindings_changed``, and never writes its fields.
+``withdraw``, ``binding_removed``, ``bindings_changed``, ``revoked`` and ``renew_soon``
+(the last two are what the broker's event stream says, ``agent/stream.py``), and never
+writes its fields.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class Keeper:
         self._offline = False
         self._lost = False
         self._in_flight = False
+        self._renew_soon = False
+        # Leases the broker said (on its stream) are revoked: a grant for one of them that
+        # was in flight meanwhile is not handed out (see ``revoked``).
+        self._revoked: set[str] = set()
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -164,6 +170,26 @@ class Keeper:
         )
         if on_it and r.halted != "revoked":
             self._revoke(code, "this server or domain was removed by an administrator")
+            self._wake.set()
+
+    def revoked(self, server_id: str, lease_id: str, code: str) -> None:
+        """The broker says at once (``agent/stream.py``) that an administrator revoked or
+        released ``lease_id``: its token is not handed out from now on, and the encoder
+        is told (state ``revoked``), as a refused renewal would have later."""
+        if len(self._revoked) >= 16:
+            self._revoked.clear()  # bounded: only a grant in flight right now matters
+        self._revoked.add(lease_id)
+        held = self.record.held
+        if held is not None and held.lease_id == lease_id and held.server_id == server_id:
+            self._revoke(code, f"the lease was {code.removeprefix('lease_')} by an administrator")
+            self._wake.set()
+
+    def renew_soon(self, server_id: str) -> None:
+        """Renew a lease held under ``server_id`` now, not at ``renew_after`` (the pool's
+        lease lifetime changed, or the agent missed what the broker said)."""
+        held = self.record.held
+        if held is not None and held.server_id == server_id:
+            self._renew_soon = True
             self._wake.set()
 
     def bindings_changed(self) -> None:
@@ -278,8 +304,9 @@ class Keeper:
                 await wait_event(clock, self._wake, None)
                 continue
             if r.held is not None and (r.halted is not None or self._matches(r.held, r.want)):
-                if await wait_event(clock, self._wake, r.held.renew_at - clock.monotonic()):
+                if not self._renew_soon and await wait_event(clock, self._wake, r.held.renew_at - clock.monotonic()):
                     continue
+                self._renew_soon = False
                 await self._retrying(self._renew)
                 continue
             await self._retrying(self._acquire)
@@ -460,6 +487,8 @@ class Keeper:
         if grant is None:
             raise BrokerUnavailable(binding.broker_url, "acquire answered with no lease")
         held = await self._accept(grant, binding, sent, want)
+        if held.lease_id in self._revoked:
+            return  # revoked on the broker's stream while this answer was on its way
         # Even if the wish changed while we asked, this lease is real: keep it, and let
         # the loop go round again to reshape or release it.
         log.info(
@@ -531,6 +560,8 @@ class Keeper:
             return
         self._deps.health.ok(binding.broker_url)
         fresh = await self._accept(grant, binding, sent, None)
+        if fresh.lease_id in self._revoked:
+            return  # revoked on the broker's stream while this renewal was on its way
         if fresh.lease_id != held.lease_id or fresh.count != held.count:
             raise TokenRejected("the renewed lease does not match the lease held")
         if sent[0] > held.renew_at + max(1.0, (held.deadline - held.renew_at) / 2):

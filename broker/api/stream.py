@@ -94,6 +94,18 @@ def wake_streams(request: web.Request) -> None:
         hub.wake()
 
 
+EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,18}$", "description": "The id of the last event received"}
+STREAM = {
+    "type": "string",
+    "description": (
+        "Server-Sent Events: `retry:`, then events `id:`, `event:` (lease.revoked, lease.released, "
+        "server.removed, pool.changed, keys.rotated, ready, resync) and one `data:` line of JSON "
+        "{type, id, timestamp, data}; a `: keep-alive` comment (with an `id:` line when the resume "
+        "point moved) every stream_heartbeat_seconds. Resume with Last-Event-ID (docs/push.md)."
+    ),
+}
+
+
 def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID", request.query.get("last_event_id"))
     if raw is None or raw == "":
@@ -118,7 +130,10 @@ def _event_frame(event: Event) -> bytes:
     summary="Server-Sent Events for this server: revocations, removal, pool and key changes",
     tag="agent",
     auth=("server",),
-    responses={200: None},
+    responses={200: STREAM},
+    query={"last_event_id": EVENT_ID},
+    headers={"Last-Event-ID": EVENT_ID},
+    media="text/event-stream",
 )
 async def stream(request: web.Request) -> web.StreamResponse:
     server = await authenticate(request, ("server",))
