@@ -150,9 +150,9 @@ class Config:
     stream_heartbeat_seconds: float = _setting(
         15.0,
         "How often GET /v1/stream sends a heartbeat (a comment line) on an idle stream, so that "
-        "proxies keep it open and agents notice a dead one.",
+        "proxies keep it open and agents notice a dead one (agents give up after 45 s of silence).",
         min=0.05,
-        max=300,
+        max=30,
     )
     stream_poll_seconds: float = _setting(
         10.0,
