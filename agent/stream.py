@@ -14,7 +14,7 @@ What an administrator does reaches the encoders at once, instead of at the next 
 A ``Watcher`` per binding connects, reads events, and when the stream ends or fails
 connects again after a jittered pause that doubles up to the retry cap (on the host's
 clock), resuming with ``Last-Event-ID``: the broker sends exactly what was missed. A
-stream that says nothing for ``IDLE_LIMIT`` seconds (heartbeats stopped: a dead
+stream that says nothing for three of the broker's heartbeat intervals (a dead
 connection, a proxy that swallowed it) counts as failed. A final refusal (the server is
 removed: ``unauthenticated``) ends the watcher until the bindings change.
 
@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,9 +44,10 @@ from agent.errors import BrokerRefused, BrokerUnavailable, Retryable
 
 log = logging.getLogger(__name__)
 
-# A stream silent for this long (no event, no heartbeat: the broker sends one every 15 s
-# by default) is taken for dead and opened again.
-IDLE_LIMIT = 45.0
+# A stream silent for this many of the broker's heartbeat intervals (its answer's
+# X-Heartbeat-Seconds; 15 s unless said) is taken for dead and opened again.
+MISSED_HEARTBEATS = 3
+DEFAULT_HEARTBEAT = 15.0
 # The longest line read (an event's JSON is far shorter).
 MAX_LINE = 64 * 1024
 
@@ -151,8 +153,10 @@ class Watcher:
                 await self._hold()
                 if self.removed:
                     return  # the broker removed the binding: its token opens nothing any more
-                failures = 0  # it was open, and ended (the broker restarting): again at once
-                pause = self._deps.rng.uniform(0, self._deps.retry.initial)
+                # It was open, and ended (the broker stopping: its agents reconnect to the
+                # other replicas spread over the first pause, not all at once).
+                failures = 0
+                pause = self._deps.rng.uniform(0, self._first_pause())
             except BrokerRefused as exc:
                 if exc.code == "unauthenticated":
                     log.warning("event stream: the broker no longer knows %s", self.binding.describe())
@@ -172,16 +176,22 @@ class Watcher:
             finally:
                 self.backing_off = False
 
+    def _first_pause(self) -> float:
+        """The first retry's ceiling: the agent's, or the broker's ``retry:`` hint if longer."""
+        return min(self._deps.retry.cap, max(self._deps.retry.initial, (self.parser.retry_ms or 0) / 1000))
+
     def _pause(self, failures: int, retry_after: float | None) -> float:
         policy = self._deps.retry
-        initial = max(policy.initial, (self.parser.retry_ms or 0) / 1000)
-        return backoff_delay(failures, initial=initial, cap=policy.cap, rng=self._deps.rng, retry_after=retry_after)
+        return backoff_delay(
+            failures, initial=self._first_pause(), cap=policy.cap, rng=self._deps.rng, retry_after=retry_after
+        )
 
     async def _hold(self) -> None:
         """One connection: read its events until it ends (returns) or fails (raises)."""
         client = self._deps.client(self.binding.broker_url)
         resp = await client.stream(self.binding.token, self.parser.last_id)
         resumed = self.parser.last_id is not None
+        idle_limit = MISSED_HEARTBEATS * _heartbeat(resp.headers.get("X-Heartbeat-Seconds"))
         self.connections += 1
         self.connected = True
         if resumed and self.connections > 1:
@@ -189,10 +199,10 @@ class Watcher:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(IDLE_LIMIT):
+                    async with asyncio.timeout(idle_limit):
                         raw = await resp.content.readline()
                 except TimeoutError as exc:
-                    raise BrokerUnavailable(client.base_url, f"event stream silent for {IDLE_LIMIT:g} s") from exc
+                    raise BrokerUnavailable(client.base_url, f"event stream silent for {idle_limit:g} s") from exc
                 except (aiohttp.ClientError, OSError) as exc:
                     reason = str(exc) or type(exc).__name__
                     raise BrokerUnavailable(client.base_url, f"event stream broke ({reason})") from exc
@@ -236,6 +246,15 @@ class Watcher:
             await self._deps.refresh_keys(self.binding.broker_url)
         except Retryable as exc:
             log.info("could not fetch the broker's new keys now (%s); they are fetched when a token needs them", exc)
+
+
+def _heartbeat(header: str | None) -> float:
+    """The broker's heartbeat interval from its header, within sane bounds."""
+    try:
+        seconds = float(header) if header else DEFAULT_HEARTBEAT
+    except ValueError:
+        return DEFAULT_HEARTBEAT
+    return min(max(seconds, 0.05), 300.0) if math.isfinite(seconds) else DEFAULT_HEARTBEAT
 
 
 class Streams:

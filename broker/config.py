@@ -150,9 +150,9 @@ class Config:
     stream_heartbeat_seconds: float = _setting(
         15.0,
         "How often GET /v1/stream sends a heartbeat (a comment line) on an idle stream, so that "
-        "proxies keep it open and agents notice a dead one (agents give up after 45 s of silence).",
+        "proxies keep it open and agents notice a dead one (after three missed).",
         min=0.05,
-        max=30,
+        max=300,
     )
     stream_poll_seconds: float = _setting(
         10.0,

@@ -37,6 +37,7 @@ log = logging.getLogger("tenure.stream")
 HUB = web.AppKey("stream_hub", Hub)
 # The reconnection delay suggested to clients (SSE ``retry:``), in milliseconds.
 RETRY_MS = 2000
+HEARTBEAT_HEADER = "X-Heartbeat-Seconds"
 # A write the client does not take within this long ends the stream (a dead peer).
 WRITE_SECONDS = 10.0
 
@@ -155,6 +156,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 "X-Accel-Buffering": "no",  # nginx: pass each event on at once
                 "X-Content-Type-Options": "nosniff",
                 "X-Request-Id": request[REQUEST_ID],
+                # How often a heartbeat comes at the least: a client may take several
+                # missed for a dead stream (the agent: three).
+                HEARTBEAT_HEADER: f"{svc.config.stream_heartbeat_seconds:g}",
             },
         )
         await response.prepare(request)

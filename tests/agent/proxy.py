@@ -69,6 +69,7 @@ class Proxy:
         self.requests: list[str] = []  # every request but the event streams'
         self.streams: list[str | None] = []  # each GET /v1/stream: its Last-Event-ID
         self.streams_refused = False  # cut each new stream at once (a proxy that drops them)
+        self.streams_muted = False  # pass nothing more on the open streams, keep them open
         self._open_streams: set[asyncio.Task[object]] = set()
         self.holding = 0
         self.faults: list[Fault] = []
@@ -198,11 +199,13 @@ class Proxy:
             async with self._session.get(
                 self.upstream + request.path_qs, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
             ) as upstream:
-                passed = {n: upstream.headers[n] for n in ("Content-Type", "Retry-After") if n in upstream.headers}
+                names = ("Content-Type", "Retry-After", "X-Heartbeat-Seconds")
+                passed = {n: upstream.headers[n] for n in names if n in upstream.headers}
                 response = web.StreamResponse(status=upstream.status, headers=passed)
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    if not self.streams_muted:  # muted: swallowed, as a stuck middlebox would
+                        await response.write(chunk)
                 return response
         except (aiohttp.ClientError, ConnectionError, asyncio.CancelledError):
             return self._cut(request)

@@ -19,6 +19,7 @@ import pytest
 
 from agent.config import Config
 from agent.stream import SseParser, Watcher
+from broker.cli import rotate_keys
 from broker.config import load as load_broker_config
 from broker.ids import new_token
 from tests.agent.harness import (
@@ -29,6 +30,7 @@ from tests.agent.harness import (
     LiveBroker,
     enroll_agent,
     eventually,
+    serve_broker,
 )
 from tests.agent.proxy import Proxy
 from tests.postgres import TEST_SECRET_KEY
@@ -275,3 +277,73 @@ def test_the_parser_follows_the_sse_rules() -> None:
     assert parser.last_id == "12"
     # Garbage is ignored, not fatal.
     assert parser.feed("data: {not json") is None and parser.feed("") is None
+
+
+@contextlib.asynccontextmanager
+async def broker_and_proxy(
+    tmp_path: Path, clock: FakeClock, **settings: Any
+) -> AsyncIterator[tuple[LiveBroker, Proxy]]:
+    async with serve_broker(tmp_path / "broker", clock, **settings) as broker:
+        proxy = Proxy(broker.url)
+        await proxy.start()
+        try:
+            yield broker, proxy
+        finally:
+            await proxy.close()
+
+
+async def test_a_stream_gone_silent_is_taken_for_dead_and_resumed(
+    tmp_path: Path, fake_clock: FakeClock, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    # Heartbeats every 0.2 s (the broker says so in X-Heartbeat-Seconds): silent for 0.6 s is dead.
+    async with broker_and_proxy(tmp_path, fake_clock, stream_heartbeat_seconds=0.2) as (broker, proxy):
+        await broker.call("PATCH", broker.pool_path(broker.default_pool), broker.admin, {"lease_seconds": HOUR}, 200)
+        await enroll_agent(agent_config, proxy.url, await broker.code())
+        agent = await start_agent()
+        await agent.want("ENC-1", 1)
+        await agent.wait_state("ENC-1", "active")
+        w = await streaming(agent)
+        seen = w.parser.last_id
+        proxy.streams_muted = True  # the connection stays up; nothing more comes through
+        await eventually(lambda: not w.connected, within=5.0, what="the silent stream to be given up")
+        proxy.streams_muted = False
+        for _ in range(40):
+            if w.connected:
+                break
+            await agent.idle()
+            await fake_clock.advance(2)
+            await asyncio.sleep(0.01)
+        await eventually(lambda: w.connected, what="the stream to open again")
+        assert proxy.streams == [None, seen]
+        lease = (await agent.lease("ENC-1"))["lease"]
+        await revoked_within_two_seconds(agent, broker, lease["id"], "ENC-1")
+
+
+async def test_a_lifetime_change_is_renewed_at_once_and_rotated_keys_fetched_at_once(
+    tmp_path: Path, fake_clock: FakeClock, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    # keys rotate runs as another process: this SQLite broker finds it by its poll.
+    async with broker_and_proxy(tmp_path, fake_clock, stream_poll_seconds=0.1) as (broker, proxy):
+        await broker.call("PATCH", broker.pool_path(broker.default_pool), broker.admin, {"lease_seconds": HOUR}, 200)
+        await enroll_agent(agent_config, proxy.url, await broker.code())
+        agent = await start_agent()
+        await agent.want("ENC-1", 1)
+        await agent.wait_state("ENC-1", "active")
+        await streaming(agent)
+        assert not any(r.endswith("/renew") for r in proxy.requests)
+        await broker.call(
+            "PATCH", broker.pool_path(broker.default_pool), broker.admin, {"lease_seconds": 2 * HOUR}, 200
+        )
+        await eventually(
+            lambda: (h := agent.keeper("ENC-1").record.held) is not None and h.expires_at - h.server_time == 2 * HOUR,
+            within=3.0,
+            what="the lease renewed with the new lifetime",
+        )
+        assert sum(r.endswith("/renew") for r in proxy.requests) == 1  # no renewal was due for 20 minutes
+
+        fetched = proxy.requests.count("GET /v1/keys")
+        assert broker.server is not None
+        key = await rotate_keys(broker.server.config)
+        await eventually(lambda: proxy.requests.count("GET /v1/keys") > fetched, within=3.0, what="the keys fetched")
+        ring = agent.daemon.host.keyring(proxy.url)
+        await eventually(lambda: key.kid in ring.kids, within=3.0, what="the new key known")
