@@ -219,6 +219,7 @@ async def test_streams_per_server_are_bounded_the_oldest_ends(
     async with stream(broker, site.server) as first, stream(broker, site.server) as second:
         await opened(first)
         await opened(second)
+        assert await streams_open(broker) == 2
         async with stream(broker, neighbour["server_token"]) as theirs:
             await opened(theirs)  # another server's streams count for it alone
             async with stream(broker, site.server) as third:
@@ -228,6 +229,14 @@ async def test_streams_per_server_are_bounded_the_oldest_ends(
                 await revoke(site, lease["id"])
                 assert (await second.event()).event == "lease.revoked"
                 assert (await third.event()).event == "lease.revoked"
+                assert await streams_open(broker) == 3  # two of this server, one of the other
+
+
+async def streams_open(broker: Broker) -> int:
+    r = await raw(broker, "GET", "/metrics", broker.operator)
+    found = [line for line in r.text.splitlines() if line.startswith("tenure_streams_open ")]
+    assert len(found) == 1, r.text
+    return int(float(found[0].split()[1]))
 
 
 async def test_only_a_server_token_opens_a_stream_and_a_bad_last_event_id_is_refused(broker: Broker) -> None:
