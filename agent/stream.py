@@ -50,6 +50,8 @@ MISSED_HEARTBEATS = 3
 DEFAULT_HEARTBEAT = 15.0
 # The longest line read (an event's JSON is far shorter).
 MAX_LINE = 64 * 1024
+# A stream that ends within this many seconds of opening counts as a failure (backoff).
+SHORT_LIVED = 5.0
 
 
 @dataclass(frozen=True)
@@ -149,14 +151,17 @@ class Watcher:
     async def _run(self) -> None:
         failures = 0
         while True:
+            opened = self._deps.clock.monotonic()
             try:
                 await self._hold()
                 if self.removed:
                     return  # the broker removed the binding: its token opens nothing any more
                 # It was open, and ended (the broker stopping: its agents reconnect to the
-                # other replicas spread over the first pause, not all at once).
-                failures = 0
-                pause = self._deps.rng.uniform(0, self._first_pause())
+                # other replicas spread over the first pause, not all at once). One that
+                # keeps ending at once (another agent on this binding takes its place)
+                # backs off as a failure would.
+                failures = failures + 1 if self._deps.clock.monotonic() - opened < SHORT_LIVED else 0
+                pause = self._pause(max(failures, 1), None)
             except BrokerRefused as exc:
                 if exc.code == "unauthenticated":
                     log.warning("event stream: the broker no longer knows %s", self.binding.describe())
@@ -203,7 +208,7 @@ class Watcher:
                         raw = await resp.content.readline()
                 except TimeoutError as exc:
                     raise BrokerUnavailable(client.base_url, f"event stream silent for {idle_limit:g} s") from exc
-                except (aiohttp.ClientError, OSError) as exc:
+                except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a line too long
                     reason = str(exc) or type(exc).__name__
                     raise BrokerUnavailable(client.base_url, f"event stream broke ({reason})") from exc
                 if not raw:

@@ -183,13 +183,15 @@ async def _opening(
 ) -> tuple[int, int]:
     """Send what is owed since ``after``. Returns (position, told): every event for the
     server up to ``position`` has been sent; ``told`` is the last id the client was sent."""
-    if backlog.resync or after is None:
-        kind = events.RESYNC if backlog.resync else events.READY
-        payload: dict[str, object] = {"type": kind, "id": str(backlog.head), "data": {"server_id": server_id}}
-        await _send(response, _frame(kind, backlog.head, payload))
-        return backlog.head, backlog.head
-    told = after
+    told = after or 0
     while True:
+        if backlog.resync or after is None:
+            # Nothing owed (a first connection), or what is owed cannot be told (pruned
+            # meanwhile, even): the client starts from the head.
+            kind = events.RESYNC if backlog.resync else events.READY
+            payload: dict[str, object] = {"type": kind, "id": str(backlog.head), "data": {"server_id": server_id}}
+            await _send(response, _frame(kind, backlog.head, payload))
+            return backlog.head, backlog.head
         for event in backlog.events:
             await _send(response, _event_frame(event))
             told = event.id

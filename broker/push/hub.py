@@ -156,11 +156,8 @@ class Hub:
         try:
             while True:
                 found, head = await self._store.read(partial(events.since, after=self.head))
-                rotated = any(e.type == events.KEYS_ROTATED for e in found)
-                if rotated:
-                    # Before any agent hears of new keys, this replica publishes them
-                    # (GET /v1/keys), rather than within key_reload_seconds.
-                    await self._on_keys_rotated()
+                if any(e.type == events.KEYS_ROTATED for e in found):
+                    await self._keys_rotated()
                 for event in found:
                     for sub in list(self._subs.get(event.server_id, ())) if event.server_id else self._all():
                         sub.offer(event)
@@ -172,6 +169,17 @@ class Hub:
             log.warning("stream events: %s", exc.detail)
         except Exception:
             log.exception("stream events: cannot read new events; trying again")
+
+    async def _keys_rotated(self) -> None:
+        """Before any agent hears of new keys, this replica publishes them (GET /v1/keys),
+        rather than within key_reload_seconds. If it cannot, the event still goes out: the
+        agent then fetches the keys when a token signed with the new one reaches it."""
+        try:
+            await self._on_keys_rotated()
+        except StorageUnavailable as exc:
+            log.warning("stream events: cannot re-read the signing keys: %s", exc.detail)
+        except Exception:
+            log.exception("stream events: cannot re-read the signing keys")
 
     def _all(self) -> list[Subscription]:
         return [sub for subs in self._subs.values() for sub in subs]
