@@ -247,6 +247,11 @@ class BrokerServer:
     def running(self) -> bool:
         return self._runner is not None
 
+    @property
+    def app(self) -> web.Application | None:
+        """The running application (its services: store, clock…), None when stopped."""
+        return None if self._runner is None else self._runner.app
+
     async def start(self) -> None:
         assert self._runner is None
         runner = web.AppRunner(create_app(self.config), access_log=None)

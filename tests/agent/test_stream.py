@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from agent.stream import SseParser, Watcher
 from broker.cli import rotate_keys
 from broker.config import load as load_broker_config
 from broker.ids import new_token
+from broker.push import events
+from broker.services import SERVICES
 from tests.agent.harness import (
     AgentFactory,
     AgentHarness,
@@ -347,3 +350,41 @@ async def test_a_lifetime_change_is_renewed_at_once_and_rotated_keys_fetched_at_
         await eventually(lambda: proxy.requests.count("GET /v1/keys") > fetched, within=3.0, what="the keys fetched")
         ring = agent.daemon.host.keyring(proxy.url)
         await eventually(lambda: key.kid in ring.kids, within=3.0, what="the new key known")
+
+
+async def test_back_after_longer_than_the_retention_the_agent_renews_everything(
+    live_broker: LiveBroker, proxy: Proxy, agent_config: Config, start_agent: AgentFactory, fake_clock: FakeClock
+) -> None:
+    hour = {"lease_seconds": HOUR}
+    await live_broker.call("PATCH", live_broker.pool_path(live_broker.default_pool), live_broker.admin, hour, 200)
+    await enroll_agent(agent_config, proxy.url, await live_broker.code())
+    agent = await start_agent()
+    for encoder in ("ENC-1", "ENC-2"):
+        await agent.want(encoder, 1)
+        await agent.wait_state(encoder, "active")
+    w = await streaming(agent)
+    proxy.streams_refused = True
+    proxy.cut_streams()
+    await eventually(lambda: not w.connected, what="the stream to be lost")
+    gone = (await agent.lease("ENC-1"))["lease"]["id"]
+    path = f"/v1/estates/{live_broker.estate_id}/leases/{gone}"
+    await live_broker.call("DELETE", path, live_broker.admin, status=204)
+    # Meanwhile the broker forgets the events (as after stream_retention_seconds).
+    assert live_broker.server is not None and live_broker.server.app is not None
+    store = live_broker.server.app[SERVICES].store
+    pruned = await store.write(partial(events.prune, now=fake_clock.now(), keep_seconds=0, keep_rows=0))
+    assert pruned > int(w.parser.last_id or 0)
+
+    proxy.streams_refused = False
+    for _ in range(40):
+        if w.connected:
+            break
+        await agent.idle()
+        await fake_clock.advance(2)
+        await asyncio.sleep(0.01)
+    await eventually(lambda: w.connected, what="the stream to open again")
+    assert w.parser.last_id == str(pruned)  # resync: carry on from the broker's head
+    # What was missed cannot be told: every lease is renewed, and the renewal tells.
+    await agent.wait_state("ENC-1", "revoked")
+    await eventually(lambda: sum(r.endswith("/renew") for r in proxy.requests) >= 2, what="both leases renewed")
+    assert (await agent.lease("ENC-2"))["state"] == "active"
