@@ -108,12 +108,23 @@ def record_server_removed(tx: Tx, now: float, server_id: str, lease_ids: list[st
 
 def record_pool_changed(tx: Tx, now: float, pool_id: str, lease_seconds: int) -> None:
     """The pool's lease lifetime changed: its servers renew to pick it up."""
-    record(tx, now, POOL_CHANGED, {"pool_id": pool_id, "lease_seconds": lease_seconds}, pool_id=pool_id)
+    data = {"pool_id": pool_id, "lease_seconds": lease_seconds, "reason": "lease_seconds"}
+    record(tx, now, POOL_CHANGED, data, pool_id=pool_id)
+
+
+def record_purchase_changed(tx: Tx, now: float, purchase_id: str) -> None:
+    """A purchase was put on hold, let go, or given another expiry: the pools whose live
+    leases hold its seats hear ``pool.changed``, and their servers renew to learn the
+    lease's new state and expiry now rather than at the next renewal."""
+    for row in tx.all("stream_pools_leasing_purchase", purchase_id=purchase_id):
+        data = {"pool_id": row["pool_id"], "lease_seconds": row["lease_seconds"], "reason": "purchase"}
+        record(tx, now, POOL_CHANGED, data, pool_id=row["pool_id"])
 
 
 def record_server_rebound(tx: Tx, now: float, server_id: str, pool_id: str, lease_seconds: int) -> None:
     """The server now draws from another pool: ``pool.changed`` to it alone, naming the new pool."""
-    record(tx, now, POOL_CHANGED, {"pool_id": pool_id, "lease_seconds": lease_seconds}, server_id=server_id)
+    data = {"pool_id": pool_id, "lease_seconds": lease_seconds, "reason": "rebound"}
+    record(tx, now, POOL_CHANGED, data, server_id=server_id)
 
 
 def record_keys_rotated(tx: Tx, now: float, kid: str) -> None:

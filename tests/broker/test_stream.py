@@ -18,7 +18,7 @@ from broker.clock import ManualClock
 from broker.push import events
 from broker.services import SERVICES
 from tests.broker.estate_kit import assert_problem, raw
-from tests.broker.leasing import Site, make_site
+from tests.broker.leasing import ONE, Site, make_site
 from tests.broker.sse import SseReader
 from tests.conftest import Broker
 
@@ -112,7 +112,7 @@ async def test_resume_with_last_event_id_sends_exactly_the_missed_events(broker:
         missed = [await reader.event() for _ in range(3)]
         assert [m.event for m in missed] == ["lease.revoked", "pool.changed", "lease.revoked"]
         assert missed[0].payload["data"]["lease_id"] == a["id"]
-        assert missed[1].payload["data"] == {"pool_id": site.pool_id, "lease_seconds": 900}
+        assert missed[1].payload["data"] == {"pool_id": site.pool_id, "lease_seconds": 900, "reason": "lease_seconds"}
         assert missed[2].payload["data"]["lease_id"] == b["id"]
         ids = [int(m.id or 0) for m in missed]
         assert ids == sorted(ids) and ids[0] > int(start)
@@ -186,7 +186,7 @@ async def test_a_pool_change_and_a_key_rotation_reach_the_stream(
         await site.set_lease_seconds(1200)
         changed = await reader.event()
         assert changed.event == "pool.changed"
-        assert changed.payload["data"] == {"pool_id": site.pool_id, "lease_seconds": 1200}
+        assert changed.payload["data"] == {"pool_id": site.pool_id, "lease_seconds": 1200, "reason": "lease_seconds"}
         # keys rotate runs as another process would (its own store): the poll finds it.
         key = await rotate_keys(config)
         rotated = await reader.event(within=3.0)
@@ -299,3 +299,42 @@ async def test_an_event_is_recorded_only_with_its_action(broker: Broker) -> None
     await site.set_lease_seconds((await site.pool())["lease_seconds"])  # unchanged: nothing to say
     found, _ = await svc.store.read(lambda tx: events.since(tx, before))
     assert [e.type for e in found] == ["lease.revoked"]
+
+
+async def test_a_purchase_put_on_hold_reaches_the_pools_leasing_it(broker: Broker) -> None:
+    stock = [("SO-1", 4, 200, ONE), ("SO-2", 4, 365, ONE)]
+    site = await make_site(broker, stock, move={"SO-1": 2, "SO-2": 2})
+    home = await site.enrol("host-home", pool_id=site.default_pool_id)  # Default holds SO-1 too, unleased
+    await site.acquire("ENC-1", 2, status=201)  # Paris: two seats, of SO-1 (the earliest expiry first)
+    async with stream(broker, site.server) as paris, stream(broker, home["server_token"]) as default:
+        await opened(paris)
+        await opened(default)
+        await site.set_purchase("SO-1", status="on_hold")
+        got = await paris.event()
+        assert got.event == "pool.changed"
+        assert got.payload["data"] == {"pool_id": site.pool_id, "lease_seconds": 3600, "reason": "purchase"}
+        # The Default Pool holds SO-1 but leases none of it: its server heard nothing; the
+        # first it hears is its own pool's change, made after.
+        await site.set_lease_seconds(1500, pool_id=site.default_pool_id)
+        first = await default.event()
+        assert first.payload["data"] == {
+            "pool_id": site.default_pool_id,
+            "lease_seconds": 1500,
+            "reason": "lease_seconds",
+        }
+
+
+async def test_a_rebound_server_hears_so_and_then_hears_its_new_pool(broker: Broker) -> None:
+    site = await make_site(broker)
+    async with stream(broker, site.server) as reader:
+        await opened(reader)
+        path = f"/v1/estates/{site.estate_id}/servers/{site.server_id}"
+        await broker.call("PATCH", path, site.admin, {"pool_id": site.default_pool_id}, 200)
+        got = await reader.event()
+        assert got.event == "pool.changed"
+        assert got.payload["data"]["pool_id"] == site.default_pool_id
+        assert got.payload["data"]["reason"] == "rebound"
+        await site.set_lease_seconds(1200)  # Paris, which it left: not for it
+        await site.set_lease_seconds(900, pool_id=site.default_pool_id)  # its new pool
+        got = await reader.event()
+        assert got.payload["data"] == {"pool_id": site.default_pool_id, "lease_seconds": 900, "reason": "lease_seconds"}

@@ -13,6 +13,12 @@ VALUES (:at, :type, :server_id, :pool_id, :data)
 -- PostgreSQL wakes every replica's listener at COMMIT; a SQLite broker wakes its own streams.
 SELECT 1
 
+-- name: stream_pools_leasing_purchase
+-- The pools whose live leases hold seats of the purchase (they hear it changed).
+SELECT h.pool_id, p.lease_seconds FROM holdings h JOIN pools p ON p.id = h.pool_id
+WHERE h.purchase_id = :purchase_id AND h.leased > 0
+ORDER BY h.pool_id
+
 -- name: stream_events_of_server
 SELECT id, at, type, server_id, pool_id, data FROM stream_events
 WHERE id > :after
