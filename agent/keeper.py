@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 STOP_RETRY = RetryPolicy(initial=0.2, cap=2.0)
 
 
+_REVOKED_DETAIL = "the lease was {} by an administrator"
+
+
 class _Woken(Exception):
     """The encoder changed its wish while we were waiting to retry."""
 
@@ -109,7 +112,7 @@ class Keeper:
         self._renew_soon = False
         # Leases the broker said (on its stream) are revoked: a grant for one of them that
         # was in flight meanwhile is not handed out (see ``revoked``).
-        self._revoked: set[str] = set()
+        self._revoked: dict[str, str] = {}  # lease id: the error code it was revoked with
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -178,11 +181,23 @@ class Keeper:
         is told (state ``revoked``), as a refused renewal would have later."""
         if len(self._revoked) >= 16:
             self._revoked.clear()  # bounded: only a grant in flight right now matters
-        self._revoked.add(lease_id)
+        self._revoked[lease_id] = code
         held = self.record.held
         if held is not None and held.lease_id == lease_id and held.server_id == server_id:
-            self._revoke(code, f"the lease was {code.removeprefix('lease_')} by an administrator")
+            self._revoke(code, _REVOKED_DETAIL.format(code.removeprefix("lease_")))
             self._wake.set()
+
+    def _revoked_meanwhile(self, lease_id: str) -> bool:
+        """True if the broker's stream said ``lease_id`` was revoked while a request that
+        returns it was on its way: the answer is not handed out, and the encoder is told."""
+        code = self._revoked.get(lease_id)
+        if code is None:
+            return False
+        if self.record.halted != "revoked":  # a grant of a lease the keeper did not hold yet
+            self.record.held = None
+            self._revoke(code, _REVOKED_DETAIL.format(code.removeprefix("lease_")))
+            self._save_later()
+        return True
 
     def renew_soon(self, server_id: str) -> None:
         """Renew a lease held under ``server_id`` now, not at ``renew_after`` (the pool's
@@ -487,8 +502,8 @@ class Keeper:
         if grant is None:
             raise BrokerUnavailable(binding.broker_url, "acquire answered with no lease")
         held = await self._accept(grant, binding, sent, want)
-        if held.lease_id in self._revoked:
-            return  # revoked on the broker's stream while this answer was on its way
+        if self._revoked_meanwhile(held.lease_id):
+            return
         # Even if the wish changed while we asked, this lease is real: keep it, and let
         # the loop go round again to reshape or release it.
         log.info(
@@ -543,7 +558,7 @@ class Keeper:
             self._deps.health.ok(binding.broker_url)
             reason = exc.body.get("reason")
             if exc.code == "lease_gone" and reason in ("released", "revoked"):
-                self._revoke(f"lease_{reason}", f"the lease was {reason} by an administrator")
+                self._revoke(f"lease_{reason}", _REVOKED_DETAIL.format(reason))
                 await self._deps.save()
             elif exc.code == "unauthenticated":
                 await self._refused(exc, binding)
@@ -560,8 +575,8 @@ class Keeper:
             return
         self._deps.health.ok(binding.broker_url)
         fresh = await self._accept(grant, binding, sent, None)
-        if fresh.lease_id in self._revoked:
-            return  # revoked on the broker's stream while this renewal was on its way
+        if self._revoked_meanwhile(fresh.lease_id):
+            return
         if fresh.lease_id != held.lease_id or fresh.count != held.count:
             raise TokenRejected("the renewed lease does not match the lease held")
         if sent[0] > held.renew_at + max(1.0, (held.deadline - held.renew_at) / 2):

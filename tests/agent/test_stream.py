@@ -388,3 +388,26 @@ async def test_back_after_longer_than_the_retention_the_agent_renews_everything(
     await agent.wait_state("ENC-1", "revoked")
     await eventually(lambda: sum(r.endswith("/renew") for r in proxy.requests) >= 2, what="both leases renewed")
     assert (await agent.lease("ENC-2"))["state"] == "active"
+
+
+async def test_a_grant_revoked_while_its_answer_is_on_the_way_is_not_handed_out(
+    live_broker: LiveBroker, proxy: Proxy, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    await enroll_agent(agent_config, proxy.url, await live_broker.code())
+    agent = await start_agent()
+    await streaming(agent)
+    proxy.hold("/v1/leases", answer=True)  # the broker grants; its answer is held up
+    await agent.want("ENC-1", 1)
+    await eventually(lambda: proxy.holding == 1, what="the grant to be held up")
+    (granted,) = await live_broker.leases()
+    await live_broker.call(
+        "DELETE", f"/v1/estates/{live_broker.estate_id}/leases/{granted['id']}", live_broker.admin, status=204
+    )
+    await asyncio.sleep(0.2)  # the stream's lease.revoked arrives before the grant
+    proxy.let_go()
+    await agent.wait_state("ENC-1", "revoked")
+    view = await agent.lease("ENC-1")
+    assert view["lease"] is None and view["error"]["code"] == "lease_revoked"
+    await asyncio.sleep(0.2)
+    assert proxy.requests.count("POST /v1/leases") == 1  # not taken again behind the admin's back
+    assert await live_broker.in_use() == 0
