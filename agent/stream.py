@@ -52,6 +52,7 @@ DEFAULT_HEARTBEAT = 15.0
 MAX_LINE = 64 * 1024
 # A stream that ends within this many seconds of opening counts as a failure (backoff).
 SHORT_LIVED = 5.0
+_MANY = 64  # failures enough for the retry cap
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,12 @@ class Watcher:
                     log.warning("event stream: the broker no longer knows %s", self.binding.describe())
                     self._deps.binding_removed(self.binding)
                     return
+                # Not for this agent to mend (a broker older than the stream answers 404):
+                # said once, then asked again at the slowest pace; renewals carry on.
                 failures += 1
-                log.warning("event stream refused for %s: %s", self.binding.describe(), exc)
-                pause = self._pause(failures, None)
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "event stream refused for %s (%s); renewals go on", self.binding.describe(), exc)
+                pause = self._pause(_MANY, None)
             except Retryable as exc:
                 failures += 1
                 level = logging.INFO if failures == 1 else logging.DEBUG

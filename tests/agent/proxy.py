@@ -190,6 +190,9 @@ class Proxy:
         self.streams.append(request.headers.get("Last-Event-ID"))
         if self.streams_refused:
             return self._cut(request)
+        fault = self._fault_for(request.path)
+        if fault is not None and fault.kind == "replace":  # e.g. a broker without the stream
+            return web.Response(status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type})
         wanted = ("authorization", "accept", "last-event-id")
         headers = {k: v for k, v in request.headers.items() if k.lower() in wanted}
         task = asyncio.current_task()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -411,3 +412,34 @@ async def test_a_grant_revoked_while_its_answer_is_on_the_way_is_not_handed_out(
     await asyncio.sleep(0.2)
     assert proxy.requests.count("POST /v1/leases") == 1  # not taken again behind the admin's back
     assert await live_broker.in_use() == 0
+
+
+async def test_a_broker_without_the_stream_is_asked_seldom_and_renewals_carry_on(
+    live_broker: LiveBroker,
+    proxy: Proxy,
+    agent_config: Config,
+    start_agent: AgentFactory,
+    fake_clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An older broker: 404 for /v1/stream, as a problem document.
+    problem = b'{"type":"about:blank","title":"Not found","status":404,"code":"not_found","detail":"No such route."}'
+    proxy.fault("/v1/stream", "replace", times=None, status=404, body=problem, content_type="application/problem+json")
+    caplog.set_level(logging.DEBUG, logger="agent.stream")
+    await enroll_agent(agent_config, proxy.url, await live_broker.code())
+    agent = await start_agent()
+    await agent.want("ENC-1", 1)
+    await agent.wait_state("ENC-1", "active")
+    first = (await agent.lease("ENC-1"))["lease"]
+    for _ in range(30):  # 300 s: the lease (300 s) is renewed at least twice meanwhile
+        await agent.idle()
+        await fake_clock.advance(10)
+    await agent.idle()
+    assert (await agent.lease("ENC-1"))["state"] == "active"
+    assert (await agent.lease("ENC-1"))["lease"]["expires_at"] > first["expires_at"]
+    # Asked at the retry cap (10 s in these tests, full jitter: 5 s on average, so about
+    # 60 times in 300 s; a loop without a pause would ask without end); said once.
+    assert 2 <= len(proxy.streams) <= 100, len(proxy.streams)
+    warned = [r for r in caplog.records if r.name == "agent.stream" and r.levelno >= logging.WARNING]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert "not_found" in warned[0].getMessage() or "404" in warned[0].getMessage()
