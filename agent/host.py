@@ -228,7 +228,7 @@ class Host:
                 "socket": str(self.config.socket),
             },
             "bindings": [
-                {**b.public_view(), "broker": word, "broker_error": error}
+                {**b.public_view(), "broker": word, "broker_error": error, "events": self.streams.state(b.server_id)}
                 for b, (word, error) in zip(bindings, outcomes, strict=True)
             ],
             "encoders": encoders,

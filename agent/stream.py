@@ -274,6 +274,14 @@ class Streams:
         self.watchers: dict[str, Watcher] = {}
         self._running = False
 
+    def state(self, server_id: str) -> str:
+        """The binding's stream, for ``status``: ``live`` (open), ``connecting`` (opening,
+        or waiting to open again) or ``off`` (not held: the broker removed the binding)."""
+        watcher = self.watchers.get(server_id)
+        if watcher is None or watcher.task is None or watcher.task.done():
+            return "off"
+        return "live" if watcher.connected else "connecting"
+
     @property
     def backing_off(self) -> int:
         """Watchers waiting (on the clock) to connect again."""

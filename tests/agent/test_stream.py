@@ -92,6 +92,8 @@ async def test_an_admins_force_release_reaches_the_encoder_within_two_seconds(
     await agent.wait_state("ENC-1", "active")
     await agent.wait_state("ENC-2", "active")
     await streaming(agent)
+    status, body = await agent.call("GET", "/v1/status")
+    assert status == 200 and [b["events"] for b in body["bindings"]] == ["live"]
     lease = (await agent.lease("ENC-1"))["lease"]
     await revoked_within_two_seconds(agent, live_broker, lease["id"], "ENC-1")
     # The other encoder's lease is untouched; no renewal was due (an hour's lease).
@@ -169,6 +171,7 @@ async def test_with_the_stream_lost_renewal_still_finds_a_revocation(
     proxy.streams_refused = True  # a proxy on the way that drops event streams
     proxy.cut_streams()
     await eventually(lambda: not w.connected, what="the stream to be lost")
+    assert agent.daemon.host.streams.state(w.binding.server_id) == "connecting"
     lease = (await agent.lease("ENC-1"))["lease"]
     await live_broker.call(
         "DELETE", f"/v1/estates/{live_broker.estate_id}/leases/{lease['id']}", live_broker.admin, status=204
@@ -256,6 +259,7 @@ async def test_a_removed_server_revokes_every_lease_at_once(
         assert view["lease"] is None and view["error"]["code"] == "server_removed"
     assert time.monotonic() - began < 2.0
     await eventually(lambda: w.task is not None and w.task.done(), what="the watcher to stop")
+    assert agent.daemon.host.streams.state(server_id) == "off"
 
 
 def test_the_parser_follows_the_sse_rules() -> None:
