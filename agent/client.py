@@ -133,6 +133,7 @@ class BrokerClient:
         self.timeout = timeout
         self._ssl = ssl_context(ca_file)
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -143,10 +144,22 @@ class BrokerClient:
             )
         return self._session
 
+    def _open_streams(self) -> aiohttp.ClientSession:
+        """The event streams' own connections: each holds one for as long as it is open,
+        and however many bindings stream, none may take a connection the calls need."""
+        if self._streams is None or self._streams.closed:
+            self._streams = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._streams
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
+        self._session = self._streams = None
 
     async def _call(
         self,
@@ -256,10 +269,9 @@ class BrokerClient:
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         url = self.base_url + "/v1/stream"
-        unbounded = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         try:
             async with asyncio.timeout(self.timeout):
-                resp = await self._open().get(url, headers=headers, allow_redirects=False, timeout=unbounded)
+                resp = await self._open_streams().get(url, headers=headers, allow_redirects=False)
                 if resp.status == 200 and resp.content_type == "text/event-stream":
                     return resp
                 with contextlib.closing(resp):

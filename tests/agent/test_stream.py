@@ -447,3 +447,23 @@ async def test_a_broker_without_the_stream_is_asked_seldom_and_renewals_carry_on
     warned = [r for r in caplog.records if r.name == "agent.stream" and r.levelno >= logging.WARNING]
     assert len(warned) == 1, [r.getMessage() for r in warned]
     assert "not_found" in warned[0].getMessage() or "404" in warned[0].getMessage()
+
+
+async def test_many_bindings_streaming_leave_the_calls_their_connections(
+    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    """A host with more tenant domains than the client keeps connections for (8): each
+    stream holds a connection for good, and none may starve an acquire."""
+    domains = [f"tenant-{n}" for n in range(10)]
+    for domain in domains:
+        await enroll_agent(agent_config, live_broker.url, await live_broker.code(), domain=domain)
+    agent = await start_agent()
+    streams = agent.daemon.host.streams
+    await eventually(
+        lambda: len(streams.watchers) == 10 and all(w.connected for w in streams.watchers.values()),
+        what="ten streams open",
+    )
+    began = time.monotonic()
+    await agent.want("ENC-1", 1, domain="tenant-9")
+    await agent.wait_state("ENC-1", "active", within=4.0)  # the request timeout is 5 s
+    assert time.monotonic() - began < 4.0
