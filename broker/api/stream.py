@@ -31,6 +31,7 @@ from broker.push import events
 from broker.push.events import Event
 from broker.push.hub import Hub, Subscription
 from broker.services import SERVICES, Services
+from shared.timefmt import format_ts
 
 log = logging.getLogger("tenure.stream")
 
@@ -189,7 +190,12 @@ async def _opening(
             # Nothing owed (a first connection), or what is owed cannot be told (pruned
             # meanwhile, even): the client starts from the head.
             kind = events.RESYNC if backlog.resync else events.READY
-            payload: dict[str, object] = {"type": kind, "id": str(backlog.head), "data": {"server_id": server_id}}
+            payload: dict[str, object] = {
+                "type": kind,
+                "id": str(backlog.head),
+                "timestamp": format_ts(svc.clock.now()),
+                "data": {"server_id": server_id},
+            }
             await _send(response, _frame(kind, backlog.head, payload))
             return backlog.head, backlog.head
         for event in backlog.events:

@@ -45,6 +45,7 @@ async def opened(reader: SseReader) -> str:
     ready = await reader.event()
     assert ready.event == "ready", ready
     assert ready.id is not None
+    assert set(ready.payload) == {"type", "id", "timestamp", "data"} and ready.payload["id"] == ready.id
     return ready.id
 
 
