@@ -13,6 +13,7 @@ is the keeper's business (``agent/keeper.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import re
@@ -132,6 +133,7 @@ class BrokerClient:
         self.timeout = timeout
         self._ssl = ssl_context(ca_file)
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -142,10 +144,22 @@ class BrokerClient:
             )
         return self._session
 
+    def _open_streams(self) -> aiohttp.ClientSession:
+        """The event streams' own connections: each holds one for as long as it is open,
+        and however many bindings stream, none may take a connection the calls need."""
+        if self._streams is None or self._streams.closed:
+            self._streams = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._streams
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
+        self._session = self._streams = None
 
     async def _call(
         self,
@@ -167,6 +181,10 @@ class BrokerClient:
                 location = resp.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout, self.base_url)) from exc
+        return self._judge(status, raw, retry_after, location)
+
+    def _judge(self, status: int, raw: bytes, retry_after: float | None, location: str) -> tuple[int, Any]:
+        """The answer's status and JSON body, or the ``agent.errors`` exception it means."""
         data: Any = None
         if raw:
             try:
@@ -242,6 +260,26 @@ class BrokerClient:
         if not isinstance(data, dict):
             raise self._garbled("me")
         return data
+
+    async def stream(self, token: Secret, last_event_id: str | None) -> aiohttp.ClientResponse:
+        """``GET /v1/stream``: the open event stream, to be read and closed by the caller
+        (``agent/stream.py``). Only the answer's head must come within the timeout; the
+        body has none (the caller notices a dead stream by its heartbeats stopping)."""
+        headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token.reveal()}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        url = self.base_url + "/v1/stream"
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self._open_streams().get(url, headers=headers, allow_redirects=False)
+                if resp.status == 200 and resp.content_type == "text/event-stream":
+                    return resp
+                with contextlib.closing(resp):
+                    raw = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise BrokerUnavailable(self.base_url, _reason(exc, self.timeout, self.base_url)) from exc
+        self._judge(resp.status, raw, _retry_after(resp.headers.get("Retry-After")), resp.headers.get("Location", ""))
+        raise self._garbled("stream")
 
     def _lease(self, data: Any, what: str) -> Lease:
         try:

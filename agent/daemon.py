@@ -41,6 +41,7 @@ class Daemon:
                 self.config.state_dir,
             )
         self.host.runner.start()
+        self.host.streams.start()
         await self.server.start()
         count = len(self.host.runner.keepers)
         log.info(
@@ -56,6 +57,7 @@ class Daemon:
         self.notifier.stopping()
         release = not self.config.keep_leases_on_stop
         log.info("stopping; %s leases", "releasing" if release else "keeping")
+        await self.host.streams.stop()
         await self.server.stop()
         await self.host.runner.stop(release=release, within=self.config.stop_timeout)
         await self.host.close()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 from typing import Any
 
+from agent.backoff import RetryPolicy
 from agent.bindings import Binding, Bindings, bindings_mtime, load_bindings
 from agent.client import BrokerClient
 from agent.clock import Clock, SystemClock
@@ -21,6 +23,7 @@ from agent.keyring import KeyRing, signed_by
 from agent.records import load_leases, write_leases_snapshot
 from agent.runner import HandBack, Runner
 from agent.statedir import ensure_dir
+from agent.stream import StreamDeps, Streams
 from shared import __version__
 from shared.timefmt import format_ts
 
@@ -59,6 +62,21 @@ class Host:
             retry_initial=config.retry_initial,
             retry_max=config.retry_max,
         )
+        runner = self.runner
+        self.streams = Streams(
+            StreamDeps(
+                clock=self.clock,
+                rng=random.Random(),  # noqa: S311 - jitter, not secrets
+                retry=RetryPolicy(initial=config.retry_initial, cap=config.retry_max),
+                bindings=self.bindings,
+                client=self.client,
+                lease_revoked=runner.lease_revoked,
+                binding_removed=lambda binding: runner.revoke_binding(binding, "server_removed"),
+                renew_soon=runner.renew_soon,
+                refresh_keys=lambda url: self.keyring(url).refresh(),
+                spawn=runner.spawn,
+            )
+        )
 
     # ------------------------------------------------------------------ shared parts
 
@@ -81,6 +99,8 @@ class Host:
                     self._keyrings.pop(binding.broker_url, None)
             if not first and hasattr(self, "runner"):
                 self.runner.bindings_changed()
+            if not first and hasattr(self, "streams"):
+                self.streams.sync()
         return self._bindings
 
     def client(self, url: str) -> BrokerClient:
@@ -208,7 +228,7 @@ class Host:
                 "socket": str(self.config.socket),
             },
             "bindings": [
-                {**b.public_view(), "broker": word, "broker_error": error}
+                {**b.public_view(), "broker": word, "broker_error": error, "events": self.streams.state(b.server_id)}
                 for b, (word, error) in zip(bindings, outcomes, strict=True)
             ],
             "encoders": encoders,

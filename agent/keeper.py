@@ -26,7 +26,9 @@ A keeper talks out through one narrow door, its ``KeeperDeps`` (the clock, the r
 source, the retry policy, the bindings, broker clients, key rings, persistence, broker
 health, and two reports to its owner: "I am done" and "this binding is gone"). Its owner
 (``Runner``, in ``agent/runner.py``) talks in through the intent methods ``want``,
-``withdraw``, ``binding_removed`` and ``bindings_changed``, and never writes its fields.
+``withdraw``, ``binding_removed``, ``bindings_changed``, ``revoked`` and ``renew_soon``
+(the last two are what the broker's event stream says, ``agent/stream.py``), and never
+writes its fields.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 
 # Giving leases back on stop is quick or not at all: retry fast, within the stop timeout.
 STOP_RETRY = RetryPolicy(initial=0.2, cap=2.0)
+
+
+_REVOKED_DETAIL = "the lease was {} by an administrator"
 
 
 class _Woken(Exception):
@@ -104,6 +109,10 @@ class Keeper:
         self._offline = False
         self._lost = False
         self._in_flight = False
+        self._renew_soon = False
+        # Leases the broker said (on its stream) are revoked: a grant for one of them that
+        # was in flight meanwhile is not handed out (see ``revoked``).
+        self._revoked: dict[str, str] = {}  # lease id: the error code it was revoked with
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -164,6 +173,38 @@ class Keeper:
         )
         if on_it and r.halted != "revoked":
             self._revoke(code, "this server or domain was removed by an administrator")
+            self._wake.set()
+
+    def revoked(self, server_id: str, lease_id: str, code: str) -> None:
+        """The broker says at once (``agent/stream.py``) that an administrator revoked or
+        released ``lease_id``: its token is not handed out from now on, and the encoder
+        is told (state ``revoked``), as a refused renewal would have later."""
+        if len(self._revoked) >= 16:
+            self._revoked.clear()  # bounded: only a grant in flight right now matters
+        self._revoked[lease_id] = code
+        held = self.record.held
+        if held is not None and held.lease_id == lease_id and held.server_id == server_id:
+            self._revoke(code, _REVOKED_DETAIL.format(code.removeprefix("lease_")))
+            self._wake.set()
+
+    def _revoked_meanwhile(self, lease_id: str) -> bool:
+        """True if the broker's stream said ``lease_id`` was revoked while a request that
+        returns it was on its way: the answer is not handed out, and the encoder is told."""
+        code = self._revoked.get(lease_id)
+        if code is None:
+            return False
+        if self.record.halted != "revoked":  # a grant of a lease the keeper did not hold yet
+            self.record.held = None
+            self._revoke(code, _REVOKED_DETAIL.format(code.removeprefix("lease_")))
+            self._save_later()
+        return True
+
+    def renew_soon(self, server_id: str) -> None:
+        """Renew a lease held under ``server_id`` now, not at ``renew_after`` (the pool's
+        lease lifetime changed, or the agent missed what the broker said)."""
+        held = self.record.held
+        if held is not None and held.server_id == server_id:
+            self._renew_soon = True
             self._wake.set()
 
     def bindings_changed(self) -> None:
@@ -278,8 +319,9 @@ class Keeper:
                 await wait_event(clock, self._wake, None)
                 continue
             if r.held is not None and (r.halted is not None or self._matches(r.held, r.want)):
-                if await wait_event(clock, self._wake, r.held.renew_at - clock.monotonic()):
+                if not self._renew_soon and await wait_event(clock, self._wake, r.held.renew_at - clock.monotonic()):
                     continue
+                self._renew_soon = False
                 await self._retrying(self._renew)
                 continue
             await self._retrying(self._acquire)
@@ -460,6 +502,8 @@ class Keeper:
         if grant is None:
             raise BrokerUnavailable(binding.broker_url, "acquire answered with no lease")
         held = await self._accept(grant, binding, sent, want)
+        if self._revoked_meanwhile(held.lease_id):
+            return
         # Even if the wish changed while we asked, this lease is real: keep it, and let
         # the loop go round again to reshape or release it.
         log.info(
@@ -514,7 +558,7 @@ class Keeper:
             self._deps.health.ok(binding.broker_url)
             reason = exc.body.get("reason")
             if exc.code == "lease_gone" and reason in ("released", "revoked"):
-                self._revoke(f"lease_{reason}", f"the lease was {reason} by an administrator")
+                self._revoke(f"lease_{reason}", _REVOKED_DETAIL.format(reason))
                 await self._deps.save()
             elif exc.code == "unauthenticated":
                 await self._refused(exc, binding)
@@ -531,6 +575,8 @@ class Keeper:
             return
         self._deps.health.ok(binding.broker_url)
         fresh = await self._accept(grant, binding, sent, None)
+        if self._revoked_meanwhile(fresh.lease_id):
+            return
         if fresh.lease_id != held.lease_id or fresh.count != held.count:
             raise TokenRejected("the renewed lease does not match the lease held")
         if sent[0] > held.renew_at + max(1.0, (held.deadline - held.renew_at) / 2):

@@ -6,7 +6,8 @@ API hands them over, and on stop gives the leases back within a bounded time.
 
 The runner drives its keepers and never the other way round: each keeper is handed one
 ``KeeperDeps`` and hears from the runner only through its intent methods (``want``,
-``withdraw``, ``binding_removed``, ``bindings_changed``, ``hand_back``).
+``withdraw``, ``binding_removed``, ``bindings_changed``, ``hand_back``, ``revoked``,
+``renew_soon``).
 """
 
 from __future__ import annotations
@@ -151,6 +152,17 @@ class Runner:
         """The broker no longer knows ``binding``: every lease under it is revoked."""
         for keeper in list(self.keepers.values()):
             keeper.binding_removed(binding, code)
+
+    def lease_revoked(self, server_id: str, lease_id: str, code: str) -> None:
+        """The broker's stream says an administrator ended ``lease_id`` (``code``:
+        ``lease_revoked`` or ``lease_released``): its encoder stops being handed it now."""
+        for keeper in list(self.keepers.values()):
+            keeper.revoked(server_id, lease_id, code)
+
+    def renew_soon(self, server_id: str) -> None:
+        """Renew every lease held under ``server_id`` now (a pool change, a resync)."""
+        for keeper in list(self.keepers.values()):
+            keeper.renew_soon(server_id)
 
     def bindings_changed(self) -> None:
         """A binding was added or replaced: retry encoders stopped for want of one."""

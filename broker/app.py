@@ -10,7 +10,16 @@ from typing import Any
 from aiohttp import web
 
 from broker import audit, console, reaper, secretfiles, signing
-from broker.api import agent, estate, metrics, operator, pools, public, webhooks  # noqa: F401 - registers routes
+from broker.api import (  # noqa: F401 - registers routes
+    agent,
+    estate,
+    metrics,
+    operator,
+    pools,
+    public,
+    stream,
+    webhooks,
+)
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import every_request
 from broker.config import Config
@@ -38,6 +47,7 @@ def create_app(config: Config, *, worker: int = 0, housekeeping: bool = True) ->
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
     app.cleanup_ctx.append(_services(config))
+    stream.setup(app)
     app.cleanup_ctx.append(_background(reaper.key_loop))
     if housekeeping:
         app.cleanup_ctx.append(_background(reaper.lapse_loop))

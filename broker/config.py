@@ -170,6 +170,34 @@ class Config:
     webhook_scan_seconds: float = _setting(
         60.0, "How often purchases are checked for expiry events (purchase.expiring and after).", min=0.05, max=3600
     )
+    stream_heartbeat_seconds: float = _setting(
+        15.0,
+        "How often GET /v1/stream sends a heartbeat (a comment line) on an idle stream, so that "
+        "proxies keep it open and agents notice a dead one (after three missed).",
+        min=0.05,
+        max=300,
+    )
+    stream_poll_seconds: float = _setting(
+        10.0,
+        "How often each broker process looks for stream events it was not woken for (the "
+        "safety net under PostgreSQL LISTEN/NOTIFY, and what picks up a `keys rotate` run from "
+        "another process on SQLite).",
+        min=0.05,
+        max=300,
+    )
+    stream_retention_seconds: int = _setting(
+        7 * 86400,
+        "How long stream events are kept for agents that resume with Last-Event-ID; one that "
+        "resumes from before is told to resync (renew everything).",
+        min=60,
+        max=90 * 86400,
+    )
+    stream_max_per_server: int = _setting(
+        2,
+        "Open streams per server and broker process; a new one beyond this ends the oldest.",
+        min=1,
+        max=100,
+    )
     clock: Clock = field(default_factory=SystemClock, metadata={"internal": True}, compare=False)
     webhook_schedule: tuple[float, ...] | None = field(default=None, metadata={"internal": True}, compare=False)
     """Delays between delivery attempts (default ``broker.webhooks.delivery.SCHEDULE``); tests shorten it."""

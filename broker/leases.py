@@ -28,6 +28,7 @@ from broker.errors import (
     constraint_means,
 )
 from broker.principal import Principal
+from broker.push import events as push
 from broker.store.base import Row, Tx
 from broker.webhooks import events as webhook_events
 from shared.secret import Secret
@@ -540,14 +541,16 @@ def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, lease_id: str) 
         raise NotFound("No such lease in this estate.")
     if lease["state"] == "active":
         _end(tx, now, lease, "revoked", "revoked_by_admin", actor)
+        push.record_lease_ended(tx, now, lease, "revoked", "revoked_by_admin")
 
 
-def revoke_all_of_server(tx: Tx, now: float, actor: Principal, server_id: str) -> int:
+def revoke_all_of_server(tx: Tx, now: float, actor: Principal, server_id: str) -> list[str]:
+    """End every active lease of the server; returns their ids."""
     leases = tx.all("leases_active_of_server", server_id=server_id)
     for lease in leases:
         state = "lapsed" if lease["expires_at"] <= now else "revoked"
         _end(tx, now, lease, state, "server_removed", actor)
-    return len(leases)
+    return [lease["id"] for lease in leases]
 
 
 def list_live(

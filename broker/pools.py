@@ -26,6 +26,7 @@ from broker.errors import (
     constraint_means,
 )
 from broker.principal import Principal
+from broker.push import events as push
 from broker.store.base import Row, Tx
 from shared import words
 from shared.timefmt import format_ts
@@ -123,6 +124,8 @@ def update(
         before={"name": row["name"], "lease_seconds": row["lease_seconds"]},
         after={"name": new_name, "lease_seconds": new_seconds},
     )
+    if new_seconds != row["lease_seconds"]:
+        push.record_pool_changed(tx, now, pool_id, new_seconds)
     return view(tx, now, estate_id, pool_id)
 
 

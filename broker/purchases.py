@@ -15,6 +15,7 @@ from typing import Any
 from broker import audit, paging
 from broker.errors import Inconsistent, NotFound, ValidationFailed
 from broker.principal import Principal
+from broker.push import events as push
 from broker.store.base import Row, Tx
 from shared.timefmt import format_ts
 
@@ -149,6 +150,8 @@ def update(
         before={"status": row["status"], "expires_at": format_ts(row["expires_at"])},
         after={"status": new_status, "expires_at": format_ts(new_expiry)},
     )
+    if (new_status, new_expiry) != (row["status"], row["expires_at"]):
+        push.record_purchase_changed(tx, now, purchase_id)
     return render(get(tx, estate_id, purchase_id), now)
 
 

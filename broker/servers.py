@@ -7,6 +7,7 @@ from typing import Any
 from broker import audit, leases, paging, pools
 from broker.errors import Inconsistent, NotFound, ServerHasLeases
 from broker.principal import Principal
+from broker.push import events as push
 from broker.store.base import Row, Tx
 from broker.webhooks import events as webhook_events
 from shared.timefmt import format_ts
@@ -45,7 +46,7 @@ def list_all(
 def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str) -> dict[str, Any]:
     """Bind the server to another pool of the estate; refused while it holds leases."""
     server = get(tx, estate_id, server_id)
-    pools.get(tx, estate_id, pool_id)
+    pool = pools.get(tx, estate_id, pool_id)
     leases.lapse_due(tx, now, server["pool_id"])
     held = tx.all("leases_active_of_server", server_id=server_id)
     if held:
@@ -54,6 +55,8 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
             leases=len(held),
         )
     tx.run("server_rebind", server_id=server_id, pool_id=pool_id)
+    if pool_id != server["pool_id"]:
+        push.record_server_rebound(tx, now, server_id, pool_id, pool["lease_seconds"])
     audit.record(
         tx,
         now,
@@ -77,6 +80,7 @@ def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str)
     server = get(tx, estate_id, server_id)
     freed = leases.revoke_all_of_server(tx, now, actor, server_id)
     tx.run("server_remove", server_id=server_id, now=int(now))
+    push.record_server_removed(tx, now, server_id, freed)
     audit.record(
         tx,
         now,
@@ -87,8 +91,8 @@ def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str)
         subject_id=server_id,
         name=server["name"],
         kind=server["kind"],
-        leases_freed=freed,
+        leases_freed=len(freed),
     )
     data = {"server_id": server_id, "name": server["name"], "kind": server["kind"], "pool_id": server["pool_id"]}
-    webhook_events.emit(tx, now, estate_id, webhook_events.SERVER_REMOVED, {**data, "leases_freed": freed})
-    return freed
+    webhook_events.emit(tx, now, estate_id, webhook_events.SERVER_REMOVED, {**data, "leases_freed": len(freed)})
+    return len(freed)

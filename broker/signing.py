@@ -23,8 +23,9 @@ from typing import Any
 from broker import keyfiles, keymaterial, secretkey
 from broker.config import Config
 from broker.keymaterial import StoredKey
+from broker.push import events as push
 from broker.secretkey import KeySealed, SecretKey, SecretKeyError
-from broker.store.base import Store
+from broker.store.base import Store, Tx
 from shared import jws
 
 log = logging.getLogger("tenure.keys")
@@ -75,7 +76,13 @@ async def start(config: Config, store: Store, now: float, *, may_generate_secret
 
 async def rotate(store: Store, secret: SecretKey, now: float) -> jws.SigningKey:
     """Add a new signing key for the whole deployment; it becomes the one that signs."""
-    stored = await store.write(partial(keymaterial.add_signing_key, secret=secret, now=now))
+
+    def add(tx: Tx) -> StoredKey:
+        stored = keymaterial.add_signing_key(tx, secret, now)
+        push.record_keys_rotated(tx, now, stored.key.kid)  # agents fetch the keys at once
+        return stored
+
+    stored = await store.write(add)
     log.info("new lease-signing key %s", stored.key.kid)
     return stored.key
 

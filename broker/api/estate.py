@@ -20,6 +20,7 @@ from broker.api.http import (
 )
 from broker.api.path import estate_scope, path_id, read_in_estate
 from broker.api.schema import ID, NAME, SERIAL, obj
+from broker.api.stream import wake_streams
 
 ADMIN = ("operator", "admin")
 SERVER_PATCH = obj({"pool_id": ID})
@@ -99,6 +100,7 @@ async def rebind_server(request: web.Request) -> web.StreamResponse:
     now = svc.clock.now()
     result = await svc.store.write(lambda tx: servers.rebind(tx, now, actor, estate_id, server_id, body["pool_id"]))
     svc.principals.forget(server_id=server_id)
+    wake_streams(request)
     return web.json_response(result)
 
 
@@ -117,6 +119,7 @@ async def remove_server(request: web.Request) -> web.StreamResponse:
     now = svc.clock.now()
     await svc.store.write(lambda tx: servers.remove(tx, now, actor, estate_id, server_id))
     svc.principals.forget(server_id=server_id)
+    wake_streams(request)
     return answer(204, None)
 
 
@@ -211,7 +214,7 @@ async def list_leases(request: web.Request) -> web.StreamResponse:
 @route(
     "DELETE",
     "/v1/estates/{estate}/leases/{lease}",
-    summary="Force-release a lease (its agent learns at its next renewal)",
+    summary="Force-release a lease (its agent hears at once on /v1/stream, else at its next renewal)",
     tag="leases",
     auth=ADMIN,
     responses={204: None},
@@ -222,6 +225,7 @@ async def revoke_lease(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     now = svc.clock.now()
     await svc.store.write(lambda tx: leases.revoke(tx, now, actor, estate_id, lease_id))
+    wake_streams(request)
     return answer(204, None)
 
 

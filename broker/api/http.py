@@ -42,6 +42,8 @@ class Route:
     responses: dict[int, Schema | None]
     query: dict[str, Schema] = field(default_factory=dict)
     idempotent: bool = False
+    headers: dict[str, Schema] = field(default_factory=dict)
+    media: str = "application/json"  # of the success answers' bodies
 
 
 ROUTES: list[Route] = []
@@ -58,10 +60,25 @@ def route(
     responses: dict[int, Schema | None] | None = None,
     query: dict[str, Schema] | None = None,
     idempotent: bool = False,
+    headers: dict[str, Schema] | None = None,
+    media: str = "application/json",
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
-            Route(method, path, handler, summary, tag, auth, body, responses or {200: None}, query or {}, idempotent)
+            Route(
+                method,
+                path,
+                handler,
+                summary,
+                tag,
+                auth,
+                body,
+                responses or {200: None},
+                query or {},
+                idempotent,
+                headers or {},
+                media,
+            )
         )
         return handler
 

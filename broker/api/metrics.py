@@ -19,6 +19,7 @@ from aiohttp import web
 from broker import pools
 from broker.api.exposition import Exposition, process_metrics
 from broker.api.http import authenticate, route, services
+from broker.api.stream import HUB
 from broker.errors import Inconsistent
 from broker.store.base import Histogram, StoreStats, Tx
 from broker.webhooks import endpoints
@@ -117,6 +118,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         "counter",
         "Requests refused 429 rate_limited, by route template.",
         [({"route": path}, n) for path, n in sorted(req.rate_limited.items())],
+    )
+    hub = request.app.get(HUB)
+    out.single(
+        "tenure_streams_open", "gauge", "Agents' event streams open on this process.", hub.open_streams if hub else 0
     )
     _store_figures(out, svc.store.stats)
     out.family(

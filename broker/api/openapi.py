@@ -49,6 +49,7 @@ def document() -> dict[str, Any]:
             for n in _PARAM.findall(r.path)
         ]
         params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in r.query.items()]
+        params += [{"name": n, "in": "header", "required": False, "schema": s} for n, s in r.headers.items()]
         if r.idempotent:
             params.append(
                 {
@@ -68,7 +69,7 @@ def document() -> dict[str, Any]:
         for status, schema in sorted(r.responses.items()):
             entry: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "OK")}
             if schema is not None and status < 300:
-                entry["content"] = {"application/json": {"schema": schema}}
+                entry["content"] = {r.media: {"schema": schema}}
             elif schema is not None:
                 entry["content"] = {"application/problem+json": {"schema": schema}}
             op["responses"][str(status)] = entry

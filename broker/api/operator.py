@@ -18,6 +18,7 @@ from broker.api.http import (
 )
 from broker.api.path import estate_scope, path_id, read_in_estate
 from broker.api.schema import LICENCE_TYPE, NAME, TIMESTAMP, integer, obj
+from broker.api.stream import wake_streams
 from broker.errors import ValidationFailed
 from shared.timefmt import parse_ts
 
@@ -120,6 +121,7 @@ async def update_purchase(request: web.Request) -> web.StreamResponse:
             tx, now, actor, estate_id, purchase_id, status=body.get("status"), expires_at=expires_at
         )
     )
+    wake_streams(request)
     return web.json_response(result)
 
 

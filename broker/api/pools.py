@@ -19,6 +19,7 @@ from broker.api.http import (
 )
 from broker.api.path import estate_scope, path_id, read_in_estate
 from broker.api.schema import ID, NAME, array, integer, obj
+from broker.api.stream import wake_streams
 
 MOVE_ITEMS = array(obj({"purchase_id": ID, "count": integer(1, 10_000_000)}), 1, 100)
 NEW_POOL = obj(
@@ -109,13 +110,13 @@ async def update_pool(request: web.Request) -> web.StreamResponse:
     body = parse_json(await read_body(request), POOL_PATCH)
     svc = services(request)
     now = svc.clock.now()
-    return web.json_response(
-        await svc.store.write(
-            lambda tx: pools.update(
-                tx, now, actor, estate_id, pool_id, name=body.get("name"), lease_seconds=body.get("lease_seconds")
-            )
+    result = await svc.store.write(
+        lambda tx: pools.update(
+            tx, now, actor, estate_id, pool_id, name=body.get("name"), lease_seconds=body.get("lease_seconds")
         )
     )
+    wake_streams(request)
+    return web.json_response(result)
 
 
 @route(

@@ -247,6 +247,11 @@ class BrokerServer:
     def running(self) -> bool:
         return self._runner is not None
 
+    @property
+    def app(self) -> web.Application | None:
+        """The running application (its services: store, clock…), None when stopped."""
+        return None if self._runner is None else self._runner.app
+
     async def start(self) -> None:
         assert self._runner is None
         runner = web.AppRunner(create_app(self.config), access_log=None)
@@ -352,7 +357,8 @@ class AgentHarness:
                 and not k.task.done()
                 and not (k.record.held is None and k.record.halted is not None)
             ]
-            return self.clock.sleeping >= len(busy)
+            # Event-stream watchers waiting to reconnect sleep on the clock too.
+            return self.clock.sleeping >= len(busy) + self.daemon.host.streams.backing_off
 
         await eventually(waiting, within=within, what="the keepers to be idle")
 
@@ -370,6 +376,7 @@ class AgentHarness:
         """Clean up after a test: close the socket client and, if still serving, stop
         without releasing (the broker may be gone by now)."""
         await self.session.close()
+        await self.daemon.host.streams.stop()
         if self.daemon.server.serving:
             await self.daemon.server.stop(grace=0)  # no clock is moved during clean-up
             await self.daemon.host.runner.stop(release=False, within=0)

@@ -66,7 +66,11 @@ class Proxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.tampering = False
-        self.requests: list[str] = []
+        self.requests: list[str] = []  # every request but the event streams'
+        self.streams: list[str | None] = []  # each GET /v1/stream: its Last-Event-ID
+        self.streams_refused = False  # cut each new stream at once (a proxy that drops them)
+        self.streams_muted = False  # pass nothing more on the open streams, keep them open
+        self._open_streams: set[asyncio.Task[object]] = set()
         self.holding = 0
         self.faults: list[Fault] = []
         self._hold: str | None = None
@@ -124,6 +128,8 @@ class Proxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
+        if request.path == "/v1/stream":
+            return await self._stream(request)
         self.requests.append(f"{request.method} {request.path}")
         data = await request.read()
         fault = self._fault_for(request.path)
@@ -177,6 +183,44 @@ class Proxy:
                 body = json.dumps(data).encode()
         return web.Response(status=status, body=body, headers={**passed, "Connection": "close"})
 
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/stream``, passed through as it comes (recorded in ``streams``, with
+        its Last-Event-ID); ``down`` and ``cut_streams`` end it as a lost connection would."""
+        assert self._session is not None
+        self.streams.append(request.headers.get("Last-Event-ID"))
+        if self.streams_refused:
+            return self._cut(request)
+        fault = self._fault_for(request.path)
+        if fault is not None and fault.kind == "replace":  # e.g. a broker without the stream
+            return web.Response(status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type})
+        wanted = ("authorization", "accept", "last-event-id")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in wanted}
+        task = asyncio.current_task()
+        assert task is not None
+        self._open_streams.add(task)
+        try:
+            async with self._session.get(
+                self.upstream + request.path_qs, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+            ) as upstream:
+                names = ("Content-Type", "Retry-After", "X-Heartbeat-Seconds")
+                passed = {n: upstream.headers[n] for n in names if n in upstream.headers}
+                response = web.StreamResponse(status=upstream.status, headers=passed)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    if not self.streams_muted:  # muted: swallowed, as a stuck middlebox would
+                        await response.write(chunk)
+                return response
+        except (aiohttp.ClientError, ConnectionError, asyncio.CancelledError):
+            return self._cut(request)
+        finally:
+            self._open_streams.discard(task)
+
+    def cut_streams(self) -> None:
+        """End every open stream as a broken connection would (no goodbye)."""
+        for task in list(self._open_streams):
+            task.cancel()
+        self._open_streams.clear()
+
     def hold(self, path_suffix: str, *, answer: bool = False) -> None:
         """Keep requests whose path ends with ``path_suffix`` until ``let_go()``.
 
@@ -205,6 +249,7 @@ class Proxy:
         self.port = self._runner.addresses[-1][1]
 
     async def down(self) -> None:
+        self.cut_streams()
         if self._site is not None:
             await self._site.stop()
             self._site = None

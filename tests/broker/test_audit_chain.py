@@ -101,6 +101,8 @@ async def test_events_from_before_the_chain_are_chained_when_the_broker_starts(
     conn = sqlite3.connect(db)
     for column in ("prev_hash", "hash"):
         conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
+    for table in ("stream_events", "stream_horizon"):  # the agents' event stream, later still
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 5")
     conn.close()
 

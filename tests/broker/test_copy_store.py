@@ -26,6 +26,7 @@ from broker.clock import ManualClock
 from broker.console import COOKIE
 from shared import jws
 from tests.broker.estate_kit import Estate, base, enroll, estate, lease, new_pool
+from tests.broker.sse import SseReader
 from tests.broker.test_cli import clean_env, free_port, run
 from tests.broker.test_cli import serve as serve
 from tests.conftest import Broker
@@ -149,6 +150,8 @@ async def test_a_copied_broker_serves_from_postgresql_with_the_same_books_tokens
     rotated = run("keys", "rotate", "--data-dir", str(data))  # a second signing key, sealed like the first
     assert rotated.returncode == 0, rotated.stderr
     sqlite_counts = {t: db.rows(f"SELECT COUNT(*) FROM {t}")[0][0] for t in ("events", "admins", "auth_codes")}
+    stream_top = db.rows("SELECT MAX(id) FROM stream_events")[0][0]  # keys rotate told the agents
+    assert stream_top is not None
 
     target = empty_database()
     done = copy_store(data, target)
@@ -210,6 +213,17 @@ async def test_a_copied_broker_serves_from_postgresql_with_the_same_books_tokens
         assert events[: len(before["events"])] == before["events"]
         assert min(int(e["id"]) for e in events[len(before["events"]) :]) > max(int(e["id"]) for e in before["events"])
         assert enrolled["server_id"] in {s["id"] for s in await whole_list(again, f"{base(est)}/servers", est.admin)}
+        # An agent's event stream resumes across the copy: no resync, and what comes next
+        # has a later id than anything the SQLite broker gave.
+        headers = {**again.auth(srv["server_token"]), "Last-Event-ID": str(stream_top)}
+        async with client.get("/v1/stream", headers=headers) as resp:
+            assert resp.status == 200
+            await again.call("DELETE", f"{base(est)}/leases/{held['id']}", est.admin, status=204)
+            got = await SseReader(resp).event()
+            assert got.event == "lease.revoked" and int(got.id or 0) > stream_top
+    assert pg_rows(target, f"SELECT id FROM stream_events WHERE id <= {int(stream_top)} ORDER BY id") == db.rows(
+        "SELECT id FROM stream_events ORDER BY id"
+    )
     assert pg.stop() == 0
     after = run("check", env=clean_env(**env))
     assert after.returncode == 0, after.stdout + after.stderr

@@ -47,6 +47,8 @@ async def _old_layout(broker: Broker, data: Path) -> None:
         conn.execute(f"DROP TABLE {table}")
     for column in ("prev_hash", "hash"):  # version 6
         conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
+    for table in ("stream_events", "stream_horizon"):  # the agents' event stream, later still
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 2")
     conn.close()
 

@@ -46,6 +46,7 @@ TABLES = (
     "moves",
     "events",
     "idempotency",
+    "stream_events",  # what agents are told: a refused action tells them nothing
 )
 
 

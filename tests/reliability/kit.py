@@ -36,6 +36,9 @@ async def call(
         data = json.dumps(body).encode()
         hdrs.setdefault("Content-Type", "application/json")
     resp = await broker.client.request(method, path, data=data, headers=hdrs)
+    if resp.content_type == "text/event-stream":  # GET /v1/stream: its head is the answer; it never ends
+        resp.close()
+        return Answer(resp.status, None, dict(resp.headers))
     text = await resp.text()
     parsed: Any = None
     if text:

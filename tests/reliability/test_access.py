@@ -135,6 +135,7 @@ REQUESTS: dict[str, Callable[[World], Request]] = {
     "keys": lambda w: ("/v1/keys", None, 200),
     "openapi": lambda w: ("/v1/openapi.json", None, 200),
     "me": lambda w: ("/v1/me", None, 200),
+    "stream": lambda w: ("/v1/stream", None, 200),
 }
 ESTATE_ROUTES = {
     name

@@ -114,8 +114,8 @@ function leasesSection(page) {
           ask: {
             title: `Force-release ${l.encoder}?`,
             message: `Its ${plural(l.count, `${l.licence_type} licence`, `${l.licence_type} licences`)} `
-              + `${l.count === 1 ? 'goes' : 'go'} back to the pool now. Its agent learns at its next renewal `
-              + `and does not take ${l.count === 1 ? 'it' : 'them'} again on its own.`,
+              + `${l.count === 1 ? 'goes' : 'go'} back to the pool now. Its agent hears at once (if offline, `
+              + `at its next renewal) and does not take ${l.count === 1 ? 'it' : 'them'} again on its own.`,
             confirm: 'Yes, release',
           },
           errors,
