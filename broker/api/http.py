@@ -212,6 +212,7 @@ SessionLookup = Callable[[web.Request], Awaitable[tuple[bytes, str] | None]]
 SESSION_LOOKUP: web.AppKey[SessionLookup] = web.AppKey("session_lookup")
 # Who made the request, for its access-log line (without the credential).
 PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
 """Set by ``broker.console.setup``: the token digest behind a console session cookie and
 the cookie's raw session id (None when there is no cookie); it raises 401 for a dead
 session and 403 ``csrf_failed`` for a state-changing request without the session's CSRF

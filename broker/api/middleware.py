@@ -21,14 +21,13 @@ from aiohttp import web
 
 from broker import errors
 from broker.api.client import client_ip
-from broker.api.http import PRINCIPAL, Handler
+from broker.api.http import PRINCIPAL, REQUEST_ID, Handler
 from broker.api.metrics import REQUESTS
 from broker.services import SERVICES
 
 log = logging.getLogger("tenure.http")
 access = logging.getLogger("tenure.access")
 
-REQUEST_ID = web.RequestKey("request_id", str)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 # aiohttp's own HTTP errors (no route, wrong method, body too large) → our problem codes.

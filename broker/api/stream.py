@@ -24,8 +24,7 @@ from functools import partial
 
 from aiohttp import web
 
-from broker.api.http import authenticate, route, services
-from broker.api.middleware import REQUEST_ID
+from broker.api.http import REQUEST_ID, authenticate, route, services
 from broker.errors import ValidationFailed
 from broker.push import events
 from broker.push.events import Event
