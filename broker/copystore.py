@@ -79,6 +79,9 @@ TABLES = (
     Table("leases"),
     Table("lease_seats", ("lease_id", "purchase_id")),
     Table("key_material", ("purpose", "kid")),
+    Table("encoder_windows", ("pool_id", "encoder")),
+    Table("soft_locks", ("pool_id", "encoder", "purchase_id")),
+    Table("server_limits", ("server_id", "licence_type")),
     Table("console_sessions", ("id_hash",)),
     Table("redemption_attempts", identity="id"),
 )

@@ -1,10 +1,14 @@
-"""Servers and domains bound to pools: listing, rebinding and removal."""
+"""Servers and domains bound to pools: listing, rebinding, limits and removal.
+
+A domain is a server row of kind ``domain``: everything here, limits included, holds for
+both alike.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from broker import audit, leases, paging, pools
+from broker import audit, leases, paging, policies, pools
 from broker.errors import Inconsistent, NotFound, ServerHasLeases
 from broker.principal import Principal
 from broker.store.base import Row, Tx
@@ -19,7 +23,7 @@ def get(tx: Tx, estate_id: str, server_id: str) -> Row:
     return row
 
 
-def _render(r: Row) -> dict[str, Any]:
+def _render(tx: Tx, r: Row) -> dict[str, Any]:
     return {
         "id": r["id"],
         "name": r["name"],
@@ -29,6 +33,7 @@ def _render(r: Row) -> dict[str, Any]:
         "last_seen_at": format_ts(r["last_seen_at"]) if r["last_seen_at"] else None,
         "in_use": r["in_use"],
         "leases": r["leases"],
+        "limits": policies.limits_of_server(tx, r["id"]),
     }
 
 
@@ -37,12 +42,45 @@ def list_all(
 ) -> paging.Page:
     """Servers and domains by name, a page at a time (see ``broker.paging``)."""
     return paging.fetch(
-        tx, "servers_of_estate", _render, after=after, limit=limit, estate_id=estate_id, now=int(now), pool_id=pool_id
+        tx,
+        "servers_of_estate",
+        lambda r: _render(tx, r),
+        after=after,
+        limit=limit,
+        estate_id=estate_id,
+        now=int(now),
+        pool_id=pool_id,
     )
 
 
+def update(
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    server_id: str,
+    *,
+    pool_id: str | None,
+    limits: dict[str, dict[str, int] | None] | None,
+) -> dict[str, Any]:
+    """Rebind the server (``rebind``), then set its limits (checked against that pool)."""
+    if pool_id is not None:
+        rebind(tx, now, actor, estate_id, server_id, pool_id)
+    if limits:
+        policies.set_limits(tx, now, actor, get(tx, estate_id, server_id), limits)
+    return view(tx, now, estate_id, server_id)
+
+
+def view(tx: Tx, now: float, estate_id: str, server_id: str) -> dict[str, Any]:
+    row = tx.one("server_view", server_id=server_id, estate_id=estate_id, now=int(now))
+    if row is None:
+        raise NotFound("No such server or domain in this estate.")
+    return _render(tx, row)
+
+
 def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str) -> dict[str, Any]:
-    """Bind the server to another pool of the estate; refused while it holds leases."""
+    """Bind the server to another pool of the estate; refused while it holds leases, or
+    when its reservations would not fit the pool's holding."""
     server = get(tx, estate_id, server_id)
     pools.get(tx, estate_id, pool_id)
     leases.lapse_due(tx, now, server["pool_id"])
@@ -52,6 +90,7 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
             f"{server['name']!r} holds {count(len(held), 'lease')}; release them before moving it.",
             leases=len(held),
         )
+    policies.check_rebind(tx, now, server_id, pool_id)
     tx.run("server_rebind", server_id=server_id, pool_id=pool_id)
     audit.record(
         tx,
@@ -68,13 +107,19 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
     row = tx.one("server_view", server_id=server_id, estate_id=estate_id, now=int(now))
     if row is None:
         raise Inconsistent(f"server {server_id}, read in this transaction, is not there")
-    return _render(row)
+    return _render(tx, row)
 
 
-def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str) -> int:
-    """Forget the server: its leases are freed at once and its token stops working."""
+def remove(
+    tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, *, override_soft_lock: bool = False
+) -> int:
+    """Forget the server: its leases are freed at once and its token stops working.
+
+    Its encoders' seats are held for them inside their soft-lock windows (an encoder may
+    come back through another server of the pool) unless ``override_soft_lock``.
+    """
     server = get(tx, estate_id, server_id)
-    freed = leases.revoke_all_of_server(tx, now, actor, server_id)
+    freed = leases.revoke_all_of_server(tx, now, actor, server_id, override_soft_lock=override_soft_lock)
     tx.run("server_remove", server_id=server_id, now=int(now))
     audit.record(
         tx,
@@ -87,5 +132,6 @@ def remove(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str)
         name=server["name"],
         kind=server["kind"],
         leases_freed=freed,
+        **({"override_soft_lock": True} if override_soft_lock else {}),
     )
     return freed

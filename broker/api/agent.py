@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker import codes, leases
+from broker import codes, leases, policies
 from broker.api import shapes
 from broker.api.client import client_ip
 from broker.api.http import (
@@ -25,7 +25,10 @@ ENROL = obj(
     {"code": {"type": "string", "minLength": 1, "maxLength": 32}, "name": NAME},
     {"kind": {"type": "string", "enum": ["server", "domain"]}},
 )
-ACQUIRE = obj({"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer(0, 10_000)})
+ACQUIRE = obj(
+    {"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer(0, 10_000)},
+    {"encoder_kind": {"type": "string", "enum": list(policies.KINDS)}},
+)
 RENEW = obj({})
 
 
@@ -87,7 +90,9 @@ async def acquire(request: web.Request) -> web.StreamResponse:
     now = svc.clock.now()
     # One lane per estate: its acquires all change its holding rows (broker.store.base).
     grant = await svc.store.write(
-        lambda tx: leases.acquire(tx, now, server, body["encoder"], body["licence_type"], body["count"]),
+        lambda tx: leases.acquire(
+            tx, now, server, body["encoder"], body["licence_type"], body["count"], body.get("encoder_kind", "hardware")
+        ),
         lane=server.estate_id,
     )
     if grant is None:

@@ -37,7 +37,9 @@ pytestmark = pytest.mark.sqlite_only
 
 LINE = re.compile(
     r"^Copied (?P<estates>\d+) estates?, (?P<live>\d+) live leases?, (?P<events>\d+) events? and (?P<keys>\d+) keys? "
-    r"\((?P<rows>[\d,]+) rows in 15 tables\) from (?P<source>\S+) into (?P<target>\S+) in \d+\.\d s: "
+    r"\((?P<rows>[\d,]+) rows in "
+    + str(len(copystore.TABLES))
+    + r" tables\) from (?P<source>\S+) into (?P<target>\S+) in \d+\.\d s: "
     r"every row matches, (?P<checked>[^.]+)\. Start the PostgreSQL replicas with this deployment's secret key, "
     r"(?P<secret>.+)\.\n$"
 )

@@ -124,6 +124,8 @@ _KEYWORDS = {
     "items",
     "minItems",
     "maxItems",
+    "maxProperties",
+    "propertyNames",
     "minLength",
     "maxLength",
     "pattern",
@@ -147,6 +149,8 @@ def check_schema(schema: Any) -> None:
         check_schema(sub)
     if isinstance(schema.get("additionalProperties"), dict):
         check_schema(schema["additionalProperties"])
+    if "propertyNames" in schema:
+        check_schema(schema["propertyNames"])
     if "items" in schema:
         check_schema(schema["items"])
     if "required" in schema:
