@@ -63,11 +63,14 @@ def update(
     pool_id: str | None,
     limits: dict[str, dict[str, int] | None] | None,
 ) -> dict[str, Any]:
-    """Rebind the server (``rebind``), then set its limits (checked against that pool)."""
+    """Rebind the server (``rebind``), then set its limits; its reservations are checked
+    against the pool it is bound to, as they stand after both."""
     if pool_id is not None:
-        rebind(tx, now, actor, estate_id, server_id, pool_id)
+        rebind(tx, now, actor, estate_id, server_id, pool_id, check_reservations=False)
     if limits:
         policies.set_limits(tx, now, actor, get(tx, estate_id, server_id), limits)
+    if pool_id is not None:
+        policies.check_rebind(tx, now, server_id, pool_id)
     return view(tx, now, estate_id, server_id)
 
 
@@ -78,7 +81,16 @@ def view(tx: Tx, now: float, estate_id: str, server_id: str) -> dict[str, Any]:
     return _render(tx, row)
 
 
-def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str, pool_id: str) -> dict[str, Any]:
+def rebind(
+    tx: Tx,
+    now: float,
+    actor: Principal,
+    estate_id: str,
+    server_id: str,
+    pool_id: str,
+    *,
+    check_reservations: bool = True,
+) -> dict[str, Any]:
     """Bind the server to another pool of the estate; refused while it holds leases, or
     when its reservations would not fit the pool's holding."""
     server = get(tx, estate_id, server_id)
@@ -90,7 +102,8 @@ def rebind(tx: Tx, now: float, actor: Principal, estate_id: str, server_id: str,
             f"{server['name']!r} holds {count(len(held), 'lease')}; release them before moving it.",
             leases=len(held),
         )
-    policies.check_rebind(tx, now, server_id, pool_id)
+    if check_reservations:
+        policies.check_rebind(tx, now, server_id, pool_id)
     tx.run("server_rebind", server_id=server_id, pool_id=pool_id)
     audit.record(
         tx,
