@@ -499,7 +499,8 @@ def _change_type(
         now=int(now),
         expires_at=lease["expires_at"],
     )
-    _take(tx, now, server, pool, lease, licence_type, count, after=count, replacing=0)
+    # The lease's row already counts ``count`` of the new type (updated above).
+    _take(tx, now, server, pool, lease, licence_type, count, after=count, replacing=count)
     return _changed(tx, now, server, pool, lease, {**lease, "licence_type": licence_type}, None)
 
 
