@@ -29,11 +29,16 @@ class Want:
     kind: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"licence_type": self.licence_type, "count": self.count, "domain": self.domain, "kind": self.kind}
+        return {
+            "licence_type": self.licence_type,
+            "count": self.count,
+            "domain": self.domain,
+            "encoder_kind": self.kind,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Want:
-        domain, kind = data.get("domain"), data.get("kind")
+        domain, kind = data.get("domain"), data.get("encoder_kind")
         return cls(
             str(data["licence_type"]), int(data["count"]), str(domain) if domain else None, str(kind) if kind else None
         )

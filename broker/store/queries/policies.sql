@@ -101,10 +101,6 @@ DO UPDATE SET max_seats = excluded.max_seats, reserved = excluded.reserved
 -- name: server_limit_delete
 DELETE FROM server_limits WHERE server_id = :server_id AND licence_type = :licence_type
 
--- name: server_in_use_of_type
-SELECT COALESCE(SUM(count), 0) AS n FROM leases
-WHERE server_id = :server_id AND licence_type = :licence_type AND state = 'active' AND expires_at > :now
-
 -- name: pool_allocated_by_type
 SELECT p.licence_type, SUM(h.allocated) AS allocated, SUM(h.leased) AS leased
 FROM holdings h JOIN purchases p ON p.id = h.purchase_id
