@@ -59,9 +59,11 @@ def plan_seats(
     mine: dict[str, int] = defaultdict(int)
     others: dict[str, int] = defaultdict(int)
     if policies.windows_on(pool):
-        for lock in policies.live_locks(tx, now, pool_id):
-            if lock["licence_type"] == licence_type:
-                (mine if lock["encoder"] == encoder else others)[lock["purchase_id"]] += lock["count"]
+        for held in tx.all(
+            "soft_locks_live_of_type", pool_id=pool_id, licence_type=licence_type, encoder=encoder, now=int(now)
+        ):
+            mine[held["purchase_id"]] = int(held["mine"])
+            others[held["purchase_id"]] = int(held["others"])
     limits = policies.limits_in_pool(tx, now, pool_id).get(licence_type) or policies.Limits()
     own_row = limits.of(server.server_id or "")
     held_elsewhere = (own_row["in_use"] if own_row else 0) - replacing

@@ -55,6 +55,20 @@ WHERE sl.pool_id = :pool_id
                                  ELSE pl.soft_lock_hardware END > :now
 ORDER BY p.expires_at, p.id, sl.encoder
 
+-- name: soft_locks_live_of_type
+-- Per purchase of the type, the seats held now for :encoder and for every other encoder.
+SELECT sl.purchase_id,
+       SUM(CASE WHEN sl.encoder = :encoder THEN sl.count ELSE 0 END) AS mine,
+       SUM(CASE WHEN sl.encoder = :encoder THEN 0 ELSE sl.count END) AS others
+FROM soft_locks sl
+JOIN encoder_windows w ON w.pool_id = sl.pool_id AND w.encoder = sl.encoder
+JOIN pools pl ON pl.id = sl.pool_id
+JOIN purchases p ON p.id = sl.purchase_id
+WHERE sl.pool_id = :pool_id AND p.licence_type = :licence_type
+  AND w.started_at + CASE w.kind WHEN 'container' THEN pl.soft_lock_container
+                                 ELSE pl.soft_lock_hardware END > :now
+GROUP BY sl.purchase_id
+
 -- name: soft_locks_live_of_estate
 SELECT sl.pool_id, sl.encoder, sl.purchase_id, sl.count, sl.lease_id, w.kind, w.started_at,
        w.started_at + CASE w.kind WHEN 'container' THEN pl.soft_lock_container
