@@ -102,6 +102,19 @@ def test_soft_lock_preset_held_seats_and_the_override(console: Console) -> None:
     expect(page.get_by_role("region", name="Soft-lock")).to_contain_text("No seats are held for encoders.")
     view = broker.ok("GET", f"/v1/estates/{eid}/pools/{pool['id']}", admin)
     assert (view["available"], view["soft_locked"]) == (2, 0)
+
+    # Removing a server with the override frees its encoders' seats at once.
+    broker.ok("POST", "/v1/leases", host["server_token"], {"encoder": "ENC-3", "licence_type": ONE, "count": 2}, 201)
+    page.reload()
+    servers = page.get_by_role("region", name="Servers and domains")
+    servers.get_by_role("button", name="Remove host-bergen and free its seats now").click()
+    dialog = page.get_by_role("dialog", name="Remove server host-bergen and free its seats now?")
+    dialog.get_by_role("button", name="Yes, remove and free").click()
+    expect(page.get_by_role("status")).to_have_text("host-bergen removed; its licences are free now.")
+    view = broker.ok("GET", f"/v1/estates/{eid}/pools/{pool['id']}", admin)
+    assert (view["available"], view["soft_locked"]) == (2, 0)
+    events = broker.ok("GET", f"/v1/estates/{eid}/events?action=server.removed", admin)["items"]
+    assert events[-1]["details"]["override_soft_lock"] is True
     console.assert_clean()
 
 

@@ -1,6 +1,7 @@
 // A pool's licence policies, on its page: the soft-lock windows (with the reference
-// product's values as a preset), the seats they hold and for whom, and each server's or
-// domain's limits and reservations, checked here before they are sent.
+// product's values as a preset), the seats they hold and for whom, the override on
+// force-release and removal, and each server's or domain's limits and reservations,
+// checked here before they are sent.
 
 import { confirmAndCall } from './actions.js';
 import { api, E, P } from './api.js';
@@ -119,6 +120,26 @@ export function forceReleaseNow(lease, errors) {
       }),
     },
   }, 'Force-release now');
+}
+
+/** The "Remove now" button of a server: removes it and frees its encoders' seats at once. */
+export function removeNow(server, errors) {
+  return el('button', {
+    type: 'button', class: 'small danger', 'aria-label': `Remove ${server.name} and free its seats now`,
+    on: {
+      click: confirmAndCall({
+        ask: {
+          title: `Remove ${server.kind} ${server.name} and free its seats now?`,
+          message: 'Its token stops working, and the licences its encoders hold, with any seats held for them, '
+            + 'become available at once, overriding the soft-lock. The override is recorded in the audit log.',
+          confirm: 'Yes, remove and free',
+        },
+        errors,
+        call: () => api('DELETE', E(`/servers/${encodeURIComponent(server.id)}?override_soft_lock=true`)),
+        done: () => refresh(`${server.name} removed; its licences are free now.`),
+      }),
+    },
+  }, 'Remove now');
 }
 
 /** "Newly added until …" while the encoder's window is open. */

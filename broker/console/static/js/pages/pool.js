@@ -6,7 +6,7 @@ import { api, listAll, E, P } from '../api.js';
 import { busy, clearError, el, errorBox, field, h1, section, showError, table, uid } from '../dom.js';
 import { counts, duration, fmtDate, fmtTime, fromNow, listOf, noBreak, plural, stateBadge } from '../format.js';
 import { markLacking, moveInputs, readMoves } from '../moves.js';
-import { forceReleaseNow, limitsSection, limitsText, newlyAdded, softLockSection, windowsOn } from '../policies.js';
+import { forceReleaseNow, limitsSection, limitsText, newlyAdded, removeNow, softLockSection, windowsOn } from '../policies.js';
 import { go, refresh } from '../router.js';
 import { authenticate } from './auth-code.js';
 
@@ -47,7 +47,7 @@ export async function poolPage(id) {
         pool.holdings.map((h) => [h.sales_order, h.licence_type, noBreak(fmtDate(h.expires_at)), stateBadge(h),
           String(h.allocated), String(h.in_use), String(h.soft_locked), String(h.unused)]),
         'This pool holds no licences. Move some in below.')),
-    serversSection(id, servers.items, others),
+    serversSection(pool, servers.items, others),
     leasesSection(pool, leases),
     softLockSection(pool),
     limitsSection(pool, servers.items),
@@ -57,7 +57,7 @@ export async function poolPage(id) {
   ];
 }
 
-function serversSection(poolId, servers, others) {
+function serversSection(pool, servers, others) {
   const errors = errorBox();
   const rows = servers.map((s) => {
     const actions = el('div', { class: 'row-actions' });
@@ -90,10 +90,12 @@ function serversSection(poolId, servers, others) {
           },
           errors,
           call: () => api('DELETE', E(`/servers/${encodeURIComponent(s.id)}`)),
-          done: () => refresh(`${s.name} removed; its licences are free.`),
+          done: () => refresh(windowsOn(pool) && s.in_use
+            ? `${s.name} removed; its encoders' licences stay held for them while their soft-lock windows run.`
+            : `${s.name} removed; its licences are free.`),
         }),
       },
-    }, 'Remove'));
+    }, 'Remove'), windowsOn(pool) ? removeNow(s, errors) : null);
     return [s.name, s.kind === 'domain' ? 'Domain' : 'Server', s.last_seen_at ? `${fmtTime(s.last_seen_at)} (${fromNow(s.last_seen_at)})` : 'not yet',
       String(s.in_use), limitsText(s), actions];
   });
