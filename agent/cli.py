@@ -89,6 +89,12 @@ def _parser() -> _Parser:
     p.add_argument("--count", required=True, type=int, metavar="N", help="licences wanted")
     p.add_argument("--domain", metavar="DOMAIN", help="take them from this domain's pool")
     p.add_argument(
+        "--kind",
+        choices=("hardware", "container"),
+        dest="encoder_kind",
+        help="the encoder's kind, for the pool's soft-lock window (the broker assumes hardware)",
+    )
+    p.add_argument(
         "--wait",
         type=float,
         default=30.0,
@@ -293,10 +299,19 @@ def _plural(n: int, licence_type: str) -> str:
 
 def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:
     code = lease.error_code or "unknown"
-    available = lease.raw.get("error", {}).get("available")
+    error = lease.raw.get("error", {})
+    available = error.get("available")
     if code == "pool_exhausted":
         more = f" ({available} available)" if isinstance(available, int) else ""
+        locked, reserved = error.get("soft_locked"), error.get("reserved")
+        if isinstance(locked, int) and locked:
+            more += f"; {words.count(locked, 'seat')} soft-locked for other encoders"
+        if isinstance(reserved, int) and reserved:
+            more += f"; {words.count(reserved, 'seat')} reserved for other servers"
         return f"the pool cannot cover {_plural(wanted, licence_type)}{more}"
+    if code == "server_limit":
+        cap = error.get("max")
+        return f"this server may hold at most {_plural(cap, licence_type)}" if isinstance(cap, int) else code
     if code == "no_valid_licences":
         return f"the pool holds no valid {licence_type} licences"
     if code == "licence_type_not_in_pool":
@@ -310,7 +325,14 @@ def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:
 def cmd_lease(args: argparse.Namespace) -> int:
     config = _config(args)
     client = _encoder_client(config)
-    lease = client.acquire(args.encoder, args.licence_type, args.count, domain=args.domain, wait=args.wait)
+    lease = client.acquire(
+        args.encoder,
+        args.licence_type,
+        args.count,
+        domain=args.domain,
+        encoder_kind=args.encoder_kind,
+        wait=args.wait,
+    )
     if lease.usable:
         line = (
             f"Encoder {lease.encoder} holds {_plural(lease.count, lease.licence_type or '')} until {lease.expires_at}"

@@ -223,17 +223,18 @@ class BrokerClient:
             raise self._garbled("enrol")
         return data
 
-    async def acquire(self, token: Secret, encoder: str, licence_type: str, count: int) -> Lease | None:
+    async def acquire(
+        self, token: Secret, encoder: str, licence_type: str, count: int, encoder_kind: str | None = None
+    ) -> Lease | None:
         """``POST /v1/leases``: acquire, grow, shrink or change the encoder's lease.
 
-        ``count=0`` releases whatever the encoder holds and returns None.
+        ``count=0`` releases whatever the encoder holds and returns None. ``encoder_kind``
+        (``hardware`` or ``container``) picks the pool's soft-lock window; None sends none.
         """
-        status, data = await self._call(
-            "POST",
-            "/v1/leases",
-            token=token,
-            body={"encoder": encoder, "licence_type": licence_type, "count": count},
-        )
+        body: dict[str, Any] = {"encoder": encoder, "licence_type": licence_type, "count": count}
+        if encoder_kind is not None:
+            body["encoder_kind"] = encoder_kind
+        status, data = await self._call("POST", "/v1/leases", token=token, body=body)
         if status == 204 or count == 0:
             return None
         return self._lease(data, "acquire")

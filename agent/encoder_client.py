@@ -166,13 +166,18 @@ class EncoderClient:
         count: int,
         *,
         domain: str | None = None,
+        encoder_kind: str | None = None,
         wait: float = 30.0,
     ) -> LeaseStatus:
         """Ask for ``count`` licences of ``licence_type``; waits up to ``wait`` seconds
-        for the broker's answer (the state stays ``pending`` if it has none yet)."""
+        for the broker's answer (the state stays ``pending`` if it has none yet).
+        ``encoder_kind`` (``hardware`` or ``container``) tells the broker which soft-lock
+        window applies to the encoder."""
         body: dict[str, Any] = {"licence_type": licence_type, "count": count}
         if domain is not None:
             body["domain"] = domain
+        if encoder_kind is not None:
+            body["encoder_kind"] = encoder_kind
         _, data = self._request("PUT", self._path(encoder, wait=wait), body, wait=wait)
         return LeaseStatus.from_json(data)
 

@@ -491,7 +491,7 @@ class Keeper:
         sent = self._sent()
         self._in_flight = True
         try:
-            grant = await client.acquire(binding.token, self.encoder, want.licence_type, want.count)
+            grant = await client.acquire(binding.token, self.encoder, want.licence_type, want.count, want.kind)
         except BrokerRefused as exc:
             self._deps.health.ok(binding.broker_url)
             await self._refused(exc, binding)
@@ -529,8 +529,10 @@ class Keeper:
         log.warning("lease denied: encoder %s (%s)", self.encoder, exc)
         r.halted = "denied"
         error: dict[str, Any] = {"code": exc.code, "detail": exc.detail or str(exc)}
-        if isinstance(exc.body.get("available"), int):
-            error["available"] = exc.body["available"]
+        # pool_exhausted: what is available, soft-locked and reserved; server_limit: the cap.
+        for name in ("available", "soft_locked", "reserved", "max"):
+            if isinstance(exc.body.get(name), int):
+                error[name] = exc.body[name]
         types = exc.body.get("types")  # licence_type_not_in_pool: what the pool does hold
         if isinstance(types, list) and all(isinstance(t, str) for t in types):
             error["types"] = types

@@ -4,7 +4,7 @@ Routes (documented in docs/encoder-integration.md):
 
 - ``GET    /v1/status``                           bindings, broker reachability, encoders
 - ``GET    /v1/encoders``                         every encoder's lease (without tokens)
-- ``PUT    /v1/encoders/{serial}/lease``          ``{licence_type, count, domain?}``
+- ``PUT    /v1/encoders/{serial}/lease``          ``{licence_type, count, domain?, encoder_kind?}``
 - ``GET    /v1/encoders/{serial}/lease``          ``?wait=S&version=N`` long-polls a change
 - ``DELETE /v1/encoders/{serial}/lease``          release; ``?wait=S`` waits for the broker
 - ``POST   /v1/bindings/{server_id}/release``     ``enroll --force``: give back that binding's
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 SERIAL = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 LICENCE_TYPE = re.compile(r"[a-z0-9-]{1,64}")
+# The broker's soft-lock window follows the kind an encoder says at its first grant.
+ENCODER_KINDS = ("hardware", "container")
 MAX_COUNT = 10_000
 MAX_WAIT = 300.0
 MAX_BODY = 64 * 1024
@@ -168,10 +170,13 @@ async def _want_from(request: BaseRequest) -> Want:
     if not isinstance(body, dict):
         raise Problem(400, "validation_error", "the body must be a JSON object")
     errors: list[dict[str, str]] = []
-    unknown = set(body) - {"licence_type", "count", "domain"}
+    unknown = set(body) - {"licence_type", "count", "domain", "encoder_kind"}
     for name in sorted(unknown):
         errors.append({"field": name, "message": "unknown field"})
     licence_type, count, domain = body.get("licence_type"), body.get("count"), body.get("domain")
+    kind = body.get("encoder_kind")
+    if kind is not None and kind not in ENCODER_KINDS:
+        errors.append({"field": "encoder_kind", "message": "hardware or container"})
     if not isinstance(licence_type, str) or not LICENCE_TYPE.fullmatch(licence_type):
         errors.append({"field": "licence_type", "message": "1–64 of a-z 0-9 -"})
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
@@ -182,7 +187,7 @@ async def _want_from(request: BaseRequest) -> Want:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise Problem(400, "validation_error", detail, errors=errors)
     assert isinstance(licence_type, str) and isinstance(count, int)
-    return Want(licence_type, count, domain)
+    return Want(licence_type, count, domain, kind)
 
 
 async def put_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:

@@ -20,19 +20,28 @@ LEASES_FILE = "leases.json"
 
 @dataclass(frozen=True)
 class Want:
-    """What an encoder asked for."""
+    """What an encoder asked for. ``kind`` (``hardware`` or ``container``) picks the
+    broker's soft-lock window for the encoder; None leaves the broker's default."""
 
     licence_type: str
     count: int
     domain: str | None = None
+    kind: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"licence_type": self.licence_type, "count": self.count, "domain": self.domain}
+        return {
+            "licence_type": self.licence_type,
+            "count": self.count,
+            "domain": self.domain,
+            "encoder_kind": self.kind,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Want:
-        domain = data.get("domain")
-        return cls(str(data["licence_type"]), int(data["count"]), str(domain) if domain else None)
+        domain, kind = data.get("domain"), data.get("encoder_kind")
+        return cls(
+            str(data["licence_type"]), int(data["count"]), str(domain) if domain else None, str(kind) if kind else None
+        )
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class Action(StrEnum):
     SERVER_ENROLLED = "server.enrolled"
     SERVER_REBOUND = "server.rebound"
     SERVER_REMOVED = "server.removed"
+    SERVER_LIMITS_SET = "server.limits_set"
+    SOFT_LOCK_OVERRIDDEN = "soft_lock.overridden"
     LEASE_GRANTED = "lease.granted"
     LEASE_CHANGED = "lease.changed"
     LEASE_RELEASED = "lease.released"

@@ -90,6 +90,29 @@ def _books(tx: Tx, now: int) -> Iterator[str]:
         yield f"{where}: lease {s['lease_id']} holds seats of purchase {s['purchase_id']}, {_astray_seat(s)}"
     for v in tx.all("books_leases_beyond_validity", now=now, grace=purchases.GRACE):
         yield f"{_in(v['estate_id'])}: {_beyond_validity(v, now)} (invariant 7)"
+    yield from _policies(tx, now)
+
+
+def _policies(tx: Tx, now: int) -> Iterator[str]:
+    """The licence policies' own invariants (docs/design.md, "Licence policies")."""
+    for r in tx.all("books_reservations_beyond_holding"):
+        yield (
+            f"{_in(r['estate_id'])}: servers of pool {r['pool_id']} reserve {r['reserved']} {r['licence_type']} "
+            f"licences; the pool holds {r['holding']}"
+        )
+    for h in tx.all("books_held_beyond_holding", now=now):
+        yield (
+            f"{_in(h['estate_id'])}: pool {h['pool_id']} holds {h['held']} seats of purchase {h['purchase_id']} "
+            f"for encoders beside {h['leased']} leased, of {h['allocated']} allocated (invariant 2)"
+        )
+    for sl in tx.all("books_held_astray"):
+        why = (
+            "which has no soft-lock window there" if sl["window_found"] is None else "of a holding that does not exist"
+        )
+        yield (
+            f"{_in(sl['estate_id'])}: pool {sl['pool_id']} holds {sl['count']} seats of purchase "
+            f"{sl['purchase_id']} for encoder {sl['encoder']}, {why}"
+        )
 
 
 def _astray_seat(s: Row) -> str:

@@ -29,6 +29,8 @@ The tree, including the classes defined beside the code that raises them:
     │   ├── ServerHasLeases               409 server_has_leases
     │   ├── NoValidLicences               409 no_valid_licences
     │   ├── LeaseRace                     409 lease_race
+    │   ├── ServerLimit                   409 server_limit
+    │   ├── ReservationExceedsPool        409 reservation_exceeds_pool
     │   └── ConstraintViolated            409 conflict
     ├── RequestTimeout                    408 request_timeout      (broker.api.http)
     ├── LeaseGone                         410 lease_gone
@@ -133,6 +135,18 @@ class ServerHasLeases(Conflict):
 
 class NoValidLicences(Conflict):
     code, title = "no_valid_licences", "The pool holds no valid licence"
+
+
+class ServerLimit(Conflict):
+    """A grant would take the server's encoders past the ``max`` an admin set for the type."""
+
+    code, title = "server_limit", "The server has reached its limit for this licence type"
+
+
+class ReservationExceedsPool(Conflict):
+    """Reservations in a pool would exceed its holding of the type (a limit, a rebind or a move)."""
+
+    code, title = "reservation_exceeds_pool", "Reservations would exceed the pool's licences"
 
 
 class LeaseRace(Conflict):

@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from broker import audit, purchases
+from broker import audit, policies, purchases
 from broker.errors import (
     Inconsistent,
     LeaseRace,
-    LicenceTypeNotInPool,
     NotFound,
     PoolExhausted,
     Unauthenticated,
@@ -29,12 +28,12 @@ from broker.errors import (
 )
 from broker.principal import Principal
 from broker.push import events as push
+from broker.seats import Take, plan_seats
 from broker.store.base import Row, Tx
 from broker.webhooks import events as webhook_events
 from shared.secret import Secret
 from shared.timefmt import format_ts
 from shared.wire import Lease
-from shared.words import count
 
 _STATE_RANK = {"valid": 0, "expiring": 1, "expired": 2, "ended": 3, "on_hold": 4}
 
@@ -100,11 +99,32 @@ class Gone:
     reason: str  # released | revoked | lapsed
 
 
-def _end(tx: Tx, now: float, lease: Row, state: str, reason: str, actor: Principal | None) -> None:
+def _end(
+    tx: Tx,
+    now: float,
+    lease: Row,
+    state: str,
+    reason: str,
+    actor: Principal | None,
+    *,
+    override: bool = False,
+) -> None:
+    """End the lease: its seats go back, held for its encoder inside its soft-lock window
+    unless ``override`` (an admin's), which also frees what was held for it before."""
     if tx.run("lease_end", lease_id=lease["id"], state=state, now=int(now), reason=reason) != 1:
         return
+    returned = []
     for seat in tx.all("lease_seats", lease_id=lease["id"]):
         tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"], count=seat["count"])
+        returned.append((seat["purchase_id"], seat["count"]))
+    policy: dict[str, Any] = {}
+    if override:
+        policy["override_soft_lock"] = True
+        policy["soft_lock_freed"] = policies.release_held(tx, now, lease["pool_id"], lease["encoder"])
+    else:
+        held = policies.hold_back(tx, now, lease, returned)
+        if held:
+            policy["soft_locked"] = held
     audit.record(
         tx,
         now,
@@ -118,6 +138,7 @@ def _end(tx: Tx, now: float, lease: Row, state: str, reason: str, actor: Princip
         licence_type=lease["licence_type"],
         count=lease["count"],
         reason=reason,
+        **policy,
     )
     if state == "lapsed":
         webhook_events.emit(
@@ -153,57 +174,20 @@ def reap(tx: Tx, now: float, limit: int = 500) -> int:
     return len(due)
 
 
-def _grantable(tx: Tx, now: float, pool_id: str, licence_type: str, n: int) -> list[tuple[Row, int]]:
-    """Where ``n`` more seats would come from: (holding, seats) earliest expiry first.
-
-    Raises ``PoolExhausted`` when the pool has fewer than ``n`` free, or
-    ``LicenceTypeNotInPool`` when it holds none of the type at all (in use, expired or on
-    hold included): more licences would not help, another type or pool would. Reads only.
-    """
-    candidates = tx.all("grantable_holdings", pool_id=pool_id, licence_type=licence_type, now=int(now))
-    available = sum(c["allocated"] - c["leased"] for c in candidates)
-    if available < n:
-        _require_type(tx, pool_id, licence_type)
-        raise PoolExhausted(
-            f"The pool has {count(available, licence_type + ' licence')} available; {n} more were asked for.",
-            available=available,
-            requested=n,
-            licence_type=licence_type,
-        )
-    plan = []
-    for c in candidates:
-        take = min(n, c["allocated"] - c["leased"])
-        if take <= 0:
-            continue
-        plan.append((c, take))
-        n -= take
-        if n == 0:
-            break
-    return plan
-
-
-def _require_type(tx: Tx, pool_id: str, licence_type: str) -> None:
-    types = [r["licence_type"] for r in tx.all("licence_types_of_pool", pool_id=pool_id)]
-    if licence_type not in types:
-        held = ", ".join(types) if types else "no licences at all"
-        raise LicenceTypeNotInPool(
-            f"The pool holds no {licence_type} licences; it holds {held}.",
-            licence_type=licence_type,
-            types=types,
-        )
-
-
-def _lease_seats(tx: Tx, lease_id: str, pool_id: str, plan: list[tuple[Row, int]]) -> None:
-    """Move the planned seats from the holdings to the lease."""
-    for c, take in plan:
-        _lease_holding(tx, pool_id, c["purchase_id"], take)
-        tx.run("lease_seat_add", lease_id=lease_id, purchase_id=c["purchase_id"], pool_id=pool_id, count=take)
+def _lease_seats(tx: Tx, lease_id: str, pool_id: str, encoder: str, plan: list[Take]) -> None:
+    """Move the planned seats from the holdings (and the encoder's held seats) to the lease."""
+    for take in plan:
+        pid = take.row["purchase_id"]
+        _lease_holding(tx, pool_id, pid, take.n)
+        tx.run("lease_seat_add", lease_id=lease_id, purchase_id=pid, pool_id=pool_id, count=take.n)
+        if take.own:
+            policies.unlock(tx, pool_id, encoder, pid, take.held, take.own)
 
 
 def _lease_holding(tx: Tx, pool_id: str, purchase_id: str, n: int) -> None:
     """Count ``n`` more seats of the holding as leased, or raise ``PoolExhausted``.
 
-    ``_grantable`` saw them free; the guarded UPDATE and the holdings CHECK refuse them
+    ``broker.seats.plan_seats`` saw them free; the guarded UPDATE and the holdings CHECK refuse them
     anyway if they are gone by now (taken by a writer running beside this one).
     """
     gone = PoolExhausted("The free licences were taken at the same moment; try again.", requested=n)
@@ -213,21 +197,36 @@ def _lease_holding(tx: Tx, pool_id: str, purchase_id: str, n: int) -> None:
         raise gone
 
 
-def _take(tx: Tx, now: float, lease_id: str, pool_id: str, licence_type: str, n: int) -> None:
-    """Add ``n`` seats to the lease, earliest expiry first, or raise ``PoolExhausted``."""
+def _take(
+    tx: Tx,
+    now: float,
+    server: Principal,
+    pool: Row,
+    lease: Row,
+    licence_type: str,
+    n: int,
+    *,
+    after: int,
+    replacing: int,
+) -> None:
+    """Add ``n`` seats to the lease (``broker.seats.plan_seats``), or raise ``PoolExhausted``."""
     if n <= 0:
         return
-    _lease_seats(tx, lease_id, pool_id, _grantable(tx, now, pool_id, licence_type, n))
+    plan = plan_seats(tx, now, pool, server, lease["encoder"], licence_type, n, after=after, replacing=replacing)
+    _lease_seats(tx, lease["id"], pool["pool_id"], lease["encoder"], plan)
 
 
-def _give_back(tx: Tx, lease: Row, seats: list[Row], n: int) -> None:
-    """Return ``n`` seats, latest-expiring first."""
+def _give_back(tx: Tx, now: float, lease: Row, seats: list[Row], n: int) -> None:
+    """Return ``n`` seats, latest-expiring first (held for the encoder inside its window)."""
+    returned = []
     for seat in reversed(seats):
         if n <= 0:
-            return
+            break
         back = min(n, seat["count"])
         _drop_seat(tx, lease, seat, back)
+        returned.append((seat["purchase_id"], back))
         n -= back
+    policies.hold_back(tx, now, lease, returned)
 
 
 def _drop_seat(tx: Tx, lease: Row, seat: Row, n: int) -> None:
@@ -279,12 +278,15 @@ def acquire(
     encoder: str,
     licence_type: str,
     count: int,
+    encoder_kind: str = "hardware",
 ) -> Grant | None:
     """Make (server, encoder) hold exactly ``count`` seats of ``licence_type``.
 
     Returns the grant, or None when ``count`` is 0 (released). All or nothing: on
-    ``PoolExhausted`` the lease stays as it was. The encoder's lease, if it has one, is
-    resized, or replaced when the type differs; otherwise a new lease is granted.
+    ``PoolExhausted`` (or ``ServerLimit``) the lease stays as it was. The encoder's lease,
+    if it has one, is resized, or replaced when the type differs; otherwise a new lease is
+    granted. ``encoder_kind`` picks the soft-lock window an encoder's first grant in the
+    pool starts (``broker.policies``).
     """
     pool = _binding(tx, server)
     tx.run("server_seen", server_id=server.server_id, now=int(now))
@@ -295,7 +297,7 @@ def acquire(
             _end(tx, now, lease, "released", "released", server)
         return None
     if lease is None:
-        return _grant_new(tx, now, server, pool, encoder, licence_type, count)
+        return _grant_new(tx, now, server, pool, encoder, licence_type, count, encoder_kind)
     if lease["licence_type"] != licence_type:
         return _change_type(tx, now, server, pool, lease, licence_type, count)
     return _resize(tx, now, server, pool, lease, count)
@@ -309,25 +311,26 @@ def _grant_new(
     encoder: str,
     licence_type: str,
     count: int,
+    encoder_kind: str,
 ) -> Grant:
     """A new lease of ``count`` seats, written once, as it will stand.
 
     Its seats are chosen first, so its expiry is known before the insert, and nothing
-    written is read back.
+    written is read back. The encoder's first grant in the pool starts its window.
     """
     pool_id = pool["pool_id"]
-    plan = _grantable(tx, now, pool_id, licence_type, count)
+    plan = plan_seats(tx, now, pool, server, encoder, licence_type, count, after=count, replacing=0)
     seats = [
         {
-            "purchase_id": c["purchase_id"],
-            "count": take,
-            "sales_order": c["sales_order"],
+            "purchase_id": t.row["purchase_id"],
+            "count": t.n,
+            "sales_order": t.row["sales_order"],
             "licence_type": licence_type,
-            "expires_at": c["expires_at"],
-            "status": c["status"],
-            "held_at": c["held_at"],
+            "expires_at": t.row["expires_at"],
+            "status": t.row["status"],
+            "held_at": t.row["held_at"],
         }
-        for c, take in plan
+        for t in plan
     ]
     lease_id = tx.new_id("lse")
     fresh = {
@@ -343,7 +346,8 @@ def _grant_new(
     }
     fresh, _ = _describe(now, fresh, seats, pool["lease_seconds"])
     _insert(tx, now, fresh)
-    _lease_seats(tx, lease_id, pool_id, plan)
+    _lease_seats(tx, lease_id, pool_id, encoder, plan)
+    policies.start_window(tx, now, pool_id, encoder, encoder_kind)
     grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
     audit.record(
         tx,
@@ -399,8 +403,11 @@ def _change_type(
     could be taken); if the new ones are not there, ``PoolExhausted`` rolls the whole
     transaction back, and the lease keeps its old seats.
     """
+    returned = []
     for seat in tx.all("lease_seats", lease_id=lease["id"]):
         _drop_seat(tx, lease, seat, seat["count"])
+        returned.append((seat["purchase_id"], seat["count"]))
+    policies.hold_back(tx, now, lease, returned)
     tx.run(
         "lease_update",
         lease_id=lease["id"],
@@ -409,15 +416,17 @@ def _change_type(
         now=int(now),
         expires_at=lease["expires_at"],
     )
-    _take(tx, now, lease["id"], pool["pool_id"], licence_type, count)
+    # The lease's row already counts ``count`` of the new type (updated above).
+    _take(tx, now, server, pool, lease, licence_type, count, after=count, replacing=count)
     return _changed(tx, now, server, pool, lease, {**lease, "licence_type": licence_type}, None)
 
 
 def _resize(tx: Tx, now: float, server: Principal, pool: Row, lease: Row, count: int) -> Grant:
     """Grow or shrink the lease to ``count`` seats of its type.
 
-    Seats past their grace are dropped and replaced from valid licences; growth takes the
-    earliest-expiring free seats, a shrink gives back the latest-expiring first.
+    Seats past their grace are dropped (ended, not given back: never held) and replaced
+    from valid licences; growth takes the encoder's held seats, then the earliest-expiring
+    free seats; a shrink gives back the latest-expiring first.
     """
     seats = tx.all("lease_seats", lease_id=lease["id"])
     held = 0
@@ -430,9 +439,9 @@ def _resize(tx: Tx, now: float, server: Principal, pool: Row, lease: Row, count:
         else:
             held += seat["count"]
     if count > held:
-        _take(tx, now, lease["id"], pool["pool_id"], lease["licence_type"], count - held)
+        _take(tx, now, server, pool, lease, lease["licence_type"], count - held, after=count, replacing=lease["count"])
     elif count < held:
-        _give_back(tx, lease, seats, held - count)
+        _give_back(tx, now, lease, seats, held - count)
     touched = dropped or count != held
     return _changed(tx, now, server, pool, lease, lease, None if touched else seats)
 
@@ -534,22 +543,45 @@ def release(tx: Tx, now: float, server: Principal, lease_id: str) -> None:
         _end(tx, now, lease, "released", "released", server)
 
 
-def revoke(tx: Tx, now: float, actor: Principal, estate_id: str, lease_id: str) -> None:
-    """An admin frees the lease at once. Idempotent."""
+def revoke(
+    tx: Tx, now: float, actor: Principal, estate_id: str, lease_id: str, *, override_soft_lock: bool = False
+) -> None:
+    """An admin frees the lease at once. Idempotent.
+
+    Its seats are held for its encoder inside the encoder's soft-lock window, unless
+    ``override_soft_lock``: then they, and whatever was held for the encoder before, are
+    free at once (for a lease already ended, only the latter), and the event says so.
+    """
     lease = tx.one("lease_of_estate", lease_id=lease_id, estate_id=estate_id)
     if lease is None:
         raise NotFound("No such lease in this estate.")
     if lease["state"] == "active":
-        _end(tx, now, lease, "revoked", "revoked_by_admin", actor)
+        _end(tx, now, lease, "revoked", "revoked_by_admin", actor, override=override_soft_lock)
         push.record_lease_ended(tx, now, lease, "revoked", "revoked_by_admin")
+    elif override_soft_lock:
+        freed = policies.release_held(tx, now, lease["pool_id"], lease["encoder"])
+        if freed:
+            audit.record(
+                tx,
+                now,
+                actor,
+                estate_id,
+                audit.Action.SOFT_LOCK_OVERRIDDEN,
+                pool_id=lease["pool_id"],
+                subject_id=lease["id"],
+                encoder=lease["encoder"],
+                soft_lock_freed=freed,
+            )
 
 
-def revoke_all_of_server(tx: Tx, now: float, actor: Principal, server_id: str) -> list[str]:
+def revoke_all_of_server(
+    tx: Tx, now: float, actor: Principal, server_id: str, *, override_soft_lock: bool = False
+) -> list[str]:
     """End every active lease of the server; returns their ids."""
     leases = tx.all("leases_active_of_server", server_id=server_id)
     for lease in leases:
         state = "lapsed" if lease["expires_at"] <= now else "revoked"
-        _end(tx, now, lease, state, "server_removed", actor)
+        _end(tx, now, lease, state, "server_removed", actor, override=override_soft_lock)
     return [lease["id"] for lease in leases]
 
 
@@ -588,6 +620,12 @@ def list_live(
             "created_at": format_ts(r["created_at"]),
             "renewed_at": format_ts(r["renewed_at"]),
             "expires_at": format_ts(r["expires_at"]),
+            "encoder_kind": r["encoder_kind"],
+            "soft_lock_until": (
+                format_ts(r["soft_lock_until"])
+                if r["soft_lock_until"] is not None and r["soft_lock_until"] > now
+                else None
+            ),
         }
         for r in rows
     ]

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from broker import audit, leases, paging, purchases
+from broker import audit, leases, paging, policies, purchases
 from broker.errors import (
     Inconsistent,
     LicencesInUse,
@@ -104,7 +104,9 @@ def update(
     *,
     name: str | None,
     lease_seconds: int | None,
+    soft_lock_seconds: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """Rename the pool, or set its lease lifetime or soft-lock windows (``broker.policies``)."""
     row = get(tx, estate_id, pool_id)
     new_name = row["name"] if name is None else name
     key = _check_name(tx, estate_id, new_name, except_id=pool_id)
@@ -112,6 +114,12 @@ def update(
     with constraint_means(lambda: _name_taken(new_name), "pools_name"):
         tx.run(
             "pool_update", pool_id=pool_id, estate_id=estate_id, name=new_name, name_key=key, lease_seconds=new_seconds
+        )
+    before: dict[str, Any] = {"name": row["name"], "lease_seconds": row["lease_seconds"]}
+    after: dict[str, Any] = {"name": new_name, "lease_seconds": new_seconds}
+    if soft_lock_seconds is not None:
+        before["soft_lock_seconds"], after["soft_lock_seconds"] = policies.set_windows(
+            tx, now, row, soft_lock_seconds.get("hardware"), soft_lock_seconds.get("container")
         )
     audit.record(
         tx,
@@ -121,8 +129,8 @@ def update(
         audit.Action.POOL_UPDATED,
         pool_id=pool_id,
         subject_id=pool_id,
-        before={"name": row["name"], "lease_seconds": row["lease_seconds"]},
-        after={"name": new_name, "lease_seconds": new_seconds},
+        before=before,
+        after=after,
     )
     if new_seconds != row["lease_seconds"]:
         push.record_pool_changed(tx, now, pool_id, new_seconds)
@@ -151,6 +159,7 @@ def delete(tx: Tx, now: float, actor: Principal, estate_id: str, pool_id: str) -
     returned = {h["purchase_id"]: h["allocated"] for h in tx.all("holdings_of_pool", pool_id=pool_id)}
     tx.run("holdings_move_all_to", from_pool=pool_id, to_pool=default["id"])
     tx.run("holdings_clear", pool_id=pool_id)
+    policies.forget_pool(tx, pool_id)
     # A live code of a deleted pool would bind a new server to a pool that is gone.
     tx.run("codes_revoke_of_pool", pool_id=pool_id)
     tx.run("pool_delete", pool_id=pool_id, estate_id=estate_id, now=int(now))
@@ -176,7 +185,11 @@ def move(
     to_pool: str,
     items: Iterable[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Move unused seats per purchase, all or nothing."""
+    """Move unused seats per purchase, all or nothing.
+
+    Seats held for an encoder (soft-locked) are not unused; nor are the seats that cover
+    the source pool's servers' unused reservations, which must also still fit its holding.
+    """
     src, dst = get(tx, estate_id, from_pool), get(tx, estate_id, to_pool)
     if src["id"] == dst["id"]:
         raise ValidationFailed([{"field": "to_pool", "message": "must differ from from_pool"}])
@@ -184,13 +197,20 @@ def move(
     for item in items:
         wanted[item["purchase_id"]] += item["count"]
     leases.lapse_due(tx, now, from_pool)
+    locks = policies.live_locks(tx, now, from_pool) if policies.windows_on(src) else []
+    locked = policies.locked_by_purchase(locks)
+    locked_by_type: dict[str, int] = defaultdict(int)
+    for lock in locks:
+        locked_by_type[lock["licence_type"]] += lock["count"]
+    leaving: dict[str, int] = defaultdict(int)
     lacking = []
     before: dict[str, Any] = {}
     for purchase_id, count in wanted.items():
         purchase = purchases.get(tx, estate_id, purchase_id)
+        leaving[purchase["licence_type"]] += count
         holding = tx.one("holding_get", pool_id=from_pool, purchase_id=purchase_id)
         allocated = holding["allocated"] if holding else 0
-        unused = allocated - (holding["leased"] if holding else 0)
+        unused = allocated - (holding["leased"] if holding else 0) - locked.get(purchase_id, 0)
         target = tx.one("holding_get", pool_id=to_pool, purchase_id=purchase_id)
         before[purchase_id] = {"from_allocated": allocated, "to_allocated": target["allocated"] if target else 0}
         if unused < count:
@@ -210,6 +230,7 @@ def move(
             f"in {src['name']!r}; {first['requested']} were asked for.",
             items=lacking,
         )
+    policies.check_move_out(tx, now, from_pool, leaving, locked_by_type)
     for purchase_id, count in wanted.items():
         _take_unused(tx, from_pool, purchase_id, count)
         tx.run("holding_add", pool_id=to_pool, purchase_id=purchase_id, count=count)
@@ -265,18 +286,36 @@ def _take_unused(tx: Tx, pool_id: str, purchase_id: str, count: int) -> None:
 # -- views -------------------------------------------------------------------
 
 
-def _render(pool: Row, holdings: list[Row], dead: dict[str, int], revoked_unexpired: int, now: float) -> dict[str, Any]:
-    totals = {"allocated": 0, "in_use": 0, "available": 0}
+def _counts() -> dict[str, int]:
+    return {"allocated": 0, "in_use": 0, "available": 0, "soft_locked": 0, "reserved": 0}
+
+
+def _render(
+    pool: Row,
+    holdings: list[Row],
+    dead: dict[str, int],
+    revoked_unexpired: int,
+    now: float,
+    locks: list[Row],
+    limits: list[Row],
+) -> dict[str, Any]:
+    """The pool's counts. ``available`` leaves out seats held for encoders (soft-locked);
+    ``reserved`` is what the pool's servers have reserved (each server's unused part is
+    not available to the others)."""
+    totals = _counts()
     by_type: dict[str, dict[str, int]] = {}
+    locked = policies.locked_by_purchase(locks)
     rendered = []
     for h in holdings:
         in_use = h["leased"] - dead.get(h["purchase_id"], 0)
-        free = h["allocated"] - in_use if purchases.grantable(h, now) else 0
-        per = by_type.setdefault(h["licence_type"], {"allocated": 0, "in_use": 0, "available": 0})
+        held = locked.get(h["purchase_id"], 0)
+        free = max(0, h["allocated"] - in_use - held) if purchases.grantable(h, now) else 0
+        per = by_type.setdefault(h["licence_type"], _counts())
         for bucket in (totals, per):
             bucket["allocated"] += h["allocated"]
             bucket["in_use"] += in_use
             bucket["available"] += free
+            bucket["soft_locked"] += held
         rendered.append(
             {
                 "purchase_id": h["purchase_id"],
@@ -286,19 +325,37 @@ def _render(pool: Row, holdings: list[Row], dead: dict[str, int], revoked_unexpi
                 "state": purchases.state(h, now),
                 "allocated": h["allocated"],
                 "in_use": in_use,
-                "unused": h["allocated"] - in_use,
+                "soft_locked": held,
+                "unused": h["allocated"] - in_use - held,
             }
         )
+    for r in limits:
+        per = by_type.setdefault(r["licence_type"], _counts())
+        per["reserved"] += r["reserved"]
+        totals["reserved"] += r["reserved"]
     return {
         "id": pool["id"],
         "name": pool["name"],
         "is_default": bool(pool["is_default"]),
         "lease_seconds": pool["lease_seconds"],
+        "soft_lock_seconds": policies.window_seconds(pool),
         "created_at": format_ts(pool["created_at"]),
         **totals,
         "revoked_unexpired": revoked_unexpired,
         "by_type": by_type,
         "holdings": rendered,
+        "soft_locks": policies.render_locks(locks),
+        "limits": [
+            {
+                "server_id": r["server_id"],
+                "server_name": r["server_name"],
+                "licence_type": r["licence_type"],
+                "max": r["max_seats"],
+                "reserved": r["reserved"],
+                "in_use": r["in_use"],
+            }
+            for r in limits
+        ],
     }
 
 
@@ -311,7 +368,9 @@ def _view_of(tx: Tx, now: float, pool: Row) -> dict[str, Any]:
     holdings = tx.all("holdings_of_pool", pool_id=pool["id"])
     dead = {d["purchase_id"]: d["n"] for d in tx.all("dead_seats_of_pool", pool_id=pool["id"], now=int(now))}
     revoked = tx.one("revoked_unexpired_of_pool", pool_id=pool["id"], now=int(now))
-    return _render(pool, holdings, dead, revoked["n"] if revoked else 0, now)
+    locks = policies.live_locks(tx, now, pool["id"]) if policies.windows_on(pool) else []
+    limits = tx.all("limits_in_pool", pool_id=pool["id"], now=int(now))
+    return _render(pool, holdings, dead, revoked["n"] if revoked else 0, now, locks, limits)
 
 
 def page(tx: Tx, now: float, estate_id: str, *, after: str = "", limit: int) -> paging.Page:
@@ -320,7 +379,7 @@ def page(tx: Tx, now: float, estate_id: str, *, after: str = "", limit: int) -> 
 
 
 def list_views(tx: Tx, now: float, estate_id: str) -> list[dict[str, Any]]:
-    """Every pool of the estate with its counts, computed in four indexed queries."""
+    """Every pool of the estate with its counts, in five indexed queries and one per pool."""
     pools = tx.all("pools_of_estate", estate_id=estate_id)
     holdings: dict[str, list[Row]] = defaultdict(list)
     for h in tx.all("holdings_of_estate", estate_id=estate_id):
@@ -329,23 +388,40 @@ def list_views(tx: Tx, now: float, estate_id: str) -> list[dict[str, Any]]:
     for d in tx.all("dead_seats_of_estate", estate_id=estate_id, now=int(now)):
         dead[d["pool_id"]][d["purchase_id"]] = d["n"]
     revoked = {r["pool_id"]: r["n"] for r in tx.all("revoked_unexpired_of_estate", estate_id=estate_id, now=int(now))}
-    return [_render(p, holdings[p["id"]], dead[p["id"]], revoked.get(p["id"], 0), now) for p in pools]
+    locks: dict[str, list[Row]] = defaultdict(list)
+    for lock in tx.all("soft_locks_live_of_estate", estate_id=estate_id, now=int(now)):
+        locks[lock["pool_id"]].append(lock)
+    return [
+        _render(
+            p,
+            holdings[p["id"]],
+            dead[p["id"]],
+            revoked.get(p["id"], 0),
+            now,
+            locks[p["id"]],
+            tx.all("limits_in_pool", pool_id=p["id"], now=int(now)),
+        )
+        for p in pools
+    ]
 
 
 def summary(tx: Tx, now: float, estate_id: str) -> dict[str, Any]:
-    """Per licence type across the estate: total, in use, available, expiring soon."""
+    """Per licence type across the estate: total, in use, available, soft-locked (held for
+    encoders), expiring soon, and unavailable (expired, ended or on hold)."""
     by_type: dict[str, dict[str, int]] = {}
     for pool in list_views(tx, now, estate_id):
         for h in pool["holdings"]:
             t = by_type.setdefault(
-                h["licence_type"], {"total": 0, "in_use": 0, "available": 0, "expiring": 0, "unavailable": 0}
+                h["licence_type"],
+                {"total": 0, "in_use": 0, "available": 0, "soft_locked": 0, "expiring": 0, "unavailable": 0},
             )
             t["total"] += h["allocated"]
             t["in_use"] += h["in_use"]
+            t["soft_locked"] += h["soft_locked"]
             if h["state"] in ("valid", "expiring"):
-                t["available"] += h["allocated"] - h["in_use"]
+                t["available"] += h["unused"]
             else:
-                t["unavailable"] += h["allocated"] - h["in_use"]
+                t["unavailable"] += h["unused"]
             if h["state"] == "expiring":
                 t["expiring"] += h["allocated"]
     return {"by_type": by_type}

@@ -6,7 +6,7 @@ import dataclasses
 
 from aiohttp import web
 
-from broker import codes, leases
+from broker import codes, leases, policies
 from broker.api import shapes
 from broker.api.client import client_ip
 from broker.api.http import (
@@ -30,7 +30,10 @@ ENROL = obj(
     {"code": {"type": "string", "minLength": 1, "maxLength": 32}, "name": NAME},
     {"kind": {"type": "string", "enum": ["server", "domain"]}},
 )
-ACQUIRE = obj({"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer(0, 10_000)})
+ACQUIRE = obj(
+    {"encoder": SERIAL, "licence_type": LICENCE_TYPE, "count": integer(0, 10_000)},
+    {"encoder_kind": {"type": "string", "enum": list(policies.KINDS)}},
+)
 RENEW = obj({})
 
 
@@ -105,6 +108,7 @@ async def acquire(request: web.Request) -> web.StreamResponse:
                 encoder=body["encoder"],
                 licence_type=body["licence_type"],
                 count=body["count"],
+                encoder_kind=body.get("encoder_kind", "hardware"),
             ),
             lane=server.estate_id,
         )

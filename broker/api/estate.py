@@ -19,11 +19,28 @@ from broker.api.http import (
     services,
 )
 from broker.api.path import estate_scope, path_id, read_in_estate
-from broker.api.schema import ID, NAME, SERIAL, obj
+from broker.api.schema import ID, LICENCE_TYPE, NAME, SERIAL, integer, obj
 from broker.api.stream import wake_streams
+from broker.errors import ValidationFailed
 
 ADMIN = ("operator", "admin")
-SERVER_PATCH = obj({"pool_id": ID})
+LIMIT = {
+    **obj({}, {"max": integer(0, 10_000_000), "reserved": integer(0, 10_000_000)}),
+    "type": ["object", "null"],
+}
+SERVER_PATCH = obj(
+    {},
+    {
+        "pool_id": ID,
+        "limits": {
+            "type": "object",
+            "propertyNames": LICENCE_TYPE,
+            "additionalProperties": LIMIT,
+            "maxProperties": 64,
+        },
+    },
+)
+OVERRIDE_QUERY = {"override_soft_lock": {"type": "string", "enum": ["true", "false"]}}
 NEW_ADMIN = obj({"name": NAME})
 
 
@@ -86,7 +103,7 @@ async def list_servers(request: web.Request) -> web.StreamResponse:
 @route(
     "PATCH",
     "/v1/estates/{estate}/servers/{server}",
-    summary="Bind a server to another pool (refused while it holds leases)",
+    summary="Bind a server to another pool (refused while it holds leases), or set its limits per licence type",
     tag="servers",
     auth=ADMIN,
     body=SERVER_PATCH,
@@ -98,7 +115,14 @@ async def rebind_server(request: web.Request) -> web.StreamResponse:
     body = parse_json(await read_body(request), SERVER_PATCH)
     svc = services(request)
     now = svc.clock.now()
-    result = await svc.store.write(lambda tx: servers.rebind(tx, now, actor, estate_id, server_id, body["pool_id"]))
+    if not body:
+        raise ValidationFailed([{"field": "", "message": "give pool_id, limits or both"}])
+    result = await svc.store.write(
+        lambda tx: servers.update(
+            tx, now, actor, estate_id, server_id, pool_id=body.get("pool_id"), limits=body.get("limits")
+        ),
+        lane=estate_id,
+    )
     svc.principals.forget(server_id=server_id)
     wake_streams(request)
     return web.json_response(result)
@@ -111,13 +135,17 @@ async def rebind_server(request: web.Request) -> web.StreamResponse:
     tag="servers",
     auth=ADMIN,
     responses={204: None},
+    query=OVERRIDE_QUERY,
 )
 async def remove_server(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     server_id = path_id(request, "server")
+    override = _override(request)
     svc = services(request)
     now = svc.clock.now()
-    await svc.store.write(lambda tx: servers.remove(tx, now, actor, estate_id, server_id))
+    await svc.store.write(
+        lambda tx: servers.remove(tx, now, actor, estate_id, server_id, override_soft_lock=override), lane=estate_id
+    )
     svc.principals.forget(server_id=server_id)
     wake_streams(request)
     return answer(204, None)
@@ -218,15 +246,24 @@ async def list_leases(request: web.Request) -> web.StreamResponse:
     tag="leases",
     auth=ADMIN,
     responses={204: None},
+    query=OVERRIDE_QUERY,
 )
 async def revoke_lease(request: web.Request) -> web.StreamResponse:
     actor, estate_id = await estate_scope(request)
     lease_id = path_id(request, "lease")
+    override = _override(request)
     svc = services(request)
     now = svc.clock.now()
-    await svc.store.write(lambda tx: leases.revoke(tx, now, actor, estate_id, lease_id))
+    await svc.store.write(
+        lambda tx: leases.revoke(tx, now, actor, estate_id, lease_id, override_soft_lock=override), lane=estate_id
+    )
     wake_streams(request)
     return answer(204, None)
+
+
+def _override(request: web.Request) -> bool:
+    """``override_soft_lock=true``: free the encoder's held seats at once (audited)."""
+    return query_str(request, "override_soft_lock", OVERRIDE_QUERY["override_soft_lock"]) == "true"
 
 
 EVENT_ORDER = {"type": "string", "enum": list(audit.ORDERS)}

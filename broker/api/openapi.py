@@ -17,7 +17,8 @@ _ERRORS = {
     404: "not_found: unknown id, or an id of another estate",
     409: (
         "conflict: licences_in_use, pool_exhausted, licence_type_not_in_pool (types: those the pool holds),"
-        " name_taken, pool_not_empty, ..."
+        " name_taken, pool_not_empty, server_limit (past a server's max), reservation_exceeds_pool"
+        " (reservations above the pool's holding), ..."
     ),
     410: "lease_gone: the lease was released, revoked or lapsed",
     413: "payload_too_large: body over 64 KiB",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker import codes, pools
+from broker import codes, policies, pools
 from broker.api import shapes
 from broker.api.http import (
     PAGE_QUERY,
@@ -29,7 +29,14 @@ NEW_POOL = obj(
         "lease_seconds": integer(60, 30 * 86400),
     },
 )
-POOL_PATCH = obj({}, {"name": NAME, "lease_seconds": integer(60, 30 * 86400)})
+SOFT_LOCK_SECONDS = obj(
+    {},
+    {
+        "hardware": integer(0, policies.MAX_WINDOW_SECONDS),
+        "container": integer(0, policies.MAX_WINDOW_SECONDS),
+    },
+)
+POOL_PATCH = obj({}, {"name": NAME, "lease_seconds": integer(60, 30 * 86400), "soft_lock_seconds": SOFT_LOCK_SECONDS})
 NEW_MOVE = obj({"from_pool": ID, "to_pool": ID, "items": MOVE_ITEMS})
 NEW_CODE = obj({}, {"ttl_seconds": integer(60, 7 * 86400)})
 
@@ -98,7 +105,7 @@ async def get_pool(request: web.Request) -> web.StreamResponse:
 @route(
     "PATCH",
     "/v1/estates/{estate}/pools/{pool}",
-    summary="Rename a pool or set its lease lifetime",
+    summary="Rename a pool, or set its lease lifetime or soft-lock windows",
     tag="pools",
     auth=ADMIN,
     body=POOL_PATCH,
@@ -112,8 +119,16 @@ async def update_pool(request: web.Request) -> web.StreamResponse:
     now = svc.clock.now()
     result = await svc.store.write(
         lambda tx: pools.update(
-            tx, now, actor, estate_id, pool_id, name=body.get("name"), lease_seconds=body.get("lease_seconds")
-        )
+            tx,
+            now,
+            actor,
+            estate_id,
+            pool_id,
+            name=body.get("name"),
+            lease_seconds=body.get("lease_seconds"),
+            soft_lock_seconds=body.get("soft_lock_seconds"),
+        ),
+        lane=estate_id,
     )
     wake_streams(request)
     return web.json_response(result)

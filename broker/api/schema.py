@@ -2,7 +2,8 @@
 
 The same schema dicts feed ``/v1/openapi.json``, so the document cannot drift from
 what the handlers accept. Supported: object (properties, required,
-additionalProperties: false), array (items, minItems, maxItems), string (minLength,
+additionalProperties: false or a schema for every other member, with
+propertyNames and maxProperties), array (items, minItems, maxItems), string (minLength,
 maxLength, pattern, enum, format date-time), integer (minimum, maximum), boolean,
 nullable via ``type: [..., "null"]``.
 """
@@ -113,11 +114,21 @@ def _check_object(value: dict[str, Any], schema: Schema, path: str, errors: list
     for name in schema.get("required", []):
         if name not in value:
             errors.append({"field": _join(path, name), "message": "is required"})
+    if len(value) > schema.get("maxProperties", 10**9):
+        errors.append({"field": path, "message": f"takes at most {schema['maxProperties']} members"})
+        return
+    extra = schema.get("additionalProperties")
     for name, item in value.items():
         if name in props:
             _check(item, props[name], _join(path, name), errors)
-        elif schema.get("additionalProperties") is False:
+        elif extra is False:
             errors.append({"field": _join(path, str(name)[:64]), "message": "is not a known field"})
+        elif isinstance(extra, dict):
+            problem = _string_problem(name, schema.get("propertyNames", {}))
+            if problem is not None:
+                errors.append({"field": _join(path, str(name)[:64]), "message": f"name {problem}"})
+            else:
+                _check(item, extra, _join(path, name), errors)
 
 
 def _check_array(value: list[Any], schema: Schema, path: str, errors: list[dict[str, str]]) -> None:

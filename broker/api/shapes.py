@@ -39,7 +39,25 @@ PURCHASE = shape(
         "grace_ends_at": TIMESTAMP,
     }
 )
-COUNTS = shape({"allocated": INT, "in_use": INT, "available": INT})
+COUNTS = shape({"allocated": INT, "in_use": INT, "available": INT, "soft_locked": INT, "reserved": INT})
+NULLABLE_INT: Schema = {"type": ["integer", "null"]}
+ENCODER_KIND: Schema = {"type": "string", "enum": ["hardware", "container"]}
+# Seats held for one encoder (of one licence type) until its soft-lock window ends.
+SOFT_LOCK = shape(
+    {"encoder": STR, "kind": ENCODER_KIND, "licence_type": STR, "count": INT, "until": TIMESTAMP, "lease_id": ID}
+)
+# A server's limits for one licence type: ``max`` (null: no cap) and ``reserved``.
+LIMIT = shape({"max": NULLABLE_INT, "reserved": INT})
+POOL_LIMIT = shape(
+    {
+        "server_id": ID,
+        "server_name": STR,
+        "licence_type": STR,
+        "max": NULLABLE_INT,
+        "reserved": INT,
+        "in_use": INT,
+    }
+)
 HOLDING = shape(
     {
         "purchase_id": ID,
@@ -49,6 +67,7 @@ HOLDING = shape(
         "state": PURCHASE_STATE,
         "allocated": INT,
         "in_use": INT,
+        "soft_locked": INT,
         "unused": INT,
     }
 )
@@ -58,13 +77,18 @@ POOL = shape(
         "name": STR,
         "is_default": BOOL,
         "lease_seconds": INT,
+        "soft_lock_seconds": shape({"hardware": INT, "container": INT}),
         "created_at": TIMESTAMP,
         "allocated": INT,
         "in_use": INT,
         "available": INT,
+        "soft_locked": INT,
+        "reserved": INT,
         "revoked_unexpired": INT,
         "by_type": {"type": "object", "additionalProperties": COUNTS},
         "holdings": {"type": "array", "items": HOLDING},
+        "soft_locks": {"type": "array", "items": SOFT_LOCK},
+        "limits": {"type": "array", "items": POOL_LIMIT},
     }
 )
 MOVE_ITEM = shape({"purchase_id": ID, "count": INT})
@@ -87,6 +111,7 @@ SERVER = shape(
         "last_seen_at": NULLABLE_TS,
         "in_use": INT,
         "leases": INT,
+        "limits": {"type": "object", "additionalProperties": LIMIT},
     }
 )
 ADMIN = shape({"id": ID, "name": STR, "primary": BOOL, "created_at": TIMESTAMP})
@@ -129,6 +154,10 @@ ADMIN_LEASE = shape(
         "created_at": TIMESTAMP,
         "renewed_at": TIMESTAMP,
         "expires_at": TIMESTAMP,
+        "encoder_kind": {"type": ["string", "null"], "enum": ["hardware", "container", None]},
+        # The end of the encoder's soft-lock window in its pool ("Newly added until …"),
+        # null when no window is open.
+        "soft_lock_until": NULLABLE_TS,
     }
 )
 SEAT = shape({"purchase_id": ID, "sales_order": STR, "count": INT, "expires_at": TIMESTAMP, "state": PURCHASE_STATE})
@@ -170,7 +199,14 @@ SUMMARY = shape(
         "by_type": {
             "type": "object",
             "additionalProperties": shape(
-                {"total": INT, "in_use": INT, "available": INT, "expiring": INT, "unavailable": INT}
+                {
+                    "total": INT,
+                    "in_use": INT,
+                    "available": INT,
+                    "soft_locked": INT,
+                    "expiring": INT,
+                    "unavailable": INT,
+                }
             ),
         }
     }

@@ -34,6 +34,22 @@ async def test_acquire_through_the_socket(
     assert await live_broker.in_use() == 3
 
 
+async def test_the_encoder_kind_reaches_the_broker(
+    live_broker: LiveBroker, agent_config: Config, start_agent: AgentFactory
+) -> None:
+    await enroll_agent(agent_config, live_broker.url, await live_broker.code())
+    agent = await start_agent()
+    body = {"licence_type": LT, "count": 1, "encoder_kind": "container"}
+    status, view = await agent.call("PUT", "/v1/encoders/CT-1/lease?wait=5", body)
+    assert status == 200 and view["state"] == "active", view
+    status, _ = await agent.call("PUT", "/v1/encoders/HW-1/lease?wait=5", {"licence_type": LT, "count": 1})
+    assert status == 200
+    kinds = {row["encoder"]: row["encoder_kind"] for row in await live_broker.leases()}
+    assert kinds == {"CT-1": "container", "HW-1": "hardware"}
+    status, refused = await agent.call("PUT", "/v1/encoders/X-1/lease", {**body, "encoder_kind": "vm"})
+    assert status == 400 and refused["errors"] == [{"field": "encoder_kind", "message": "hardware or container"}]
+
+
 async def _enrolled(
     live_broker: LiveBroker,
     agent_config: Config,

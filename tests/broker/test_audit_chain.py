@@ -103,6 +103,11 @@ async def test_events_from_before_the_chain_are_chained_when_the_broker_starts(
         conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
     for table in ("stream_events", "stream_horizon"):  # the agents' event stream, later still
         conn.execute(f"DROP TABLE {table}")
+    # Nor what later migrations added (the licence policies).
+    for table in ("encoder_windows", "soft_locks", "server_limits"):
+        conn.execute(f"DROP TABLE {table}")
+    for column in ("soft_lock_hardware", "soft_lock_container"):
+        conn.execute(f"ALTER TABLE pools DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 5")
     conn.close()
 

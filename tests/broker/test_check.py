@@ -307,3 +307,31 @@ async def test_rows_edited_into_nonsense_are_findings_not_a_traceback(broker: Br
     unreadable = "its contents cannot be read (the row was edited)"
     assert f"estate {w.est.id}: audit chain broken at event {ids[0]}: {unreadable}" in lines
     assert f"estate {w.other.id}: audit chain broken at event {others[1]}: {unreadable}" in lines
+
+
+async def test_the_policies_invariants_are_checked(broker: Broker, tmp_path: Path) -> None:
+    w = await world(broker, tmp_path)
+    e, pur, paris = w.est.id, w.purchase["id"], w.paris["id"]
+    pool_path = f"{base(w.est)}/pools/{paris}"
+    await broker.call("PATCH", pool_path, w.est.admin, {"soft_lock_seconds": {"hardware": 45 * DAY}}, 200)
+    limits = {"limits": {"one-in-one-out": {"reserved": 4}}}
+    await broker.call("PATCH", f"{base(w.est)}/servers/{w.server['server_id']}", w.est.admin, limits, 200)
+    release = {"encoder": "enc-1", "licence_type": "one-in-one-out", "count": 0}
+    await broker.call("POST", "/v1/leases", w.server["server_token"], release, 204)  # its 2 seats are held for it
+    assert (await check_live(w)).returncode == 0
+    tamper(
+        w.db,
+        "UPDATE server_limits SET reserved = 9",
+        "UPDATE soft_locks SET count = 7",
+        f"INSERT INTO soft_locks (pool_id, encoder, purchase_id, count, lease_id) "
+        f"VALUES ('{paris}', 'enc-nobody', '{pur}', 1, 'lse_x')",
+    )
+    done = await check_live(w)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"estate {e}: servers of pool {paris} reserve 9 one-in-one-out licences; the pool holds 6",
+        f"estate {e}: pool {paris} holds 7 seats of purchase {pur} for encoders beside 0 leased, of 6 allocated "
+        "(invariant 2)",
+        f"estate {e}: pool {paris} holds 1 seats of purchase {pur} for encoder enc-nobody, "
+        "which has no soft-lock window there",
+    ]

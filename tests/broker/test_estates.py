@@ -48,8 +48,22 @@ async def test_get_estate_summary_per_licence_type(broker: Broker) -> None:
     got = await broker.call("GET", base(est), est.admin, status=200)
     assert got["id"] == est.id and got["name"] == "Acme Broadcast"
     assert got["summary"]["by_type"] == {
-        "one-in-one-out": {"total": 14, "in_use": 2, "available": 12, "expiring": 4, "unavailable": 0},
-        "four-in-one-out": {"total": 5, "in_use": 0, "available": 0, "expiring": 0, "unavailable": 5},
+        "one-in-one-out": {
+            "total": 14,
+            "in_use": 2,
+            "available": 12,
+            "soft_locked": 0,
+            "expiring": 4,
+            "unavailable": 0,
+        },
+        "four-in-one-out": {
+            "total": 5,
+            "in_use": 0,
+            "available": 0,
+            "soft_locked": 0,
+            "expiring": 0,
+            "unavailable": 5,
+        },
     }
 
 
@@ -176,6 +190,7 @@ async def test_estate_summary_counts_on_hold_as_unavailable(broker: Broker) -> N
         "total": 7,
         "in_use": 0,
         "available": 0,
+        "soft_locked": 0,
         "expiring": 0,
         "unavailable": 7,
     }

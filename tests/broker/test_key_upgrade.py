@@ -49,6 +49,10 @@ async def _old_layout(broker: Broker, data: Path) -> None:
         conn.execute(f"ALTER TABLE events DROP COLUMN {column}")
     for table in ("stream_events", "stream_horizon"):  # the agents' event stream, later still
         conn.execute(f"DROP TABLE {table}")
+    for table in ("encoder_windows", "soft_locks", "server_limits"):  # the licence policies
+        conn.execute(f"DROP TABLE {table}")
+    for column in ("soft_lock_hardware", "soft_lock_container"):
+        conn.execute(f"ALTER TABLE pools DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.close()
 

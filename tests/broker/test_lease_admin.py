@@ -37,6 +37,8 @@ async def test_leases_are_listed_with_filters(broker: Broker) -> None:
         "created_at": "2027-01-01T00:00:00Z",
         "renewed_at": "2027-01-01T00:00:00Z",
         "expires_at": a["expires_at"],
+        "encoder_kind": "hardware",
+        "soft_lock_until": None,
     }
     assert {x["id"] for x in await site.leases(pool=site.pool_id)} == {a["id"], b["id"]}
     assert {x["id"] for x in await site.leases(pool=site.default_pool_id)} == {c["id"]}

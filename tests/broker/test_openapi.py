@@ -115,6 +115,29 @@ async def test_errors_are_documented_as_problems(broker: Broker) -> None:
     assert {"title", "status", "code", "detail"} <= set(problem["required"])
 
 
+async def test_the_licence_policies_are_documented(broker: Broker) -> None:
+    doc = await document(broker)
+    paths = doc["paths"]
+
+    def body(path: str, method: str) -> dict[str, Any]:
+        schema: dict[str, Any] = paths[path][method]["requestBody"]["content"]["application/json"]["schema"]
+        return schema
+
+    assert body("/v1/leases", "post")["properties"]["encoder_kind"]["enum"] == ["hardware", "container"]
+    pool_patch = body("/v1/estates/{estate}/pools/{pool}", "patch")["properties"]["soft_lock_seconds"]
+    assert pool_patch["properties"]["hardware"] == {"type": "integer", "minimum": 0, "maximum": 90 * 86400}
+    limits = body("/v1/estates/{estate}/servers/{server}", "patch")["properties"]["limits"]
+    assert set(limits["additionalProperties"]["properties"]) == {"max", "reserved"}
+    for path in ("/v1/estates/{estate}/leases/{lease}", "/v1/estates/{estate}/servers/{server}"):
+        params = paths[path]["delete"]["parameters"]
+        assert any(p["name"] == "override_soft_lock" and p["in"] == "query" for p in params), path
+    conflicts = paths["/v1/leases"]["post"]["responses"]["409"]["description"]
+    assert "server_limit" in conflicts and "reservation_exceeds_pool" in conflicts
+    pool = doc["paths"]["/v1/estates/{estate}/pools/{pool}"]["get"]["responses"]["200"]["content"]
+    props = pool["application/json"]["schema"]["properties"]
+    assert {"soft_lock_seconds", "soft_locked", "reserved", "soft_locks", "limits"} <= set(props)
+
+
 _TYPES = {"object", "array", "string", "integer", "number", "boolean", "null"}
 _KEYWORDS = {
     "type",
@@ -124,6 +147,8 @@ _KEYWORDS = {
     "items",
     "minItems",
     "maxItems",
+    "maxProperties",
+    "propertyNames",
     "minLength",
     "maxLength",
     "pattern",
@@ -147,6 +172,8 @@ def check_schema(schema: Any) -> None:
         check_schema(sub)
     if isinstance(schema.get("additionalProperties"), dict):
         check_schema(schema["additionalProperties"])
+    if "propertyNames" in schema:
+        check_schema(schema["propertyNames"])
     if "items" in schema:
         check_schema(schema["items"])
     if "required" in schema:

@@ -19,8 +19,8 @@ async def test_create_pool_with_moves_from_default(broker: Broker) -> None:
     assert pool["lease_seconds"] == 3600 and pool["created_at"] == "2027-01-01T00:00:00Z"
     assert (pool["allocated"], pool["in_use"], pool["available"], pool["revoked_unexpired"]) == (10, 0, 10, 0)
     assert pool["by_type"] == {
-        "one-in-one-out": {"allocated": 4, "in_use": 0, "available": 4},
-        "four-in-one-out": {"allocated": 6, "in_use": 0, "available": 6},
+        "one-in-one-out": {"allocated": 4, "in_use": 0, "available": 4, "soft_locked": 0, "reserved": 0},
+        "four-in-one-out": {"allocated": 6, "in_use": 0, "available": 6, "soft_locked": 0, "reserved": 0},
     }
     assert [(h["sales_order"], h["allocated"]) for h in pool["holdings"]] == [("SO-A", 4), ("SO-B", 6)]
     views = await pools(broker, est)

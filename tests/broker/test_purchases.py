@@ -46,10 +46,13 @@ async def test_record_purchase_lands_in_default_pool(broker: Broker) -> None:
             "state": "valid",
             "allocated": 25,
             "in_use": 0,
+            "soft_locked": 0,
             "unused": 25,
         }
     ]
-    assert view["by_type"] == {"one-in-one-out": {"allocated": 25, "in_use": 0, "available": 25}}
+    assert view["by_type"] == {
+        "one-in-one-out": {"allocated": 25, "in_use": 0, "available": 25, "soft_locked": 0, "reserved": 0}
+    }
 
 
 async def test_expiry_offset_is_normalised_to_utc(broker: Broker) -> None:

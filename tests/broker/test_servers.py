@@ -33,6 +33,7 @@ async def test_list_servers_and_domains(broker: Broker) -> None:
             "last_seen_at": "2027-01-01T00:00:00Z",
             "in_use": 0,
             "leases": 0,
+            "limits": {},
         },
         {
             "id": s1["server_id"],
@@ -43,6 +44,7 @@ async def test_list_servers_and_domains(broker: Broker) -> None:
             "last_seen_at": "2027-01-01T00:00:10Z",
             "in_use": 3,
             "leases": 1,
+            "limits": {},
         },
     ]
     only = await broker.call("GET", f"{base(est)}/servers?pool={paris['id']}", est.admin, status=200)

@@ -139,7 +139,7 @@ def test_the_audit_log_opens_newest_first_in_words(console: Console) -> None:
     whats = [rows.nth(i).get_by_role("cell").nth(1).inner_text() for i in range(6)]
     assert whats == [
         "Purchase changed (hold, expiry)",
-        "Pool renamed or lease lifetime changed",
+        "Pool renamed, lease lifetime or soft-lock changed",
         "Licences moved",
         "Pool created",
         "Purchase recorded",

@@ -47,6 +47,9 @@ TABLES = (
     "events",
     "idempotency",
     "stream_events",  # what agents are told: a refused action tells them nothing
+    "encoder_windows",
+    "soft_locks",
+    "server_limits",
 )
 
 
@@ -158,13 +161,18 @@ def grace_end(p: Any) -> int:
     return end
 
 
-def check_books(source: Source) -> dict[str, int]:
+def check_books(source: Source, now: int | None = None) -> dict[str, int]:
     """Assert invariants 1 and 2 (and the bookkeeping that backs them); return counts.
 
     1. For every purchase, the sum of its holdings over pools is its quantity.
     2. For every (pool, purchase), ``leased`` <= ``allocated``, and ``leased`` is
        exactly the seats of that pair's active leases; an active lease's count is the
        sum of its seats, all from its own pool and of its own licence type.
+
+    With the licence policies: a pool's reservations of a type never exceed its holding
+    of it; every held (soft-locked) seat belongs to an encoder with a recorded window;
+    and, given ``now``, the seats leased plus those held in open windows never exceed a
+    holding's ``allocated``.
 
     And every estate's audit chain is whole (``check_chains``). All of it from one
     snapshot of the database.
@@ -202,8 +210,34 @@ def check_books(source: Source) -> dict[str, int]:
             "GROUP BY server_id, encoder HAVING COUNT(*) > 1"
         )
         assert not dup, dup
+        _check_policies(q, holdings, purchases, now)
         events = _check_chains(q)
     return {"purchases": len(purchases), "holdings": len(holdings), "active_leases": active, "events": events}
+
+
+def _check_policies(q: Query, holdings: dict[tuple[str, str], Any], purchases: dict[str, Any], now: int | None) -> None:
+    by_type: dict[tuple[str, str], int] = defaultdict(int)
+    for (pool_id, pid), h in holdings.items():
+        by_type[(pool_id, purchases[pid]["licence_type"])] += h["allocated"]
+    reserved = q(
+        "SELECT s.pool_id, l.licence_type, SUM(l.reserved) AS n FROM server_limits l "
+        "JOIN servers s ON s.id = l.server_id WHERE s.removed_at IS NULL GROUP BY s.pool_id, l.licence_type"
+    )
+    for r in reserved:
+        assert r["n"] <= by_type[(r["pool_id"], r["licence_type"])], ("reservations exceed the pool", r)
+    windows = {(w["pool_id"], w["encoder"]): w for w in q("SELECT * FROM encoder_windows")}
+    pools = {p["id"]: p for p in q("SELECT id, soft_lock_hardware, soft_lock_container FROM pools")}
+    held: dict[tuple[str, str], int] = defaultdict(int)
+    for lock in q("SELECT * FROM soft_locks"):
+        w = windows.get((lock["pool_id"], lock["encoder"]))
+        assert w is not None, ("a held seat of an encoder with no window", lock)
+        pool = pools[lock["pool_id"]]
+        seconds = pool["soft_lock_container"] if w["kind"] == "container" else pool["soft_lock_hardware"]
+        if now is not None and now < w["started_at"] + seconds:
+            held[(lock["pool_id"], lock["purchase_id"])] += lock["count"]
+    for key, n in held.items():
+        h = holdings.get(key)
+        assert h is not None and h["leased"] + n <= h["allocated"], ("held seats beyond the holding", key, n, h)
 
 
 def check_chains(source: Source) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 from tests.conftest import Broker
 from tests.reliability import kit
@@ -213,3 +214,57 @@ async def test_removal_races_renewals_and_acquires(broker: Broker) -> None:
     after = await kit.acquire(broker, token, "ENC-9", 1)
     assert after.status == 401
     check_books(broker.db)
+
+
+async def test_acquires_race_and_never_take_another_servers_reserved_seats(broker: Broker) -> None:
+    est = await kit.estate(broker)
+    bought = await broker.purchase(est.id, "SO-1", quantity=10)
+    pool = await kit.pool(broker, est, "Paris", {bought["id"]: 10})
+    keeper = await kit.enrol(broker, est, pool, "reserved-host")
+    limits = {"limits": {"one-in-one-out": {"reserved": 4}}}
+    await broker.call("PATCH", f"{est.base}/servers/{keeper['server_id']}", est.admin, limits, 200)
+    hosts = [await kit.enrol(broker, est, pool, f"host-{i}") for i in range(8)]
+    # 16 asks from other servers race for the 6 seats that are not reserved ...
+    answers = await asyncio.gather(
+        *(kit.acquire(broker, h["server_token"], f"ENC-{e}", 1) for h in hosts for e in range(2))
+    )
+    assert statuses(answers) == {201: 6, 409: 10}, statuses(answers)
+    assert all(a.body["reserved"] == 4 for a in answers if a.status == 409)
+    # ... and the reserved host's four encoders, racing more asks from the others, all win.
+    mine = [kit.acquire(broker, keeper["server_token"], f"R-{e}", 1) for e in range(4)]
+    theirs = [kit.acquire(broker, h["server_token"], "LATE", 1) for h in hosts]
+    answers = await asyncio.gather(*mine, *theirs)
+    assert statuses(answers[:4]) == {201: 4} and statuses(answers[4:]) == {409: 8}
+    view = await broker.call("GET", f"{est.base}/pools/{pool}", est.admin, status=200)
+    assert (view["in_use"], view["available"], view["reserved"]) == (10, 0, 4)
+    check_books(broker.db, now=int(broker.clock.now()))
+
+
+async def test_reservations_race_acquires_and_each_other(broker: Broker) -> None:
+    est = await kit.estate(broker)
+    bought = await broker.purchase(est.id, "SO-1", quantity=10)
+    pool = await kit.pool(broker, est, "Paris", {bought["id"]: 10})
+    hosts = [await kit.enrol(broker, est, pool, f"host-{i}") for i in range(6)]
+
+    async def reserve(host: dict[str, Any], n: int) -> kit.Answer:
+        body = {"limits": {"one-in-one-out": {"reserved": n}}}
+        return await kit.call(broker, "PATCH", f"{est.base}/servers/{host['server_id']}", est.admin, body)
+
+    # Three servers each try to reserve 4 of the 10 while three others grab seats: exactly
+    # two reservations fit the holding, whatever the order; a grant never takes a seat an
+    # unused reservation covers when it is made, so at least the two open seats go.
+    answers = await asyncio.gather(
+        *(reserve(h, 4) for h in hosts[:3]),
+        *(kit.acquire(broker, h["server_token"], f"ENC-{e}", 1) for h in hosts[3:] for e in range(3)),
+    )
+    assert statuses(answers[:3]) == {200: 2, 409: 1}, statuses(answers[:3])
+    assert {a.body["code"] for a in answers[:3] if a.status == 409} == {"reservation_exceeds_pool"}
+    assert {a.status for a in answers[3:]} <= {201, 409}
+    granted = sum(1 for a in answers[3:] if a.status == 201)
+    assert 2 <= granted <= 9
+    view = await broker.call("GET", f"{est.base}/pools/{pool}", est.admin, status=200)
+    assert view["reserved"] == 8 and view["in_use"] == granted
+    # Once both are in place, the others get no more than what is left over.
+    late = await asyncio.gather(*(kit.acquire(broker, h["server_token"], "LATE", 1) for h in hosts[3:]))
+    assert statuses(late) == {409: 3}
+    check_books(broker.db, now=int(broker.clock.now()))

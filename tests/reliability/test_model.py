@@ -12,7 +12,13 @@ one fresh schema, the writes alternating between them (``Books``). After every s
 - invariants 1 and 2 hold, read straight from the database (``invariants.check_books``);
 - a refused operation changed no row of any table (invariant 3: all or nothing);
 - every grant took new seats only from grantable purchases, earliest expiry first, and
-  its ``exp`` is within the grace of every purchase it holds (invariant 7).
+  its ``exp`` is within the grace of every purchase it holds (invariant 7);
+- with the licence policies on (docs/design.md, "Licence policies"): pools' soft-lock
+  windows set and changed as time moves, encoders of both kinds, servers' ``max`` and
+  ``reserved`` set and cleared, forced releases and removals with and without the
+  override. The model decides every grant, refusal (``server_limit``,
+  ``reservation_exceeds_pool``…) and held seat; the views' ``soft_locked`` and
+  ``reserved`` must agree, and no held seat or reservation exceeds a holding.
 
 The HTTP layer is not in the loop on purpose: it keeps a step under a millisecond (on
 SQLite), so thousands of steps run in seconds. The HTTP paths get their own tests beside
@@ -22,6 +28,7 @@ this one.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import sys
 from collections import defaultdict
@@ -54,7 +61,9 @@ from broker.errors import (
     NoValidLicences,
     PoolExhausted,
     PoolNotEmpty,
+    ReservationExceedsPool,
     ServerHasLeases,
+    ServerLimit,
     TenureError,
     ValidationFailed,
 )
@@ -143,6 +152,12 @@ class Model:
     alloc: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     servers: dict[str, MServer] = field(default_factory=dict)
     leases: dict[str, MLease] = field(default_factory=dict)
+    # The policies: (pool, encoder) -> (kind, first grant); (pool, encoder, purchase) ->
+    # seats held (rows stay until cleared, counted only while the window is open); and
+    # (server, licence type) -> (max, reserved).
+    windows: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    locks: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    limits: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
 
     def live(self, lease: MLease) -> bool:
         return lease.state == "active" and self.now < lease.exp
@@ -154,6 +169,62 @@ class Model:
         for le in self.leases.values():
             if le.pool == pool and le.state == "active" and le.exp <= self.now:
                 le.state = "lapsed"
+                self.hold(pool, le.encoder, le.seats, le.exp)
+
+    # -- soft-lock --
+
+    def window_open(self, pool: str, encoder: str, at: int) -> bool:
+        w = self.windows.get((pool, encoder))
+        if w is None or pool not in self.pools:
+            return False
+        return at < w[1] + self.pools[pool]["soft_lock"][w[0]]
+
+    def hold(self, pool: str, encoder: str, seats: dict[str, int], at: int) -> None:
+        if not self.window_open(pool, encoder, at):
+            return
+        for pid, n in seats.items():
+            if n > 0:
+                self.locks[(pool, encoder, pid)] = self.locks.get((pool, encoder, pid), 0) + n
+
+    def clear_locks(self, pool: str, encoder: str) -> None:
+        for key in [k for k in self.locks if k[0] == pool and k[1] == encoder]:
+            del self.locks[key]
+
+    def forget_ended(self, pool: str) -> None:
+        for key in [k for k in self.locks if k[0] == pool and not self.window_open(pool, k[1], self.now)]:
+            del self.locks[key]
+
+    def live_locks(self, pool: str, pid: str, encoder: str | None = None) -> int:
+        """Seats held now on the purchase in the pool (for ``encoder`` alone if given)."""
+        return sum(
+            n
+            for (pl, enc, p), n in self.locks.items()
+            if pl == pool and p == pid and (encoder is None or enc == encoder) and self.window_open(pl, enc, self.now)
+        )
+
+    # -- limits --
+
+    def server_use(self, sid: str, lt: str, pool: str, but_encoder: str | None = None) -> int:
+        return sum(
+            le.count
+            for le in self.leases.values()
+            if le.server == sid and le.lt == lt and le.pool == pool and le.encoder != but_encoder and self.live(le)
+        )
+
+    def limit_rows(self, pool: str, lt: str) -> list[tuple[str, int | None, int]]:
+        return [
+            (sid, mx, rs)
+            for (sid, t), (mx, rs) in self.limits.items()
+            if t == lt and sid in self.servers and self.servers[sid].pool == pool
+        ]
+
+    def unused_reserved(self, pool: str, lt: str, but_server: str | None = None) -> int:
+        return sum(
+            max(0, rs - self.server_use(sid, lt, pool)) for sid, _, rs in self.limit_rows(pool, lt) if sid != but_server
+        )
+
+    def alloc_of_type(self, pool: str, lt: str) -> int:
+        return sum(n for (pl, pid), n in self.alloc.items() if pl == pool and self.purchases[pid].lt == lt)
 
     def by_expiry(self, pids: list[str]) -> list[str]:
         return sorted(pids, key=lambda p: (self.purchases[p].expires_at, p))
@@ -175,18 +246,26 @@ class Model:
         holdings = {}
         totals = {"allocated": 0, "in_use": 0, "available": 0}
         by_type: dict[str, dict[str, int]] = {}
+        totals.update(soft_locked=0, reserved=0)
+        zeros = {"allocated": 0, "in_use": 0, "available": 0, "soft_locked": 0, "reserved": 0}
         for (pl, pid), n in self.alloc.items():
             if pl != pool_id or n == 0:
                 continue
             p = self.purchases[pid]
             used = self.in_use(pool_id, pid)
-            avail = n - used if p.grantable(self.now) else 0
-            holdings[pid] = (n, used, n - used, p.state(self.now))
-            per = by_type.setdefault(p.lt, {"allocated": 0, "in_use": 0, "available": 0})
+            held = self.live_locks(pool_id, pid)
+            avail = max(0, n - used - held) if p.grantable(self.now) else 0
+            holdings[pid] = (n, used, held, n - used - held, p.state(self.now))
+            per = by_type.setdefault(p.lt, dict(zeros))
             for bucket in (totals, per):
                 bucket["allocated"] += n
                 bucket["in_use"] += used
                 bucket["available"] += avail
+                bucket["soft_locked"] += held
+        for (sid, lt), (_, rs) in self.limits.items():
+            if sid in self.servers and self.servers[sid].pool == pool_id:
+                by_type.setdefault(lt, dict(zeros))["reserved"] += rs
+                totals["reserved"] += rs
         revoked = sum(
             le.count
             for le in self.leases.values()
@@ -195,6 +274,7 @@ class Model:
         return {
             "name": self.pools[pool_id]["name"],
             "lease_seconds": self.pools[pool_id]["lease_seconds"],
+            "soft_lock_seconds": dict(self.pools[pool_id]["soft_lock"]),
             **totals,
             "by_type": by_type,
             "holdings": holdings,
@@ -206,11 +286,17 @@ def actual_view(v: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": v["name"],
         "lease_seconds": v["lease_seconds"],
+        "soft_lock_seconds": v["soft_lock_seconds"],
         "allocated": v["allocated"],
         "in_use": v["in_use"],
         "available": v["available"],
+        "soft_locked": v["soft_locked"],
+        "reserved": v["reserved"],
         "by_type": v["by_type"],
-        "holdings": {h["purchase_id"]: (h["allocated"], h["in_use"], h["unused"], h["state"]) for h in v["holdings"]},
+        "holdings": {
+            h["purchase_id"]: (h["allocated"], h["in_use"], h["soft_locked"], h["unused"], h["state"])
+            for h in v["holdings"]
+        },
         "revoked_unexpired": v["revoked_unexpired"],
     }
 
@@ -259,7 +345,7 @@ class Books(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.model: Model | None = None
-        self._pending: dict[str, MLease] = {}
+        self._pending: Model | None = None
         self._turn = 0
         STATS["sequences"] += 1
         data_dir = self.folder / f"books-{STATS['sequences']}"
@@ -330,16 +416,39 @@ class Books(RuleBasedStateMachine):
 
     # -- set-up -----------------------------------------------------------------
 
-    @initialize(lease_seconds=st.sampled_from([60, 3600, 7 * DAY]))
-    def make_estate(self, lease_seconds: int) -> None:
+    @initialize(
+        lease_seconds=st.sampled_from([60, 3600, 7 * DAY]),
+        windows=st.sampled_from([None, (45 * DAY, 1800), (3600, 60)]),
+    )
+    def make_estate(self, lease_seconds: int, windows: tuple[int, int] | None) -> None:
         now = T0
         est = self.write(lambda tx: estates.create(tx, now, OPERATOR, "Acme", "Alice", lease_seconds))
         self.estate = est["id"]
         self.model = Model(now=now, default=est["default_pool_id"])
-        self.m.pools[est["default_pool_id"]] = {"name": "Default Pool", "lease_seconds": lease_seconds}
-        # A starting stock and one server, so that most sequences lease from the start.
+        self.m.pools[est["default_pool_id"]] = {
+            "name": "Default Pool",
+            "lease_seconds": lease_seconds,
+            "soft_lock": {"hardware": 0, "container": 0},
+        }
+        # A starting stock and one server, so that most sequences lease from the start;
+        # in two sequences of three, soft-lock windows from the start too.
         self.purchase(qty=10, lt=TYPES[0], days=400)
         self._enrol_into(self.m.default)
+        if windows is not None:
+            hardware, container = windows
+            self.write(
+                lambda tx: pools.update(
+                    tx,
+                    now,
+                    OPERATOR,
+                    self.estate,
+                    self.m.default,
+                    name=None,
+                    lease_seconds=None,
+                    soft_lock_seconds={"hardware": hardware, "container": container},
+                )
+            )
+            self.m.pools[self.m.default]["soft_lock"] = {"hardware": hardware, "container": container}
 
     # -- purchases ------------------------------------------------------------
 
@@ -390,11 +499,31 @@ class Books(RuleBasedStateMachine):
         items = data.draw(st.lists(st.tuples(st.sampled_from(held), st.integers(1, 6)), min_size=1, max_size=3))
         return [{"purchase_id": p, "count": n} for p, n in items]
 
-    def _move_fails(self, src: str, items: list[dict[str, Any]]) -> bool:
+    def _move_error(self, src: str, items: list[dict[str, Any]]) -> type[TenureError] | None:
+        """Why the move must be refused, on the books as the move's own lapse leaves them:
+        seats in use or held for an encoder, or reserved seats it would take."""
+        m = copy.deepcopy(self.m)
+        m.lapse_due(src)
         wanted: dict[str, int] = defaultdict(int)
         for it in items:
             wanted[it["purchase_id"]] += it["count"]
-        return any(self.m.alloc[(src, p)] - self.m.in_use(src, p) < n for p, n in wanted.items())
+        if any(m.alloc[(src, p)] - m.in_use(src, p) - m.live_locks(src, p) < n for p, n in wanted.items()):
+            return LicencesInUse
+        leaving: dict[str, int] = defaultdict(int)
+        for p, n in wanted.items():
+            leaving[m.purchases[p].lt] += n
+        for lt, n in leaving.items():
+            rows = m.limit_rows(src, lt)
+            if not rows:
+                continue
+            allocated = m.alloc_of_type(src, lt) - n
+            if sum(rs for _, _, rs in rows) > allocated:
+                return ReservationExceedsPool
+            pids = [p for (pl, p) in m.alloc if pl == src and m.purchases[p].lt == lt]
+            free = allocated - sum(m.in_use(src, p) + m.live_locks(src, p) for p in pids)
+            if free < m.unused_reserved(src, lt):
+                return LicencesInUse
+        return None
 
     def _apply_move(self, src: str, dst: str, items: list[dict[str, Any]]) -> None:
         self.m.lapse_due(src)
@@ -419,13 +548,17 @@ class Books(RuleBasedStateMachine):
         error: type[TenureError] | None = None
         if self._name_clash(name):
             error = NameTaken
-        elif items and self._move_fails(m.default, items):
-            error = LicencesInUse
+        elif items:
+            error = self._move_error(m.default, items)
         view = self.attempt(
             lambda tx: pools.create(tx, now, OPERATOR, self.estate, name, lease_seconds, items or None), error
         )
         if view is not None:
-            m.pools[view["id"]] = {"name": name, "lease_seconds": lease_seconds}
+            m.pools[view["id"]] = {
+                "name": name,
+                "lease_seconds": lease_seconds,
+                "soft_lock": {"hardware": 0, "container": 0},
+            }
             if items:
                 self._apply_move(m.default, view["id"], items)
 
@@ -445,8 +578,8 @@ class Books(RuleBasedStateMachine):
         error: type[TenureError] | None = None
         if src == dst:
             error = ValidationFailed
-        elif self._move_fails(src, items):
-            error = LicencesInUse
+        else:
+            error = self._move_error(src, items)
         done = self.attempt(lambda tx: pools.move(tx, now, OPERATOR, self.estate, src, dst, items), error)
         if done is not None:
             self._apply_move(src, dst, items)
@@ -492,6 +625,9 @@ class Books(RuleBasedStateMachine):
                     m.alloc[(m.default, pid)] += n
                     del m.alloc[(pl, pid)]
             del m.pools[pool_id]
+            # Its windows and held seats go with it.
+            m.locks = {k: n for k, n in m.locks.items() if k[0] != pool_id}
+            m.windows = {k: w for k, w in m.windows.items() if k[0] != pool_id}
 
     # -- servers ----------------------------------------------------------------
 
@@ -535,87 +671,174 @@ class Books(RuleBasedStateMachine):
         pool_id = data.draw(st.sampled_from(list(m.pools)))
         server = m.servers[sid]
         busy = any(le.server == sid and m.live(le) for le in m.leases.values())
-        done = self.attempt(
-            lambda tx: servers.rebind(tx, now, OPERATOR, self.estate, sid, pool_id), ServerHasLeases if busy else None
-        )
+        error: type[TenureError] | None = ServerHasLeases if busy else None
+        for (s, lt), (_, rs) in m.limits.items():
+            if error is None and s == sid and rs:
+                others = sum(r for other, _, r in m.limit_rows(pool_id, lt) if other != sid)
+                if others + rs > m.alloc_of_type(pool_id, lt):
+                    error = ReservationExceedsPool
+        done = self.attempt(lambda tx: servers.rebind(tx, now, OPERATOR, self.estate, sid, pool_id), error)
         if done is not None:
             m.lapse_due(server.pool)
             server.pool = pool_id
             server.principal = dataclasses.replace(server.principal, pool_id=pool_id)
 
     @precondition(lambda self: self.model is not None and bool(self.m.servers))
-    @rule(data=st.data())
-    def remove_server(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), override=st.booleans())
+    def remove_server(self, data: st.DataObject, override: bool) -> None:
         m, now = self.m, self.m.now
         sid = data.draw(st.sampled_from(list(m.servers)))
-        self.attempt(lambda tx: servers.remove(tx, now, OPERATOR, self.estate, sid), None)
+        self.attempt(lambda tx: servers.remove(tx, now, OPERATOR, self.estate, sid, override_soft_lock=override), None)
         for le in m.leases.values():
             if le.server == sid and le.state == "active":
                 le.state = "lapsed" if le.exp <= now else "revoked"
+                if override:
+                    m.clear_locks(le.pool, le.encoder)
+                else:
+                    m.hold(le.pool, le.encoder, le.seats, now)
         del m.servers[sid]
+
+    # -- policies -----------------------------------------------------------------
+
+    @precondition(lambda self: self.model is not None)
+    @rule(
+        data=st.data(),
+        hardware=st.sampled_from([None, 0, 60, 3600, 45 * DAY, 90 * DAY]),
+        container=st.sampled_from([None, 0, 60, 1800, 3600]),
+    )
+    def set_windows(self, data: st.DataObject, hardware: int | None, container: int | None) -> None:
+        m, now = self.m, self.m.now
+        pool_id = data.draw(st.sampled_from(list(m.pools)))
+        seconds = {k: v for k, v in (("hardware", hardware), ("container", container)) if v is not None}
+        self.attempt(
+            lambda tx: pools.update(
+                tx, now, OPERATOR, self.estate, pool_id, name=None, lease_seconds=None, soft_lock_seconds=seconds
+            ),
+            None,
+        )
+        m.forget_ended(pool_id)
+        m.pools[pool_id]["soft_lock"].update(seconds)
+        m.forget_ended(pool_id)
+        STATS["window_changes"] += 1
+
+    @precondition(lambda self: self.model is not None and bool(self.m.servers))
+    @rule(
+        data=st.data(),
+        lt=st.sampled_from([TYPES[0], TYPES[0], TYPES[1]]),  # the type the starting stock is of
+        cap=st.sampled_from([None, 0, 1, 2, 5]),
+        reserved=st.sampled_from([None, 0, 1, 2, 4, 8]),
+        clear=st.booleans(),
+    )
+    def set_limits(self, data: st.DataObject, lt: str, cap: int | None, reserved: int | None, clear: bool) -> None:
+        m, now = self.m, self.m.now
+        sid = data.draw(st.sampled_from(list(m.servers)))
+        change: dict[str, int] | None = None
+        if not clear:
+            change = {k: v for k, v in (("max", cap), ("reserved", reserved)) if v is not None}
+        error: type[TenureError] | None = None
+        if change and "max" in change and change.get("reserved", 0) > change["max"]:
+            error = ValidationFailed
+        elif change and change.get("reserved", 0):
+            pool = m.servers[sid].pool
+            others = sum(rs for other, _, rs in m.limit_rows(pool, lt) if other != sid)
+            if others + change["reserved"] > m.alloc_of_type(pool, lt):
+                error = ReservationExceedsPool
+        done = self.attempt(
+            lambda tx: servers.update(tx, now, OPERATOR, self.estate, sid, pool_id=None, limits={lt: change}), error
+        )
+        if done is None:
+            return
+        if change:
+            m.limits[(sid, lt)] = (change.get("max"), change.get("reserved", 0))
+        else:
+            m.limits.pop((sid, lt), None)
+        assert done["limits"] == {
+            t: {"max": mx, "reserved": rs} for (s, t), (mx, rs) in sorted(m.limits.items()) if s == sid
+        }
+        STATS["limit_changes"] += 1
 
     # -- leases -----------------------------------------------------------------
 
-    def _model_acquire(self, server: MServer, encoder: str, lt: str, count: int) -> tuple[bool, MLease | None, bool]:
-        """What the broker must do: (exhausted, the lease afterwards, created).
+    def _model_acquire(
+        self, server: MServer, encoder: str, lt: str, count: int, kind: str | None
+    ) -> tuple[type[TenureError] | None, MLease | None, bool]:
+        """What the broker must do: (the refusal or None, the lease afterwards, created).
 
-        Works on a copy of the leases, left in ``self._pending`` for the caller to adopt
+        Works on a copy of the model, left in ``self._pending`` for the caller to adopt
         once the broker has agreed.
         """
-        m, now = self.m, self.m.now
-        m2_leases = {k: MLease(**{**v.__dict__, "seats": dict(v.seats)}) for k, v in m.leases.items()}
-        saved = m.leases
-        m.leases = m2_leases
-        try:
-            m.lapse_due(server.pool)
-            lease = next(
-                (
-                    le
-                    for le in m.leases.values()
-                    if le.server == server.id and le.encoder == encoder and le.state == "active"
-                ),
-                None,
-            )
-            if count == 0:
-                if lease is not None:
-                    lease.state = "released"
-                return False, None, False
-            created = lease is None
-            if lease is None:
-                lease = MLease("?", server.id, encoder, server.pool, lt, {}, now)
-            elif lease.lt != lt:
-                lease.seats, lease.lt = {}, lt
-            else:
-                lease.seats = {p: n for p, n in lease.seats.items() if now < m.purchases[p].grace_end()}
-            held = lease.count
-            if count > held:
-                need = count - held
-                free = m.free(server.pool, lt)
-                if sum(n for _, n in free) < need:
-                    return True, None, created
-                for pid, n in free:
-                    take = min(need, n)
-                    lease.seats[pid] = lease.seats.get(pid, 0) + take
-                    need -= take
-                    if need == 0:
-                        break
-            elif count < held:
-                back = held - count
-                for pid in reversed(m.by_expiry(list(lease.seats))):
-                    if back == 0:
-                        break
-                    n = min(back, lease.seats[pid])
-                    lease.seats[pid] -= n
-                    back -= n
-                    if lease.seats[pid] == 0:
-                        del lease.seats[pid]
-            pool_seconds = m.pools[server.pool]["lease_seconds"]
-            lease.exp = min(now + pool_seconds, *(m.purchases[p].grace_end() for p in lease.seats))
-            return False, lease, created
-        finally:
-            new_leases = m.leases
-            m.leases = saved
-            self._pending = new_leases
+        m = copy.deepcopy(self.m)
+        self._pending = m
+        now, pool = m.now, server.pool
+        m.lapse_due(pool)
+        lease = next(
+            (
+                le
+                for le in m.leases.values()
+                if le.server == server.id and le.encoder == encoder and le.state == "active"
+            ),
+            None,
+        )
+        if count == 0:
+            if lease is not None:
+                lease.state = "released"
+                m.hold(pool, encoder, lease.seats, now)
+            return None, None, False
+        created = lease is None
+        if lease is None:
+            lease = MLease("?", server.id, encoder, pool, lt, {}, now)
+        elif lease.lt != lt:
+            m.hold(pool, encoder, lease.seats, now)
+            lease.seats, lease.lt = {}, lt
+        else:
+            # Seats past their grace end: dropped, never held (the licence ended).
+            lease.seats = {p: n for p, n in lease.seats.items() if now < m.purchases[p].grace_end()}
+        held = lease.count
+        if count > held:
+            need = count - held
+            cap = m.limits.get((server.id, lt), (None, 0))[0]
+            if cap is not None and m.server_use(server.id, lt, pool, but_encoder=encoder) + count > cap:
+                return ServerLimit, None, created
+            free = m.free(pool, lt)
+            own = {pid: min(m.live_locks(pool, pid, encoder), n) for pid, n in free}
+            open_each = {pid: max(0, n - m.live_locks(pool, pid)) for pid, n in free}
+            open_seats = max(0, sum(open_each.values()) - m.unused_reserved(pool, lt, but_server=server.id))
+            if sum(own.values()) + open_seats < need:
+                return (PoolExhausted if m.holds_type(pool, lt) else LicenceTypeNotInPool), None, created
+            taken_own = {}
+            for pid, _ in free:
+                taken_own[pid] = min(need, own[pid])
+                need -= taken_own[pid]
+            for pid, _ in free:
+                take = min(need, open_each[pid], open_seats)
+                need -= take
+                open_seats -= take
+                if take + taken_own[pid]:
+                    lease.seats[pid] = lease.seats.get(pid, 0) + take + taken_own[pid]
+                if taken_own[pid]:
+                    key = (pool, encoder, pid)
+                    m.locks[key] -= taken_own[pid]
+                    if m.locks[key] == 0:
+                        del m.locks[key]
+                    STATS["held seats taken back"] += taken_own[pid]
+        elif count < held:
+            back = held - count
+            returned = {}
+            for pid in reversed(m.by_expiry(list(lease.seats))):
+                if back == 0:
+                    break
+                n = min(back, lease.seats[pid])
+                lease.seats[pid] -= n
+                returned[pid] = n
+                back -= n
+                if lease.seats[pid] == 0:
+                    del lease.seats[pid]
+            m.hold(pool, encoder, returned, now)
+        if created:
+            m.windows.setdefault((pool, encoder), (kind or "hardware", now))
+        pool_seconds = m.pools[pool]["lease_seconds"]
+        lease.exp = min(now + pool_seconds, *(m.purchases[p].grace_end() for p in lease.seats))
+        return None, lease, created
 
     @precondition(lambda self: self.model is not None and bool(self.m.servers))
     @rule(
@@ -623,29 +846,34 @@ class Books(RuleBasedStateMachine):
         encoder=st.sampled_from(ENCODERS),
         lt=st.sampled_from(TYPES),
         count=st.sampled_from([0, 1, 1, 2, 3, 5, 9]),
+        kind=st.sampled_from([None, "hardware", "container"]),
     )
-    def acquire(self, data: st.DataObject, encoder: str, lt: str, count: int) -> None:
-        self._acquire(self.m.servers[data.draw(st.sampled_from(list(self.m.servers)))], encoder, lt, count)
+    def acquire(self, data: st.DataObject, encoder: str, lt: str, count: int, kind: str | None = None) -> None:
+        self._acquire(self.m.servers[data.draw(st.sampled_from(list(self.m.servers)))], encoder, lt, count, kind)
 
     @precondition(lambda self: self.model is not None and bool(self.m.servers))
-    @rule(data=st.data(), encoder=st.sampled_from(ENCODERS), count=st.sampled_from([1, 1, 2, 3, 5]))
-    def acquire_a_type_the_pool_holds(self, data: st.DataObject, encoder: str, count: int) -> None:
+    @rule(
+        data=st.data(),
+        encoder=st.sampled_from(ENCODERS),
+        count=st.sampled_from([1, 1, 2, 3, 5]),
+        kind=st.sampled_from([None, "container"]),
+    )
+    def acquire_a_type_the_pool_holds(self, data: st.DataObject, encoder: str, count: int, kind: str | None) -> None:
         """Encoders mostly ask for a type their pool holds: aim there too, so that grants,
         not only refusals of a missing type, are what the model explores."""
         server = self.m.servers[data.draw(st.sampled_from(list(self.m.servers)))]
         held = [t for t in TYPES if self.m.holds_type(server.pool, t)] or list(TYPES)
-        self._acquire(server, encoder, data.draw(st.sampled_from(held)), count)
+        self._acquire(server, encoder, data.draw(st.sampled_from(held)), count, kind)
 
-    def _acquire(self, server: MServer, encoder: str, lt: str, count: int) -> None:
+    def _acquire(self, server: MServer, encoder: str, lt: str, count: int, kind: str | None) -> None:
         m, now = self.m, self.m.now
-        exhausted, expected, created = self._model_acquire(server, encoder, lt, count)
-        refusal = PoolExhausted if m.holds_type(server.pool, lt) else LicenceTypeNotInPool
-        grant = self.attempt(
-            lambda tx: leases.acquire(tx, now, server.principal, encoder, lt, count),
-            refusal if exhausted else None,
-        )
-        if exhausted:
-            STATS["exhausted"] += 1
+        refusal, expected, created = self._model_acquire(server, encoder, lt, count, kind)
+        args = {} if kind is None else {"encoder_kind": kind}
+        grant = self.attempt(lambda tx: leases.acquire(tx, now, server.principal, encoder, lt, count, **args), refusal)
+        if refusal is not None:
+            STATS[
+                "exhausted" if refusal in (PoolExhausted, LicenceTypeNotInPool) else f"refused {refusal.__name__}"
+            ] += 1
             return
         # Before the new leases are taken in: every seat that is new came from a
         # grantable purchase (invariant 7).
@@ -657,7 +885,8 @@ class Books(RuleBasedStateMachine):
             ),
             None,
         )
-        m.leases = self._pending
+        assert self._pending is not None
+        self.model = m = self._pending
         if count == 0:
             assert grant is None
             return
@@ -711,6 +940,7 @@ class Books(RuleBasedStateMachine):
         if now >= lease.exp or any(now >= m.purchases[p].grace_end() for p in lease.seats):
             assert isinstance(outcome, leases.Gone) and outcome.reason == "lapsed", outcome
             lease.state = "lapsed"
+            m.hold(lease.pool, lease.encoder, lease.seats, now)
             return
         assert isinstance(outcome, leases.Grant), outcome
         lease.exp = min(now + m.pools[lease.pool]["lease_seconds"], *(m.purchases[p].grace_end() for p in lease.seats))
@@ -730,16 +960,23 @@ class Books(RuleBasedStateMachine):
         self.attempt(lambda tx: leases.release(tx, now, caller, lease.id), None)
         if lease.state == "active":
             lease.state = "released"
+            m.hold(lease.pool, lease.encoder, lease.seats, now)
 
     @precondition(lambda self: self.model is not None and bool(self.m.leases))
-    @rule(data=st.data())
-    def force_release(self, data: st.DataObject) -> None:
-        now = self.m.now
+    @rule(data=st.data(), override=st.booleans())
+    def force_release(self, data: st.DataObject, override: bool) -> None:
+        m, now = self.m, self.m.now
         lease = self._pick_lease(data)
         assert lease is not None
-        self.attempt(lambda tx: leases.revoke(tx, now, OPERATOR, self.estate, lease.id), None)
+        self.attempt(
+            lambda tx: leases.revoke(tx, now, OPERATOR, self.estate, lease.id, override_soft_lock=override), None
+        )
         if lease.state == "active":
             lease.state = "revoked"
+            if not override:
+                m.hold(lease.pool, lease.encoder, lease.seats, now)
+        if override:
+            m.clear_locks(lease.pool, lease.encoder)
 
     # -- time -------------------------------------------------------------------
 
@@ -756,7 +993,7 @@ class Books(RuleBasedStateMachine):
         if self.model is None:
             return
         m, now = self.m, self.m.now
-        check_books(self.reader)
+        check_books(self.reader, now=now)
         views = self.read(lambda tx: pools.list_views(tx, now, self.estate))
         assert {v["id"] for v in views} == set(m.pools)
         for v in views:
@@ -820,6 +1057,9 @@ def test_books_agree_with_the_model_quick(tmp_path: Path, store_kind: str, reque
 def test_books_agree_with_the_model(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> None:
     stats = explore(tmp_path, EXAMPLES, postgres(store_kind, request))
     assert stats["sequences"] >= EXAMPLES and stats["grants"] > 100 and stats["exhausted"] > 50
+    # The policies were exercised, not only switched on.
+    assert stats["held seats taken back"] > 0 and stats["refused ServerLimit"] > 0
+    assert stats["refused:ReservationExceedsPool"] > 0 and stats["window_changes"] > 20
 
 
 async def test_the_store_gives_new_rows_the_ids_it_was_given(config_factory: Callable[..., Config]) -> None:

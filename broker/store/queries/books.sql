@@ -156,3 +156,39 @@ UNION ALL
 SELECT 'event', CAST(id AS TEXT), estate_id FROM events
 WHERE estate_id IS NULL OR NOT EXISTS (SELECT 1 FROM estates e WHERE e.id = events.estate_id)
 ORDER BY 1, 2
+
+-- name: books_reservations_beyond_holding
+-- Licence policies: a pool's reservations of a type never exceed its holding of the type.
+SELECT s.pool_id, l.licence_type, SUM(l.reserved) AS reserved, pl.estate_id,
+       COALESCE((SELECT SUM(h.allocated) FROM holdings h JOIN purchases p ON p.id = h.purchase_id
+                 WHERE h.pool_id = s.pool_id AND p.licence_type = l.licence_type), 0) AS holding
+FROM server_limits l JOIN servers s ON s.id = l.server_id LEFT JOIN pools pl ON pl.id = s.pool_id
+WHERE s.removed_at IS NULL
+GROUP BY s.pool_id, l.licence_type, pl.estate_id
+HAVING SUM(l.reserved) > COALESCE((SELECT SUM(h.allocated) FROM holdings h JOIN purchases p ON p.id = h.purchase_id
+                                   WHERE h.pool_id = s.pool_id AND p.licence_type = l.licence_type), 0)
+ORDER BY pl.estate_id, s.pool_id, l.licence_type
+
+-- name: books_held_beyond_holding
+-- Seats held for encoders in open windows, with the seats leased, never exceed a holding.
+SELECT h.pool_id, h.purchase_id, h.allocated, h.leased, SUM(sl.count) AS held, pl.estate_id
+FROM soft_locks sl
+JOIN encoder_windows w ON w.pool_id = sl.pool_id AND w.encoder = sl.encoder
+JOIN pools pl ON pl.id = sl.pool_id
+JOIN holdings h ON h.pool_id = sl.pool_id AND h.purchase_id = sl.purchase_id
+WHERE w.started_at + CASE w.kind WHEN 'container' THEN pl.soft_lock_container
+                                 ELSE pl.soft_lock_hardware END > :now
+GROUP BY h.pool_id, h.purchase_id, h.allocated, h.leased, pl.estate_id
+HAVING h.leased + SUM(sl.count) > h.allocated
+ORDER BY pl.estate_id, h.pool_id, h.purchase_id
+
+-- name: books_held_astray
+-- Held seats of an encoder with no window in that pool, or of a holding that does not exist.
+SELECT sl.pool_id, sl.encoder, sl.purchase_id, sl.count, pl.estate_id,
+       w.encoder AS window_found, h.pool_id AS holding_found
+FROM soft_locks sl
+LEFT JOIN pools pl ON pl.id = sl.pool_id
+LEFT JOIN encoder_windows w ON w.pool_id = sl.pool_id AND w.encoder = sl.encoder
+LEFT JOIN holdings h ON h.pool_id = sl.pool_id AND h.purchase_id = sl.purchase_id
+WHERE w.encoder IS NULL OR h.pool_id IS NULL
+ORDER BY pl.estate_id, sl.pool_id, sl.encoder, sl.purchase_id

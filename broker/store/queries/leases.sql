@@ -72,8 +72,12 @@ FROM leases WHERE server_id = :server_id AND state = 'active'
 
 -- name: leases_of_estate
 SELECT l.id, l.pool_id, l.server_id, s.name AS server_name, l.encoder, l.licence_type, l.count,
-       l.state, l.created_at, l.renewed_at, l.expires_at, l.end_reason
+       l.state, l.created_at, l.renewed_at, l.expires_at, l.end_reason, w.kind AS encoder_kind,
+       w.started_at + CASE w.kind WHEN 'container' THEN pl.soft_lock_container
+                                  ELSE pl.soft_lock_hardware END AS soft_lock_until
 FROM leases l JOIN servers s ON s.id = l.server_id
+JOIN pools pl ON pl.id = l.pool_id
+LEFT JOIN encoder_windows w ON w.pool_id = l.pool_id AND w.encoder = l.encoder
 WHERE l.estate_id = :estate_id AND l.state = 'active' AND l.expires_at > :now
   AND l.id > :after
   AND (:pool_id IS NULL OR l.pool_id = :pool_id)

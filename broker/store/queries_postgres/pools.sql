@@ -5,22 +5,22 @@ INSERT INTO pools (id, estate_id, name, name_key, is_default, lease_seconds, cre
 VALUES (:id, :estate_id, :name, :name_key, :is_default, :lease_seconds, :now)
 
 -- name: pool_by_id
-SELECT id, estate_id, name, is_default, lease_seconds, created_at FROM pools
+SELECT id, estate_id, name, is_default, lease_seconds, soft_lock_hardware, soft_lock_container, created_at FROM pools
 WHERE id = :pool_id AND estate_id = :estate_id AND deleted_at IS NULL
 
 -- name: pool_by_name_key
 SELECT id FROM pools WHERE estate_id = :estate_id AND name_key = :name_key AND deleted_at IS NULL
 
 -- name: default_pool
-SELECT id, estate_id, name, is_default, lease_seconds, created_at FROM pools
+SELECT id, estate_id, name, is_default, lease_seconds, soft_lock_hardware, soft_lock_container, created_at FROM pools
 WHERE estate_id = :estate_id AND is_default = 1 AND deleted_at IS NULL
 
 -- name: pools_of_estate
-SELECT id, estate_id, name, is_default, lease_seconds, created_at FROM pools
+SELECT id, estate_id, name, is_default, lease_seconds, soft_lock_hardware, soft_lock_container, created_at FROM pools
 WHERE estate_id = :estate_id AND deleted_at IS NULL ORDER BY is_default DESC, name_key, id
 
 -- name: pools_page
-SELECT id, estate_id, name, is_default, lease_seconds, created_at FROM pools
+SELECT id, estate_id, name, is_default, lease_seconds, soft_lock_hardware, soft_lock_container, created_at FROM pools
 WHERE estate_id = :estate_id AND deleted_at IS NULL
   AND (:after = '' OR (-is_default, name_key, id) >
        (SELECT -is_default, name_key, id FROM pools WHERE id = :after AND estate_id = :estate_id))

@@ -44,6 +44,8 @@ export function describeEvent(ev, names) {
       return changes([
         ['renamed', d.before && d.before.name, d.after && d.after.name],
         ['lease lifetime', secs(d.before), secs(d.after)],
+        ['soft-lock for hardware', lock(d.before, 'hardware'), lock(d.after, 'hardware')],
+        ['soft-lock for containers', lock(d.before, 'container'), lock(d.after, 'container')],
       ]) || 'no change';
     case 'licences.moved':
       return moved(d, pool, so);
@@ -59,7 +61,12 @@ export function describeEvent(ev, names) {
     case 'server.enrolled':
       return `${d.name} (${KIND[d.kind] || d.kind})`;
     case 'server.removed':
-      return `${d.name} (${KIND[d.kind] || d.kind})${d.leases_freed ? `; ${plural(d.leases_freed, 'lease')} freed` : ''}`;
+      return `${d.name} (${KIND[d.kind] || d.kind})${d.leases_freed ? `; ${plural(d.leases_freed, 'lease')} freed` : ''}`
+        + (d.override_soft_lock ? '; soft-lock overridden' : '');
+    case 'server.limits_set':
+      return `${d.name}: ${beforeAfter(limitsWords(d.before), limitsWords(d.after))}`;
+    case 'soft_lock.overridden':
+      return `${d.encoder}: ${plural(d.soft_lock_freed, 'held seat')} freed`;
     case 'server.rebound':
       return `${d.name}: ${pool(d.before.pool_id)} → ${pool(d.after.pool_id)}`;
     case 'lease.granted':
@@ -69,12 +76,23 @@ export function describeEvent(ev, names) {
     case 'lease.released':
     case 'lease.revoked':
     case 'lease.lapsed':
-      return `${d.encoder}: ${d.count} × ${d.licence_type} (${ENDED[d.reason] || words(d.reason)})`;
+      return `${d.encoder}: ${d.count} × ${d.licence_type} (${ENDED[d.reason] || words(d.reason)})`
+        + (d.soft_locked ? `; ${plural(d.soft_locked, 'seat')} held for it` : '')
+        + (d.override_soft_lock ? '; soft-lock overridden' : '');
     case 'lease.renewal_refused':
       return REFUSED[d.reason] || words(d.reason || '');
     default:
       return generic(d);
   }
+}
+
+const lock = (side, kind) => (side && side.soft_lock_seconds
+  ? (side.soft_lock_seconds[kind] ? duration(side.soft_lock_seconds[kind]) : 'off') : undefined);
+
+/** ``{type: {max, reserved}}`` as ``{type: "max 3, 2 reserved"}``, for "before → after". */
+function limitsWords(limits) {
+  return Object.fromEntries(Object.entries(limits || {}).map(([t, l]) => [t,
+    [l.max === null ? 'no cap' : `max ${l.max}`, `${l.reserved} reserved`].join(', ')]));
 }
 
 const secs = (side) => (side && side.lease_seconds !== undefined ? duration(side.lease_seconds) : undefined);

@@ -11,7 +11,7 @@ import { go } from '../router.js';
 
 const EVENT_KINDS = [
   ['pool.created', 'Pool created'],
-  ['pool.updated', 'Pool renamed or lease lifetime changed'],
+  ['pool.updated', 'Pool renamed, lease lifetime or soft-lock changed'],
   ['pool.deleted', 'Pool deleted'],
   ['licences.moved', 'Licences moved'],
   ['auth_code.created', 'Authentication code made'],
@@ -19,6 +19,8 @@ const EVENT_KINDS = [
   ['server.enrolled', 'Server or domain authenticated'],
   ['server.rebound', 'Server or domain moved to another pool'],
   ['server.removed', 'Server or domain removed'],
+  ['server.limits_set', 'Server or domain limits changed'],
+  ['soft_lock.overridden', 'Held seats freed by an admin'],
   ['lease.granted', 'Lease granted'],
   ['lease.changed', 'Lease changed'],
   ['lease.released', 'Lease released by its agent'],

@@ -1,11 +1,12 @@
-// A pool (#/pools/<id>): its licences, servers and domains, leases, moves, settings and
-// deletion.
+// A pool (#/pools/<id>): its licences, servers and domains, leases, moves, policies,
+// settings and deletion.
 
 import { confirmAndCall } from '../actions.js';
 import { api, listAll, E, P } from '../api.js';
 import { busy, clearError, el, errorBox, field, h1, section, showError, table, uid } from '../dom.js';
 import { counts, duration, fmtDate, fmtTime, fromNow, listOf, noBreak, plural, stateBadge } from '../format.js';
 import { markLacking, moveInputs, readMoves } from '../moves.js';
+import { forceReleaseNow, limitsSection, limitsText, newlyAdded, removeNow, softLockSection, windowsOn } from '../policies.js';
 import { go, refresh } from '../router.js';
 import { authenticate } from './auth-code.js';
 
@@ -31,7 +32,10 @@ export async function poolPage(id) {
   });
   return [
     h1(pool.name),
-    el('p', { class: 'lead' }, counts(pool), '. ', `Lease lifetime ${duration(pool.lease_seconds)}.`,
+    el('p', { class: 'lead' }, counts(pool),
+      pool.soft_locked ? ` / ${pool.soft_locked} soft-locked` : null,
+      pool.reserved ? ` (${pool.reserved} reserved)` : null,
+      '. ', `Lease lifetime ${duration(pool.lease_seconds)}.`,
       pool.is_default ? ' Every new purchase lands in this pool.' : null),
     pool.revoked_unexpired ? el('p', { class: 'notice' }, pool.revoked_unexpired === 1
       ? '1 seat freed by revocation still has a token that has not expired.'
@@ -39,19 +43,21 @@ export async function poolPage(id) {
     el('div', { class: 'actions' }, authButton, el('a', { href: `#/pools/${id}/codes` }, 'Live codes')),
     codeErrors,
     section('Licences',
-      table('Licences held by this pool', ['Sales order', 'Licence type', 'Expires', 'State', 'Allocated', 'In use', 'Unused'],
+      table('Licences held by this pool', ['Sales order', 'Licence type', 'Expires', 'State', 'Allocated', 'In use', 'Soft-locked', 'Unused'],
         pool.holdings.map((h) => [h.sales_order, h.licence_type, noBreak(fmtDate(h.expires_at)), stateBadge(h),
-          String(h.allocated), String(h.in_use), String(h.unused)]),
+          String(h.allocated), String(h.in_use), String(h.soft_locked), String(h.unused)]),
         'This pool holds no licences. Move some in below.')),
-    serversSection(id, servers.items, others),
-    leasesSection(leases),
+    serversSection(pool, servers.items, others),
+    leasesSection(pool, leases),
+    softLockSection(pool),
+    limitsSection(pool, servers.items),
     moveSection(pool, all.items),
     settingsSection(pool),
     deleteSection(pool, servers.items, leases.items.length),
   ];
 }
 
-function serversSection(poolId, servers, others) {
+function serversSection(pool, servers, others) {
   const errors = errorBox();
   const rows = servers.map((s) => {
     const actions = el('div', { class: 'row-actions' });
@@ -84,15 +90,17 @@ function serversSection(poolId, servers, others) {
           },
           errors,
           call: () => api('DELETE', E(`/servers/${encodeURIComponent(s.id)}`)),
-          done: () => refresh(`${s.name} removed; its licences are free.`),
+          done: () => refresh(windowsOn(pool) && s.in_use
+            ? `${s.name} removed; its encoders' licences stay held for them while their soft-lock windows run.`
+            : `${s.name} removed; its licences are free.`),
         }),
       },
-    }, 'Remove'));
+    }, 'Remove'), windowsOn(pool) ? removeNow(s, errors) : null);
     return [s.name, s.kind === 'domain' ? 'Domain' : 'Server', s.last_seen_at ? `${fmtTime(s.last_seen_at)} (${fromNow(s.last_seen_at)})` : 'not yet',
-      String(s.in_use), actions];
+      String(s.in_use), limitsText(s), actions];
   });
   return section('Servers and domains',
-    table('Servers and domains of this pool', ['Name', 'Kind', 'Last check-in', 'Licences in use', 'Actions'], rows,
+    table('Servers and domains of this pool', ['Name', 'Kind', 'Last check-in', 'Licences in use', 'Limits', 'Actions'], rows,
       'No server or domain is authenticated with this pool yet. Use “Authenticate server/domain” to make a code.'),
     errors);
 }
@@ -103,11 +111,11 @@ function freedNow(inUse) {
   return `The ${plural(inUse, 'licence')} its encoders hold ${inUse === 1 ? 'is' : 'are'} freed at once. `;
 }
 
-function leasesSection(page) {
+function leasesSection(pool, page) {
   const errors = errorBox();
   const rows = page.items.map((l) => [l.encoder, l.server_name, l.licence_type, String(l.count),
-    `${fmtTime(l.expires_at)} (${fromNow(l.expires_at)})`,
-    el('button', {
+    `${fmtTime(l.expires_at)} (${fromNow(l.expires_at)})`, newlyAdded(l),
+    el('div', { class: 'row-actions' }, el('button', {
       type: 'button', class: 'small danger', 'aria-label': `Force-release ${l.encoder}`,
       on: {
         click: confirmAndCall({
@@ -120,12 +128,14 @@ function leasesSection(page) {
           },
           errors,
           call: () => api('DELETE', E(`/leases/${encodeURIComponent(l.id)}`)),
-          done: () => refresh(`${l.encoder}'s licences released.`),
+          done: () => refresh(l.soft_lock_until
+            ? `${l.encoder}'s licences released; they stay held for it until ${fmtTime(l.soft_lock_until)}.`
+            : `${l.encoder}'s licences released.`),
         }),
       },
-    }, 'Force-release')]);
+    }, 'Force-release'), windowsOn(pool) ? forceReleaseNow(l, errors) : null)]);
   return section('Leases',
-    table('Leases per encoder', ['Encoder', 'Server', 'Licence type', 'Count', 'Expires', 'Action'], rows,
+    table('Leases per encoder', ['Encoder', 'Server', 'Licence type', 'Count', 'Expires', 'Soft-lock', 'Action'], rows,
       'No encoder holds licences from this pool.'),
     page.next ? el('p', { class: 'muted' }, `Showing the first ${page.items.length} leases.`) : null,
     errors);
