@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from broker import audit, console, reaper, secretfiles, signing
-from broker.api import agent, estate, metrics, operator, pools, public, webhooks  # noqa: F401 - registers routes
+from broker.api import agent, estate, metrics, operator, pools, public, usage, webhooks  # noqa: F401 - registers routes
 from broker.api.http import MAX_BODY, ROUTES
 from broker.api.middleware import answers, problems
 from broker.config import Config
@@ -37,6 +37,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_background(reaper.lapse_loop))
     app.cleanup_ctx.append(_background(reaper.key_loop))
     app.cleanup_ctx.append(_background(reaper.purge_loop))
+    app.cleanup_ctx.append(_background(reaper.usage_loop))
     app.cleanup_ctx.append(_webhooks(config))
     console.setup(app)
     app.on_shutdown.append(_stopping)

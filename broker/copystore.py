@@ -86,6 +86,8 @@ TABLES = (
     Table("webhook_outbox"),
     Table("webhook_attempts", identity="id"),
     Table("webhook_marks", ("key",)),
+    Table("usage_points", ("estate_id", "series", "resolution", "at")),
+    Table("usage_rounds", ("estate_id", "at")),
 )
 # The readiness probe's one row: each database keeps its own (the migration makes it).
 NOT_COPIED = frozenset({"health"})

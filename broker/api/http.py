@@ -42,6 +42,8 @@ class Route:
     responses: dict[int, Schema | None]
     query: dict[str, Schema] = field(default_factory=dict)
     idempotent: bool = False
+    csv: tuple[str, ...] = ()
+    """The columns of the answer to ``Accept: text/csv``; empty when the route speaks JSON only."""
 
 
 ROUTES: list[Route] = []
@@ -58,10 +60,13 @@ def route(
     responses: dict[int, Schema | None] | None = None,
     query: dict[str, Schema] | None = None,
     idempotent: bool = False,
+    csv: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
-            Route(method, path, handler, summary, tag, auth, body, responses or {200: None}, query or {}, idempotent)
+            Route(
+                method, path, handler, summary, tag, auth, body, responses or {200: None}, query or {}, idempotent, csv
+            )
         )
         return handler
 
