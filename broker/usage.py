@@ -37,8 +37,10 @@ DAY = 86400
 # (resolution, kept for, rolled into): the tiers, finest first.
 TIERS = ((ROUND, 2 * DAY, HOUR), (HOUR, 60 * DAY, DAY))
 DAILY_KEPT = 731 * DAY
-MAX_POINTS = 10_000
-"""The most points one answer may hold (a year at five-minute steps is 105,120: refused)."""
+MAX_POINTS = 100_000
+"""The most steps one range may span (a year at five-minute steps, 105,120, is refused). An
+answer holds a point only where history is stored, so its size is bounded by the rows a
+series keeps whatever the step; this cap refuses ranges that are surely mistakes."""
 
 
 def round_of(now: float) -> int:
