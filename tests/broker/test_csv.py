@@ -134,3 +134,21 @@ async def test_leases_and_usage_as_csv(broker: Broker) -> None:
     assert_problem(
         await raw(broker, "GET", f"{base(est)}/usage?step=1", est.admin, headers=CSV), 400, "validation_error"
     )
+
+
+def test_the_openapi_document_has_the_usage_routes_and_the_csv_answers() -> None:
+    from broker.api.openapi import document
+
+    paths = document()["paths"]
+    for path in (
+        "/v1/estates/{estate}/pools/{pool}/usage",
+        "/v1/estates/{estate}/usage",
+        "/v1/estates/{estate}/leases",
+        "/v1/estates/{estate}/servers",
+        "/v1/estates/{estate}/events",
+    ):
+        content = paths[path]["get"]["responses"]["200"]["content"]
+        assert set(content) == {"application/json", "text/csv"}, path
+    usage = paths["/v1/estates/{estate}/pools/{pool}/usage"]["get"]
+    assert {p["name"] for p in usage["parameters"]} == {"estate", "pool", "from", "to", "step"}
+    assert "text/csv" not in paths["/v1/estates/{estate}/pools"]["get"]["responses"]["200"]["content"]

@@ -46,14 +46,14 @@ def figures(point: dict[str, Any]) -> tuple[int, int, int]:
 
 async def test_points_fall_on_step_boundaries_and_keep_the_busiest_moment(broker: Broker) -> None:
     est, paris, token = await stock(broker)
-    for offset, in_use in ((0, 2), (300, 4), (HOUR - 300, 5), (HOUR, 1)):
+    for offset, in_use in ((0, 2), (300, 5), (HOUR - 300, 4), (HOUR, 1)):
         broker.clock.set(T0 + offset)
         await lease(broker, token, "enc-1", in_use, status=201 if offset == 0 else 200)
         assert await sample(broker) == 1
     broker.clock.set(T0 + 2 * HOUR + 17)
     past = await usage_of(broker, est, paris, f"?from={format_ts(T0)}&to={format_ts(T0 + HOUR + 300)}&step=3600")
     assert past["pool_id"] == paris and past["step"] == 3600
-    # [T0, T0+1h) held 2, 4 and 5 in use: its point shows 5; the next hour's only sample held 1.
+    # [T0, T0+1h) held 2, 5 and 4 in use: its point shows the 5; the next hour's only sample held 1.
     assert [p["at"] for p in past["points"]] == [format_ts(T0), format_ts(T0 + HOUR)]
     assert [figures(p) for p in past["points"]] == [(6, 5, 1), (6, 1, 5)]
     assert past["peak_in_use"] == 5
@@ -61,8 +61,8 @@ async def test_points_fall_on_step_boundaries_and_keep_the_busiest_moment(broker
     # starts at the next one.
     fine = await usage_of(broker, est, paris, f"?from={format_ts(T0 + 1)}&to={format_ts(T0 + HOUR + 1)}&step=300")
     assert [(p["at"], p["in_use"]) for p in fine["points"]] == [
-        (format_ts(T0 + 300), 4),
-        (format_ts(T0 + HOUR - 300), 5),
+        (format_ts(T0 + 300), 5),
+        (format_ts(T0 + HOUR - 300), 4),
         (format_ts(T0 + HOUR), 1),
     ]
 
