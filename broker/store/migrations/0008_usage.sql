@@ -15,7 +15,9 @@ CREATE TABLE IF NOT EXISTS usage_points (
     available   INTEGER NOT NULL,
     PRIMARY KEY (estate_id, series, resolution, at)
 );
-CREATE INDEX IF NOT EXISTS usage_points_at ON usage_points(estate_id, series, at);
+-- The roll-up's scan: one tier's points older than its cut-off, across the estate's
+-- series. (A series' own range is read by the primary key.)
+CREATE INDEX IF NOT EXISTS usage_points_tier ON usage_points(estate_id, resolution, at);
 
 -- One row per (estate, five-minute round): the unique key that lets any number of
 -- replicas sample each round once.

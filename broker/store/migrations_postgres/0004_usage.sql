@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS usage_points (
     available   INTEGER NOT NULL,
     PRIMARY KEY (estate_id, series, resolution, at)
 );
-CREATE INDEX IF NOT EXISTS usage_points_at ON usage_points(estate_id, series, at);
+CREATE INDEX IF NOT EXISTS usage_points_tier ON usage_points(estate_id, resolution, at);
 
 CREATE TABLE IF NOT EXISTS usage_rounds (
     estate_id  TEXT NOT NULL REFERENCES estates(id),
