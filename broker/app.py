@@ -18,6 +18,7 @@ from broker.api import (  # noqa: F401 - registers routes
     pools,
     public,
     stream,
+    usage,
     webhooks,
 )
 from broker.api.http import MAX_BODY, ROUTES
@@ -52,6 +53,7 @@ def create_app(config: Config, *, worker: int = 0, housekeeping: bool = True) ->
     if housekeeping:
         app.cleanup_ctx.append(_background(reaper.lapse_loop))
         app.cleanup_ctx.append(_background(reaper.purge_loop))
+        app.cleanup_ctx.append(_background(reaper.usage_loop))
     app.cleanup_ctx.append(_webhooks(config))
     console.setup(app)
     app.on_shutdown.append(_stopping)

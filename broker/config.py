@@ -150,6 +150,13 @@ class Config:
     reaper_interval_seconds: float = _setting(
         5.0, "How often lapsed leases are recorded in the audit log.", min=0.05, max=3600
     )
+    usage_check_seconds: float = _setting(
+        60.0,
+        "How often each broker checks whether the five-minute usage round (the history behind "
+        "the usage charts) is still to be sampled; one broker samples each round.",
+        min=0.05,
+        max=300,
+    )
     key_reload_seconds: float = _setting(
         30.0,
         "How often the signing-key directory is re-read (keys rotate without restart).",

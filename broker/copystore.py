@@ -91,6 +91,8 @@ TABLES = (
     Table("webhook_marks", ("key",)),
     Table("stream_events", identity="id"),
     Table("stream_horizon"),
+    Table("usage_points", ("estate_id", "series", "resolution", "at")),
+    Table("usage_rounds", ("estate_id", "at")),
 )
 # The readiness probe's one row: each database keeps its own (the migration makes it).
 NOT_COPIED = frozenset({"health"})

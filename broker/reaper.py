@@ -1,5 +1,5 @@
 """Background housekeeping: lapse expired leases into the audit log, reload keys, purge
-old idempotency records. Each loop asks the domain layer, logs, and nothing else."""
+old idempotency records, sample usage. Each loop asks the domain layer, logs, and nothing else."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 from functools import partial
 
-from broker import idempotency, leases
+from broker import idempotency, leases, usage
 from broker.errors import StorageUnavailable
 from broker.services import Services
 from shared import words
@@ -67,3 +67,25 @@ async def purge_idempotency(svc: Services) -> None:
         log.warning("idempotency purge: %s", exc.detail)
     except Exception:
         log.exception("idempotency purge failed; trying again in an hour")
+
+
+async def usage_loop(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.config.usage_check_seconds)
+        await sample_usage(svc)
+
+
+async def sample_usage(svc: Services) -> int:
+    """One round of ``usage_loop``: sample every estate whose five-minute round no broker
+    has taken yet, one short write each. The number sampled here. Never raises."""
+    sampled = 0
+    try:
+        now = svc.clock.now()
+        for estate_id in await svc.store.read(partial(usage.estates_due, now=now)):
+            if await svc.store.write(partial(usage.sample, now=now, estate_id=estate_id)):
+                sampled += 1
+    except StorageUnavailable as exc:
+        log.warning("usage sampler: %s", exc.detail)
+    except Exception:
+        log.exception("usage sampler failed; trying again next round")
+    return sampled

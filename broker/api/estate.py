@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
 from aiohttp import web
 
 from broker import audit, estates, leases, paging, pools, servers
-from broker.api import shapes
+from broker.api import csvout, shapes
 from broker.api.http import (
     PAGE_QUERY,
     answer,
@@ -42,6 +46,33 @@ SERVER_PATCH = obj(
 )
 OVERRIDE_QUERY = {"override_soft_lock": {"type": "string", "enum": ["true", "false"]}}
 NEW_ADMIN = obj({"name": NAME})
+
+SERVER_COLUMNS = ("id", "name", "kind", "pool_id", "enrolled_at", "last_seen_at", "in_use", "leases")
+LEASE_COLUMNS = (
+    "id",
+    "pool_id",
+    "server_id",
+    "server_name",
+    "encoder",
+    "licence_type",
+    "count",
+    "created_at",
+    "renewed_at",
+    "expires_at",
+)
+EVENT_COLUMNS = (
+    "id",
+    "at",
+    "actor_kind",
+    "actor_id",
+    "actor_name",
+    "action",
+    "pool_id",
+    "subject_id",
+    "details",
+    "hash",
+)
+Page = dict[str, Any]
 
 
 @route(
@@ -87,6 +118,7 @@ async def get_estate(request: web.Request) -> web.StreamResponse:
     auth=ADMIN,
     responses={200: shapes.page_of(shapes.SERVER)},
     query={"pool": ID, **PAGE_QUERY},
+    csv=SERVER_COLUMNS,
 )
 async def list_servers(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
@@ -94,10 +126,15 @@ async def list_servers(request: web.Request) -> web.StreamResponse:
     after, limit = page_params(request)
     svc = services(request)
     now = svc.clock.now()
-    page = await read_in_estate(
-        request, estate_id, lambda tx: servers.list_all(tx, now, estate_id, pool_id, after=after, limit=limit)
-    )
-    return web.json_response(page)
+
+    async def read_page(cursor: str, limit: int) -> Page:
+        return await read_in_estate(
+            request, estate_id, lambda tx: servers.list_all(tx, now, estate_id, pool_id, after=cursor, limit=limit)
+        )
+
+    if csvout.wants_csv(request):
+        return await _csv(request, f"servers-{estate_id}.csv", SERVER_COLUMNS, read_page, after)
+    return web.json_response(await read_page(after, limit))
 
 
 @route(
@@ -219,6 +256,7 @@ async def remove_admin(request: web.Request) -> web.StreamResponse:
         "after": ID,
         "limit": {"type": "integer", "minimum": 1, "maximum": 500},
     },
+    csv=LEASE_COLUMNS,
 )
 async def list_leases(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
@@ -229,14 +267,19 @@ async def list_leases(request: web.Request) -> web.StreamResponse:
     limit = query_int(request, "limit", 100, 1, 500)
     svc = services(request)
     now = svc.clock.now()
-    page = await read_in_estate(
-        request,
-        estate_id,
-        lambda tx: leases.list_live(
-            tx, now, estate_id, pool_id=pool_id, server_id=server_id, encoder=encoder, after=after, limit=limit
-        ),
-    )
-    return web.json_response(page)
+
+    async def read_page(cursor: str, limit: int) -> Page:
+        return await read_in_estate(
+            request,
+            estate_id,
+            lambda tx: leases.list_live(
+                tx, now, estate_id, pool_id=pool_id, server_id=server_id, encoder=encoder, after=cursor, limit=limit
+            ),
+        )
+
+    if csvout.wants_csv(request):
+        return await _csv(request, f"leases-{estate_id}.csv", LEASE_COLUMNS, read_page, after)
+    return web.json_response(await read_page(after, limit))
 
 
 @route(
@@ -284,6 +327,7 @@ EVENT_ACTION = {"type": "string", "pattern": "^[a-z_.]{1,64}$"}
         "pool": ID,
         "action": EVENT_ACTION,
     },
+    csv=EVENT_COLUMNS,
 )
 async def list_events(request: web.Request) -> web.StreamResponse:
     _, estate_id = await estate_scope(request)
@@ -292,20 +336,19 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     order = query_str(request, "order", EVENT_ORDER) or "asc"
     pool_id = query_str(request, "pool", ID)
     action = query_str(request, "action", EVENT_ACTION)
-    page = await read_in_estate(
-        request,
-        estate_id,
-        lambda tx: audit.page(
-            tx,
+
+    async def read_page(cursor: int | None, limit: int) -> Page:
+        return await read_in_estate(
+            request,
             estate_id,
-            after=after,
-            limit=limit,
-            order=order,
-            pool_id=pool_id,
-            action=action,
-        ),
-    )
-    return web.json_response(page)
+            lambda tx: audit.page(
+                tx, estate_id, after=cursor, limit=limit, order=order, pool_id=pool_id, action=action
+            ),
+        )
+
+    if csvout.wants_csv(request):
+        return await _csv(request, f"events-{estate_id}.csv", EVENT_COLUMNS, read_page, after, _event_cells, int)
+    return web.json_response(await read_page(after, limit))
 
 
 # Events verified per call: each call is one read on the broker's reader thread, which
@@ -340,3 +383,39 @@ async def verify_chain(request: web.Request) -> web.StreamResponse:
             "next": str(walked.last_id) if more and walked.last_id is not None else None,
         }
     )
+
+
+def _event_cells(event: dict[str, Any]) -> list[Any]:
+    actor = event["actor"]
+    details = json.dumps(event["details"], separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return [
+        event["id"],
+        event["at"],
+        actor["kind"],
+        actor["id"],
+        actor["name"],
+        event["action"],
+        event["pool_id"],
+        event["subject_id"],
+        details,
+        event["hash"],
+    ]
+
+
+async def _csv(
+    request: web.Request,
+    filename: str,
+    columns: tuple[str, ...],
+    read_page: Callable[[Any, int], Awaitable[Page]],
+    first: Any,
+    row: Callable[[dict[str, Any]], Sequence[Any]] | None = None,
+    cursor_type: Callable[[str], Any] = str,
+) -> web.StreamResponse:
+    """Every item of a cursor-paged list from ``first`` on, as CSV, a page of the store at a
+    time (``limit`` does not apply: a spreadsheet wants the whole list)."""
+
+    async def page(cursor: Any) -> csvout.Page:
+        got = await read_page(cursor, csvout.PAGE)
+        return got["items"], None if got["next"] is None else cursor_type(got["next"])
+
+    return await csvout.stream(request, filename, columns, page, first, row)

@@ -44,6 +44,8 @@ class Route:
     idempotent: bool = False
     headers: dict[str, Schema] = field(default_factory=dict)
     media: str = "application/json"  # of the success answers' bodies
+    csv: tuple[str, ...] = ()
+    """The columns of the answer to ``Accept: text/csv``; empty when the route speaks JSON only."""
 
 
 ROUTES: list[Route] = []
@@ -62,6 +64,7 @@ def route(
     idempotent: bool = False,
     headers: dict[str, Schema] | None = None,
     media: str = "application/json",
+    csv: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
@@ -78,6 +81,7 @@ def route(
                 idempotent,
                 headers or {},
                 media,
+                csv,
             )
         )
         return handler

@@ -71,6 +71,15 @@ def document() -> dict[str, Any]:
             entry: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "OK")}
             if schema is not None and status < 300:
                 entry["content"] = {r.media: {"schema": schema}}
+                if r.csv:
+                    entry["content"]["text/csv"] = {
+                        "schema": {
+                            "type": "string",
+                            "description": "A header row (" + ",".join(r.csv) + "), then "
+                            "one row per item, RFC 4180; a cell that begins with =, +, -, @, tab or carriage return "
+                            "is prefixed with a single quote. Asked for with Accept: text/csv; every page, streamed.",
+                        }
+                    }
             elif schema is not None:
                 entry["content"] = {"application/problem+json": {"schema": schema}}
             op["responses"][str(status)] = entry

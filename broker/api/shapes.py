@@ -212,3 +212,9 @@ SUMMARY = shape(
     }
 )
 HEALTH = shape({"status": STR})
+USAGE_POINT = shape({"at": TIMESTAMP, "allocated": INT, "in_use": INT, "available": INT})
+USAGE_SERIES = shape({"points": {"type": "array", "items": USAGE_POINT}, "peak_in_use": INT})
+POOL_USAGE = shape({"pool_id": ID, "step": INT, **USAGE_SERIES["properties"]})
+ESTATE_USAGE = shape(
+    {"estate_id": ID, "step": INT, "by_type": {"type": "object", "additionalProperties": USAGE_SERIES}}
+)

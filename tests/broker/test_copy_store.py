@@ -21,9 +21,10 @@ import aiohttp
 import psycopg
 import pytest
 
-from broker import copystore
+from broker import copystore, reaper
 from broker.clock import ManualClock
 from broker.console import COOKIE
+from broker.services import SERVICES
 from shared import jws
 from tests.broker.estate_kit import Estate, base, enroll, estate, lease, new_pool
 from tests.broker.sse import SseReader
@@ -139,6 +140,7 @@ async def test_a_copied_broker_serves_from_postgresql_with_the_same_books_tokens
         "Cookie": f"{COOKIE}={signed_in.cookies[COOKIE].value}",
         "X-CSRF-Token": (await signed_in.json())["csrf_token"],
     }
+    assert await reaper.sample_usage(broker.client.app[SERVICES]) == 2  # usage history to copy
     before = await books(broker, est)
     before_other = await books(broker, other)
     keys_before = await broker.call("GET", "/v1/keys", status=200)
@@ -172,6 +174,13 @@ async def test_a_copied_broker_serves_from_postgresql_with_the_same_books_tokens
     assert pg_rows(target, "SELECT id, seq FROM auth_codes ORDER BY seq") == db.rows(
         "SELECT id, rowid FROM auth_codes ORDER BY rowid"
     )
+    usage_rows = (
+        "SELECT estate_id, series, resolution, at, allocated, in_use, available FROM usage_points ORDER BY 1, 2, 3, 4"
+    )
+    # A point per pool and per licence type: 3 pools and 2 types here, 1 and 1 in the other estate.
+    assert len(db.rows(usage_rows)) == 7
+    assert pg_rows(target, usage_rows) == db.rows(usage_rows)
+    assert pg_rows(target, "SELECT COUNT(*) FROM usage_rounds") == [(2,)]
     secret = (data / "secret-key").read_text().strip()
     assert secret not in done.stdout + done.stderr
 

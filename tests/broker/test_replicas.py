@@ -155,3 +155,18 @@ async def test_two_brokers_sweeping_at_once_record_each_lapse_once(pair: tuple[B
     lapses = await site.events("lease.lapsed")
     assert sorted(e["subject_id"] for e in lapses) == sorted(g["id"] for g in granted)
     assert (await site.pool())["in_use"] == 0
+
+
+async def test_two_brokers_sample_each_usage_round_once(pair: tuple[Broker, Broker]) -> None:
+    a, b = pair
+    ests = [await a.estate(f"Estate {n}") for n in range(3)]
+    for est in ests:
+        await a.purchase(est["id"], "SO-1", 5)
+    sampled = await asyncio.gather(*(reaper.sample_usage(x.client.app[SERVICES]) for x in (a, b, a, b)))
+    assert sum(sampled) == 3  # each estate once, by whichever broker claimed its round first
+    # A point per pool and per licence type of each estate, written once.
+    assert a.db.rows("SELECT COUNT(*) FROM usage_points") == [(6,)]
+    assert a.db.rows("SELECT COUNT(*) FROM usage_rounds") == [(3,)]
+    a.clock.advance(300)
+    assert await reaper.sample_usage(b.client.app[SERVICES]) == 3
+    assert await reaper.sample_usage(a.client.app[SERVICES]) == 0

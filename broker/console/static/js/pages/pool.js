@@ -9,6 +9,7 @@ import { markLacking, moveInputs, readMoves } from '../moves.js';
 import { forceReleaseNow, limitsSection, limitsText, newlyAdded, removeNow, softLockSection, windowsOn } from '../policies.js';
 import { go, refresh } from '../router.js';
 import { authenticate } from './auth-code.js';
+import { fillBar, usageSection } from '../usage.js';
 
 export async function poolPage(id) {
   const [pool, all, servers, leases] = await Promise.all([
@@ -40,8 +41,10 @@ export async function poolPage(id) {
     pool.revoked_unexpired ? el('p', { class: 'notice' }, pool.revoked_unexpired === 1
       ? '1 seat freed by revocation still has a token that has not expired.'
       : `${pool.revoked_unexpired} seats freed by revocation still have tokens that have not expired.`) : null,
+    fillBar(pool),
     el('div', { class: 'actions' }, authButton, el('a', { href: `#/pools/${id}/codes` }, 'Live codes')),
     codeErrors,
+    usageSection(id),
     section('Licences',
       table('Licences held by this pool', ['Sales order', 'Licence type', 'Expires', 'State', 'Allocated', 'In use', 'Soft-locked', 'Unused'],
         pool.holdings.map((h) => [h.sales_order, h.licence_type, noBreak(fmtDate(h.expires_at)), stateBadge(h),

@@ -3,6 +3,7 @@
 import { listAll, E } from '../api.js';
 import { el, h1 } from '../dom.js';
 import { counts } from '../format.js';
+import { fillBar } from '../usage.js';
 
 export async function poolsPage() {
   const pools = (await listAll(E('/pools'))).items;
@@ -13,6 +14,7 @@ export async function poolsPage() {
       el('a', { href: `#/pools/${pool.id}`, class: 'pool-link' },
         el('span', { class: 'pool-name' }, pool.name), ' ', el('span', { class: 'pool-counts' }, counts(pool))),
       pool.is_default ? el('span', { class: 'badge' }, 'Default') : null,
+      fillBar(pool),
       el('ul', { class: 'by-type' }, Object.entries(pool.by_type).sort(([a], [b]) => a.localeCompare(b))
         .map(([type, c]) => el('li', {}, el('span', { class: 'type' }, type), ` ${counts(c)}`))),
       pool.revoked_unexpired ? el('p', { class: 'muted' }, pool.revoked_unexpired === 1
