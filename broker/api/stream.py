@@ -49,6 +49,10 @@ def setup(app: web.Application) -> None:
     app.on_shutdown.append(_close_streams)
 
 
+SIBLING_POLL_SECONDS = 1.0
+"""How often a SQLite worker's hub looks for events its sibling workers wrote."""
+
+
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     svc = app[SERVICES]
     config = svc.config
@@ -56,10 +60,16 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     async def reload_keys() -> None:
         await svc.keyring.reload(svc.clock.now())
 
+    poll_seconds = config.stream_poll_seconds
+    if config.relay_writes:
+        # One of several workers on one SQLite file (``serve --workers``): an event written
+        # by a sibling wakes only the sibling, and no NOTIFY crosses processes here; so look
+        # often enough that an admin's revocation still reaches every agent within 2 s.
+        poll_seconds = min(poll_seconds, SIBLING_POLL_SECONDS)
     hub = Hub(
         svc.store,
         svc.clock,
-        poll_seconds=config.stream_poll_seconds,
+        poll_seconds=poll_seconds,
         max_per_server=config.stream_max_per_server,
         retention_seconds=config.stream_retention_seconds,
         on_keys_rotated=reload_keys,

@@ -6,12 +6,15 @@ served by two worker processes under one parent (docs/configuration.md, ``worker
 - SIGKILL of a worker under acquire load loses no acknowledged lease: every lease
   answered 201 renews afterwards, and the parent starts a new worker in its place;
 - a signing key rotated while it runs is used by every worker within key_reload_seconds;
+- an admin's revocation reaches agents' event streams held on either worker within 2 s
+  (on SQLite no NOTIFY crosses processes: the workers' hubs look every second);
 - SIGTERM to the parent stops everything promptly, exit 0; SIGKILL to the parent takes
   its workers with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -23,15 +26,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from broker.ids import new_token
 from tests.broker.fleet import Replica, call, command
+from tests.broker.sse import SseReader
 
 pytestmark = pytest.mark.slow
 
 ONE = "one-in-one-out"
 WORKER = re.compile(r'^tenure_worker_info\{worker="(\d+)",pid="(\d+)"\} 1$', re.M)
+STREAMS_OPEN = re.compile(r"^tenure_streams_open (\d+)$", re.M)
 
 
 def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
@@ -42,6 +48,19 @@ def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
         with urllib.request.urlopen(request, timeout=5) as answer:  # a new connection each time
             for index, pid in WORKER.findall(answer.read().decode()):
                 seen[int(pid)] = int(index)
+    return seen
+
+
+def streams_per_worker(url: str, operator: str, tries: int = 40) -> dict[int, int]:
+    """worker index → its open event streams, from ``tries`` fresh connections to /metrics."""
+    seen: dict[int, int] = {}
+    for _ in range(tries):
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            text = answer.read().decode()
+        worker, streams = WORKER.search(text), STREAMS_OPEN.search(text)
+        assert worker is not None and streams is not None, text
+        seen[int(worker.group(1))] = int(streams.group(1))
     return seen
 
 
@@ -231,3 +250,53 @@ def test_every_worker_signs_with_a_rotated_key_within_key_reload_seconds(
             assert json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"] == kid.group(1)
     finally:
         assert broker.stop() == 0
+
+
+async def test_an_admin_reaches_event_streams_held_on_either_worker_within_two_seconds(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, database_pool_size=4)
+    broker.start()
+    try:
+        await asyncio.to_thread(broker.ready)
+        url = broker.url
+        status, est = call(f"{url}/v1/estates", "POST", operator, {"name": "Streams", "admin_name": "Al"})
+        assert status == 201, est
+        bought = {"sales_order": "SO-1", "licence_type": ONE, "quantity": 40, "expires_at": "2099-01-01T00:00:00Z"}
+        assert call(f"{url}/v1/estates/{est['id']}/purchases", "POST", operator, bought)[0] == 201
+        pool = f"{url}/v1/estates/{est['id']}/pools/{est['default_pool_id']}"
+        assert call(pool, "PATCH", est["admin_token"], {"lease_seconds": 3600})[0] == 200
+        held: list[tuple[str, SseReader]] = []
+        # A new connection for each stream: the kernel spreads them over the two workers.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            for n in range(30):
+                status, code = call(f"{pool}/auth-codes", "POST", est["admin_token"], {})
+                assert status == 201, code
+                status, host = call(f"{url}/v1/enroll", "POST", None, {"code": code["code"], "name": f"h{n}"})
+                assert status == 201, host
+                body = {"encoder": "ENC-1", "licence_type": ONE, "count": 1}
+                status, lease = call(f"{url}/v1/leases", "POST", host["server_token"], body)
+                assert status == 201, lease
+                resp = await session.get(
+                    f"{url}/v1/stream", headers={"Authorization": f"Bearer {host['server_token']}"}
+                )
+                assert resp.status == 200, await resp.text()
+                reader = SseReader(resp)
+                assert (await reader.event()).event == "ready"
+                held.append((lease["id"], reader))
+                if n >= 3:
+                    per_worker = await asyncio.to_thread(streams_per_worker, url, operator)
+                    if len(per_worker) == 2 and min(per_worker.values()) > 0:
+                        break
+            assert min(per_worker.values()) > 0, per_worker  # streams on both workers
+            for lease_id, reader in held:
+                began = time.monotonic()
+                path = f"{url}/v1/estates/{est['id']}/leases/{lease_id}"
+                assert call(path, "DELETE", est["admin_token"])[0] == 204
+                got = await reader.event(within=2.0)
+                assert time.monotonic() - began < 2.0
+                assert got.event == "lease.revoked" and got.payload["data"]["lease_id"] == lease_id
+                reader.response.close()
+    finally:
+        assert await asyncio.to_thread(broker.stop) == 0
