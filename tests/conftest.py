@@ -3,6 +3,7 @@ database (each test that builds one runs on both), a manual clock."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,25 @@ from broker.app import create_app
 from broker.clock import ManualClock
 from broker.config import load
 from broker.ids import new_token
+from shared import logs
 from tests.dbaccess import Database
 from tests.postgres import TEST_SECRET_KEY, PostgresServer
 
 # 2027-01-01T00:00:00Z: tests speak of dates relative to this.
 T0 = 1_798_761_600.0
 DAY = 86400
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler() -> Iterator[None]:
+    """A test that runs a command's ``main`` in-process installs ``shared.logs``' handler
+    on the stderr pytest captured for it; take it off afterwards, or later tests' log
+    records go to a closed file ("--- Logging error ---" in every failure's output)."""
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler, logs._Handler):
+            root.removeHandler(handler)
 
 
 @pytest.fixture

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from broker.api.http import ROUTES, Route
+from broker.app import create_app
+from broker.clock import ManualClock
 from tests.broker.estate_kit import Estate, assert_problem, base, enroll, estate, lease, new_pool, raw
 from tests.conftest import Broker
 
@@ -31,6 +35,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/estates/{estate}/pools/{pool}/auth-codes"): {},
     ("PATCH", "/v1/estates/{estate}/servers/{server}"): {},  # filled in per victim
     ("POST", "/v1/estates/{estate}/admins"): {"name": "Mallory"},
+    ("POST", "/v1/estates/{estate}/webhooks"): {"url": "http://127.0.0.1:9/evil", "events": ["server.enrolled"]},
     ("POST", "/v1/enroll"): {"code": "00000000", "name": "x"},
     ("POST", "/v1/leases"): {"encoder": "E9", "licence_type": "one-in-one-out", "count": 1},
     ("POST", "/v1/leases/{lease}/renew"): {},
@@ -55,6 +60,8 @@ class Victim:
         lse = await lease(broker, srv["server_token"], "E1", 2)
         code = await broker.call("POST", f"{base(self.est)}/pools/{paris['id']}/auth-codes", self.est.admin, {}, 201)
         adm = await broker.call("POST", f"{base(self.est)}/admins", self.est.admin, {"name": "Bob"}, 201)
+        hook = {"url": "http://127.0.0.1:9/victim", "events": ["purchase.grace_ended"]}
+        webhook = await broker.call("POST", f"{base(self.est)}/webhooks", self.est.admin, hook, 201)
         self.ids = {
             "estate": self.est.id,
             "pool": paris["id"],
@@ -63,6 +70,7 @@ class Victim:
             "code": code["id"],
             "admin": adm["id"],
             "purchase": p["id"],
+            "webhook": webhook["id"],
         }
         return self
 
@@ -85,7 +93,7 @@ class Victim:
 
     async def snapshot(self, broker: Broker) -> list[Any]:
         out = []
-        for what in ("pools", "servers", "auth-codes", "admins", "purchases", "leases", "events"):
+        for what in ("pools", "servers", "auth-codes", "admins", "purchases", "leases", "events", "webhooks"):
             out.append(
                 await broker.call(
                     "GET",
@@ -95,6 +103,19 @@ class Victim:
                 )
             )
         return out
+
+
+@pytest.fixture
+async def broker(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    config_factory: Callable[..., Any],
+    clock: ManualClock,
+    operator_token: str,
+) -> Broker:
+    """The usual broker, with webhooks to loopback allowed: the victim has an endpoint
+    (whose receiver never answers: nothing leaves this host)."""
+    client = await aiohttp_client(create_app(config_factory(webhook_allow_private=True)))
+    return Broker(client, operator_token, clock)
 
 
 def admin_routes() -> list[Route]:

@@ -55,6 +55,7 @@ class World:
     target_server: str  # no leases: can be rebound or removed
     target_admin: str  # a secondary admin that can be removed
     code_id: str
+    webhook: str
 
 
 async def world(broker: Broker) -> World:
@@ -71,6 +72,8 @@ async def world(broker: Broker) -> World:
     await broker.call("DELETE", f"{est.base}/admins/{gone['id']}", est.admin, status=204)
     target_admin = await broker.call("POST", f"{est.base}/admins", est.admin, {"name": "Carol"}, 201)
     code = await broker.call("POST", f"{est.base}/pools/{pool}/auth-codes", est.admin, {}, 201)
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["purchase.grace_ended"]}  # nothing answers there
+    webhook = await broker.call("POST", f"{est.base}/webhooks", est.admin, hook, 201)
 
     other = await kit.estate(broker, "Other Estate")
     other_bought = await broker.purchase(other.id, "SO-9", quantity=5)
@@ -88,7 +91,9 @@ async def world(broker: Broker) -> World:
         "server": server["server_token"],
         "other_server": other_server["server_token"],
     }
-    return World(est, tokens, pool, bought["id"], lease["id"], target["server_id"], target_admin["id"], code["id"])
+    return World(
+        est, tokens, pool, bought["id"], lease["id"], target["server_id"], target_admin["id"], code["id"], webhook["id"]
+    )
 
 
 # handler name -> (path, body, status when allowed)
@@ -136,6 +141,19 @@ REQUESTS: dict[str, Callable[[World], Request]] = {
     "openapi": lambda w: ("/v1/openapi.json", None, 200),
     "me": lambda w: ("/v1/me", None, 200),
     "stream": lambda w: ("/v1/stream", None, 200),
+    "list_webhooks": lambda w: (f"{w.est.base}/webhooks", None, 200),
+    "create_webhook": lambda w: (
+        f"{w.est.base}/webhooks",
+        {"url": "http://127.0.0.1:9/other", "events": ["server.enrolled"]},
+        201,
+    ),
+    "get_webhook": lambda w: (f"{w.est.base}/webhooks/{w.webhook}", None, 200),
+    "delete_webhook": lambda w: (f"{w.est.base}/webhooks/{w.webhook}", None, 204),
+    "rotate_webhook_secret": lambda w: (f"{w.est.base}/webhooks/{w.webhook}/rotate-secret", {}, 200),
+    "test_webhook": lambda w: (f"{w.est.base}/webhooks/{w.webhook}/test", {}, 202),
+    "list_deliveries": lambda w: (f"{w.est.base}/webhooks/{w.webhook}/deliveries", None, 200),
+    "pool_usage": lambda w: (f"{w.est.base}/pools/{w.pool}/usage", None, 200),
+    "estate_usage": lambda w: (f"{w.est.base}/usage", None, 200),
 }
 ESTATE_ROUTES = {
     name
