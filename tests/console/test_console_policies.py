@@ -84,6 +84,8 @@ def test_soft_lock_preset_held_seats_and_the_override(console: Console) -> None:
     expect(held.get_by_role("row", name=re.compile("ENC-1"))).to_contain_text("Hardware")
     lead = page.get_by_role("paragraph").filter(has_text="allocated")
     expect(lead.first).to_contain_text("1 soft-locked")
+    page.get_by_role("region", name="Soft-lock").scroll_into_view_if_needed()
+    console.shot("19-soft-lock", docs=True)
 
     # ... unless the admin overrides it.
     leases = page.get_by_role("region", name="Leases")

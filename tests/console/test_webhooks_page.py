@@ -75,7 +75,7 @@ def test_add_an_endpoint_see_its_secret_once_and_its_test_delivery(
     expect(attempts.get_by_role("row").filter(has_text="webhook.test")).to_contain_text("delivered")
     expect(attempts).to_contain_text("204")
     assert [d["type"] for d in receiver.verified] == ["webhook.test"] and receiver.unverified == []
-    hook_console.shot("webhook-endpoint", docs=True)
+    hook_console.shot("18-webhook-endpoint", docs=True)
     hook_console.assert_clean()
 
 
