@@ -92,13 +92,16 @@ WHERE id = :pool_id AND estate_id = :estate_id
 
 -- name: limits_in_pool
 -- Every limit of the servers bound to the pool, with what each server's encoders hold of
--- that type now.
+-- that type now. Every acquire reads it, so the plan is pinned: CROSS JOIN makes SQLite
+-- walk the few limit rows, not the pool's servers (20,000 of them at scale: 0.5 s an
+-- acquire), and `+l.pool_id` sends the sum through the server's own leases
+-- (leases_encoder), not the pool's (leases_pool_expiry).
 SELECT sl.server_id, s.name AS server_name, sl.licence_type, sl.max_seats, sl.reserved,
        COALESCE((SELECT SUM(l.count) FROM leases l
-                 WHERE l.server_id = sl.server_id AND l.pool_id = s.pool_id
+                 WHERE l.server_id = sl.server_id AND +l.pool_id = s.pool_id
                    AND l.licence_type = sl.licence_type AND l.state = 'active'
                    AND l.expires_at > :now), 0) AS in_use
-FROM server_limits sl JOIN servers s ON s.id = sl.server_id
+FROM server_limits sl CROSS JOIN servers s ON s.id = sl.server_id
 WHERE s.pool_id = :pool_id AND s.removed_at IS NULL
 ORDER BY sl.licence_type, s.name, sl.server_id
 
