@@ -111,8 +111,8 @@ class Config:
     )
     workers: str = _setting(
         "auto",
-        "Broker processes serving one address (serve): a whole number 1-64, or 'auto' for the "
-        "configuration measured fastest for the store in use (see docs/performance.md).",
+        "Broker processes serving one address (serve): a whole number 1-64, or 'auto' (1 today: "
+        "several measure faster, but /metrics then answers for one at a time; docs/performance.md).",
         workers=True,
     )
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))

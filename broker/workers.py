@@ -42,7 +42,8 @@ from shared.sdnotify import Notifier
 
 log = logging.getLogger("tenure.broker")
 
-# ``workers = "auto"``: the fastest configuration measured per store (docs/performance.md).
+# ``workers = "auto"``: one process on either store. Two measured faster on 2 cores, but each
+# worker answers /metrics with its own counters (docs/performance.md, "Quiet-machine run").
 AUTO_SQLITE = 1
 AUTO_POSTGRES = 1
 # On SQLite, several workers hand their hot writes to one writer process (True) or each
