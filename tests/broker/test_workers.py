@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -40,24 +41,27 @@ WORKER = re.compile(r'^tenure_worker_info\{worker="(\d+)",pid="(\d+)"\} 1$', re.
 STREAMS_OPEN = re.compile(r"^tenure_streams_open (\d+)$", re.M)
 
 
-def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
-    """pid → worker index of the processes that answered ``tries`` fresh connections."""
-    seen: dict[int, int] = {}
+def scrapes(url: str, operator: str, tries: int) -> Iterator[str]:
+    """``/metrics`` as answered over ``tries`` fresh connections (each by some worker)."""
     for _ in range(tries):
         request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
         with urllib.request.urlopen(request, timeout=5) as answer:  # a new connection each time
-            for index, pid in WORKER.findall(answer.read().decode()):
-                seen[int(pid)] = int(index)
+            yield answer.read().decode()
+
+
+def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
+    """pid → worker index of the processes that answered ``tries`` fresh connections."""
+    seen: dict[int, int] = {}
+    for text in scrapes(url, operator, tries):
+        for index, pid in WORKER.findall(text):
+            seen[int(pid)] = int(index)
     return seen
 
 
 def streams_per_worker(url: str, operator: str, tries: int = 40) -> dict[int, int]:
     """worker index → its open event streams, from ``tries`` fresh connections to /metrics."""
     seen: dict[int, int] = {}
-    for _ in range(tries):
-        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            text = answer.read().decode()
+    for text in scrapes(url, operator, tries):
         worker, streams = WORKER.search(text), STREAMS_OPEN.search(text)
         assert worker is not None and streams is not None, text
         seen[int(worker.group(1))] = int(streams.group(1))
