@@ -49,6 +49,8 @@ def create_app(config: Config, *, worker: int = 0, housekeeping: bool = True) ->
         app.router.add_route(r.method, r.path, r.handler, name=r.handler.__name__)
     app.cleanup_ctx.append(_services(config))
     stream.setup(app)
+    if config.figures_dir is not None:
+        app.cleanup_ctx.append(metrics.publishing(config.figures_dir))
     app.cleanup_ctx.append(_background(reaper.key_loop))
     if housekeeping:
         app.cleanup_ctx.append(_background(reaper.lapse_loop))

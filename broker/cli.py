@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 import os
+import shutil
+import signal
 import socket
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from broker import config as configuration
-from broker import secretfiles, signing
+from broker import figures, secretfiles, signing
 from broker.errors import StorageUnavailable
 from broker.secretkey import SecretKeyError
 from broker.store.base import SchemaTooNew
@@ -30,6 +35,7 @@ from shared.words import count
 
 if TYPE_CHECKING:
     from broker import books
+    from broker.store.base import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -255,16 +261,22 @@ def serve(cfg: configuration.Config) -> int:
         return 1
     # On SQLite one writer process runs the workers' hot transactions (broker.store.relay).
     relay = cfg.database is None and workers.SQLITE_WRITER
+    # Every process writes what it counted here, for /metrics to sum (broker.figures).
+    figures_dir = Path(tempfile.mkdtemp(prefix="tenure-broker-figures-"))
+    cfg = dataclasses.replace(cfg, figures_dir=figures_dir)
     worker_cfg = dataclasses.replace(cfg, relay_writes=True) if relay else cfg
-    return workers.supervise(
-        cfg,
-        sockets,
-        lambda index, ready: serve_process(
-            worker_cfg, ssl_context, sockets[index], worker=index, ready=ready, stopping=lambda: None
-        ),
-        https=ssl_context is not None,
-        writer=(lambda ready: writer_process(cfg, ready)) if relay else None,
-    )
+    try:
+        return workers.supervise(
+            cfg,
+            sockets,
+            lambda index, ready: serve_process(
+                worker_cfg, ssl_context, sockets[index], worker=index, ready=ready, stopping=lambda: None
+            ),
+            https=ssl_context is not None,
+            writer=(lambda ready: writer_process(cfg, ready)) if relay else None,
+        )
+    finally:
+        shutil.rmtree(figures_dir, ignore_errors=True)
 
 
 def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
@@ -276,9 +288,17 @@ def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
         secretfiles.prepare_data_dir(cfg.data_dir, cfg.db_path)
         store = await SqliteStore.open(cfg.db_path, cfg.sqlite_synchronous)
         secretfiles.secure_database_files(cfg.db_path)
+        publishing = None
+        if cfg.figures_dir is not None:
+            own = partial(writer_figures, store)
+            publishing = asyncio.get_running_loop().create_task(figures.publish_loop(cfg.figures_dir, own))
         try:
             await serve_writer(store, socket_path(cfg.data_dir), ready)
         finally:
+            if publishing is not None:
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
             await store.close()
 
     try:
@@ -290,6 +310,13 @@ def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
         print(f"tenure-broker: writer: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def writer_figures(store: Store) -> figures.Figures:
+    """What the SQLite writer of ``serve --workers`` counted: its store's figures."""
+    from broker.api.exposition import process_figures
+
+    return figures.Figures(worker=figures.WRITER, pid=os.getpid(), store=store.stats, process=process_figures())
 
 
 def serve_process(
@@ -319,6 +346,13 @@ def serve_process(
         gc.collect()
         gc.freeze()
         log.info("listening on %s://%s:%d (%s)", scheme, cfg.host, _port(cfg, sockets), which)
+        if worker is not None:
+            # A worker stops gracefully from now on; until now SIGTERM ended it at once,
+            # with nothing in flight (a start-up cut short halfway may leave threads
+            # behind that never let the process exit).
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _graceful_exit)
         if worker is None:
             base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
             log.info("console at %s/console/", base.rstrip("/"))
@@ -330,6 +364,13 @@ def serve_process(
         app = create_app(cfg, worker=worker or 0, housekeeping=not worker)
 
         async def on_shutdown(_app: web.Application) -> None:
+            if worker is not None:
+                # Stopping already: the parent's SIGTERM may follow a SIGINT that Ctrl-C
+                # sent the whole process group, and a second GracefulExit would cut the
+                # requests in flight short.
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, lambda: None)
             stopping()
 
         app.on_shutdown.append(on_shutdown)
@@ -342,6 +383,7 @@ def serve_process(
             print=listening,
             access_log=None,
             shutdown_timeout=10,
+            handle_signals=worker is None,
         )
     except (SecretKeyError, SchemaTooNew, secretfiles.OperatorTokenMissing) as exc:
         print(f"tenure-broker: {exc}", file=sys.stderr)
@@ -357,6 +399,10 @@ def serve_process(
         return 1
     log.info("stopped (%s)", which)
     return 0
+
+
+def _graceful_exit() -> None:
+    raise web.GracefulExit()
 
 
 def _port(cfg: configuration.Config, sockets: list[socket.socket] | None) -> int:

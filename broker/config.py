@@ -215,6 +215,9 @@ class Config:
     # Set by ``serve --workers`` on SQLite for its workers: hot writes go to the writer
     # process (broker.store.relay).
     relay_writes: bool = field(default=False, metadata={"internal": True})
+    # Set by ``serve --workers`` for every process: where each writes what it counted, for
+    # /metrics to sum (broker.figures).
+    figures_dir: Path | None = field(default=None, metadata={"internal": True})
 
     @property
     def db_path(self) -> Path:

@@ -36,16 +36,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from broker import figures
 from broker.config import Config
 from shared.sdnotify import Notifier
 
 log = logging.getLogger("tenure.broker")
 
-# ``workers = "auto"``: one process on either store. Two measured faster on 2 cores, but each
-# worker answers /metrics with its own counters (docs/performance.md, "Quiet-machine run").
-AUTO_SQLITE = 1
-AUTO_POSTGRES = 1
+# ``workers = "auto"``: one worker per core this process may run on, at most AUTO_MAX; one
+# core gets one process (no writer). Two workers measured faster than one process on 2 cores
+# on both stores (docs/performance.md, "Every core by default").
+AUTO_MAX = 4
 # On SQLite, several workers hand their hot writes to one writer process (True) or each
 # write the file themselves (False); see docs/performance.md, "Workers".
 SQLITE_WRITER = True
@@ -64,7 +66,7 @@ def count(cfg: Config) -> int:
     """How many processes ``serve`` runs for ``cfg``."""
     if cfg.workers != "auto":
         return int(cfg.workers)
-    return AUTO_SQLITE if cfg.database is None else AUTO_POSTGRES
+    return max(1, min(AUTO_MAX, len(os.sched_getaffinity(0))))
 
 
 def listen(host: str, port: int, workers: int) -> list[list[socket.socket]]:
@@ -123,6 +125,7 @@ class _Supervisor:
     ready_r: int
     ready_w: int
     wake_r: int
+    figures_dir: Path | None
     children: dict[int, _Child] = field(default_factory=dict)  # by pid
     deaths: deque[float] = field(default_factory=deque)
 
@@ -175,6 +178,8 @@ class _Supervisor:
             child = self.children.pop(pid, None)
             if child is not None:
                 gone.append((child, os.waitstatus_to_exitcode(status)))
+                if self.figures_dir is not None:
+                    figures.retire(self.figures_dir, pid)
         return gone
 
     def wait(self, timeout: float | None) -> set[int]:
@@ -210,7 +215,8 @@ class _Supervisor:
                 os.kill(pid, signal.SIGTERM)
         while any(which(c) for c in self.children.values()) and time.monotonic() < deadline:
             for child, code in self.reap():
-                if code != 0:
+                # SIGTERM ends a worker still starting at once: it had nothing in flight.
+                if code != 0 and not (code == -signal.SIGTERM and not child.ready):
                     log.warning("worker %d (pid %d) exited %d while stopping", child.index, child.pid, code)
                     clean = False
             self.wait(0.05)
@@ -222,7 +228,10 @@ class _Supervisor:
         for child, code in self.reap():
             if not announced and child.index in (0, WRITER) and not child.ready:
                 what = "the writer" if child.index == WRITER else "worker 0"
-                log.error("%s exited %d before it answered: not starting the others", what, code)
+                # An exit code: the process said why itself, and that stays the last line.
+                (log.error if code < 0 else log.debug)(
+                    "%s exited %d before it answered: not starting the others", what, code
+                )
                 self.stop()
                 return code or 1
             log.error("worker %d (pid %d) exited %d", child.index, child.pid, code)
@@ -259,7 +268,7 @@ def supervise(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
-    sup = _Supervisor(sockets, run, writer, ready_r, ready_w, wake_r)
+    sup = _Supervisor(sockets, run, writer, ready_r, ready_w, wake_r, cfg.figures_dir)
     workers = len(sockets)
     port = sockets[0][0].getsockname()[1]
     address = f"{'https' if https else 'http'}://{cfg.host}:{port}"

@@ -69,26 +69,42 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def process_metrics(out: Exposition) -> None:
+_PROCESS = (
+    ("process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds."),
+    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    ("process_open_fds", "gauge", "Number of open file descriptors."),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+    ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+)
+
+
+def process_figures() -> dict[str, float]:
     """``process_*`` as the Prometheus client libraries name them, for this process."""
     times = os.times()
-    out.single(
-        "process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds.", times.user + times.system
-    )
+    figures = {"process_cpu_seconds_total": times.user + times.system}
     try:
         with open("/proc/self/statm") as f:
             size, resident = (int(x) for x in f.read().split()[:2])
-        out.single("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", size * _PAGE)
-        out.single("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", resident * _PAGE)
-        out.single("process_open_fds", "gauge", "Number of open file descriptors.", len(os.listdir("/proc/self/fd")))
+        figures["process_virtual_memory_bytes"] = size * _PAGE
+        figures["process_resident_memory_bytes"] = resident * _PAGE
+        figures["process_open_fds"] = len(os.listdir("/proc/self/fd"))
     except OSError:
         pass  # not Linux: the rest still holds
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY:
-        out.single("process_max_fds", "gauge", "Maximum number of open file descriptors.", soft)
-    out.single(
-        "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", _start_time()
-    )
+        figures["process_max_fds"] = soft
+    figures["process_start_time_seconds"] = _start_time()
+    return figures
+
+
+def process_metrics(out: Exposition, processes: Iterable[tuple[Labels, Mapping[str, float]]]) -> None:
+    """``process_*`` of each of ``processes`` (figures from ``process_figures``)."""
+    processes = list(processes)
+    for name, kind, help_ in _PROCESS:
+        samples = [(labels, figures[name]) for labels, figures in processes if name in figures]
+        if samples:
+            out.family(name, kind, help_, samples)
 
 
 def _start_time() -> float:

@@ -10,17 +10,23 @@ Format and ``process_*``: ``broker.api.exposition``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from broker import pools
-from broker.api.exposition import Exposition, process_metrics
+from broker.api.exposition import Exposition, process_figures, process_metrics
 from broker.api.http import authenticate, route, services
 from broker.api.stream import HUB
 from broker.errors import Inconsistent
+from broker.figures import WRITER, Figures, gather, publish, publish_loop, total
+from broker.services import SERVICES
 from broker.store.base import Histogram, StoreStats, Tx
 from broker.webhooks import endpoints
 from shared import __version__
@@ -75,13 +81,6 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     out = Exposition()
     out.single("tenure_up", "gauge", "1 while the broker answers scrapes.", 1)
     out.family("tenure_build_info", "gauge", "The broker's version (always 1).", [({"version": __version__}, 1)])
-    out.family(
-        "tenure_worker_info",
-        "gauge",
-        "The process that answered this scrape (always 1): its index under serve --workers and its pid. "
-        "Request, store and process figures on this page are that process's own.",
-        [({"worker": request.app[WORKER], "pid": os.getpid()}, 1)],
-    )
     for name, help_ in (
         ("estates", "Estates."),
         ("pools", "Pools not deleted."),
@@ -104,40 +103,102 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         "Leases ended because they were neither renewed nor released before expiry (all brokers on this database).",
         counts["leases_lapsed"],
     )
-    tally = svc.counters
-    out.single("tenure_codes_redeemed_total", "counter", "Codes redeemed (servers enrolled).", tally.codes_redeemed)
+    directory = svc.config.figures_dir
+    own = own_figures(request.app)
+    live: list[Figures] = [own]
+    dead: list[Figures] = []
+    if directory is not None:
+        publish(directory, own)  # first, so that a scrape never sees less than the last one
+        live, dead = gather(directory)
+        if not any(f.pid == own.pid for f in live):  # unreadable: this worker's own, at least
+            live = [own]
+    _process_figures(out, live, labelled=directory is not None)
+    _summed_figures(out, total(live + dead))
+    return web.Response(
+        text=out.text(), content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}
+    )
+
+
+def own_figures(app: web.Application) -> Figures:
+    """What this process counted, and its gauges."""
+    req = app[REQUESTS]
+    svc = app[SERVICES]
+    hub = app.get(HUB)
+    return Figures(
+        worker=str(app[WORKER]),
+        pid=os.getpid(),
+        requests=req.count,
+        durations=req.seconds,
+        rate_limited=req.rate_limited,
+        codes_redeemed=svc.counters.codes_redeemed,
+        codes_refused=svc.counters.codes_refused,
+        store=svc.store.stats,
+        streams_open=hub.open_streams if hub else 0,
+        process=process_figures(),
+    )
+
+
+def publishing(directory: Path) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Under ``serve --workers``: this worker's figures into ``directory`` every second."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(publish_loop(directory, lambda: own_figures(app)))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
+def _process_figures(out: Exposition, live: list[Figures], *, labelled: bool) -> None:
+    """One process's gauges: under ``serve --workers`` one sample per live process."""
+
+    def labels(f: Figures) -> dict[str, str | int]:
+        return {"worker": f.worker} if labelled else {}
+
+    out.family(
+        "tenure_worker_info",
+        "gauge",
+        "The broker's processes (always 1): the index of each under serve --workers (the SQLite writer is "
+        '"writer") and its pid.',
+        [({"worker": f.worker, "pid": f.pid}, 1) for f in live],
+    )
+    out.family(
+        "tenure_streams_open",
+        "gauge",
+        "Agents' event streams open, by worker under serve --workers.",
+        [(labels(f), f.streams_open) for f in live if f.worker != WRITER],
+    )
+    process_metrics(out, [(labels(f), f.process) for f in live])
+
+
+def _summed_figures(out: Exposition, summed: Figures) -> None:
+    """Counters and histograms: every process's, summed."""
+    out.single("tenure_codes_redeemed_total", "counter", "Codes redeemed (servers enrolled).", summed.codes_redeemed)
     out.single(
         "tenure_codes_refused_total",
         "counter",
         "Code redemptions refused: wrong, used or expired.",
-        tally.codes_refused,
+        summed.codes_refused,
     )
-    req = request.app[REQUESTS]
     out.family(
         "tenure_rate_limit_trips_total",
         "counter",
         "Requests refused 429 rate_limited, by route template.",
-        [({"route": path}, n) for path, n in sorted(req.rate_limited.items())],
+        [({"route": path}, n) for path, n in sorted(summed.rate_limited.items())],
     )
-    hub = request.app.get(HUB)
-    out.single(
-        "tenure_streams_open", "gauge", "Agents' event streams open on this process.", hub.open_streams if hub else 0
-    )
-    _store_figures(out, svc.store.stats)
+    _store_figures(out, summed.store)
     out.family(
         "tenure_http_requests_total",
         "counter",
         "HTTP requests answered, by method, route template and status.",
-        [({"method": m, "route": p, "status": s}, n) for (m, p, s), n in sorted(req.count.items())],
+        [({"method": m, "route": p, "status": s}, n) for (m, p, s), n in sorted(summed.requests.items())],
     )
     out.histograms(
         "tenure_http_request_duration_seconds",
         "Time from request to answer in seconds, by method and route template.",
-        [({"method": m, "route": p}, h) for (m, p), h in sorted(req.seconds.items())],
-    )
-    process_metrics(out)
-    return web.Response(
-        text=out.text(), content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"}
+        [({"method": m, "route": p}, h) for (m, p), h in sorted(summed.durations.items())],
     )
 
 

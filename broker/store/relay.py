@@ -42,6 +42,7 @@ from broker.store.sqlite import SqliteStore
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
 CONNECT_WAIT = 5.0
+WORKERS_GONE_SECONDS = 12.0  # a worker's shutdown (10 s for requests in flight) and its store's close
 _LENGTH = struct.Struct(">I")
 
 
@@ -198,7 +199,21 @@ async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]
             frame = _frame((job_id, *_failure(errors.Inconsistent("unpicklable answer"))))
         outbox.send(frame)
 
+    connected = 0
+    all_gone = asyncio.Event()
+
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connected
+        connected += 1
+        all_gone.clear()
+        try:
+            await _serve_connection(reader, writer)
+        finally:
+            connected -= 1
+            if connected == 0:
+                all_gone.set()
+
+    async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         outbox = _Outbox(writer)
         try:
             while True:
@@ -216,6 +231,12 @@ async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]
     ready()
     await stop.wait()
     server.close()
+    # The workers may have been told to stop at the same moment (Ctrl-C reaches the whole
+    # process group; a parent killed outright sends each of its children SIGTERM): what
+    # they still have in flight needs this process, until each closes its connection.
+    if connected:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_gone.wait(), WORKERS_GONE_SECONDS)
     if jobs:
         await asyncio.wait(jobs, timeout=10)
     _remove(path)

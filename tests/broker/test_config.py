@@ -155,7 +155,7 @@ def test_every_setting_has_a_default_and_help() -> None:
         assert f.metadata.get("help"), f.name
     internal = {f.name for f in dataclasses.fields(Config)} - {f.name for f in settings()}
     # Set by the code or injected by tests, never by an operator.
-    assert internal == {"clock", "webhook_schedule", "webhook_resolve", "relay_writes"}
+    assert internal == {"clock", "webhook_schedule", "webhook_resolve", "relay_writes", "figures_dir"}
 
 
 def test_every_setting_is_documented() -> None:

@@ -24,12 +24,12 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from broker.figures import PUBLISH_SECONDS
 from broker.ids import new_token
 from tests.broker.fleet import Replica, call, command
 from tests.broker.sse import SseReader
@@ -37,35 +37,39 @@ from tests.broker.sse import SseReader
 pytestmark = pytest.mark.slow
 
 ONE = "one-in-one-out"
-WORKER = re.compile(r'^tenure_worker_info\{worker="(\d+)",pid="(\d+)"\} 1$', re.M)
-STREAMS_OPEN = re.compile(r"^tenure_streams_open (\d+)$", re.M)
+WORKER = re.compile(r'^tenure_worker_info\{worker="(\d+|writer)",pid="(\d+)"\} 1$', re.M)
+STREAMS_OPEN = re.compile(r'^tenure_streams_open\{worker="(\d+)"\} (\d+)$', re.M)
+GRANTED = re.compile(r'^tenure_http_requests_total\{method="POST",route="/v1/leases",status="201"\} (\d+)$', re.M)
+WRITE_JOBS = re.compile(r"^tenure_store_write_jobs_total (\d+)$", re.M)
 
 
-def scrapes(url: str, operator: str, tries: int) -> Iterator[str]:
-    """``/metrics`` as answered over ``tries`` fresh connections (each by some worker)."""
-    for _ in range(tries):
-        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
-        with urllib.request.urlopen(request, timeout=5) as answer:  # a new connection each time
-            yield answer.read().decode()
+def scrape(url: str, operator: str) -> str:
+    """``/metrics`` over a fresh connection (answered by whichever worker the kernel picks)."""
+    request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {operator}"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return str(answer.read().decode())
 
 
-def workers_seen(url: str, operator: str, tries: int = 40) -> dict[int, int]:
-    """pid → worker index of the processes that answered ``tries`` fresh connections."""
-    seen: dict[int, int] = {}
-    for text in scrapes(url, operator, tries):
-        for index, pid in WORKER.findall(text):
-            seen[int(pid)] = int(index)
-    return seen
+def workers_seen(url: str, operator: str, workers: int = 2) -> dict[int, int]:
+    """pid → worker index of the HTTP workers a scrape lists (every live one), once it
+    lists ``workers`` of them (the others start when worker 0 answers) or after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        text = scrape(url, operator)
+        seen = {int(pid): int(index) for index, pid in WORKER.findall(text) if index != "writer"}
+        if len(seen) == workers or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
 
 
-def streams_per_worker(url: str, operator: str, tries: int = 40) -> dict[int, int]:
-    """worker index → its open event streams, from ``tries`` fresh connections to /metrics."""
-    seen: dict[int, int] = {}
-    for text in scrapes(url, operator, tries):
-        worker, streams = WORKER.search(text), STREAMS_OPEN.search(text)
-        assert worker is not None and streams is not None, text
-        seen[int(worker.group(1))] = int(streams.group(1))
-    return seen
+def streams_per_worker(url: str, operator: str) -> dict[int, int]:
+    """worker index → its open event streams, from one scrape."""
+    return {int(index): int(n) for index, n in STREAMS_OPEN.findall(scrape(url, operator))}
+
+
+def granted(text: str) -> int:
+    found = GRANTED.search(text)
+    return int(found.group(1)) if found else 0
 
 
 def parent_of(pid: int) -> int:
@@ -138,7 +142,7 @@ def test_two_workers_share_the_address_survive_a_killed_worker_and_stop_on_sigte
         # A new worker 1 took the dead one's place; the parent and worker 0 never went.
         deadline = time.monotonic() + 15
         while True:
-            now = workers_seen(broker.url, operator, tries=10)
+            now = workers_seen(broker.url, operator)
             if sorted(now.values()) == [0, 1] and victim not in now:
                 break
             assert time.monotonic() < deadline, now
@@ -160,13 +164,63 @@ def test_two_workers_share_the_address_survive_a_killed_worker_and_stop_on_sigte
     assert "2 workers listening" in log and "exited -9" in log
 
 
+def test_one_scrape_counts_every_worker_never_goes_back_and_keeps_a_dead_workers_counts(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, database_pool_size=4)
+    broker.start()
+    try:
+        broker.ready()
+        server = set_up(broker.url, operator, seats=500)
+        acquires = 120
+        done = threading.Event()
+        seen: list[int] = []
+
+        def scrape_meanwhile() -> None:
+            while not done.is_set():
+                seen.append(granted(scrape(broker.url, operator)))
+
+        watcher = threading.Thread(target=scrape_meanwhile)
+        watcher.start()
+        try:
+            for n in range(acquires):  # a fresh connection each: the kernel spreads them over both workers
+                body = {"encoder": f"E{n}", "licence_type": ONE, "count": 1}
+                status, lease = call(f"{broker.url}/v1/leases", "POST", server, body)
+                assert status == 201, lease
+        finally:
+            done.set()
+            watcher.join(30)
+        assert len(seen) > 5 and seen == sorted(seen), seen  # a counter never goes back
+        time.sleep(PUBLISH_SECONDS + 0.5)  # every worker has published since its last grant
+        for _ in range(6):  # whichever worker answers, it counts both workers' grants
+            text = scrape(broker.url, operator)
+            assert granted(text) == acquires, text
+            found = WRITE_JOBS.search(text)
+            assert found is not None and int(found.group(1)) >= acquires, text
+        victim = next(pid for pid, index in workers_seen(broker.url, operator).items() if index == 1)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while sorted((now := workers_seen(broker.url, operator)).values()) != [0, 1] or victim in now:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.05)
+        text = scrape(broker.url, operator)
+        assert granted(text) == acquires, text  # the dead worker's grants still count
+        # Its gauges went with it: one resident size per live process (two workers, and
+        # the writer on SQLite).
+        rss = re.findall(r'^process_resident_memory_bytes\{worker="(\w+)"\} \d+$', text, re.M)
+        assert sorted(rss) == ["0", "1"] + ([] if database_url else ["writer"]), text
+    finally:
+        assert broker.stop() == 0
+
+
 def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     operator = new_token("op")
     broker = Replica("w", tmp_path, "", operator, workers=2)
     broker.start()
     try:
         broker.ready()
-        pids = set(workers_seen(broker.url, operator, tries=20))
+        pids = set(workers_seen(broker.url, operator))
         assert len(pids) == 2
     finally:
         broker.kill()  # SIGKILL: the parent has no chance to stop its workers itself
@@ -197,6 +251,7 @@ def test_on_sqlite_one_writer_process_commits_for_every_worker_and_may_die(tmp_p
             int(p) for p in Path(f"/proc/{broker.proc.pid}/task/{broker.proc.pid}/children").read_text().split()
         }
         (writer,) = children - set(seen)
+        assert ("writer", str(writer)) in WORKER.findall(scrape(broker.url, operator))
         server = set_up(broker.url, operator, seats=100)
         leases = []
         for i in range(10):
@@ -215,7 +270,7 @@ def test_on_sqlite_one_writer_process_commits_for_every_worker_and_may_die(tmp_p
             if status == 201:
                 break
             assert status == 503 and time.monotonic() < deadline, (status, lease)
-        assert set(workers_seen(broker.url, operator, tries=10)) <= set(seen)
+        assert set(workers_seen(broker.url, operator)) == set(seen)
         for lease_id in leases:
             assert call(f"{broker.url}/v1/leases/{lease_id}/renew", "POST", server, {})[0] == 200
     finally:
@@ -232,7 +287,7 @@ def test_every_worker_signs_with_a_rotated_key_within_key_reload_seconds(
     broker.start()
     try:
         broker.ready()
-        assert len(workers_seen(broker.url, operator, tries=20)) == 2
+        assert len(workers_seen(broker.url, operator)) == 2
         server = set_up(broker.url, operator, seats=100)
         where = ["--database", database_url] if database_url else []
         rotated = subprocess.run(
