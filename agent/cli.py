@@ -176,7 +176,15 @@ def _forget_argparse() -> None:
     """Drop the modules only the command line needed, so that the memory they hold is
     reused by what the service allocates instead of staying resident beside it (about
     0.3 MB; docs/agent.md, "Footprint"). Nothing of ours keeps a reference to them, and
-    anything that imported them again would just read them again."""
+    anything that imported them again would just read them again.
+
+    Only when nothing but ``sys.modules`` holds argparse: where something else uses it
+    (a program or a test calling ``main``), dropping it would free nothing and let the
+    next import load a second copy."""
+    module = sys.modules.get("argparse")
+    if module is None or sys.getrefcount(module) > 3:  # sys.modules, ``module``, the call
+        return
+    del module
     for name in START_UP_ONLY:
         sys.modules.pop(name, None)
 

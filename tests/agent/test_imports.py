@@ -101,3 +101,15 @@ def test_run_lets_argparse_go_once_the_command_line_is_read() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["run", "x", "[]", "0"]
+
+
+def test_argparse_stays_where_something_else_holds_it() -> None:
+    code = (
+        "import sys, agent.cli\n"
+        "import argparse as used_here\n"
+        "agent.cli._parser().parse_args(['run'])\n"
+        "agent.cli._forget_argparse()\n"
+        "print(sys.modules.get('argparse') is used_here)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
