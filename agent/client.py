@@ -20,7 +20,7 @@ import re
 import socket
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -34,13 +34,18 @@ from shared.wire import Lease
 USER_AGENT = f"tenure-agent/{__version__}"
 
 
-def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+def ssl_context(ca_file: Path | None) -> ssl.SSLContext | Literal[True]:
     """Certificate verification against the system store, or only ``ca_file``'s CAs.
 
-    There is deliberately no way to turn verification off.
+    Without ``ca_file``: ``True``, aiohttp's own verified default context
+    (``ssl.create_default_context()``, built when aiohttp is imported). A context of our
+    own would parse the system CA store a second time and keep it resident: about 0.8 MB
+    (docs/agent.md, "Footprint"). There is deliberately no way to turn verification off.
     """
+    if ca_file is None:
+        return True
     try:
-        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
         from agent.errors import ConfigError
 

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.errors import BrokerRefused, BrokerUnavailable, StateError
 from agent.keeper import Keeper
 from agent.keyring import KeyRing, signed_by
-from agent.records import load_leases, write_leases_snapshot
+from agent.records import encode_leases, load_leases, write_leases_encoded
 from agent.runner import HandBack, Runner
 from agent.statedir import ensure_dir
 from agent.stream import StreamDeps, Streams
@@ -147,10 +147,10 @@ class Host:
             if not self._dirty:
                 return  # a write that began after our change already holds it
             self._dirty = False
-            snapshot = self.leases.to_json()
+            data = encode_leases(self.leases)
             try:
                 # Shielded: a cancelled caller must not let a second write overtake this one.
-                await asyncio.shield(asyncio.to_thread(write_leases_snapshot, self.state_dir, snapshot))
+                await asyncio.shield(asyncio.to_thread(write_leases_encoded, self.state_dir, data))
             except StateError as exc:
                 log.error("%s", exc)
 

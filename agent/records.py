@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
-from agent.statedir import FORMAT, read_document, write_document
+from agent.statedir import FORMAT, encode_document, read_document, write_encoded
 from shared.secret import Secret
 
 LEASES_FILE = "leases.json"
@@ -210,9 +210,16 @@ def load_leases(state_dir: Path) -> LeaseState:
 
 
 def save_leases(state_dir: Path, state: LeaseState) -> None:
-    write_leases_snapshot(state_dir, state.to_json())
+    write_leases_encoded(state_dir, encode_leases(state))
 
 
-def write_leases_snapshot(state_dir: Path, snapshot: dict[str, Any]) -> None:
-    """Write a snapshot taken with ``LeaseState.to_json()`` (safe to call off the loop)."""
-    write_document(state_dir / LEASES_FILE, snapshot)
+def encode_leases(state: LeaseState) -> bytes:
+    """The lease state as ``write_leases_encoded`` writes it, taken now."""
+    return encode_document(state.to_json())
+
+
+def write_leases_encoded(state_dir: Path, data: bytes) -> None:
+    """Write what ``encode_leases`` returned (safe to call off the loop). The encoding is
+    done before, on the loop: the worker thread only writes and syncs, so that it builds
+    no large objects of its own (in its own malloc arena, docs/agent.md "Footprint")."""
+    write_encoded(state_dir / LEASES_FILE, data)

@@ -72,9 +72,19 @@ def check_writable(path: Path) -> None:
         raise StateError(f"cannot write into state directory {path}{whose}: {exc.strerror}") from exc
 
 
+def encode_document(document: dict[str, Any]) -> bytes:
+    """The bytes ``write_document`` writes for ``document``."""
+    return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+
+
 def write_document(path: Path, document: dict[str, Any]) -> None:
     """Replace the document at ``path``; raise ``StateError`` naming the file."""
-    data = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+    write_encoded(path, encode_document(document))
+
+
+def write_encoded(path: Path, data: bytes) -> None:
+    """Replace the file at ``path`` with ``data`` from ``encode_document`` (fsync'd);
+    raise ``StateError`` naming the file. Safe to call off the event loop."""
     try:
         write_secret(path, data, owner=folder_owner(path.parent))
     except OSError as exc:
