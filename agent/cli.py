@@ -10,6 +10,7 @@ encoder's lease ``lost``, ``revoked`` or ``denied``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -17,7 +18,6 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.config import Config, load_config
@@ -25,15 +25,10 @@ from agent.errors import AgentError, ConfigError
 from shared import __version__, logs, words
 
 if TYPE_CHECKING:
-    import argparse
-
     from agent.encoder_client import EncoderClient, LeaseStatus
 
 # Each command imports what it needs when it runs: the long-running `run` then holds
 # neither the encoder client nor enrolment in memory (docs/agent.md, "Footprint").
-# argparse, too, is imported only to read the command line, and what a command is given
-# is a plain namespace (``Args``), so that `run` can let argparse go (``_forget_argparse``).
-Args = SimpleNamespace
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_BROKER_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -44,15 +39,14 @@ class _Exit(Exception):
         self.code, self.message = code, message
 
 
-def _parser() -> argparse.ArgumentParser:
-    import argparse
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
 
-    class _Parser(argparse.ArgumentParser):
-        """argparse, but a usage error is one line and exit code 2."""
+    def error(self, message: str) -> NoReturn:
+        raise _Exit(EXIT_USAGE, f"{message} (see {self.prog} --help)")
 
-        def error(self, message: str) -> NoReturn:
-            raise _Exit(EXIT_USAGE, f"{message} (see {self.prog} --help)")
 
+def _parser() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
         "--config", type=Path, metavar="FILE", help="settings file (default /etc/tenure-agent/agent.toml)"
@@ -116,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: Args, **extra: Any) -> Config:
+def _config(args: argparse.Namespace, **extra: Any) -> Config:
     return load_config(
         args.config,
         overrides={"state_dir": args.state_dir, "socket": args.socket, **extra},
@@ -130,7 +124,7 @@ def _out(line: str) -> None:
 # ---------------------------------------------------------------------------- enroll
 
 
-def cmd_enroll(args: Args) -> int:
+def cmd_enroll(args: argparse.Namespace) -> int:
     from agent.client import split_api_path
     from agent.enroll import CodeFormatError, enroll, normalise_code
 
@@ -168,33 +162,11 @@ def _setup_logging(level: str, log_format: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-# Read only to parse the command line; argparse imports gettext for its messages.
-START_UP_ONLY = ("argparse", "gettext")
-
-
-def _forget_argparse() -> None:
-    """Drop the modules only the command line needed, so that the memory they hold is
-    reused by what the service allocates instead of staying resident beside it (about
-    0.3 MB; docs/agent.md, "Footprint"). Nothing of ours keeps a reference to them, and
-    anything that imported them again would just read them again.
-
-    Only when nothing but ``sys.modules`` holds argparse: where something else uses it
-    (a program or a test calling ``main``), dropping it would free nothing and let the
-    next import load a second copy."""
-    module = sys.modules.get("argparse")
-    if module is None or sys.getrefcount(module) > 3:  # sys.modules, ``module``, the call
-        return
-    del module
-    for name in START_UP_ONLY:
-        sys.modules.pop(name, None)
-
-
-def cmd_run(args: Args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import serve
 
     config = _config(args)
     _setup_logging(config.log_level, config.log_format)
-    _forget_argparse()
     try:
         asyncio.run(serve(config))
     except OSError as exc:
@@ -248,7 +220,7 @@ def _encoder_client(config: Config) -> EncoderClient:
     return EncoderClient(config.socket)
 
 
-def cmd_status(args: Args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from agent.bindings import load_bindings
     from agent.encoder_client import AgentNotRunning
 
@@ -350,7 +322,7 @@ def _why(lease: LeaseStatus, wanted: int, licence_type: str) -> str:
     return detail if code in ("not_enrolled", "broker_unavailable") else f"{code}: {detail}".rstrip(": ")
 
 
-def cmd_lease(args: Args) -> int:
+def cmd_lease(args: argparse.Namespace) -> int:
     config = _config(args)
     client = _encoder_client(config)
     lease = client.acquire(
@@ -393,7 +365,7 @@ def cmd_lease(args: Args) -> int:
     )
 
 
-def cmd_release(args: Args) -> int:
+def cmd_release(args: argparse.Namespace) -> int:
     config = _config(args)
     client = _encoder_client(config)
     state = client.release(args.encoder, wait=args.wait)
@@ -436,7 +408,7 @@ def _client_error(exc: Exception) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (the console script exits with it)."""
     try:
-        args = Args(**vars(_parser().parse_args(argv)))
+        args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except _Exit as exc:
         if exc.message:

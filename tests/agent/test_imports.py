@@ -86,30 +86,3 @@ def test_an_idle_agent_does_not_load_what_only_the_broker_uses() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
-
-def test_run_lets_argparse_go_once_the_command_line_is_read() -> None:
-    # `run` drops argparse (and gettext) after parsing: only if nothing else holds them is
-    # their memory reused by the service (docs/agent.md, "Footprint").
-    code = (
-        "import gc, sys, weakref, agent.cli, agent.daemon\n"
-        "args = agent.cli.Args(**vars(agent.cli._parser().parse_args(['run', '--socket', 'x'])))\n"
-        "held = [weakref.ref(sys.modules[name]) for name in agent.cli.START_UP_ONLY]\n"
-        "agent.cli._forget_argparse()\n"
-        "gc.collect()\n"
-        "print(args.command, args.socket, [name for name in agent.cli.START_UP_ONLY if name in sys.modules],"
-        " sum(ref() is not None for ref in held))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["run", "x", "[]", "0"]
-
-
-def test_argparse_stays_where_something_else_holds_it() -> None:
-    code = (
-        "import sys, agent.cli\n"
-        "import argparse as used_here\n"
-        "agent.cli._parser().parse_args(['run'])\n"
-        "agent.cli._forget_argparse()\n"
-        "print(sys.modules.get('argparse') is used_here)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
