@@ -85,4 +85,3 @@ def test_an_idle_agent_does_not_load_what_only_the_broker_uses() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-

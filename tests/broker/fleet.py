@@ -85,8 +85,9 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Replica:
-        """Start, without waiting (``ready`` waits); several start at the same moment."""
+    def start(self, *, own_group: bool = False) -> Replica:
+        """Start, without waiting (``ready`` waits); several start at the same moment.
+        ``own_group``: in a process group of its own, as a terminal's foreground job is."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -103,6 +104,7 @@ class Replica:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=own_group,
             )
         return self
 

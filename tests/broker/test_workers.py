@@ -214,6 +214,65 @@ def test_one_scrape_counts_every_worker_never_goes_back_and_keeps_a_dead_workers
         assert broker.stop() == 0
 
 
+def test_ctrl_c_to_the_whole_process_group_under_load_stops_cleanly_and_loses_nothing(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    # Ctrl-C sends SIGINT to every process of the terminal's foreground group: the
+    # workers and the writer hear it at the same moment as the parent, and the parent's
+    # SIGTERM follows. Requests in flight still finish, each with its real answer.
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=2, database_pool_size=4)
+    broker.start(own_group=True)
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        server = set_up(broker.url, operator, seats=2_000)
+        granted: list[str] = []
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def acquire(worker: int) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {"encoder": f"E{worker}-{n}", "licence_type": ONE, "count": 1}
+                try:
+                    status, lease = call(f"{broker.url}/v1/leases", "POST", server, body, timeout=15)
+                except OSError:
+                    continue  # refused or cut: not acknowledged
+                answers.append(status)
+                if status == 201:
+                    granted.append(lease["id"])
+
+        load = [threading.Thread(target=acquire, args=(i,)) for i in range(4)]
+        for thread in load:
+            thread.start()
+        try:
+            while len(granted) < 40:
+                time.sleep(0.01)
+            os.killpg(broker.proc.pid, signal.SIGINT)
+            code = broker.proc.wait(20)
+        finally:
+            stop.set()
+            for thread in load:
+                thread.join(30)
+    finally:
+        broker.kill()
+    log = broker.log_path.read_text()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log and "exited" not in log, log[-3000:]
+    assert set(answers) == {201}, sorted(set(answers))
+    again = Replica("w", tmp_path, database_url or "", operator, workers=2, database_pool_size=4)
+    again.start()
+    try:
+        again.ready()
+        for lease_id in granted:
+            status, renewed = call(f"{again.url}/v1/leases/{lease_id}/renew", "POST", server, {})
+            assert status == 200, (lease_id, renewed)
+    finally:
+        assert again.stop() == 0
+
+
 def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     operator = new_token("op")
     broker = Replica("w", tmp_path, "", operator, workers=2)
