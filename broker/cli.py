@@ -259,6 +259,9 @@ def serve(cfg: configuration.Config) -> int:
     except OSError as exc:
         print(f"tenure-broker: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    # Imported once here, before the fork, rather than in every worker after it.
+    import broker.app  # noqa: F401
+
     # On SQLite one writer process runs the workers' hot transactions (broker.store.relay).
     relay = cfg.database is None and workers.SQLITE_WRITER
     # Every process writes what it counted here, for /metrics to sum (broker.figures).
