@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -70,24 +71,32 @@ class Proc:
         return self.proc.pid
 
     def usage(self) -> Usage:
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
-        rss = peak = 0.0
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
+        """The process and its children (a broker's workers and writer), summed: CPU; the
+        resident size as PSS (a page the forked processes share counts once, split among
+        them); and the sum of each one's peak VmHWM (an upper bound of the whole's peak)."""
+        cpu = rss = peak = 0.0
+        for pid in tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/status") as f:
+                    status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    rollup = dict(line.split(":", 1) for line in f.read().splitlines()[1:] if ":" in line)
+            except OSError:
+                continue  # gone meanwhile
+            cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+            rss += int(rollup.get("Pss", status["VmRSS"]).split()[0]) / 1024
+            peak += int(status["VmHWM"].split()[0]) / 1024
         return Usage(cpu, rss, peak)
 
     def reset_peak(self) -> None:
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass  # not permitted here: the peak is then since start
+        for pid in tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass  # not permitted here: the peak is then since start
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,6 +106,18 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a broker's workers and writer)."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found.extend(tree(int(child)))
+    return found
 
 
 def _started(proc: subprocess.Popen[bytes], port: int) -> Proc:
@@ -173,15 +194,35 @@ def start_broker(
     exe = shutil.which("tenure-broker", path=str(Path(sys.executable).parent))
     cmd = list(wrap) if wrap else [exe] if exe else [sys.executable, "-m", "broker.cli"]
     out = open(log or os.devnull, "ab")
-    proc = subprocess.Popen(
-        [*cmd, "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
-        env=settings,
-        stdout=out,
-        stderr=out,
-        cwd=ROOT,
-    )
-    out.close()
-    return _started(proc, port)
+    # READY=1 (sd_notify) comes once every worker answers; /healthz answers with the first.
+    with tempfile.TemporaryDirectory(prefix="tenure-bench-notify-") as tmp:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(f"{tmp}/notify")
+            proc = subprocess.Popen(
+                [*cmd, "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+                env={**settings, "NOTIFY_SOCKET": f"{tmp}/notify"},
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
+            )
+            out.close()
+            started = _started(proc, port)
+            _wait_ready(notify, started)
+    return started
+
+
+def _wait_ready(notify: socket.socket, broker: Proc, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        notify.settimeout(0.2)
+        try:
+            if b"READY=1" in notify.recv(4096).split(b"\n"):
+                return
+        except TimeoutError:
+            if broker.proc.poll() is not None:
+                raise RuntimeError(f"the broker exited with {broker.proc.returncode} before READY=1") from None
+    broker.stop()
+    raise RuntimeError(f"the broker sent no READY=1 within {timeout} s")
 
 
 def start_echo() -> Proc:

@@ -40,7 +40,7 @@ from typing import Any
 
 from bench import estate as setup
 from bench import load
-from bench.procs import CLK_TCK, Proc, machine_busy, start_broker, start_echo
+from bench.procs import CLK_TCK, Proc, machine_busy, start_broker, start_echo, tree
 
 LUA_COMMON = """
 local i = 0
@@ -110,18 +110,6 @@ class Line:
         )
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its children (a broker's workers)."""
-    found = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return found
-    for child in children:
-        found.extend(_tree(int(child)))
-    return found
-
-
 def _cpu(pids: list[int]) -> float:
     ticks = 0
     for pid in pids:
@@ -139,7 +127,7 @@ def run_wrk(label: str, server: Proc, lua: str, work: Path, *, connections: int,
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    pids = _tree(server.pid)
+    pids = tree(server.pid)
     each_before = [_cpu([pid]) for pid in pids]
     server_before, (busy_before, total_before) = _cpu(pids), machine_busy()
     proc = subprocess.Popen(
