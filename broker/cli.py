@@ -35,7 +35,6 @@ from shared.words import count
 
 if TYPE_CHECKING:
     from broker import books
-    from broker.store.base import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -293,7 +292,7 @@ def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
         secretfiles.secure_database_files(cfg.db_path)
         publishing = None
         if cfg.figures_dir is not None:
-            own = partial(writer_figures, store)
+            own = partial(figures.of_writer, store)
             publishing = asyncio.get_running_loop().create_task(figures.publish_loop(cfg.figures_dir, own))
         try:
             await serve_writer(store, socket_path(cfg.data_dir), ready)
@@ -313,13 +312,6 @@ def writer_process(cfg: configuration.Config, ready: Callable[[], None]) -> int:
         print(f"tenure-broker: writer: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def writer_figures(store: Store) -> figures.Figures:
-    """What the SQLite writer of ``serve --workers`` counted: its store's figures."""
-    from broker.api.exposition import process_figures
-
-    return figures.Figures(worker=figures.WRITER, pid=os.getpid(), store=store.stats, process=process_figures())
 
 
 def serve_process(
@@ -353,9 +345,7 @@ def serve_process(
             # A worker stops gracefully from now on; until now SIGTERM ended it at once,
             # with nothing in flight (a start-up cut short halfway may leave threads
             # behind that never let the process exit).
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _graceful_exit)
+            _stop_on_first_signal(asyncio.get_running_loop())
         if worker is None:
             base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
             log.info("console at %s/console/", base.rstrip("/"))
@@ -367,13 +357,6 @@ def serve_process(
         app = create_app(cfg, worker=worker or 0, housekeeping=not worker)
 
         async def on_shutdown(_app: web.Application) -> None:
-            if worker is not None:
-                # Stopping already: the parent's SIGTERM may follow a SIGINT that Ctrl-C
-                # sent the whole process group, and a second GracefulExit would cut the
-                # requests in flight short.
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, lambda: None)
             stopping()
 
         app.on_shutdown.append(on_shutdown)
@@ -404,8 +387,21 @@ def serve_process(
     return 0
 
 
-def _graceful_exit() -> None:
-    raise web.GracefulExit()
+def _stop_on_first_signal(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGTERM or SIGINT starts a graceful stop, once: Ctrl-C reaches the whole process
+    group and the parent's SIGTERM follows, and a second GracefulExit would cut the
+    requests in flight short."""
+
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if not stopping:  # both signals may already be queued when the first is handled
+            stopping = True
+            raise web.GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
 
 
 def _port(cfg: configuration.Config, sockets: list[socket.socket] | None) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.store.base import Histogram, StoreStats
+from broker.store.base import Histogram, Store, StoreStats
 
 log = logging.getLogger("tenure.broker")
 
@@ -51,6 +51,13 @@ class Figures:
     store: StoreStats = field(default_factory=StoreStats)
     streams_open: int = 0  # gauges from here on
     process: dict[str, float] = field(default_factory=dict)
+
+
+def of_writer(store: Store) -> Figures:
+    """What the SQLite writer of ``serve --workers`` counted: its store's figures."""
+    from broker.api.exposition import process_figures
+
+    return Figures(worker=WRITER, pid=os.getpid(), store=store.stats, process=process_figures())
 
 
 def _histogram(data: dict[str, Any]) -> Histogram:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from broker import workers
+from broker.config import Config
 from shared import __version__
 from tests.deploy.conftest import ROOT, free_port, need
 
@@ -345,7 +347,10 @@ def test_the_services_run_under_systemd(debian: Path, debs: dict[str, Path]) -> 
         # Started by postinst; Type=notify: "active" means READY=1 came, once listening.
         assert inside("systemctl", "is-active", "tenure-broker", "tenure-agent").stdout.split() == ["active"] * 2
         status = ok(inside("systemctl", "show", "--property=StatusText", "--value", "tenure-broker"))
-        assert status.strip() == "listening on http://127.0.0.1:8400"
+        # One worker per core by default (the container has the host's cores).
+        processes = workers.count(Config())
+        many = f"{processes} workers " if processes > 1 else ""
+        assert status.strip() == f"{many}listening on http://127.0.0.1:8400"
         # Enrol and lease through the running services, sandboxed as their units say.
         code = ok(inside("python3.11", "/root/setup.py")).strip()
         enroll = ["tenure-agent", "enroll", code, "--broker", "http://127.0.0.1:8400", "--name", "enc-7"]
