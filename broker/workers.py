@@ -131,14 +131,22 @@ class _Supervisor:
 
     def start(self, index: int) -> None:
         parent = os.getpid()
+        # Until the child has its own dispositions, a SIGTERM sent to it (the parent
+        # stopping at that moment) would run the parent's no-op handler and be lost: it
+        # waits, blocked, and the child's default action takes it once unblocked.
+        signals = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        else:  # the worker
             code = 1
             try:
                 _die_with_parent(parent)
                 signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                for sig in signals:
                     signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(self.ready_r)
                 os.close(self.wake_r)
                 for i, sockets in enumerate(self.sockets):
