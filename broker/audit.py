@@ -123,8 +123,12 @@ def record(
         "subject_id": subject_id,
         "details": _COMPACT.encode(details),
     }
-    prev = _head(tx, estate_id)
-    digest = hashlib.sha256(prev.encode("ascii") + _canonical_new(row)).hexdigest()
+    canonical = _canonical_new(row)
+    # One statement: the estate's last hash read and the link hashed inside the insert.
+    if tx.run("event_append", estate_id=estate_id, genesis=GENESIS, canonical=canonical, **row) == 1:
+        return
+    prev = _head(tx, estate_id)  # the estate's newest event is not chained yet: chain them first
+    digest = hashlib.sha256(prev.encode("ascii") + canonical).hexdigest()
     tx.run("event_insert", estate_id=estate_id, prev_hash=prev, hash=digest, **row)
 
 

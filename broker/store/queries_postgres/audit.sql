@@ -6,6 +6,20 @@ INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, poo
 VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
         :prev_hash, :hash)
 
+-- name: event_append
+-- The event chained onto the estate's newest event in one statement (broker.audit.record):
+-- prev_hash is that event's hash (:genesis for the estate's first), hash is SHA-256 over
+-- prev_hash's ASCII bytes followed by :canonical, as broker.audit.link computes it.
+-- Inserts nothing when the newest event has no hash yet (written before the chain): the
+-- caller then chains the estate's backlog and inserts with event_insert.
+INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
+                    prev_hash, hash)
+SELECT :estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
+       head.prev, encode(sha256(convert_to(head.prev, 'UTF8') || CAST(:canonical AS BYTEA)), 'hex')
+FROM (SELECT COALESCE((SELECT COALESCE(hash, '') FROM events WHERE estate_id = :estate_id
+                       ORDER BY id DESC LIMIT 1), CAST(:genesis AS TEXT)) AS prev) AS head
+WHERE head.prev <> ''
+
 -- name: event_last_hash
 -- The estate's newest event's link: what the next event chains onto.
 SELECT hash FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1
