@@ -7,12 +7,13 @@
 -- deleted), whether the encoder's soft-lock window has started in it, whether any server
 -- of the pool has limits, and the encoder's active lease if it has one (the l columns,
 -- NULL when not). Then a row with part 'due' per lease of the pool past exp, as
--- leases_due_in_pool reads them.
+-- leases_due_in_pool reads them. CROSS JOIN pins has_limits' plan as limits_in_pool's:
+-- the few limit rows are walked, not the pool's servers (20,000 of them at scale).
 SELECT 'binding' AS part, s.pool_id AS binding_pool_id, p.lease_seconds, p.soft_lock_hardware,
        p.soft_lock_container,
        EXISTS (SELECT 1 FROM encoder_windows w WHERE w.pool_id = s.pool_id AND w.encoder = :encoder)
          AS window_started,
-       EXISTS (SELECT 1 FROM server_limits sl JOIN servers ls ON ls.id = sl.server_id
+       EXISTS (SELECT 1 FROM server_limits sl CROSS JOIN servers ls ON ls.id = sl.server_id
                WHERE ls.pool_id = s.pool_id AND ls.removed_at IS NULL) AS has_limits,
        l.id, l.estate_id, l.pool_id, l.server_id, l.encoder, l.licence_type, l.count, l.state, l.created_at,
        l.renewed_at, l.expires_at, l.end_reason

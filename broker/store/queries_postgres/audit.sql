@@ -15,10 +15,11 @@ VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id,
 INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
                     prev_hash, hash)
 SELECT :estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
-       head.prev, encode(sha256(convert_to(head.prev, 'UTF8') || CAST(:canonical AS BYTEA)), 'hex')
-FROM (SELECT COALESCE((SELECT COALESCE(hash, '') FROM events WHERE estate_id = :estate_id
-                       ORDER BY id DESC LIMIT 1), CAST(:genesis AS TEXT)) AS prev) AS head
-WHERE head.prev <> ''
+       COALESCE(last.hash, CAST(:genesis AS TEXT)),
+       encode(sha256(convert_to(COALESCE(last.hash, CAST(:genesis AS TEXT)), 'UTF8') || CAST(:canonical AS BYTEA)), 'hex')
+FROM (SELECT 1 AS one) AS start
+LEFT JOIN (SELECT id, hash FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1) AS last ON TRUE
+WHERE last.id IS NULL OR last.hash IS NOT NULL
 
 -- name: event_last_hash
 -- The estate's newest event's link: what the next event chains onto.
