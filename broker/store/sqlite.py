@@ -168,9 +168,12 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
-def chain_link(prev_hash: str, canonical: bytes) -> str:
+def chain_link(prev_hash: str, canonical: bytes) -> str | None:
     """``broker.audit.link`` inside SQLite (``tenure_chain_link``), for the ``event_append``
-    query: SHA-256 over ``prev_hash``'s ASCII bytes followed by the event's canonical bytes."""
+    query: SHA-256 over ``prev_hash``'s ASCII bytes followed by the event's canonical bytes;
+    None for ``""`` (the estate's newest event is not chained yet)."""
+    if not prev_hash:
+        return None
     return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
 
 
