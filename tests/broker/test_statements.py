@@ -15,10 +15,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
+from broker.clock import ManualClock
 from broker.services import SERVICES
 from broker.store.sqlite import SqliteStore
 from tests.broker.leasing import Site, make_site
-from tests.conftest import Broker, ManualClock
+from tests.conftest import Broker
 
 
 @pytest.fixture
