@@ -123,9 +123,11 @@ def record(
         "subject_id": subject_id,
         "details": _COMPACT.encode(details),
     }
-    prev = _head(tx, estate_id)
-    digest = hashlib.sha256(prev.encode("ascii") + _canonical_new(row)).hexdigest()
-    tx.run("event_insert", estate_id=estate_id, prev_hash=prev, hash=digest, **row)
+    # One statement: the estate's last hash read and the link hashed inside the insert.
+    added = tx.one("event_append", estate_id=estate_id, genesis=GENESIS, canonical=_canonical_new(row), **row)
+    if added is None or added["hash"] is None:
+        # The estate's newest event predates the chain: chain its backlog, this one last.
+        _chain(tx, tx.all("events_unchained_of_estate", estate_id=estate_id), {})
 
 
 def _canonical_new(row: Mapping[str, Any]) -> bytes:
@@ -142,16 +144,6 @@ def _canonical_new(row: Mapping[str, Any]) -> bytes:
     )
     after = _COMPACT.encode({"pool_id": row["pool_id"], "subject_id": row["subject_id"]})
     return f'{before[:-1]},"details":{row["details"]},{after[1:]}'.encode("ascii")
-
-
-def _head(tx: Tx, estate_id: str) -> str:
-    """The estate's last hash: the ``prev_hash`` of its next event."""
-    last = tx.one("event_last_hash", estate_id=estate_id)
-    if last is None:
-        return GENESIS
-    if last["hash"] is None:  # events written by a broker before the chain: chain them first
-        return _chain(tx, tx.all("events_unchained_of_estate", estate_id=estate_id), {})[estate_id]
-    return str(last["hash"])
 
 
 def chain_backlog(tx: Tx, limit: int = 2000) -> int:

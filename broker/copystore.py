@@ -471,7 +471,8 @@ def _fill(conn: Any, source: sqlite3.Connection, table: Table, columns: Sequence
 
 def _set_sequences(conn: Any, source: sqlite3.Connection) -> None:
     """Each identity's next value past every id copied (and past SQLite's AUTOINCREMENT
-    high-water mark for events: an id once used is never handed out again)."""
+    high-water mark where a table has one: an id once used is never handed out again;
+    ``events`` has none since migration 0011, and the broker never deletes an event)."""
     from psycopg import sql
 
     marks = dict(source.execute("SELECT name, seq FROM sqlite_sequence").fetchall())

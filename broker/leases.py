@@ -108,13 +108,15 @@ def _end(
     actor: Principal | None,
     *,
     override: bool = False,
+    seats: list[Row] | None = None,
 ) -> None:
     """End the lease: its seats go back, held for its encoder inside its soft-lock window
-    unless ``override`` (an admin's), which also frees what was held for it before."""
+    unless ``override`` (an admin's), which also frees what was held for it before.
+    ``seats``: the lease's seats if this transaction has read them already."""
     if tx.run("lease_end", lease_id=lease["id"], state=state, now=int(now), reason=reason) != 1:
         return
     returned = []
-    for seat in tx.all("lease_seats", lease_id=lease["id"]):
+    for seat in seats if seats is not None else tx.all("lease_seats", lease_id=lease["id"]):
         tx.run("holding_unlease", pool_id=lease["pool_id"], purchase_id=seat["purchase_id"], count=seat["count"])
         returned.append((seat["purchase_id"], seat["count"]))
     policy: dict[str, Any] = {}
@@ -160,7 +162,10 @@ def _end(
 
 def lapse_due(tx: Tx, now: float, pool_id: str) -> int:
     """Lapse the pool's leases past ``exp``, so ``holdings.leased`` counts only live seats."""
-    due = tx.all("leases_due_in_pool", pool_id=pool_id, now=int(now))
+    return _lapse(tx, tx.all("leases_due_in_pool", pool_id=pool_id, now=int(now)))
+
+
+def _lapse(tx: Tx, due: list[Row]) -> int:
     for lease in due:
         _end(tx, lease["expires_at"], lease, "lapsed", "expired", None)
     return len(due)
@@ -288,10 +293,11 @@ def acquire(
     granted. ``encoder_kind`` picks the soft-lock window an encoder's first grant in the
     pool starts (``broker.policies``).
     """
-    pool = _binding(tx, server)
+    pool, lease, due = _grant_context(tx, now, server, encoder)
     tx.run("server_seen", server_id=server.server_id, now=int(now))
-    lapse_due(tx, now, pool["pool_id"])
-    lease = tx.one("lease_active_of_encoder", server_id=server.server_id, encoder=encoder)
+    _lapse(tx, due)  # as lapse_due(pool): the pool's leases past exp, read with the binding
+    if lease is not None and any(d["id"] == lease["id"] for d in due):
+        lease = None  # the encoder's own lease was among them: lapsed just now
     if count == 0:
         if lease is not None:
             _end(tx, now, lease, "released", "released", server)
@@ -347,7 +353,8 @@ def _grant_new(
     fresh, _ = _describe(now, fresh, seats, pool["lease_seconds"])
     _insert(tx, now, fresh)
     _lease_seats(tx, lease_id, pool_id, encoder, plan)
-    policies.start_window(tx, now, pool_id, encoder, encoder_kind)
+    if not pool["window_started"]:  # read with the binding; nothing since starts a window
+        policies.start_window(tx, now, pool_id, encoder, encoder_kind)
     grant = _grant(now, fresh, seats, pool["lease_seconds"], created=True)
     audit.record(
         tx,
@@ -478,27 +485,83 @@ def _changed(
     return grant
 
 
-def _binding(tx: Tx, server: Principal) -> Row:
+_LEASE = (
+    "id",
+    "estate_id",
+    "pool_id",
+    "server_id",
+    "encoder",
+    "licence_type",
+    "count",
+    "state",
+    "created_at",
+    "renewed_at",
+    "expires_at",
+    "end_reason",
+)
+_DUE = ("id", "estate_id", "pool_id", "server_id", "encoder", "licence_type", "count", "expires_at")
+
+
+def _bound(binding: Row | None) -> Row:
     """The server's pool as the database has it now, not as the principal cache does.
 
     A token's identity is cached for a few seconds per broker replica; a server removed
     or rebound through another replica must not take seats on a stale binding.
     """
+    if binding is None:
+        raise Unauthenticated("The token is unknown or has been revoked.")
+    return binding
+
+
+def _server_ids(server: Principal) -> tuple[str, str]:
     if not (server.server_id and server.estate_id):
         raise Unauthenticated("This route needs a server token.")
-    row = tx.one("server_binding", server_id=server.server_id, estate_id=server.estate_id)
-    if row is None:
-        raise Unauthenticated("The token is unknown or has been revoked.")
-    return row
+    return server.server_id, server.estate_id
 
 
-def _own_lease(tx: Tx, server: Principal, lease_id: str) -> tuple[Row, Row]:
-    """The server's lease, and the server's pool binding (``_binding``)."""
-    binding = _binding(tx, server)
-    lease = tx.one("lease_by_id", lease_id=lease_id)
-    if lease is None or lease["server_id"] != server.server_id:
+def _grant_context(tx: Tx, now: float, server: Principal, encoder: str) -> tuple[Row, Row | None, list[Row]]:
+    """The server's pool binding (``_bound``), the encoder's active lease, and the pool's
+    leases past ``exp``: one statement (``grant_context``) instead of three."""
+    server_id, estate_id = _server_ids(server)
+    rows = tx.all("grant_context", server_id=server_id, estate_id=estate_id, encoder=encoder, now=int(now))
+    binding = _bound(next((r for r in rows if r["part"] == "binding"), None))
+    pool = {
+        "pool_id": binding["binding_pool_id"],
+        "lease_seconds": binding["lease_seconds"],
+        "soft_lock_hardware": binding["soft_lock_hardware"],
+        "soft_lock_container": binding["soft_lock_container"],
+        "window_started": bool(binding["window_started"]),
+        "has_limits": bool(binding["has_limits"]),
+    }
+    lease = {k: binding[k] for k in _LEASE} if binding["id"] is not None else None
+    due = [{k: r[k] for k in _DUE} for r in rows if r["part"] == "due"]
+    return pool, lease, due
+
+
+def _own_lease(tx: Tx, server: Principal, lease_id: str) -> tuple[Row, Row, list[Row]]:
+    """The server's lease, the server's pool binding (``_bound``) and the lease's seats
+    (as ``lease_seats`` reads them): one statement (``lease_context``) instead of three."""
+    server_id, estate_id = _server_ids(server)
+    rows = tx.all("lease_context", server_id=server_id, estate_id=estate_id, lease_id=lease_id)
+    first = _bound(rows[0] if rows else None)
+    if first["id"] is None:
         raise NotFound("No such lease for this server.")
-    return lease, binding
+    binding = {"pool_id": first["binding_pool_id"], "lease_seconds": first["lease_seconds"]}
+    lease = {k: first[k] for k in _LEASE}
+    seats = [
+        {
+            "purchase_id": r["purchase_id"],
+            "count": r["seat_count"],
+            "sales_order": r["sales_order"],
+            "licence_type": r["seat_licence_type"],
+            "expires_at": r["seat_expires_at"],
+            "status": r["seat_status"],
+            "held_at": r["seat_held_at"],
+        }
+        for r in rows
+        if r["purchase_id"] is not None
+    ]
+    return lease, binding, seats
 
 
 def _gone(tx: Tx, now: float, server: Principal, lease: Row, reason: str) -> Gone:
@@ -518,13 +581,12 @@ def _gone(tx: Tx, now: float, server: Principal, lease: Row, reason: str) -> Gon
 
 def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
     """A new token and a later expiry, or ``Gone`` (the change is still committed)."""
-    lease, binding = _own_lease(tx, server, lease_id)
+    lease, binding, seats = _own_lease(tx, server, lease_id)
     tx.run("server_seen", server_id=server.server_id, now=int(now))
     if lease["state"] != "active":
         return _gone(tx, now, server, lease, "lapsed" if lease["state"] == "lapsed" else lease["state"])
-    seats = tx.all("lease_seats", lease_id=lease_id)
     if now >= lease["expires_at"] or any(now >= purchases.grace_end(s) for s in seats):
-        _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended", None)
+        _end(tx, now, lease, "lapsed", "expired" if now >= lease["expires_at"] else "grace_ended", None, seats=seats)
         return _gone(tx, now, server, lease, "lapsed")
     if binding["pool_id"] == lease["pool_id"]:
         lease_seconds = binding["lease_seconds"]  # the same pool row, read a moment ago
@@ -538,9 +600,9 @@ def renew(tx: Tx, now: float, server: Principal, lease_id: str) -> Grant | Gone:
 
 def release(tx: Tx, now: float, server: Principal, lease_id: str) -> None:
     """The agent gives the lease back. Idempotent."""
-    lease, _ = _own_lease(tx, server, lease_id)
+    lease, _, seats = _own_lease(tx, server, lease_id)
     if lease["state"] == "active":
-        _end(tx, now, lease, "released", "released", server)
+        _end(tx, now, lease, "released", "released", server, seats=seats)
 
 
 def revoke(

@@ -64,7 +64,10 @@ def plan_seats(
         ):
             mine[held["purchase_id"]] = int(held["mine"])
             others[held["purchase_id"]] = int(held["others"])
-    limits = policies.limits_in_pool(tx, now, pool_id).get(licence_type) or policies.Limits()
+    # ``has_limits``: whether any server of the pool has limits, read with the binding.
+    limits = (policies.limits_in_pool(tx, now, pool_id).get(licence_type) if pool["has_limits"] else None) or (
+        policies.Limits()
+    )
     own_row = limits.of(server.server_id or "")
     held_elsewhere = (own_row["in_use"] if own_row else 0) - replacing
     policies.check_max(limits, server.server_id or "", licence_type, held_elsewhere, after, n)

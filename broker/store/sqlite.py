@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -167,6 +168,15 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
+def chain_link(prev_hash: str, canonical: bytes) -> str | None:
+    """``broker.audit.link`` inside SQLite (``tenure_chain_link``), for the ``event_append``
+    query: SHA-256 over ``prev_hash``'s ASCII bytes followed by the event's canonical bytes;
+    None for ``""`` (the estate's newest event is not chained yet)."""
+    if not prev_hash:
+        return None
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
+
+
 def connect(path: Path, synchronous: str = "full") -> sqlite3.Connection:
     conn = sqlite3.connect(
         path,
@@ -176,6 +186,7 @@ def connect(path: Path, synchronous: str = "full") -> sqlite3.Connection:
         cached_statements=512,
     )
     conn.row_factory = _dict_row
+    conn.create_function("tenure_chain_link", 2, chain_link, deterministic=True)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = ON")

@@ -135,6 +135,23 @@ async def test_events_from_before_the_chain_are_chained_when_the_broker_starts(
     assert clean.returncode == 0, clean.stdout
 
 
+async def test_an_event_written_onto_an_unchained_log_chains_the_log_first(broker: Broker) -> None:
+    """The insert reads the estate's last hash itself (``event_append``); where that event
+    has none yet, the log is chained, the new event last, into the chain it would have had."""
+    est = await busy_estate(broker)
+    before = await events(broker, est)
+    # A log from before the chain (a broker chains it when it starts; here it meets a write).
+    assert broker.db.run("UPDATE events SET prev_hash = NULL, hash = NULL WHERE estate_id = ?", (est.id,)) > 1
+    await broker.purchase(est.id, "SO-NEW", quantity=1)
+    after = await events(broker, est)
+    assert [e["hash"] for e in after[:-1]] == [e["hash"] for e in before]  # the same chain, rebuilt
+    newest = after[-1]
+    assert newest["details"]["sales_order"] == "SO-NEW"
+    assert newest["prev_hash"] == before[-1]["hash"] and audit.link(newest["prev_hash"], newest) == newest["hash"]
+    whole = await broker.call("GET", f"{base(est)}/events/chain", est.admin, status=200)
+    assert whole["whole"] and whole["checked"] == len(after), whole
+
+
 async def test_the_api_verifies_the_chain_a_slice_at_a_time_and_names_a_break(broker: Broker) -> None:
     est = await busy_estate(broker)
     await busy_estate(broker, "Other")

@@ -176,3 +176,41 @@ def test_a_broker_refuses_a_schema_newer_than_it_knows(tmp_path: Path) -> None:
         f"tenure-broker: the database is at schema {LATEST + 3}; this broker knows up to {LATEST}: upgrade the broker"
     )
     assert user_version(db) == LATEST + 3 and schema(db) == before
+
+
+def test_events_lose_autoincrement_keeping_every_row_and_id(tmp_path: Path) -> None:
+    """0011 rebuilds ``events`` with a plain row id (no sqlite_sequence write per event):
+    every row, id and hash is kept, the index is back, and new ids follow the largest."""
+    db = tmp_path / "data" / "tenure.db"
+    seed_v1(db)
+    conn = connect(db, "normal")
+    try:
+        migrate(conn, upto=10)
+        conn.execute("BEGIN")
+        for i in range(3):
+            conn.execute(
+                "INSERT INTO events (estate_id, at, actor_kind, actor_name, action, subject_id, details, "
+                "prev_hash, hash) VALUES ('est_old', ?, 'operator', 'operator', 'estate.created', 'est_old', "
+                "'{}', ?, ?)",
+                (int(T0) + i, f"p{i}", f"h{i}"),
+            )
+        conn.execute("COMMIT")
+        columns = "id, estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details, "
+        columns += "prev_hash, hash"
+        before = conn.execute(f"SELECT {columns} FROM events ORDER BY id").fetchall()
+        assert "AUTOINCREMENT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()["sql"]
+        assert migrate(conn) == LATEST
+        after = conn.execute(f"SELECT {columns} FROM events ORDER BY id").fetchall()
+        assert after == before and len(after) == 4
+        table = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()["sql"]
+        assert "AUTOINCREMENT" not in table and "id          INTEGER PRIMARY KEY," in table
+        assert conn.execute("SELECT name FROM sqlite_sequence WHERE name = 'events'").fetchall() == []
+        index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events_estate'").fetchone()["sql"]
+        assert index == "CREATE INDEX events_estate ON events(estate_id, id)"
+        conn.execute(
+            "INSERT INTO events (estate_id, at, actor_kind, action, details) "
+            "VALUES ('est_old', 0, 'system', 'lease.lapsed', '{}')"
+        )
+        assert conn.execute("SELECT MAX(id) AS top FROM events").fetchone()["top"] == after[-1]["id"] + 1
+    finally:
+        conn.close()

@@ -34,3 +34,29 @@ def test_the_limits_every_acquire_reads_walk_the_limit_rows_not_the_pools_server
     assert "SEARCH s USING INDEX sqlite_autoindex_servers_1 (id=?)" in steps, steps
     # Each server's holding of the type is summed over its own leases, not the pool's.
     assert "SEARCH l USING INDEX leases_encoder (server_id=?)" in steps, steps
+
+
+def test_what_an_acquire_reads_first_is_index_seeks_and_the_limit_rows(tmp_path: Path) -> None:
+    steps = plan(tmp_path, "grant_context")
+    assert "SEARCH s USING INDEX sqlite_autoindex_servers_1 (id=?)" in steps, steps
+    assert "SEARCH l USING INDEX leases_encoder (server_id=? AND encoder=?) LEFT-JOIN" in steps, steps
+    assert "SEARCH w USING PRIMARY KEY (pool_id=? AND encoder=?)" in steps, steps
+    # Whether the pool has limits: the few limit rows, not the pool's servers.
+    assert "SCAN sl" in steps and "SEARCH ls USING INDEX sqlite_autoindex_servers_1 (id=?)" in steps, steps
+    assert not any("servers_pool" in s for s in steps), steps
+    assert "SEARCH l USING INDEX leases_pool_expiry (pool_id=? AND expires_at<?)" in steps, steps
+    assert [s for s in steps if s.startswith("SCAN ")] == ["SCAN sl"], steps
+
+
+def test_what_a_renewal_reads_first_is_index_seeks(tmp_path: Path) -> None:
+    steps = plan(tmp_path, "lease_context")
+    assert [s for s in steps if s.startswith("SCAN ")] == [], steps
+    assert "SEARCH l USING INDEX sqlite_autoindex_leases_1 (id=?) LEFT-JOIN" in steps, steps
+    assert "SEARCH ls USING PRIMARY KEY (lease_id=?) LEFT-JOIN" in steps, steps
+
+
+def test_an_audit_event_finds_its_estates_last_hash_by_the_index(tmp_path: Path) -> None:
+    steps = plan(tmp_path, "event_append")
+    # Two copies of one scalar subquery (prev_hash, and inside the hash): each one index search.
+    assert steps.count("SEARCH events USING INDEX events_estate (estate_id=?)") == 2, steps
+    assert [s for s in steps if s.startswith("SCAN ")] == [], steps

@@ -1,14 +1,23 @@
 -- The audit log (broker/audit.py).
 
--- name: event_insert
+-- name: event_append
+-- The event, chained onto the estate's newest event in the same statement
+-- (broker.audit.record): prev_hash is that event's hash (:genesis for the estate's first)
+-- and hash is SHA-256 over prev_hash's ASCII bytes followed by :canonical, as
+-- broker.audit.link computes it (tenure_chain_link, which broker.store.sqlite.connect
+-- registers on every connection). When that newest event has no hash yet (written before
+-- the chain), both links are left NULL and hash comes back NULL: the caller then chains
+-- the estate's unchained events, this one last. VALUES with scalar subqueries, not
+-- INSERT … SELECT FROM events: SQLite would copy the SELECT into a temporary table first
+-- (reading the table it inserts into), which cost more than a second statement.
 INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
                     prev_hash, hash)
 VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
-        :prev_hash, :hash)
-
--- name: event_last_hash
--- The estate's newest event's link: what the next event chains onto.
-SELECT hash FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1
+        NULLIF(COALESCE((SELECT IFNULL(hash, '') FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1),
+                        :genesis), ''),
+        tenure_chain_link(COALESCE((SELECT IFNULL(hash, '') FROM events WHERE estate_id = :estate_id
+                                    ORDER BY id DESC LIMIT 1), :genesis), :canonical))
+RETURNING hash
 
 -- name: event_hash_before
 SELECT hash FROM events WHERE estate_id = :estate_id AND id < :before ORDER BY id DESC LIMIT 1

@@ -1,14 +1,22 @@
 -- The audit log (broker/audit.py).
 
--- name: event_insert
+-- name: event_append
+-- The event, chained onto the estate's newest event in the same statement
+-- (broker.audit.record): prev_hash is that event's hash (:genesis for the estate's first)
+-- and hash is SHA-256 over prev_hash's ASCII bytes followed by :canonical, as
+-- broker.audit.link computes it. When that newest event has no hash yet (written before
+-- the chain), both links are left NULL and hash comes back NULL: the caller then chains
+-- the estate's unchained events, this one last.
 INSERT INTO events (estate_id, at, actor_kind, actor_id, actor_name, action, pool_id, subject_id, details,
                     prev_hash, hash)
-VALUES (:estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
-        :prev_hash, :hash)
-
--- name: event_last_hash
--- The estate's newest event's link: what the next event chains onto.
-SELECT hash FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1
+SELECT :estate_id, :at, :actor_kind, :actor_id, :actor_name, :action, :pool_id, :subject_id, :details,
+       CASE WHEN last.id IS NULL THEN CAST(:genesis AS TEXT) ELSE last.hash END,
+       CASE WHEN last.id IS NULL OR last.hash IS NOT NULL
+            THEN encode(sha256(convert_to(COALESCE(last.hash, CAST(:genesis AS TEXT)), 'UTF8')
+                               || CAST(:canonical AS BYTEA)), 'hex') END
+FROM (SELECT 1 AS one) AS start
+LEFT JOIN (SELECT id, hash FROM events WHERE estate_id = :estate_id ORDER BY id DESC LIMIT 1) AS last ON TRUE
+RETURNING hash
 
 -- name: event_hash_before
 SELECT hash FROM events WHERE estate_id = :estate_id AND id < :before ORDER BY id DESC LIMIT 1

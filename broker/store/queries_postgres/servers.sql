@@ -42,8 +42,3 @@ UPDATE servers SET pool_id = :pool_id WHERE id = :server_id
 
 -- name: server_seen
 UPDATE servers SET last_seen_at = :now WHERE id = :server_id AND (last_seen_at IS NULL OR last_seen_at < :now)
-
--- name: server_binding
-SELECT s.pool_id, p.lease_seconds, p.soft_lock_hardware, p.soft_lock_container FROM servers s JOIN pools p ON p.id = s.pool_id
-WHERE s.id = :server_id AND s.estate_id = :estate_id AND s.removed_at IS NULL
-  AND p.deleted_at IS NULL
