@@ -12,10 +12,13 @@ the secret key, the operator token) is made once; the others start when it answe
   in flight (up to 10 s) and closes its store; the parent exits 0 once all have exited
   cleanly (1 if one had to be killed or exited non-zero).
 - A worker that dies on its own is started again on its same socket (connections that
-  arrive meanwhile wait in that socket's queue). More than ``MAX_RESTARTS`` deaths in
-  ``RESTART_WINDOW`` seconds is a crash loop: the parent stops the rest and exits 1,
-  for the service manager to act on. A worker 0 that cannot start at all (a bad secret
-  key, a database it cannot open) ends the start-up with that worker's exit code.
+  arrive meanwhile wait in that socket's queue). One that dies before it answered (its
+  start-up needs the database, which may be down) is started again after a pause,
+  ``START_DELAY`` doubling to ``MAX_START_DELAY`` with jitter, and is no crash loop.
+  More than ``MAX_RESTARTS`` deaths in ``RESTART_WINDOW`` seconds is a crash loop: the
+  parent stops the rest and exits 1, for the service manager to act on. A worker 0 that
+  cannot start at all (a bad secret key, a database it cannot open) ends the start-up
+  with that worker's exit code.
 - Housekeeping (the lease reaper, the idempotency purge) runs in worker 0 only; every
   worker re-reads the signing keys on its own ``key_reload_seconds``.
 - On SQLite a writer process starts before worker 0 and runs the workers' hot writes
@@ -28,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import select
 import signal
 import socket
@@ -53,6 +57,8 @@ AUTO_MAX = 4
 SQLITE_WRITER = True
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+START_DELAY = 0.5  # after a start that failed, doubling to MAX_START_DELAY, with jitter
+MAX_START_DELAY = 10.0
 WRITER = 255  # the writer's index (broker.store.relay), beside workers 0..N-1
 PR_SET_PDEATHSIG = 1
 STOP_SECONDS = 15.0  # a worker's shutdown_timeout (10 s) and its store's close
@@ -128,6 +134,8 @@ class _Supervisor:
     figures_dir: Path | None
     children: dict[int, _Child] = field(default_factory=dict)  # by pid
     deaths: deque[float] = field(default_factory=deque)
+    waiting: dict[int, float] = field(default_factory=dict)  # index → when to start it again
+    failed_starts: dict[int, int] = field(default_factory=dict)  # index → starts failed in a row
 
     def start(self, index: int) -> None:
         parent = os.getpid()
@@ -169,6 +177,7 @@ class _Supervisor:
 
     def read_ready(self) -> None:
         for index in os.read(self.ready_r, 256):
+            self.failed_starts.pop(index, None)
             for child in self.children.values():
                 if child.index == index:
                     child.ready = True
@@ -242,6 +251,20 @@ class _Supervisor:
                 )
                 self.stop()
                 return code or 1
+            if not child.ready:
+                # It never answered (its start-up needs the database, which may be down):
+                # not a crash loop, but no hurry either.
+                tries = self.failed_starts[child.index] = self.failed_starts.get(child.index, 0) + 1
+                delay = min(MAX_START_DELAY, START_DELAY * 2 ** (tries - 1)) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
+                log.error(
+                    "worker %d (pid %d) exited %d before it answered: starting it again in %.1f s",
+                    child.index,
+                    child.pid,
+                    code,
+                    delay,
+                )
+                self.waiting[child.index] = time.monotonic() + delay
+                continue
             log.error("worker %d (pid %d) exited %d", child.index, child.pid, code)
             if self.crash_loop():
                 log.error("more than %d workers died within %g s: stopping", MAX_RESTARTS, RESTART_WINDOW)
@@ -249,6 +272,16 @@ class _Supervisor:
                 return 1
             self.start(child.index)
         return None
+
+    def start_the_waiting(self) -> float | None:
+        """Start each worker whose pause after a failed start is over; the seconds until
+        the next one's is (None: none waits)."""
+        now = time.monotonic()
+        for index, at in list(self.waiting.items()):
+            if at <= now:
+                del self.waiting[index]
+                self.start(index)
+        return max(0.0, min(self.waiting.values()) - now) if self.waiting else None
 
     def crash_loop(self) -> bool:
         now = time.monotonic()
@@ -285,8 +318,9 @@ def supervise(
             sup.start(WRITER)
         announced = False
         started = 0  # how many HTTP workers have been started
+        pause: float | None = None  # until a worker that failed to start is started again
         while True:
-            signals = sup.wait(None if sup.children else 0)
+            signals = sup.wait(pause if sup.children or pause is not None else 0)
             if signal.SIGTERM in signals or signal.SIGINT in signals:
                 log.info("stopping %d workers", len(sup.children))
                 notifier.stopping()
@@ -296,6 +330,7 @@ def supervise(
             failed = sup.restart_the_dead(announced)
             if failed is not None:
                 return failed
+            pause = sup.start_the_waiting()
             ready = {child.index for child in sup.children.values() if child.ready}
             if started == 0 and (writer is None or WRITER in ready):
                 sup.start(0)

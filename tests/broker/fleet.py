@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,12 +110,15 @@ class Replica:
         return self
 
     def ready(self, timeout: float = 30.0) -> None:
+        """Once every worker answers: the whole broker's "listening on … (pid N)" line (the
+        first worker answers /healthz before the others have started)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if call(f"{self.url}/healthz", timeout=1)[0] == 200:
+                listening = re.search(r"listening on \S+ \(pid \d+\)", self.log_path.read_text())
+                if listening and call(f"{self.url}/healthz", timeout=1)[0] == 200:
                     return
             except OSError:
                 pass

@@ -33,6 +33,8 @@ from broker.figures import PUBLISH_SECONDS
 from broker.ids import new_token
 from tests.broker.fleet import Replica, call, command
 from tests.broker.sse import SseReader
+from tests.postgres import PostgresServer
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -271,6 +273,35 @@ def test_ctrl_c_to_the_whole_process_group_under_load_stops_cleanly_and_loses_no
             assert status == 200, (lease_id, renewed)
     finally:
         assert again.stop() == 0
+
+
+def test_a_worker_that_cannot_start_while_the_database_is_down_is_tried_again_not_a_crash_loop(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    database = postgres_server.create()
+    proxy = TcpProxy.before(database)
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, proxy.url(database), operator, workers=2, database_timeout_seconds=0.5)
+    broker.start()
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        victim = next(pid for pid, index in workers_seen(broker.url, operator).items() if index == 1)
+        proxy.refuse()  # the database goes away, and worker 1 with it
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while broker.log_path.read_text().count("before it answered: starting it again") < 3:
+            assert time.monotonic() < deadline, broker.log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        assert broker.proc.poll() is None  # failed starts are no crash loop: the broker stays
+        proxy.restore()
+        deadline = time.monotonic() + 20  # the pause before the next try is at most 10 s
+        while sorted((now := workers_seen(broker.url, operator, workers=2)).values()) != [0, 1] or victim in now:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+    finally:
+        assert broker.stop() == 0
+        proxy.close()
 
 
 def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ class BrokerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: kill() takes every worker with it
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -125,9 +126,10 @@ class BrokerProcess:
         raise RuntimeError(f"broker did not start: {self.log_path.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        """SIGKILL: no clean-up, no final flush."""
+        """SIGKILL to every process of the broker at once (its workers and writer too):
+        no clean-up, no final flush, as in a crash of the machine."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self) -> None:
