@@ -10,6 +10,7 @@ from functools import partial
 from broker import idempotency, leases, usage
 from broker.errors import StorageUnavailable
 from broker.services import Services
+from broker.store.relay import relayed
 from shared import words
 
 log = logging.getLogger("tenure.reaper")
@@ -26,7 +27,9 @@ async def lapse_due(svc: Services) -> None:
     the loop must outlive any one bad round."""
     try:
         now = svc.clock.now()
-        count = await svc.store.write(partial(leases.reap, now=now))
+        # relayed: under serve --workers on SQLite the writer runs it, as it runs the
+        # renewals; a second process taking SQLite's write lock would stall them.
+        count = await svc.store.write(relayed(leases.reap, now=now))
         if count:
             log.info("lapsed %s that were neither renewed nor released", words.count(count, "lease"))
     except StorageUnavailable as exc:
@@ -62,7 +65,7 @@ async def purge_idempotency(svc: Services) -> None:
     """One round of ``purge_loop``: forget idempotency records past their day. Never
     raises: one failed round (the database away, or worse) must not end the purging."""
     try:
-        await svc.store.write(partial(idempotency.purge, now=svc.clock.now()))
+        await svc.store.write(relayed(idempotency.purge, now=svc.clock.now()))
     except StorageUnavailable as exc:
         log.warning("idempotency purge: %s", exc.detail)
     except Exception:
@@ -82,7 +85,7 @@ async def sample_usage(svc: Services) -> int:
     try:
         now = svc.clock.now()
         for estate_id in await svc.store.read(partial(usage.estates_due, now=now)):
-            if await svc.store.write(partial(usage.sample, now=now, estate_id=estate_id)):
+            if await svc.store.write(relayed(usage.sample, now=now, estate_id=estate_id)):
                 sampled += 1
     except StorageUnavailable as exc:
         log.warning("usage sampler: %s", exc.detail)
