@@ -17,10 +17,9 @@ A caller outside its rules gets ``403 forbidden``, and sees only its own encoder
 domains in the lists. Errors are ``application/problem+json`` with a ``code``, as the
 broker's.
 
-Served by aiohttp's low-level server (``aiohttp.web_server.Server``) and a five-route
-table here, not by ``aiohttp.web.Application``: the application, router and runner
-modules cost the resident agent about 1.3 MB for nothing it needs (docs/agent.md,
-"Footprint"). Parsing, keep-alive and body limits are still aiohttp's.
+Served by ``agent/http1.py`` (aiohttp's request parser, answers written there) and a
+five-route table here, not by aiohttp's server classes, which cost the resident agent
+about 1 MB for nothing it needs (docs/agent.md, "Footprint").
 """
 
 from __future__ import annotations
@@ -37,18 +36,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
-from aiohttp.web_exceptions import HTTPException
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import Response, StreamResponse, json_response
-from aiohttp.web_server import Server
-
 from agent.access import Caller, Scope, peer_credentials
 from agent.clock import wait_event
 from agent.host import Host
+from agent.http1 import Request, Response, Server, json_response
 from agent.keeper import Keeper
 from agent.records import Want
 
@@ -93,7 +84,7 @@ def _serial(serial: str) -> str:
     return serial
 
 
-def _float_query(request: BaseRequest, name: str, default: float) -> float:
+def _float_query(request: Request, name: str, default: float) -> float:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -143,7 +134,7 @@ def _visible(scope: Scope, keeper: Keeper) -> bool:
     return scope.may(keeper.encoder, _domains(keeper))
 
 
-async def get_status(host: Host, request: BaseRequest, scope: Scope) -> Response:
+async def get_status(host: Host, request: Request, scope: Scope) -> Response:
     probe = request.query.get("probe", "") in ("1", "true", "yes")
     status = await host.status(probe=probe)
     if not scope.everything:
@@ -156,15 +147,15 @@ async def get_status(host: Host, request: BaseRequest, scope: Scope) -> Response
     return json_response(status)
 
 
-async def list_encoders(host: Host, request: BaseRequest, scope: Scope) -> Response:
+async def list_encoders(host: Host, request: Request, scope: Scope) -> Response:
     keepers = [host.runner.keepers[s] for s in sorted(host.runner.keepers)]
     items = [k.view(with_token=False) for k in keepers if _visible(scope, k)]
     return json_response({"items": items})
 
 
-async def _want_from(request: BaseRequest) -> Want:
+async def _want_from(request: Request) -> Want:
     try:
-        body = await request.json()
+        body = request.json()
     except ValueError as exc:
         raise Problem(400, "validation_error", "the body must be a JSON object") from exc
     if not isinstance(body, dict):
@@ -190,7 +181,7 @@ async def _want_from(request: BaseRequest) -> Want:
     return Want(licence_type, count, domain, kind)
 
 
-async def put_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
+async def put_lease(host: Host, request: Request, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     want = await _want_from(request)
     _authorise(scope, serial, host.runner.get(serial), want)
@@ -204,7 +195,7 @@ async def put_lease(host: Host, request: BaseRequest, scope: Scope, serial: str)
     return json_response(keeper.view())
 
 
-async def get_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
+async def get_lease(host: Host, request: Request, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
     keeper = _keeper_or_404(host, serial, scope)
     raw_version = request.query.get("version")
@@ -217,7 +208,7 @@ async def get_lease(host: Host, request: BaseRequest, scope: Scope, serial: str)
     return json_response(keeper.view())
 
 
-async def release_binding(host: Host, request: BaseRequest, server_id: str) -> Response:
+async def release_binding(host: Host, request: Request, server_id: str) -> Response:
     # Only who could rewrite bindings.json anyway may empty a whole binding of its leases.
     caller = _caller(request)
     if caller is None or caller.uid not in (0, os.geteuid()):
@@ -229,7 +220,7 @@ async def release_binding(host: Host, request: BaseRequest, server_id: str) -> R
     return json_response(dataclasses.asdict(outcome))
 
 
-async def delete_lease(host: Host, request: BaseRequest, scope: Scope, serial: str) -> Response:
+async def delete_lease(host: Host, request: Request, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 10.0)
     _keeper_or_404(host, serial, scope)
     keeper = await host.runner.withdraw(serial)
@@ -242,8 +233,8 @@ async def delete_lease(host: Host, request: BaseRequest, scope: Scope, serial: s
     return json_response({"encoder": serial, "state": state})
 
 
-Plain = Callable[[Host, BaseRequest, Scope], Awaitable[Response]]
-PerEncoder = Callable[[Host, BaseRequest, Scope, str], Awaitable[Response]]
+Plain = Callable[[Host, Request, Scope], Awaitable[Response]]
+PerEncoder = Callable[[Host, Request, Scope, str], Awaitable[Response]]
 
 ROUTES: dict[str, dict[str, Plain]] = {
     "/v1/status": {"GET": get_status},
@@ -254,17 +245,17 @@ ENCODER_ROUTES: dict[str, PerEncoder] = {"PUT": put_lease, "GET": get_lease, "DE
 BINDING_RELEASE = re.compile(r"/v1/bindings/([A-Za-z0-9_-]{1,128})/release")
 
 
-def _not_allowed(request: BaseRequest, allowed: Iterable[str]) -> Problem:
+def _not_allowed(request: Request, allowed: Iterable[str]) -> Problem:
     methods = sorted(allowed)
     return Problem(405, "method_not_allowed", f"{request.method} is not allowed here (only {', '.join(methods)})")
 
 
-def _caller(request: BaseRequest) -> Caller | None:
+def _caller(request: Request) -> Caller | None:
     transport = request.transport
     return peer_credentials(transport.get_extra_info("socket") if transport is not None else None)
 
 
-def _scope(host: Host, request: BaseRequest) -> Scope:
+def _scope(host: Host, request: Request) -> Scope:
     """What the process on the other end may act for; 403 if nothing at all."""
     access = host.config.local_api
     if not access.allow:
@@ -279,7 +270,7 @@ def _scope(host: Host, request: BaseRequest) -> Scope:
     return scope
 
 
-async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
+async def dispatch(host: Host, request: Request) -> Response:
     """Route ``request`` to its handler; every error comes back as a problem document."""
     try:
         scope = _scope(host, request)
@@ -304,11 +295,6 @@ async def dispatch(host: Host, request: BaseRequest) -> StreamResponse:
         raise Problem(404, "not_found", "Not Found")
     except Problem as exc:
         return _problem(exc.status, exc.code, exc.detail, **exc.extra)
-    except HTTPException as exc:  # e.g. a body over MAX_BODY
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "bad_request")
-        return _problem(exc.status, code, exc.reason)
 
 
 def _claim_socket(path: Path) -> None:
@@ -333,49 +319,22 @@ class LocalServer:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.path = host.config.socket
-        self._server: Server | None = None
-        self._busy = 0  # requests being handled
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._server = Server(lambda request: dispatch(host, request), _problem, max_body=MAX_BODY)
         self._listener: asyncio.Server | None = None
 
     @property
     def busy(self) -> int:
         """How many requests are being handled (long polls included)."""
-        return self._busy
+        return self._server.busy
 
     @property
     def serving(self) -> bool:
         return self._listener is not None
 
-    def _request(
-        self,
-        message: RawRequestMessage,
-        payload: StreamReader,
-        protocol: RequestHandler,
-        writer: AbstractStreamWriter,
-        task: asyncio.Task[None],
-    ) -> BaseRequest:
-        loop = asyncio.get_running_loop()
-        return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
-
     async def start(self) -> None:
         config = self.host.config
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _claim_socket(self.path)
-        host = self.host
-
-        async def handle(request: BaseRequest) -> StreamResponse:
-            self._busy += 1
-            self._idle.clear()
-            try:
-                return await dispatch(host, request)
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
-
-        self._server = Server(handle, request_factory=self._request, access_log=None)
         # Create the socket with no more access than it will finally have.
         old_umask = os.umask(0o777 & ~config.socket_mode)
         try:
@@ -394,11 +353,9 @@ class LocalServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        if self._server is not None:
             await asyncio.sleep(0)  # let requests already accepted start
-            self._server.pre_shutdown()
-            await wait_event(self.host.clock, self._idle, grace)
-            await self._server.shutdown(CUT_TIMEOUT)
-            self._server = None
+            self._server.close_idle()
+            await wait_event(self.host.clock, self._server.idle, grace)
+            await self._server.cut(CUT_TIMEOUT)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
