@@ -8,6 +8,8 @@ so that the module stays fast.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,57 @@ def test_typos_spend_none_of_the_brokers_failure_budget(
     out, err = capsys.readouterr()
     assert err.count("check the digits and type it again") == 12
     assert out.startswith('Enrolled server "enc-host-9"')
+
+
+PLAIN_RUNS = [
+    ["run"],
+    ["run", "--config", "/etc/a.toml"],
+    ["run", "--config=/etc/a.toml", "--state-dir", "/var/x", "--socket=/run/s.sock"],
+    ["run", "--socket", "/a", "--socket", "/b"],  # the last one counts, as in argparse
+    ["run", "--state-dir=a=b"],
+    ["run", "--socket="],
+    ["run", "--socket=-x"],
+]
+LEFT_TO_ARGPARSE = [
+    ["run", "--sock", "/a"],  # an abbreviation argparse accepts
+    ["run", "--socket", "-x"],
+    ["run", "--socket"],
+    ["run", "extra"],
+    ["run", "--help"],
+    ["run", "--", "--socket", "/a"],
+    ["status", "--socket", "/a"],
+    [],
+]
+
+
+@pytest.mark.parametrize("argv", PLAIN_RUNS)
+def test_run_is_read_without_argparse_exactly_as_argparse_reads_it(argv: list[str]) -> None:
+    from agent.cli import _parser, _plain_run
+
+    plain = _plain_run(argv)
+    assert plain is not None
+    assert vars(plain) == vars(_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", LEFT_TO_ARGPARSE)
+def test_anything_but_a_plain_run_is_left_to_argparse(argv: list[str]) -> None:
+    from agent.cli import _plain_run
+
+    assert _plain_run(argv) is None
+
+
+def test_the_service_unit_command_line_is_read_without_argparse(tmp_path: Path) -> None:
+    unit = (Path(__file__).parents[2] / "deploy/systemd/tenure-agent.service").read_text()
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    from agent.cli import _plain_run
+
+    assert _plain_run(exec_start.split()[1:]) is not None
+    # ...so the service never imports it: a `run` that cannot start still got that far.
+    code = (
+        "import sys\n"
+        "from agent.cli import main\n"
+        f"code = main(['run', '--config', {str(tmp_path / 'missing.toml')!r}])\n"
+        "print(code, 'argparse' in sys.modules, 'gettext' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False", "False"]

@@ -83,7 +83,7 @@ def test_an_idle_agent_does_not_load_what_only_the_broker_uses() -> None:
     code = (
         "import sys, agent.cli, agent.daemon\n"
         "print(sorted(m for m in sys.modules if m.startswith("
-        "('cryptography.hazmat.primitives.serialization', 'aiohttp.web', 'html'))))"
+        "('cryptography.hazmat.primitives.serialization', 'aiohttp.web', 'html', 'argparse'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
