@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # connection is kept open.
 READ_LIMIT = 2**16
 KEEPALIVE_TIMEOUT = 75.0
+# Requests read ahead of the one being answered (pipelined) before the connection is
+# no longer read (one read of the socket may bring more, no further read does): with the
+# wait for a full socket to drain, what a caller that never reads can make us hold.
+MAX_QUEUED = 16
 
 
 class BodyError(Exception):
@@ -127,6 +131,7 @@ class Connection(BaseProtocol):
         self._arrived = asyncio.Event()
         self._reading: StreamReader | None = None  # the body being read
         self._broken = False  # the parser refused the stream: nothing after it is read
+        self._held = False  # not reading: MAX_QUEUED requests wait
         self._idle_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.handling = False
@@ -151,6 +156,9 @@ class Connection(BaseProtocol):
             self._queue.extend(messages)
         if self._queue:
             self._arrived.set()
+        if len(self._queue) >= MAX_QUEUED and self.transport is not None:
+            self._held = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # close the transport: an answer still owed cannot be written anyway
@@ -186,6 +194,9 @@ class Connection(BaseProtocol):
             await self._arrived.wait()
         if self.transport is None:
             return None
+        if self._held and len(self._queue) <= MAX_QUEUED // 2:
+            self._held = False
+            self.transport.resume_reading()
         return self._queue.popleft()
 
     async def _serve(self) -> None:
@@ -209,6 +220,11 @@ class Connection(BaseProtocol):
             self._answer(response, close=close)
             if close:
                 return
+            if self.writing_paused:  # a caller that does not read its answers: wait for it
+                try:
+                    await self._drain_helper()
+                except ConnectionError:
+                    return
             self._idle()
 
     async def _handle(self, message: RawRequestMessage, payload: StreamReader) -> tuple[Response | None, bool]:

@@ -52,6 +52,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
             raise RuntimeError("a bug")
         if request.path == "/slow":
             await served.release.wait()
+        if request.path == "/big":
+            return Response(200, b"x" * 65536, "text/plain")
         return json_response(
             {"method": request.method, "path": request.path, "q": request.query.get("q"), "body": request.body.decode()}
         )
@@ -82,6 +84,24 @@ async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     raw = b"".join(f"PUT /{i} HTTP/1.1\r\nHost: agent\r\nContent-Length: 1\r\n\r\n{i}".encode() for i in range(5))
     answers = await served.exchange(raw, answers=5)
     assert [json.loads(body)["body"] for _, _, body in answers] == ["0", "1", "2", "3", "4"]
+
+
+async def test_a_caller_that_sends_without_reading_is_held_back_then_answered_in_full(served: Served) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(served.path))
+    requests = 60
+    writer.write(b"GET /big HTTP/1.1\r\nHost: agent\r\n\r\n" * requests)
+    await asyncio.sleep(0.3)  # no answer is read meanwhile: ~4 MB of them are owed
+    [connection] = served.server.connections
+    assert connection.writing_paused  # the socket is full: the server waits for the caller
+    assert connection.transport is not None
+    assert connection.transport.get_write_buffer_size() < 2**20  # ...holding about one answer
+    for _ in range(requests):
+        status, _, body = await read_answer(reader)
+        assert (status, len(body)) == (200, 65536)
+    writer.write(b"GET /after HTTP/1.1\r\nHost: agent\r\n\r\n")  # read again once drained
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)["path"]) == (200, "/after")
+    writer.close()
 
 
 async def test_a_chunked_body_is_read_whole(served: Served) -> None:
