@@ -161,7 +161,7 @@ class Connection(BaseProtocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        return False  # close the transport: an answer still owed cannot be written anyway
+        return False  # the caller stopped sending: close, as aiohttp's server does
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
