@@ -418,7 +418,12 @@ class SqliteStore:
                 _settle_all(await self._run_batch(batch))
                 if self._pending:
                     # Let the callers just answered send their responses, and requests
-                    # already read join the next batch, before the loop is taken again.
+                    # already read join the next batch, before the loop is taken again:
+                    # one turn for the callers to resume, and one more for what they leave
+                    # to the end of their turn (the writer of ``broker.store.relay`` sends
+                    # a batch's answers in one write then). With one turn, those answers
+                    # waited behind the next batch's jobs (up to BATCH_LOOP_SECONDS).
+                    await asyncio.sleep(0)
                     await asyncio.sleep(0)
         finally:
             self._flusher = None

@@ -37,3 +37,33 @@ async def test_committed_rows_reach_the_database_file_without_the_writer(tmp_pat
             conn.close()
     finally:
         await store.close()
+
+
+async def test_what_a_batchs_callers_leave_to_the_end_of_their_turn_runs_before_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    # The writer of ``serve --workers`` sends a batch's answers in one write at the end of
+    # the loop's turn in which its callers resumed: that must come before the next batch
+    # takes the loop, or the answers wait behind its jobs.
+    store = await SqliteStore.open(tmp_path / "tenure.db")
+    seen: list[tuple[str, int]] = []
+
+    async def caller(i: int) -> None:
+        await store.write(lambda tx: job(tx, i))
+        asyncio.get_running_loop().call_soon(seen.append, ("sent", i))
+
+    def job(tx: object, i: int) -> None:
+        seen.append(("ran", i))
+        if i == 4:  # the second batch: queued while the first one commits
+            later.extend(asyncio.ensure_future(caller(n)) for n in range(5, 10))
+
+    later: list[asyncio.Future[None]] = []
+    try:
+        await asyncio.gather(*(caller(i) for i in range(5)))
+        await asyncio.gather(*later)
+        assert len(later) == 5
+        await asyncio.sleep(0)
+        first_of_second_batch = seen.index(("ran", 5))
+        assert all(seen.index(("sent", i)) < first_of_second_batch for i in range(5)), seen
+    finally:
+        await store.close()
