@@ -7,6 +7,9 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+import broker.store.sqlite
 from broker import estates
 from broker.principal import Principal
 from broker.store.sqlite import SqliteStore
@@ -67,3 +70,43 @@ async def test_what_a_batchs_callers_leave_to_the_end_of_their_turn_runs_before_
         assert all(seen.index(("sent", i)) < first_of_second_batch for i in range(5)), seen
     finally:
         await store.close()
+
+
+def _wal_frames(db: Path) -> int:
+    """How many frames the WAL file has room for: it is written again from its beginning
+    when SQLite restarts it, and only ever grows in length otherwise."""
+    size = db.with_name(db.name + "-wal").stat().st_size
+    return max(0, (size - 32) // (4096 + 24))
+
+
+async def test_the_wal_starts_again_from_its_beginning_under_writes_that_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writers that send their next write the moment the last one is answered: the flusher
+    # never idles, so a checkpoint beside it never finds the WAL copied whole when a batch
+    # begins. The WAL must still be written again from its beginning, not grow for ever.
+    monkeypatch.setattr(broker.store.sqlite, "CHECKPOINT_SECONDS", 0.01)
+    monkeypatch.setattr(broker.store.sqlite, "WAL_RESTART_FRAMES", 64)
+    db = tmp_path / "tenure.db"
+    store = await SqliteStore.open(db)
+    created = 0
+
+    async def writer(n: int) -> None:
+        nonlocal created
+        for i in range(150):
+            await store.write(lambda tx, i=i: estates.create(tx, 0, OPERATOR, f"E{n}-{i}", "A", 3600))
+            created += 1
+
+    try:
+        await asyncio.gather(*(writer(n) for n in range(16)))
+        assert created == 16 * 150
+        assert store.stats.commits < created  # they did share batches: the flusher was busy
+        frames = _wal_frames(db)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM estates").fetchone()[0] == created
+    finally:
+        conn.close()
+    assert frames < 3000, frames  # 12,000 and growing when it never starts again
