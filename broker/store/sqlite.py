@@ -17,7 +17,9 @@ jittered sleeps for up to ``BUSY_WAIT`` seconds, then the batch fails with
 ``StorageUnavailable``. Reads run on the reader thread, one hand-off per read however
 many queries it makes (``python -m bench.reader`` measures it against aiosqlite, which
 costs a hand-off per statement). WAL checkpoints run from a task on the loop through
-an aiosqlite connection, where one statement every half second is all there is.
+an aiosqlite connection, where one statement every half second is all there is; once
+the WAL is long, one small checkpoint between two batches lets SQLite restart it, which
+under steady load it otherwise never does.
 
 A batch runs its jobs on the loop for at most ``BATCH_LOOP_SECONDS``; the jobs it did
 not reach go back to the head of the queue for the next batch, so that answers and new
