@@ -106,11 +106,6 @@ class _Outbox:
 class RelayedSqliteStore(SqliteStore):
     """A worker's ``SqliteStore`` that sends ``relayed`` write jobs to the writer."""
 
-    # The writer's store checkpoints the file for every process of the broker (and restarts
-    # the WAL, which only its write connection can do under load); one in each worker too
-    # only took turns with it at the WAL's checkpoint lock.
-    checkpoints = False
-
     def __init__(self, path: Path, synchronous: str = "full", ids: IdSource = new_id) -> None:
         super().__init__(path, synchronous, ids)
         self.relay_path = socket_path(path.parent)

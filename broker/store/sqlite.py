@@ -282,9 +282,6 @@ class SqliteStore:
     ids from ``ids`` (random by default).
     """
 
-    checkpoints = True
-    """Whether this store checkpoints the WAL (``_checkpoints``)."""
-
     def __init__(self, path: Path, synchronous: str = "full", ids: IdSource = new_id) -> None:
         self.path = path
         self.synchronous = synchronous
@@ -315,8 +312,7 @@ class SqliteStore:
         await asyncio.to_thread(store._prepare)
         await store._reconnect()
         store._reader_thread.start()
-        if store.checkpoints:
-            store._checkpointer = asyncio.get_running_loop().create_task(store._checkpoints())
+        store._checkpointer = asyncio.get_running_loop().create_task(store._checkpoints())
         return store
 
     def _prepare(self) -> None:

@@ -12,7 +12,6 @@ import pytest
 import broker.store.sqlite
 from broker import estates
 from broker.principal import Principal
-from broker.store.relay import RelayedSqliteStore
 from broker.store.sqlite import SqliteStore
 
 OPERATOR = Principal(kind="operator", token_hash=b"")
@@ -111,21 +110,3 @@ async def test_the_wal_starts_again_from_its_beginning_under_writes_that_never_p
     finally:
         conn.close()
     assert frames < 3000, frames  # 12,000 and growing when it never starts again
-
-
-async def test_a_workers_relayed_store_leaves_the_checkpoints_to_the_writer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(broker.store.sqlite, "CHECKPOINT_SECONDS", 0.01)
-    writer = await SqliteStore.open(tmp_path / "tenure.db")
-    worker = await RelayedSqliteStore.open(tmp_path / "tenure.db")
-    try:
-        for _ in range(500):
-            if writer.stats.checkpoints >= 3:
-                break
-            await asyncio.sleep(0.01)
-        assert writer.stats.checkpoints >= 3
-        assert worker.stats.checkpoints == 0
-    finally:
-        await worker.close()
-        await writer.close()
