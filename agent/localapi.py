@@ -153,7 +153,7 @@ async def list_encoders(host: Host, request: Request, scope: Scope) -> Response:
     return json_response({"items": items})
 
 
-async def _want_from(request: Request) -> Want:
+def _want_from(request: Request) -> Want:
     try:
         body = request.json()
     except ValueError as exc:
@@ -183,7 +183,7 @@ async def _want_from(request: Request) -> Want:
 
 async def put_lease(host: Host, request: Request, scope: Scope, serial: str) -> Response:
     wait = _float_query(request, "wait", 0.0)
-    want = await _want_from(request)
+    want = _want_from(request)
     _authorise(scope, serial, host.runner.get(serial), want)
     if host.bindings().get(want.domain) is None:
         what = f'domain "{want.domain}"' if want.domain else "this host"
