@@ -505,8 +505,8 @@ _DUE = ("id", "estate_id", "pool_id", "server_id", "encoder", "licence_type", "c
 def _bound(binding: Row | None) -> Row:
     """The server's pool as the database has it now, not as the principal cache does.
 
-    A token's identity is cached for a few seconds per broker replica; a server removed
-    or rebound through another replica must not take seats on a stale binding.
+    A server token's identity is cached for minutes in each process of each replica; a
+    server removed or rebound through another one must not take seats on a stale binding.
     """
     if binding is None:
         raise Unauthenticated("The token is unknown or has been revoked.")

@@ -1,12 +1,15 @@
-"""Token → principal lookups, cached so that a request's auth costs no database hop.
+"""Token → principal lookups; a server token's is cached, so that a renewal's auth costs
+no database hop.
 
-A removal in this process (admin, server) drops the entry at once. Otherwise an admin
-token's entry lives a few seconds, the bound on how long an admin removed through
-another replica keeps access. A server token's entry lives minutes: agents renew every
-few minutes or hours, so a short life would make almost every renewal pay a database
-read, and nothing is lost by it, because acquire, renew and release re-read the
-server's binding inside their own transaction (``leases._binding``) and refuse a removed
-server there.
+An admin's token is looked up on every request: admin requests are few, and a removed
+admin must lose access at once in every process of the broker (its workers) and every
+replica, not after a cache's life in the ones that did not remove it. A token that
+matched nothing is remembered a few seconds (no new token can have been asked for
+before it existed). A server token's entry lives minutes: agents renew every few minutes
+or hours, so a short life would make almost every renewal pay a database read, and
+nothing is lost by it, because acquire, renew and release re-read the server's binding
+inside their own transaction (``leases._binding``) and refuse a removed server there; a
+removal in this process drops the entry at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from broker.clock import Clock
 from broker.principal import Principal
 from broker.store.base import Store, Tx
 
-TTL_SECONDS = 5.0  # admins, and tokens that matched nothing
+TTL_SECONDS = 5.0  # tokens that matched nothing
 SERVER_TTL_SECONDS = 300.0
 MAX_ENTRIES = 200_000
 
@@ -34,7 +37,9 @@ class PrincipalCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         principal = await self.store.read(lambda tx: lookup(tx, digest))
-        ttl = SERVER_TTL_SECONDS if principal is not None and principal.kind == "server" else TTL_SECONDS
+        if principal is not None and principal.kind != "server":
+            return principal  # an admin: read again next time (see the module's docstring)
+        ttl = SERVER_TTL_SECONDS if principal is not None else TTL_SECONDS
         self._entries[digest] = (now + ttl, principal)
         self._entries.move_to_end(digest)
         while len(self._entries) > MAX_ENTRIES:

@@ -79,6 +79,15 @@ async def test_a_removed_admins_session_ends_on_every_broker(pair: tuple[Broker,
     assert r.status == 401 and (await r.json())["code"] == "session_ended"
 
 
+async def test_a_removed_admins_token_stops_working_on_every_broker_at_once(pair: tuple[Broker, Broker]) -> None:
+    a, b = pair
+    est = await a.estate()
+    bob = await a.call("POST", f"/v1/estates/{est['id']}/admins", est["admin_token"], {"name": "Bob"}, 201)
+    await b.call("GET", "/v1/me", bob["token"], status=200)  # b has just looked Bob's token up
+    await a.call("DELETE", f"/v1/estates/{est['id']}/admins/{bob['id']}", est["admin_token"], status=204)
+    await b.call("GET", "/v1/me", bob["token"], status=401)  # at once, not after a cache's life
+
+
 async def test_a_console_session_survives_a_restart(
     aiohttp_client: MakeClient, config_factory: Callable[..., Any], clock: ManualClock, operator_token: str
 ) -> None:
