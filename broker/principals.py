@@ -8,8 +8,9 @@ matched nothing is remembered a few seconds (no new token can have been asked fo
 before it existed). A server token's entry lives minutes: agents renew every few minutes
 or hours, so a short life would make almost every renewal pay a database read, and
 nothing is lost by it, because acquire, renew and release re-read the server's binding
-inside their own transaction (``leases._binding``) and refuse a removed server there; a
-removal in this process drops the entry at once.
+inside their own transaction (``leases._binding``) and refuse a removed server there, and
+the event stream looks the token up afresh when it opens (``fresh``); a removal in this
+process drops the entry at once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class PrincipalCache:
         while len(self._entries) > MAX_ENTRIES:
             self._entries.popitem(last=False)
         return principal
+
+    async def fresh(self, digest: bytes) -> Principal | None:
+        """``resolve`` from the database, never the cache (and the cache put right): for
+        what a server's cached binding would get wrong, such as the event stream, which
+        follows the server's pool for as long as it stays open."""
+        self._entries.pop(digest, None)
+        return await self.resolve(digest)
 
     def forget(self, *, admin_id: str | None = None, server_id: str | None = None) -> None:
         for digest, (_, p) in list(self._entries.items()):

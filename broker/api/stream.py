@@ -25,7 +25,7 @@ from functools import partial
 from aiohttp import web
 
 from broker.api.http import REQUEST_ID, authenticate, route, services
-from broker.errors import ValidationFailed
+from broker.errors import Unauthenticated, ValidationFailed
 from broker.push import events
 from broker.push.events import Event
 from broker.push.hub import Hub, Subscription
@@ -150,6 +150,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     server = await authenticate(request, ("server",))
     after = _last_event_id(request)
     svc = services(request)
+    # The server as the database has it now: one removed or moved to another pool through
+    # another worker or replica must not open a stream on what this one cached.
+    current = await svc.principals.fresh(server.token_hash)
+    if current is None:
+        raise Unauthenticated("The token is unknown or has been revoked.")
+    server = current
     hub = request.app[HUB]
     server_id = server.server_id or ""
     # Subscribed before the backlog is read: whatever commits in between arrives through

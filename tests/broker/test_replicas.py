@@ -88,6 +88,19 @@ async def test_a_removed_admins_token_stops_working_on_every_broker_at_once(pair
     await b.call("GET", "/v1/me", bob["token"], status=401)  # at once, not after a cache's life
 
 
+async def test_a_server_removed_through_one_broker_cannot_open_a_stream_on_another(
+    pair: tuple[Broker, Broker],
+) -> None:
+    a, b = pair
+    site = await make_site(a)
+    r = await b.client.get("/v1/stream", headers={"Authorization": f"Bearer {site.server}"})
+    assert r.status == 200  # b has looked the server's token up (and caches it for minutes)
+    r.close()
+    await a.call("DELETE", f"/v1/estates/{site.estate_id}/servers/{site.server_id}", site.admin, status=204)
+    r = await b.client.get("/v1/stream", headers={"Authorization": f"Bearer {site.server}"})
+    assert r.status == 401 and (await r.json())["code"] == "unauthenticated"
+
+
 async def test_a_console_session_survives_a_restart(
     aiohttp_client: MakeClient, config_factory: Callable[..., Any], clock: ManualClock, operator_token: str
 ) -> None:
