@@ -395,6 +395,14 @@ class SqliteStore:
         # No checkpoint inside a COMMIT: it would stall every request waiting for the next
         # batch while the database file is written and flushed. _checkpoints does it.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # Each job of a batch runs in a SAVEPOINT, whose journal keeps the earlier contents
+        # of the pages it changes. SQLite keeps that journal in memory only up to 64 KB,
+        # then moves it to a file of its own in /var/tmp, made and unlinked for every such
+        # batch: with a batch of acquires it did so on every COMMIT (10-30 µs of the
+        # writer's CPU per acquire, docs/performance.md), and a broker with no writable
+        # temporary directory (/var/tmp, /tmp or its working directory: a read-only
+        # container) could not commit one. In memory it is freed at each RELEASE.
+        conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
     async def _drop_conn(self) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +112,49 @@ async def test_the_wal_starts_again_from_its_beginning_under_writes_that_never_p
     finally:
         conn.close()
     assert frames < 3000, frames  # 12,000 and growing when it never starts again
+
+
+def _temp_files() -> list[str]:
+    """SQLite's own temporary files this process holds open (made, then unlinked at once)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if "etilqs_" in target:
+            found.append(target)
+    return found
+
+
+async def test_a_batch_keeps_its_jobs_savepoint_journals_in_memory(tmp_path: Path) -> None:
+    # Every job of a batch runs in a SAVEPOINT whose journal keeps the earlier contents of
+    # the pages the job changes. Past 64 KB SQLite moved it into a file of its own (in
+    # /var/tmp, unlinked at once, held open until the COMMIT), made anew by every batch of
+    # acquires: CPU the writer spent on every commit, and a failure wherever no temporary
+    # directory can be written.
+    db = tmp_path / "tenure.db"
+    store = await SqliteStore.open(db)
+    try:
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        conn.executemany("INSERT INTO scratch VALUES (?, zeroblob(2000))", [(i,) for i in range(128)])
+        conn.commit()
+        conn.close()
+        seen: list[list[str]] = []
+        runs = iter(range(1, 100))
+
+        def touch_every_row(tx: Any) -> None:
+            # 128 rows of 2 KB on some 64 pages, each job writing other bytes (SQLite does
+            # not write a row back unchanged): ~256 KB of savepoint journal per job
+            tx._conn.execute("UPDATE scratch SET v = zeroblob(2000 + ?)", (next(runs),))
+
+        def look(_tx: Any) -> None:
+            seen.append(_temp_files())
+
+        writes = [store.write(touch_every_row), store.write(touch_every_row), store.write(look)]
+        await asyncio.gather(*writes)
+        assert store.stats.commits == 1  # one batch
+        assert seen == [[]]
+    finally:
+        await store.close()
