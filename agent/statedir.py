@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def check_writable(path: Path) -> None:
     directory's owner can fail (a root-squashed network file system, a user namespace),
     and a code spent on a binding the service cannot read is a code lost.
     """
-    probe = path / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
+    probe = path / f".probe.{os.getpid()}.{os.urandom(4).hex()}"
     owner = None
     try:
         owner = folder_owner(path)

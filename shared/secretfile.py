@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 
 SECRET_MODE = 0o600
@@ -40,7 +39,9 @@ def write_secret(path: Path, data: bytes, mode: int = SECRET_MODE, *, owner: tup
     ``owner`` (uid, gid), when given, owns the file from before it takes ``path``'s name.
     ``rename`` replaces a symlink at ``path`` itself rather than writing through it.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.urandom, which is what secrets.token_hex reads: the agent's service need not keep
+    # secrets and hmac resident for a file name (docs/agent.md, "Footprint").
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:

@@ -79,12 +79,14 @@ def test_the_keeper_knows_nothing_of_its_owners() -> None:
 def test_an_idle_agent_does_not_load_what_only_the_broker_uses() -> None:
     # PEM handling (cryptography's serialization, ~1 MB resident) is the broker's, and so
     # are aiohttp's server classes (~1 MB; the local API has its own, agent/http1.py), and
-    # argparse is the other commands' (`run` reads its options itself, agent/cli.py): the
-    # agent's `run` must not pay for them (docs/agent.md, "Footprint").
+    # argparse is the other commands' (`run` reads its options itself, agent/cli.py); a
+    # temporary file's name needs no secrets and hmac (os.urandom): the agent's `run` must
+    # not pay for them (docs/agent.md, "Footprint").
     code = (
         "import sys, agent.cli, agent.daemon\n"
         "print(sorted(m for m in sys.modules if m.startswith("
-        "('cryptography.hazmat.primitives.serialization', 'aiohttp.web', 'html', 'argparse'))))"
+        "('cryptography.hazmat.primitives.serialization', 'aiohttp.web', 'html', 'argparse',"
+        " 'secrets', 'hmac'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
