@@ -58,8 +58,8 @@ def test_a_symlink_planted_at_the_temporary_name_is_not_followed(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_text("precious")
     target = tmp_path / "code-key"
-    monkeypatch.setattr("shared.secretfile.secrets.token_hex", lambda n: "guessed")
-    planted = tmp_path / f".code-key.{os.getpid()}.guessed.tmp"
+    monkeypatch.setattr("shared.secretfile.os.urandom", lambda n: b"\x9e" * n)
+    planted = tmp_path / f".code-key.{os.getpid()}.9e9e9e9e.tmp"
     planted.symlink_to(elsewhere)
     with pytest.raises(FileExistsError):
         write_secret(target, b"secret")
