@@ -99,7 +99,29 @@ class Keeper:
 
     ``record`` is the encoder's entry in the lease state: from construction on, only
     the keeper changes it.
+
+    An idle keeper holds as little as it can, as the agent keeps one per encoder for
+    months (docs/agent.md, "Footprint"): slots, no events of its own (a flag and, while
+    its task waits, one future; the event long polls wait on is made only when one does).
     """
+
+    __slots__ = (
+        "_changed",
+        "_deps",
+        "_in_flight",
+        "_lost",
+        "_offline",
+        "_renew_soon",
+        "_revoked",
+        "_shown",
+        "_waiter",
+        "_woken",
+        "encoder",
+        "finished",
+        "record",
+        "task",
+        "version",
+    )
 
     def __init__(self, record: EncoderRecord, deps: KeeperDeps) -> None:
         self.record = record
@@ -113,10 +135,15 @@ class Keeper:
         # Leases the broker said (on its stream) are revoked: a grant for one of them that
         # was in flight meanwhile is not handed out (see ``revoked``).
         self._revoked: dict[str, str] = {}  # lease id: the error code it was revoked with
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
+        # Set by every intent method, cleared by the loop when it looks again; ``_waiter``
+        # is what the loop's task awaits meanwhile (see ``_wait``).
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
+        # Set on every change, for long polls (``wait_changed``); made when one waits.
+        self._changed: asyncio.Event | None = None
         self.task: asyncio.Task[None] | None = None
-        self.finished = asyncio.Event()
+        # True once the encoder's lease is released and the task has ended.
+        self.finished = False
         # While a new lease is being saved, the encoder is shown what it was last told:
         # the view from before the change (see _store).
         self._shown: dict[str, Any] | None = None
@@ -153,7 +180,7 @@ class Keeper:
         r.halted = None
         r.error = None
         self._lost = False
-        self._wake.set()
+        self._wake_up()
         self._announce()
 
     def withdraw(self) -> None:
@@ -162,7 +189,7 @@ class Keeper:
         r.want = None
         r.halted = None
         r.error = None
-        self._wake.set()
+        self._wake_up()
         self._announce()
 
     def binding_removed(self, binding: Binding, code: str) -> None:
@@ -173,7 +200,7 @@ class Keeper:
         )
         if on_it and r.halted != "revoked":
             self._revoke(code, "this server or domain was removed by an administrator")
-            self._wake.set()
+            self._wake_up()
 
     def revoked(self, server_id: str, lease_id: str, code: str) -> None:
         """The broker says at once (``agent/stream.py``) that an administrator revoked or
@@ -185,7 +212,7 @@ class Keeper:
         held = self.record.held
         if held is not None and held.lease_id == lease_id and held.server_id == server_id:
             self._revoke(code, _REVOKED_DETAIL.format(code.removeprefix("lease_")))
-            self._wake.set()
+            self._wake_up()
 
     def _revoked_meanwhile(self, lease_id: str) -> bool:
         """True if the broker's stream said ``lease_id`` was revoked while a request that
@@ -205,7 +232,7 @@ class Keeper:
         held = self.record.held
         if held is not None and held.server_id == server_id:
             self._renew_soon = True
-            self._wake.set()
+            self._wake_up()
 
     def bindings_changed(self) -> None:
         """A binding was added or replaced: retry if we stopped for want of one."""
@@ -214,31 +241,60 @@ class Keeper:
             r.halted = None
             r.error = None
             self._announce()
-            self._wake.set()
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        """Make the loop look again at what the encoder wants (see ``_wait``)."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, seconds: float | None) -> bool:
+        """Wait until woken (True) or for ``seconds`` of the clock (False); ``None``
+        waits to be woken alone. As ``wait_event`` on an event, with one future instead
+        of an event, its waiter and a second task."""
+        if self._woken:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sleeper: asyncio.Future[None] | None = None
+        if seconds is not None:
+
+            def slept(_: object) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            sleeper = asyncio.ensure_future(self._deps.clock.sleep(seconds))
+            sleeper.add_done_callback(slept)
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if sleeper is not None and not sleeper.done():
+                sleeper.cancel()
+                await asyncio.gather(sleeper, return_exceptions=True)
+        return self._woken
 
     def _announce(self) -> None:
         """Bump the version and wake everyone waiting for a change."""
         self.version = self._deps.next_version()
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     async def wait_changed(self, version: int, within: float) -> None:
         """Return when the version is no longer ``version``, or ``within`` seconds (clock)."""
-        deadline = self._deps.clock.monotonic() + within
-        while self.version == version and not self.finished.is_set():
-            left = deadline - self._deps.clock.monotonic()
+        clock = self._deps.clock
+        deadline = clock.monotonic() + within
+        # Finishing announces a change too: the version alone tells.
+        while self.version == version and not self.finished:
+            left = deadline - clock.monotonic()
             if left <= 0:
                 return
-            event = self._changed
-            waiter = asyncio.ensure_future(event.wait())
-            finished = asyncio.ensure_future(self.finished.wait())
-            sleeper = asyncio.ensure_future(self._deps.clock.sleep(left))
-            try:
-                await asyncio.wait({waiter, finished, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (waiter, finished, sleeper):
-                    task.cancel()
-                await asyncio.gather(waiter, finished, sleeper, return_exceptions=True)
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await wait_event(clock, self._changed, left)
 
     @property
     def saving(self) -> bool:
@@ -301,7 +357,7 @@ class Keeper:
         r = self.record
         clock = self._deps.clock
         while True:
-            self._wake.clear()
+            self._woken = False
             if r.want is None:
                 if r.held is not None and clock.monotonic() < r.held.deadline:
                     await self._retrying(self._release)
@@ -316,10 +372,10 @@ class Keeper:
                 self._lose()
                 continue
             if r.held is None and r.halted is not None:
-                await wait_event(clock, self._wake, None)
+                await self._wait(None)
                 continue
             if r.held is not None and (r.halted is not None or self._matches(r.held, r.want)):
-                if not self._renew_soon and await wait_event(clock, self._wake, r.held.renew_at - clock.monotonic()):
+                if not self._renew_soon and await self._wait(r.held.renew_at - clock.monotonic()):
                     continue
                 self._renew_soon = False
                 await self._retrying(self._renew)
@@ -363,7 +419,7 @@ class Keeper:
         return held is not None and self._deps.clock.monotonic() >= held.deadline
 
     async def _sleep(self, seconds: float) -> None:
-        if await wait_event(self._deps.clock, self._wake, seconds):
+        if await self._wait(seconds):
             raise _Woken
 
     def _failed(self, state: RetryCallState) -> None:
@@ -387,7 +443,7 @@ class Keeper:
 
     def _finish(self) -> None:
         self._deps.on_finished(self)
-        self.finished.set()
+        self.finished = True
         self._announce()
 
     def _lose(self) -> None:

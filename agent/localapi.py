@@ -227,9 +227,9 @@ async def delete_lease(host: Host, request: Request, scope: Scope, serial: str) 
     assert keeper is not None
     if wait:
         deadline = host.clock.monotonic() + wait
-        while not keeper.finished.is_set() and (left := deadline - host.clock.monotonic()) > 0:
+        while not keeper.finished and (left := deadline - host.clock.monotonic()) > 0:
             await keeper.wait_changed(keeper.version, left)
-    state = "released" if keeper.finished.is_set() else "releasing"
+    state = "released" if keeper.finished else "releasing"
     return json_response({"encoder": serial, "state": state})
 
 
