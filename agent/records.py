@@ -18,7 +18,7 @@ from shared.secret import Secret
 LEASES_FILE = "leases.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Want:
     """What an encoder asked for. ``kind`` (``hardware`` or ``container``) picks the
     broker's soft-lock window for the encoder; None leaves the broker's default."""
@@ -44,7 +44,7 @@ class Want:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Held:
     """A lease the broker granted, with its verified token.
 
@@ -145,7 +145,7 @@ class Held:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class EncoderRecord:
     """One encoder's persisted state: its wish, its lease, and why it stopped trying.
 
