@@ -12,6 +12,9 @@
         │   └── TokenRejected       a lease token failed verification; never served
         └── BrokerRefused           a final 4xx answer (``code``, ``status``, ``body``)
 
+``CommandExit`` is none of these: a command of ``tenure-agent`` ending with its exit code
+(``agent/cli.py`` and ``agent/commands.py``).
+
 Transport errors are always wrapped (``raise BrokerUnavailable(...) from exc``), so that
 nothing above ``agent/client.py`` needs to know aiohttp's exception tree.
 """
@@ -23,6 +26,18 @@ from typing import Any
 
 class AgentError(Exception):
     """An error the command line shows as one line, without a traceback."""
+
+
+# ``tenure-agent``'s exit codes (agent/cli.py says what each means).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_BROKER_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+class CommandExit(Exception):
+    """``tenure-agent`` ends with exit code ``code``, and ``message`` (if any) on stderr."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 class ConfigError(AgentError):

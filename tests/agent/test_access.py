@@ -28,12 +28,12 @@ NOBODY, OTHER, STRANGER = 65534, 4242, 4243
 # which other users cannot read), then becomes ``uid`` for good and asks the agent.
 CHILD = r"""
 import json, os, sys
-import agent.bindings, agent.cli, agent.encoder_client
+import agent.bindings, agent.cli, agent.commands, agent.encoder_client
 from agent.encoder_client import _UnixConnection
 
 uid = int(sys.argv[1])
 if sys.argv[2] == "cli":
-    agent.cli._parser().parse_args(sys.argv[3:])  # argparse imports what it needs lazily
+    agent.commands.parse(sys.argv[3:])  # argparse imports what it needs lazily
 os.setgroups([])
 os.setresgid(uid, uid, uid)
 os.setresuid(uid, uid, uid)

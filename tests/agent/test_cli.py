@@ -133,11 +133,12 @@ LEFT_TO_ARGPARSE = [
 
 @pytest.mark.parametrize("argv", PLAIN_RUNS)
 def test_run_is_read_without_argparse_exactly_as_argparse_reads_it(argv: list[str]) -> None:
-    from agent.cli import _parser, _plain_run
+    from agent.cli import _plain_run
+    from agent.commands import parse
 
     plain = _plain_run(argv)
     assert plain is not None
-    assert vars(plain) == vars(_parser().parse_args(argv))
+    assert vars(plain) == vars(parse(argv))
 
 
 @pytest.mark.parametrize("argv", LEFT_TO_ARGPARSE)

@@ -59,7 +59,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_is_read() -> None:
     edges = graph()
     assert "agent.keeper" in edges["agent.runner"]
-    assert "agent.encoder_client" in edges["agent.cli"]  # one import is under TYPE_CHECKING
+    assert "agent.encoder_client" in edges["agent.commands"]  # one import is under TYPE_CHECKING
 
 
 def test_no_module_of_the_agent_imports_in_a_circle() -> None:
@@ -72,21 +72,23 @@ def test_cycle_finds_a_circle() -> None:
 
 
 def test_the_keeper_knows_nothing_of_its_owners() -> None:
-    owners = {"agent.runner", "agent.host", "agent.daemon", "agent.localapi", "agent.cli"}
+    owners = {"agent.runner", "agent.host", "agent.daemon", "agent.localapi", "agent.cli", "agent.commands"}
     assert not graph()["agent.keeper"] & owners
 
 
 def test_an_idle_agent_does_not_load_what_only_the_broker_uses() -> None:
     # PEM handling (cryptography's serialization, ~1 MB resident) is the broker's, and so
     # are aiohttp's server classes (~1 MB; the local API has its own, agent/http1.py), and
-    # argparse is the other commands' (`run` reads its options itself, agent/cli.py); a
-    # temporary file's name needs no secrets and hmac (os.urandom): the agent's `run` must
-    # not pay for them (docs/agent.md, "Footprint").
+    # argparse and the other commands are the other commands' (`run` reads its options
+    # itself, agent/cli.py; the rest is agent/commands.py); a temporary file's name needs
+    # no secrets and hmac (os.urandom): the agent's `run` must not pay for them
+    # (docs/agent.md, "Footprint").
     code = (
         "import sys, agent.cli, agent.daemon\n"
         "print(sorted(m for m in sys.modules if m.startswith("
         "('cryptography.hazmat.primitives.serialization', 'aiohttp.web', 'html', 'argparse',"
-        " 'secrets', 'hmac'))))"
+        " 'secrets', 'hmac', 'agent.commands', 'agent.encoder_client', 'agent.enroll',"
+        " 'shared.words'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
