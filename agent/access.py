@@ -34,7 +34,6 @@ import os
 import pwd
 import socket
 import struct
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -198,6 +197,8 @@ class Access:
     def from_setting(cls, raw: Any) -> Access:
         """From the config file's table, or the same table as TOML text (environment)."""
         if isinstance(raw, str):
+            import tomllib  # read at start only: see agent/cli.py, _load_config
+
             try:
                 raw = tomllib.loads(raw)
             except tomllib.TOMLDecodeError as exc:

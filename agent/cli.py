@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.errors import (
     EXIT_ERROR,
     EXIT_NOT_RUNNING,
@@ -81,10 +81,28 @@ def _setup_logging(level: str, log_format: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# What reading the settings imports and the service never uses again.
+READ_ONCE = ("tomllib",)
+
+
+def _load_config(args: argparse.Namespace | SimpleNamespace) -> Config:
+    """The service's settings. TOML is read once, at start: the modules that read it
+    (``READ_ONCE``, about 150 KB of Python objects), if this reading imported them, are
+    let go afterwards, their memory then reused by the service (docs/agent.md,
+    "Footprint"). Nothing of the agent holds them: each imports ``tomllib`` inside the
+    function that reads; a later import would load them afresh."""
+    before = set(sys.modules)
+    config = load_config(args.config, overrides={"state_dir": args.state_dir, "socket": args.socket})
+    for name in set(sys.modules) - before:
+        if name in READ_ONCE or name.startswith(tuple(f"{m}." for m in READ_ONCE)):
+            del sys.modules[name]
+    return config
+
+
 def cmd_run(args: argparse.Namespace | SimpleNamespace) -> int:
     from agent.daemon import serve
 
-    config = load_config(args.config, overrides={"state_dir": args.state_dir, "socket": args.socket})
+    config = _load_config(args)
     _setup_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))

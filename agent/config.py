@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +155,8 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
 
 
 def _read_file(path: Path, known: Collection[str]) -> dict[str, Any]:
+    import tomllib  # read at start only: see agent/cli.py, _load_config
+
     try:
         # Settings at the top level or under an [agent] table.
         table = file_settings(path, "agent", [*known, "agent"])
@@ -175,6 +176,8 @@ def _read_file(path: Path, known: Collection[str]) -> dict[str, Any]:
 def _sibling_local_api(path: Path) -> dict[str, Any]:
     """A ``[local_api]`` table beside ``[agent]``: read, never silently ignored (it is
     what keeps one tenant's software from another's leases)."""
+    import tomllib
+
     with path.open("rb") as handle:
         document = tomllib.load(handle)
     if "agent" in document and "local_api" in document:

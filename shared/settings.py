@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,6 +137,8 @@ def file_settings(path: Path, section: str, known: Collection[str]) -> dict[str,
     Raises ``OSError`` (unreadable), ``tomllib.TOMLDecodeError``, ``NotATable`` or
     ``UnknownSetting`` (a key that is no setting).
     """
+    import tomllib  # imported when a file is read: a service can let it go afterwards
+
     with path.open("rb") as handle:
         data = tomllib.load(handle)
     table = data.get(section, data)

@@ -163,3 +163,38 @@ def test_the_service_unit_command_line_is_read_without_argparse(tmp_path: Path) 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False", "False"]
+
+
+READ_SETTINGS = """
+import gc, sys, types
+from pathlib import Path
+from types import SimpleNamespace
+{before}
+from agent.cli import _load_config
+
+config = _load_config(SimpleNamespace(config=Path(sys.argv[1]), state_dir=None, socket=None))
+gc.collect()
+modules = [o for o in gc.get_objects() if isinstance(o, types.ModuleType)]
+alive = sorted({{m.__name__ for m in modules if m.__name__.startswith("tomllib")}})
+print(config.log_level, config.retry_max, len(config.local_api.allow), "tomllib" in sys.modules, alive)
+"""
+
+
+@pytest.mark.parametrize(
+    ("before", "expected"),
+    [
+        # The service reads its settings with tomllib, then lets it go: not in sys.modules,
+        # and nothing of the agent keeps it alive (docs/agent.md, "Footprint").
+        ("", "debug 30.0 1 False []"),
+        # Imported before the agent read its settings: not the agent's to let go.
+        ("import tomllib", "debug 30.0 1 True ['tomllib', 'tomllib._parser', 'tomllib._re', 'tomllib._types']"),
+    ],
+)
+def test_the_service_lets_tomllib_go_once_its_settings_are_read(before: str, expected: str, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\nlog_level = "debug"\nretry_max = 30.0\n\n[local_api]\nallow = [{ user = "root", domains = ["-"] }]\n'
+    )
+    code = READ_SETTINGS.format(before=before)
+    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
