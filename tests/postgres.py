@@ -66,7 +66,7 @@ class PostgresServer:
     ``_definition`` reads it) the same as a pristine schema's, migrated once per run and
     never handed out. It is renamed first, so that a broker a test left running can no
     longer reach it, then every row deleted, the identity sequences restarted, and the
-    rows the migrations insert copied from the pristine schema: ~30 ms. Anything else
+    rows the migrations insert copied from the pristine schema: ~15 ms. Anything else
     (a test that changed the schema, a lock that does not come) and it is dropped, as
     before, and a new one migrated.
     """
@@ -180,7 +180,8 @@ class PostgresServer:
 
         Not at once: a fixture's finalizer may run before the broker that uses the database
         is closed (pytest tears fixtures down in its own order), and that broker's last
-        background write must not meet a missing table. The next ``create`` drops it.
+        background write must not meet a missing table. The next ``create`` reuses or
+        drops it.
         """
         self._stale.append(url)
 
