@@ -111,8 +111,10 @@ def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-async def _held_writer(b: Broker, burst: list[Awaitable[Any]]) -> list[Any]:
-    """Start ``burst`` while the flusher is held in BEGIN, so the requests queue up."""
+async def _held_writer(b: Broker, burst: list[Awaitable[Any]], queued: list[str] | None = None) -> list[Any]:
+    """Start ``burst`` while the flusher is held in BEGIN, so the requests queue up;
+    ``queued`` is given the encoders of the acquires in the order they queued (their
+    requests reach the store in whatever order their connections are served)."""
     store = b.client.app[SERVICES].store
     FAULTS.hold_begin.clear()
     blocker = asyncio.ensure_future(store.write(lambda tx: tx.scalar("ping")))
@@ -121,6 +123,8 @@ async def _held_writer(b: Broker, burst: list[Awaitable[Any]]) -> list[Any]:
         if len(store._pending) >= len(burst):  # every request is waiting for the next batch
             break
         await asyncio.sleep(0.01)
+    if queued is not None:
+        queued.extend(job.fn.keywords["encoder"] for job in store._pending if hasattr(job.fn, "keywords"))
     FAULTS.hold_begin.set()
     await asyncio.gather(blocker, return_exceptions=True)  # it fails too when COMMIT does
     return list(await asyncio.gather(*tasks))
@@ -136,13 +140,16 @@ async def test_a_batch_yields_the_loop_after_its_time_and_the_rest_follow_in_ord
     _, token, db = await _server(b, quantity=200)
     stats = b.client.app[SERVICES].store.stats
     commits, jobs = stats.commits, stats.write_jobs
-    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(20)])
+    queued: list[str] = []
+    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(20)], queued)
     bodies = [await r.json() for r in responses]
     assert [r.status for r in responses] == [201] * 20, bodies[:3]
     assert stats.write_jobs - jobs == 21
     assert stats.commits - commits == 21
-    rows = _rows(db, "SELECT id FROM leases WHERE state = 'active' ORDER BY rowid")
-    assert [row[0] for row in rows][-20:] == [body["id"] for body in bodies]
+    assert sorted(queued) == sorted(f"enc-{i}" for i in range(20))
+    rows = _rows(db, "SELECT id, encoder FROM leases WHERE state = 'active' ORDER BY rowid")[-20:]
+    assert [encoder for _, encoder in rows] == queued  # written in the order they queued
+    assert {lease for lease, _ in rows} == {body["id"] for body in bodies}
 
 
 async def test_a_burst_of_acquires_shares_commits_and_each_is_durable(
