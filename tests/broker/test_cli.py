@@ -62,6 +62,15 @@ class Served:
             time.sleep(0.05)
         raise AssertionError("broker did not become healthy")
 
+    def wait_logged(self, text: str, timeout: float = 15) -> None:
+        """Until the log has ``text``: with workers, /healthz answers once the first one
+        listens, and the broker announces itself (``console at``) once all of them do."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} was not logged: {self.log.read_text()}")
+            time.sleep(0.05)
+
     def stop(self, timeout: float = 10) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
