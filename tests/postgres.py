@@ -13,6 +13,7 @@ import base64
 import itertools
 import os
 import re
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -47,6 +48,16 @@ SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
 """
 
 
+class Pristine(NamedTuple):
+    """The schema migrated once per run and never handed out, which others are held to."""
+
+    schema: str
+    definition: str  # PostgresServer._definition
+    tables: list[str]  # but tenure_schema, whose rows the definition holds
+    sequences: list[str]
+    seeded: list[str]  # the tables the migrations put rows in
+
+
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
@@ -77,7 +88,7 @@ class PostgresServer:
         self._numbers = itertools.count(1)
         self._stale: list[str] = []
         self._spare: list[str] = []  # finished tests' schemas, to be emptied and reused
-        self._pristine: tuple[str, str, list[str]] | None = None  # name, definition, seeded tables
+        self._pristine: Pristine | None = None
         self._admin.execute(f"DROP DATABASE IF EXISTS {self._prefix} WITH (FORCE)")
         self._admin.execute(f"CREATE DATABASE {self._prefix}")
         self._run = psycopg.connect(with_database(ADMIN_URL, self._prefix), autocommit=True)
@@ -114,21 +125,21 @@ class PostgresServer:
             migrate(conn)
         return schema
 
-    def _pristine_schema(self) -> tuple[str, str, list[str]]:
+    def _pristine_schema(self) -> Pristine:
         if self._pristine is None:
             schema = self._migrated()
-            tables = self._tables(schema)
+            rows = self._run.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,))
+            tables = [str(name) for (name,) in rows.fetchall() if name != "tenure_schema"]
+            sequences = self._run.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = %s", (schema,))
             seeded = [
                 t
                 for t in tables
                 if self._run.execute(f"SELECT EXISTS (SELECT FROM {schema}.{t})").fetchone() == (True,)
             ]
-            self._pristine = (schema, self._definition(schema), seeded)
+            self._pristine = Pristine(
+                schema, self._definition(schema), tables, [str(name) for (name,) in sequences.fetchall()], seeded
+            )
         return self._pristine
-
-    def _tables(self, schema: str) -> list[str]:
-        rows = self._run.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,))
-        return [str(name) for (name,) in rows.fetchall()]
 
     def _definition(self, schema: str) -> str:
         """Everything a test could have changed in ``schema`` but its rows: every relation
@@ -137,18 +148,14 @@ class PostgresServer:
         row = self._run.execute(DEFINITION.format(schema=schema), {"s": schema}).fetchone()
         return str(row[0] if row else "").replace(f"{schema}.", "")
 
-    def _emptied(self, schema: str, pristine: tuple[str, str, list[str]]) -> str | None:
+    def _emptied(self, schema: str, pristine: Pristine) -> str | None:
         """``schema`` under a new name, emptied, or None (then dropped) if it is not as
-        the migrations made it or cannot be had at once."""
-        source, definition, seeded = pristine
+        the migrations made it or cannot be had at once. Its tables and sequences are
+        the pristine schema's: the definitions match."""
         fresh = f"t{next(self._numbers)}"
         try:
-            if self._definition(schema) != definition:
+            if self._definition(schema) != pristine.definition:
                 raise LookupError(f"schema {schema} was changed by its test")
-            sequences = self._run.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = %s", (schema,))
-            restart = [f"ALTER SEQUENCE {fresh}.{name} RESTART;" for (name,) in sequences.fetchall()]
-            empty = [f"DELETE FROM {fresh}.{t};" for t in self._tables(schema) if t != "tenure_schema"]
-            seed = [f"INSERT INTO {fresh}.{t} SELECT * FROM {source}.{t};" for t in seeded if t != "tenure_schema"]
             with self._run.transaction():
                 self._run.execute(
                     " ".join(
@@ -157,9 +164,9 @@ class PostgresServer:
                             f"ALTER SCHEMA {schema} RENAME TO {fresh};",
                             # Rows go in any order: no foreign key is checked meanwhile.
                             "SET LOCAL session_replication_role = replica;",
-                            *empty,
-                            *restart,
-                            *seed,
+                            *(f"DELETE FROM {fresh}.{t};" for t in pristine.tables),
+                            *(f"ALTER SEQUENCE {fresh}.{q} RESTART;" for q in pristine.sequences),
+                            *(f"INSERT INTO {fresh}.{t} SELECT * FROM {pristine.schema}.{t};" for t in pristine.seeded),
                         ]
                     ).encode()
                 )
