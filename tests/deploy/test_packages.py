@@ -55,7 +55,11 @@ def debs() -> dict[str, Path]:
     as_root_on_debian()
     need("dpkg-deb")
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
-    result = subprocess.run(["bash", "deploy/package.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # xz at level 1 rather than 6: the same contents in a fifth of the compression time.
+    env = {**os.environ, "TENURE_PACKAGE_XZ_LEVEL": "1"}
+    result = subprocess.run(
+        ["bash", "deploy/package.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     built = {}
     for name in ("tenure-agent", "tenure-broker"):
