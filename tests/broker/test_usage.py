@@ -126,7 +126,7 @@ async def test_a_year_of_sampling_keeps_rows_per_series_bounded(broker: Broker) 
         t += 6 * HOUR
         broker.clock.set(t)
         if (t - T0) % (5 * DAY) == 0:
-            await lease(broker, token, "enc-1", 1, status=200)  # a renewal keeps it live
+            await lease(broker, token, "enc-1", 1, status=200)  # renewed every 5 days: live
         await sample(broker)
     while t < end:
         t += 300
