@@ -11,7 +11,6 @@ import gc
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import sys
@@ -327,6 +326,8 @@ def serve_process(
     ``serve --workers``, serving on ``sockets`` made for it; ``ready`` is called once it
     answers. Returns the exit code."""
     from broker.app import create_app
+    from broker.services import SERVICES
+    from broker.stopping import stop_on_first_signal
 
     scheme = "https" if ssl_context else "http"
     log = logging.getLogger("tenure.broker")
@@ -341,11 +342,11 @@ def serve_process(
         gc.collect()
         gc.freeze()
         log.info("listening on %s://%s:%d (%s)", scheme, cfg.host, _port(cfg, sockets), which)
-        if worker is not None:
-            # A worker stops gracefully from now on; until now SIGTERM ended it at once,
-            # with nothing in flight (a start-up cut short halfway may leave threads
-            # behind that never let the process exit).
-            _stop_on_first_signal(asyncio.get_running_loop())
+        # A worker stops gracefully from now on; until now SIGTERM ended it at once,
+        # with nothing in flight (a start-up cut short halfway may leave threads behind
+        # that never let the process exit). A whole broker replaces aiohttp's handlers,
+        # which begin the shutdown at once, even while a request's body is on its way.
+        stop_on_first_signal(asyncio.get_running_loop(), app[SERVICES].bodies, cfg.body_timeout_seconds)
         if worker is None:
             base = cfg.public_url or f"{scheme}://{cfg.host}:{cfg.port}"
             log.info("console at %s/console/", base.rstrip("/"))
@@ -385,23 +386,6 @@ def serve_process(
         return 1
     log.info("stopped (%s)", which)
     return 0
-
-
-def _stop_on_first_signal(loop: asyncio.AbstractEventLoop) -> None:
-    """SIGTERM or SIGINT starts a graceful stop, once: Ctrl-C reaches the whole process
-    group and the parent's SIGTERM follows, and a second GracefulExit would cut the
-    requests in flight short."""
-
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        if not stopping:  # both signals may already be queued when the first is handled
-            stopping = True
-            raise web.GracefulExit()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
 
 
 def _port(cfg: configuration.Config, sockets: list[socket.socket] | None) -> int:

@@ -38,7 +38,8 @@ The tree, including the classes defined beside the code that raises them:
     ├── UnsupportedMediaType              415 unsupported_media_type (broker.console)
     ├── IdempotencyKeyReused              422 idempotency_key_reused
     ├── RateLimited                       429 rate_limited (+ Retry-After)
-    └── StorageUnavailable                503 storage_unavailable
+    ├── StorageUnavailable                503 storage_unavailable
+    └── ShuttingDown                      503 shutting_down        (broker.stopping)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from broker.counters import Counters
 from broker.principals import PrincipalCache
 from broker.ratelimit import RedemptionLimiter
 from broker.signing import Keyring
+from broker.stopping import Bodies
 from broker.store.base import Store
 
 
@@ -29,6 +30,7 @@ class Services:
     metrics_hash: bytes | None
     issuer: str
     counters: Counters = field(default_factory=Counters)
+    bodies: Bodies = field(default_factory=Bodies)
 
     @property
     def data_dir(self) -> Path:

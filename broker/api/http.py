@@ -25,6 +25,7 @@ from broker.errors import Forbidden, Inconsistent, PayloadTooLarge, TenureError,
 from broker.ids import token_hash
 from broker.principal import Principal
 from broker.services import SERVICES, Services
+from broker.stopping import ShuttingDown
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
@@ -113,23 +114,42 @@ async def read_body(request: web.Request) -> bytes:
     """The whole body, within ``body_timeout_seconds``: else 408 and the connection closes.
 
     A client that sends its headers and then stalls would otherwise hold a handler (and
-    whatever it holds) for as long as the connection lives.
+    whatever it holds) for as long as the connection lives. A body still on its way is
+    counted, so that a stop lets it arrive first (``broker.stopping``).
     """
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.")
-    limit = services(request).config.body_timeout_seconds
+    try:
+        if request.content.is_eof():  # it came with the headers, as nearly every one does
+            return await request.read()
+        return await _arriving(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.") from exc
+
+
+async def _arriving(request: web.Request) -> bytes:
+    svc = services(request)
+    if svc.bodies.closed:  # aiohttp reads nothing more: the body could only time out
+        _read_no_more(request)
+        raise ShuttingDown("The broker is stopping and did not read this request; send it again.")
+    limit = svc.config.body_timeout_seconds
+    svc.bodies.begin()
     try:
         async with asyncio.timeout(limit):
             return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.") from exc
     except TimeoutError as exc:
-        # The rest of the body may yet come, and nothing after it could be told apart
-        # from a new request: read nothing more, do not linger for it (end the body
-        # here), and close the connection once this answer is written.
-        request.protocol.close()
-        request.content.feed_eof()
+        _read_no_more(request)
         raise RequestTimeout(f"The request body did not arrive within {limit:g} seconds; send it again.") from exc
+    finally:
+        svc.bodies.end()
+
+
+def _read_no_more(request: web.Request) -> None:
+    """The rest of the body may yet come, and nothing after it could be told apart from a
+    new request: read nothing more, do not linger for it (end the body here), and close
+    the connection once the answer is written."""
+    request.protocol.close()
+    request.content.feed_eof()
 
 
 def parse_json(raw: bytes, schema: Schema) -> dict[str, Any]:

@@ -24,7 +24,10 @@ _ERRORS = {
     413: "payload_too_large: body over 64 KiB",
     422: "idempotency_key_reused: the same key with a different request",
     429: "rate_limited: too many failed code attempts (see Retry-After)",
-    503: "storage_unavailable: the database cannot be written; nothing was changed",
+    503: (
+        "storage_unavailable: the database cannot be written; nothing was changed"
+        " (or shutting_down: the broker stopped before the body arrived)"
+    ),
 }
 
 

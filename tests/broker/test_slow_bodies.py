@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from broker.clock import SystemClock
 from broker.config import load
 from broker.ids import new_token
+from broker.services import SERVICES
 from shared.timefmt import format_ts
 from tests.reliability.live import LiveBroker, request
 
@@ -115,5 +117,25 @@ def test_a_body_that_finishes_in_time_is_read(live: tuple[LiveBroker, str]) -> N
         sock.sendall(payload[5:])
         answer = _read_all(sock, time.monotonic() + 5)
         assert answer.startswith(b"HTTP/1.1 201 "), answer[:200]
+    finally:
+        sock.close()
+
+
+def test_a_body_awaited_after_the_stop_began_is_answered_shutting_down_at_once(live: tuple[LiveBroker, str]) -> None:
+    # Once aiohttp's shutdown has begun it reads nothing more, so that body could only time
+    # out: the handler says so at once instead, and the client sends it again elsewhere.
+    broker, _operator = live
+
+    def stop_began(app: web.Application) -> None:
+        app[SERVICES].bodies.closed = True
+
+    broker.in_loop(stop_began)
+    sock = _stall(broker.port)
+    try:
+        started = time.monotonic()
+        answer = _read_all(sock, started + TIMEOUT)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b'"code": "shutting_down"' in answer, answer
+        assert time.monotonic() - started < TIMEOUT / 2
     finally:
         sock.close()

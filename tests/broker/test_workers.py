@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -275,6 +276,74 @@ def test_ctrl_c_to_the_whole_process_group_under_load_stops_cleanly_and_loses_no
             assert status == 200, (lease_id, renewed)
     finally:
         assert again.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_request_whose_body_is_on_its_way_when_the_stop_begins_gets_its_real_answer(
+    database_url: str | None, tmp_path: Path, workers: int
+) -> None:
+    # aiohttp reads nothing more from a connection once its shutdown has begun, so a
+    # request whose headers had arrived and whose body had not (an HTTP client may send
+    # them apart, and Nagle's algorithm may hold the second back) used to wait out the
+    # body timeout and be answered 408, and held the stop for as long. The stop now waits
+    # for the bodies on their way (at most the body timeout) before it begins.
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, database_url or "", operator, workers=workers, database_pool_size=4)
+    broker.start()
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        server = set_up(broker.url, operator, seats=10)
+        body = json.dumps({"encoder": "E1", "licence_type": ONE, "count": 1}).encode()
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=15) as sock:
+            sock.sendall(
+                b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {server}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            )
+            time.sleep(0.3)  # the headers are read, and the handler waits for the body
+            started = time.monotonic()
+            broker.proc.terminate()
+            time.sleep(0.5)  # the stop has begun
+            sock.sendall(body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        code = broker.proc.wait(20)
+        took = time.monotonic() - started
+    finally:
+        broker.kill()
+    log = broker.log_path.read_text()
+    assert code == 0, log[-3000:]
+    assert answer.startswith(b"HTTP/1.1 201 "), answer
+    lease = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert lease["encoder"] == "E1", lease
+    assert took < 5, took  # not the 10 s body timeout
+
+
+@pytest.mark.sqlite_only
+def test_a_body_that_never_comes_holds_the_stop_no_longer_than_the_body_timeout(tmp_path: Path) -> None:
+    operator = new_token("op")
+    broker = Replica("w", tmp_path, "", operator, workers=2, body_timeout_seconds=1)
+    broker.start()
+    assert broker.proc is not None
+    try:
+        broker.ready()
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=15) as sock:
+            sock.sendall(b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{")
+            time.sleep(0.3)
+            started = time.monotonic()
+            broker.proc.terminate()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        code = broker.proc.wait(20)
+        took = time.monotonic() - started
+    finally:
+        broker.kill()
+    assert code == 0, broker.log_path.read_text()[-3000:]
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code": "request_timeout"' in answer, answer
+    assert took < 4, took  # the 1 s body timeout, not aiohttp's 10 s of grace
 
 
 def test_a_worker_that_cannot_start_while_the_database_is_down_is_tried_again_not_a_crash_loop(

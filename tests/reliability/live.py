@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,16 @@ class LiveBroker:
         self._runner = web.AppRunner(create_app(self.config), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def in_loop(self, call: Callable[[web.Application], object]) -> None:
+        """``call(app)`` on the broker's own loop, waited for."""
+        assert self._runner is not None
+
+        async def run() -> None:
+            assert self._runner is not None
+            call(self._runner.app)
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
     def __exit__(self, *exc: object) -> None:
         if self._runner is not None:
