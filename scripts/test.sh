@@ -50,4 +50,7 @@ if [ ${#replicas_missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${replicas_missing[@]}" >/dev/null
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# One pytest process per core (pytest-xdist), each taking a whole test file at a time, so
+# that a file's module fixtures (a fleet of brokers, the packages) are built once. Pass
+# `-n 0` to run in this process alone (a debugger, -s on one test).
+exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"
