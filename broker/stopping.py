@@ -5,9 +5,10 @@ Once aiohttp's shutdown has begun it reads nothing more from any connection (its
 had arrived and whose body had not (an HTTP client may send the two apart, and Nagle's
 algorithm may hold the second back) would then wait out ``body_timeout_seconds``, be
 answered 408, and hold the stop for as long. So a signal does not start aiohttp's shutdown
-while a handler is still reading a body: it waits until none is, for at most the body
-timeout, and a body that a handler starts to wait for after that is answered
-``503 shutting_down`` at once.
+while a handler is still reading a body: it waits until none is, for at most
+``BODIES_WAIT_SECONDS`` (a body on its way takes milliseconds; one that takes longer is
+stalled, and meets its own timeout as before), and a body that a handler starts to wait
+for after that is answered ``503 shutting_down`` at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from broker.errors import TenureError
+
+# Within the parent's budget for a worker's stop (broker.workers.STOP_SECONDS, 15 s): this,
+# then aiohttp's 10 s for the requests in flight, then the store's close.
+BODIES_WAIT_SECONDS = 2.0
 
 
 class ShuttingDown(TenureError):
@@ -48,11 +53,12 @@ class Bodies:
         self._when_none = callback
 
 
-def stop_on_first_signal(loop: asyncio.AbstractEventLoop, bodies: Bodies, wait_at_most: float) -> None:
+def stop_on_first_signal(loop: asyncio.AbstractEventLoop, bodies: Bodies, body_timeout: float) -> None:
     """SIGTERM or SIGINT starts a graceful stop, once: Ctrl-C reaches the whole process
     group and the parent's SIGTERM follows, and a second GracefulExit would cut the
     requests in flight short. The stop begins once no body is on its way, or after
-    ``wait_at_most`` seconds."""
+    ``BODIES_WAIT_SECONDS`` (``body_timeout`` if shorter)."""
+    wait_at_most = min(body_timeout, BODIES_WAIT_SECONDS)
 
     def begin() -> None:
         if not bodies.closed:
