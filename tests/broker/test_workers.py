@@ -278,6 +278,26 @@ def test_ctrl_c_to_the_whole_process_group_under_load_stops_cleanly_and_loses_no
         assert again.stop() == 0
 
 
+def _stop_between(broker: Replica, head: bytes, rest: bytes | None) -> tuple[bytes, float, int]:
+    """Send ``head``; once the broker has read it, SIGTERM; send ``rest`` (unless None)
+    half a second into the stop. What came back until the broker closed the connection,
+    the seconds from SIGTERM to the broker's exit, and its exit status."""
+    assert broker.proc is not None
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=30) as sock:
+        sock.sendall(head)
+        time.sleep(0.3)  # the headers are read, and the handler waits for the body
+        started = time.monotonic()
+        broker.proc.terminate()
+        if rest is not None:
+            time.sleep(0.5)  # the stop has begun
+            sock.sendall(rest)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    code = broker.proc.wait(30)
+    return answer, time.monotonic() - started, code
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_request_whose_body_is_on_its_way_when_the_stop_begins_gets_its_real_answer(
     database_url: str | None, tmp_path: Path, workers: int
@@ -295,21 +315,11 @@ def test_a_request_whose_body_is_on_its_way_when_the_stop_begins_gets_its_real_a
         broker.ready()
         server = set_up(broker.url, operator, seats=10)
         body = json.dumps({"encoder": "E1", "licence_type": ONE, "count": 1}).encode()
-        with socket.create_connection(("127.0.0.1", broker.port), timeout=15) as sock:
-            sock.sendall(
-                b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                + f"Authorization: Bearer {server}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            )
-            time.sleep(0.3)  # the headers are read, and the handler waits for the body
-            started = time.monotonic()
-            broker.proc.terminate()
-            time.sleep(0.5)  # the stop has begun
-            sock.sendall(body)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        code = broker.proc.wait(20)
-        took = time.monotonic() - started
+        head = (
+            b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {server}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        answer, took, code = _stop_between(broker, head, body)
     finally:
         broker.kill()
     log = broker.log_path.read_text()
@@ -333,16 +343,8 @@ def test_a_body_that_never_comes_holds_the_stop_only_so_long(tmp_path: Path, bod
     assert broker.proc is not None
     try:
         broker.ready()
-        with socket.create_connection(("127.0.0.1", broker.port), timeout=30) as sock:
-            sock.sendall(b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{")
-            time.sleep(0.3)
-            started = time.monotonic()
-            broker.proc.terminate()
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        code = broker.proc.wait(30)
-        took = time.monotonic() - started
+        head = b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{"
+        answer, took, code = _stop_between(broker, head, None)
     finally:
         broker.kill()
     log = broker.log_path.read_text()
