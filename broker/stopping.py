@@ -14,12 +14,16 @@ for after that is answered ``503 shutting_down`` at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 
 from aiohttp import web
 
 from broker.errors import TenureError
+from shared.words import count
+
+log = logging.getLogger("tenure.broker")
 
 # Within the parent's budget for a worker's stop (broker.workers.STOP_SECONDS, 15 s): this,
 # then aiohttp's 10 s for the requests in flight, then the store's close.
@@ -74,6 +78,8 @@ def stop_on_first_signal(loop: asyncio.AbstractEventLoop, bodies: Bodies, body_t
         waiting = True
         if bodies.reading == 0:
             begin()
+        on_the_way = count(bodies.reading, "request body", "request bodies")
+        log.info("waiting for %s on the way before stopping (at most %g s)", on_the_way, wait_at_most)
         # From a callback of its own, not from the handler whose body arrived last: an
         # exit raised inside its task would end that request too.
         bodies.when_none(lambda: loop.call_soon(begin))

@@ -324,6 +324,7 @@ def test_a_request_whose_body_is_on_its_way_when_the_stop_begins_gets_its_real_a
         broker.kill()
     log = broker.log_path.read_text()
     assert code == 0, log[-3000:]
+    assert "waiting for 1 request body on the way before stopping (at most 2 s)" in log, log[-3000:]
     assert answer.startswith(b"HTTP/1.1 201 "), answer
     lease = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert lease["encoder"] == "E1", lease
