@@ -61,7 +61,7 @@ START_DELAY = 0.5  # after a start that failed, doubling to MAX_START_DELAY, wit
 MAX_START_DELAY = 10.0
 WRITER = 255  # the writer's index (broker.store.relay), beside workers 0..N-1
 PR_SET_PDEATHSIG = 1
-STOP_SECONDS = 15.0  # a worker's shutdown_timeout (10 s) and its store's close
+STOP_SECONDS = 15.0  # a worker's wait for bodies (2 s), its shutdown_timeout (10 s), its store's close
 
 Worker = Callable[[int, Callable[[], None]], int]
 """``worker(index, ready)``: run worker ``index`` until it stops; return its exit code;

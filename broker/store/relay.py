@@ -42,7 +42,9 @@ from broker.store.sqlite import SqliteStore
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
 CONNECT_WAIT = 5.0
-WORKERS_GONE_SECONDS = 12.0  # a worker's shutdown (10 s for requests in flight) and its store's close
+# A worker's stop: up to 2 s for bodies on their way (broker.stopping), 10 s for the
+# requests in flight, and its store's close; within the parent's 15 s (STOP_SECONDS).
+WORKERS_GONE_SECONDS = 14.0
 _LENGTH = struct.Struct(">I")
 
 
