@@ -6,6 +6,7 @@ import base64
 import hashlib
 import itertools
 import secrets
+import time
 from collections.abc import Callable
 
 TOKEN_KINDS = {"op": "operator", "adm": "admin", "srv": "server"}
@@ -16,8 +17,15 @@ IdSource = Callable[[str], str]
 
 
 def new_id(prefix: str) -> str:
-    """An opaque id such as ``pool_4kq9…``: 80 random bits, URL-safe."""
-    return f"{prefix}_{secrets.token_hex(10)}"
+    """An opaque id such as ``lse_019ad98e5c41a3f07c2be915d48e``: the millisecond it was
+    made (48 bits), then 64 random bits, in hex.
+
+    Ids made one after another sort together, so that a new row's key lands beside the
+    last one's in the indexes keyed on it (a lease's, its seats') instead of on a page of
+    its own: a batch of acquires writes 30-50 % fewer WAL bytes, and its checkpoints copy
+    a third as many pages (docs/performance.md).
+    """
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
 
 
 class CountingIds:
