@@ -39,7 +39,7 @@ class CountingIds:
         self._counter = itertools.count(1)
 
     def __call__(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._counter):020d}"
+        return f"{prefix}_{next(self._counter):028d}"
 
 
 def new_token(kind: str) -> str:

@@ -1070,4 +1070,4 @@ async def test_the_store_gives_new_rows_the_ids_it_was_given(config_factory: Cal
         est = await store.write(lambda tx: estates.create(tx, T0, OPERATOR, "Acme", "Alice", 3600))
     finally:
         await store.close()
-    assert (est["id"], est["default_pool_id"]) == (f"est_{1:020d}", f"pool_{2:020d}")
+    assert (est["id"], est["default_pool_id"]) == (f"est_{1:028d}", f"pool_{2:028d}")
