@@ -22,8 +22,8 @@ def new_id(prefix: str) -> str:
 
     Ids made one after another sort together, so that a new row's key lands beside the
     last one's in the indexes keyed on it (a lease's, its seats') instead of on a page of
-    its own: a batch of acquires writes 30-50 % fewer WAL bytes, and its checkpoints copy
-    a third as many pages (docs/performance.md).
+    its own: a batch of acquires writes 20-50 % fewer WAL bytes, and its checkpoints copy
+    a fifth to a third of the pages (docs/performance.md).
     """
     return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
 

@@ -17,7 +17,7 @@ def test_ids_made_one_after_another_sort_in_the_order_made() -> None:
     assert made == sorted(made)
 
 
-def test_ids_of_one_millisecond_differ_in_their_random_part() -> None:
+def test_ids_differ_in_their_random_part_alone() -> None:
     ids = [new_id("lse") for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     for value in ids:
