@@ -90,6 +90,15 @@ class TcpProxy:
 
     async def _stop_listening(self) -> None:
         if self._server is not None:
+            # Stop accepting first, and let the connections just accepted become transports
+            # before the server closes. asyncio (3.11) makes each one's transport in a task
+            # of its own, which fails when it starts after the server has closed ("Error on
+            # transport creation") and leaves its socket to the collector: a ResourceWarning
+            # in whichever test is running then.
+            for sock in self._server.sockets:
+                self._loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
             self._server.close()
             await self._server.wait_closed()
             self._server = None
