@@ -37,7 +37,7 @@ from broker import errors
 from broker.errors import StorageUnavailable
 from broker.ids import IdSource, new_id
 from broker.store.base import Tx
-from broker.store.sqlite import SqliteStore
+from broker.store.sqlite import WRITER_LOOP_COMMIT_JOBS, SqliteStore
 
 log = logging.getLogger("tenure.store")
 T = TypeVar("T")
@@ -181,6 +181,7 @@ class RelayedSqliteStore(SqliteStore):
 
 async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]) -> None:
     """Run jobs sent to ``path`` through ``store`` until SIGTERM."""
+    store.loop_commit_jobs = WRITER_LOOP_COMMIT_JOBS
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

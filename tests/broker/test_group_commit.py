@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from aiohttp.test_utils import TestClient
 import broker.store.sqlite
 from broker.app import create_app
 from broker.services import SERVICES
-from broker.store.sqlite import SqliteStore
+from broker.store.sqlite import WRITER_LOOP_COMMIT_JOBS, SqliteStore
 from tests.broker.estate_kit import Estate, base, enroll, estate
 from tests.conftest import Broker
 
@@ -41,6 +42,7 @@ class Faults:
         self.hold_begin = asyncio.Event()
         self.hold_begin.set()  # open: BEGIN proceeds
         self.commits_seen = 0
+        self.commit_threads: list[str] = []  # the thread that ran each COMMIT
 
 
 class _FaultyConnection:
@@ -53,6 +55,7 @@ class _FaultyConnection:
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if sql == "COMMIT":
             self._faults.commits_seen += 1
+            self._faults.commit_threads.append(threading.current_thread().name)
             if self._faults.fail_commits:
                 raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(sql, *args)
@@ -228,3 +231,58 @@ async def test_a_pool_lifetime_change_reaches_the_next_acquire(faulty: Broker) -
     FAULTS.fail_commits = False
     third = await (await _acquire(b, token, "enc-c")).json()
     assert third["lease_seconds"] == 120
+
+
+async def test_the_writer_commits_a_small_batch_on_its_loop_and_a_large_one_in_the_committer(
+    faulty: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer process of ``serve --workers`` sets ``WRITER_LOOP_COMMIT_JOBS``: a batch
+    that small, with nothing waiting behind it, is committed on the loop; a larger one
+    still in the committer thread, so that the loop can read the next jobs meanwhile."""
+    b = faulty
+    _, token, db = await _server(b, quantity=100)
+    store = b.client.app[SERVICES].store
+    main = threading.current_thread().name
+    FAULTS.commit_threads.clear()
+    assert (await _acquire(b, token, "enc-alone")).status == 201  # one process: the thread
+    assert FAULTS.commit_threads[-1] != main
+
+    store.loop_commit_jobs = WRITER_LOOP_COMMIT_JOBS
+    FAULTS.commit_threads.clear()
+    lone = await _acquire(b, token, "enc-lone")
+    assert lone.status == 201
+    assert FAULTS.commit_threads == [main]
+    # Answered only once durable: the lease is in the database file.
+    assert _rows(db, "SELECT COUNT(*) FROM leases WHERE encoder = 'enc-lone'")[0][0] == 1
+
+    monkeypatch.setattr(broker.store.sqlite, "BATCH_LOOP_SECONDS", 10.0)
+    FAULTS.commit_threads.clear()
+    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(20)])
+    assert [r.status for r in responses] == [201] * 20
+    committer = FAULTS.commit_threads[0]  # the held blocker's, with the burst waiting
+    assert committer != main
+    assert FAULTS.commit_threads == [committer, committer]  # the burst in one batch
+    # Small batches with jobs still waiting behind them (each batch cut after its first
+    # job) leave the loop to the thread too; the last, with nothing behind it, does not.
+    monkeypatch.setattr(broker.store.sqlite, "BATCH_LOOP_SECONDS", 0.0)
+    FAULTS.commit_threads.clear()
+    responses = await _held_writer(b, [_acquire(b, token, f"enc-{i}") for i in range(20, 23)])
+    assert [r.status for r in responses] == [201] * 3
+    assert FAULTS.commit_threads == [committer] * 3 + [main]
+    assert _rows(db, "SELECT SUM(leased) FROM holdings")[0][0] == 25
+
+
+async def test_a_failed_commit_on_the_writers_loop_fails_its_request_and_keeps_nothing(faulty: Broker) -> None:
+    b = faulty
+    _, token, db = await _server(b, quantity=10)
+    b.client.app[SERVICES].store.loop_commit_jobs = WRITER_LOOP_COMMIT_JOBS
+    FAULTS.fail_commits = True
+    FAULTS.commit_threads.clear()
+    refused = await _acquire(b, token, "enc-a")
+    assert refused.status == 503
+    assert (await refused.json())["code"] == "storage_unavailable"
+    assert FAULTS.commit_threads == [threading.current_thread().name]
+    assert _rows(db, "SELECT COUNT(*) FROM leases")[0][0] == 0
+    FAULTS.fail_commits = False
+    assert (await _acquire(b, token, "enc-a")).status == 201
+    assert _rows(db, "SELECT SUM(leased) FROM holdings")[0][0] == 1
