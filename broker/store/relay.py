@@ -31,7 +31,7 @@ import signal
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from broker import errors
 from broker.errors import StorageUnavailable
@@ -46,6 +46,7 @@ CONNECT_WAIT = 5.0
 # requests in flight, and its store's close; within the parent's 15 s (STOP_SECONDS).
 WORKERS_GONE_SECONDS = 14.0
 _LENGTH = struct.Struct(">I")
+_READ_SIZE = 64 * 1024
 
 
 def relayed(fn: Callable[..., T], /, **arguments: Any) -> Callable[[Tx], T]:
@@ -57,11 +58,6 @@ def relayed(fn: Callable[..., T], /, **arguments: Any) -> Callable[[Tx], T]:
 
 def socket_path(data_dir: Path) -> Path:
     return data_dir / "writer.sock"
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    return await reader.readexactly(length)
 
 
 def _frame(value: Any) -> bytes:
@@ -90,8 +86,8 @@ class _Outbox:
     """Frames for one connection, sent together at the end of the loop's turn: a batch's
     answers (or a burst of requests' jobs) cost one write, not one each."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self.transport = transport
         self.frames: list[bytes] = []
 
     def send(self, frame: bytes) -> None:
@@ -101,8 +97,58 @@ class _Outbox:
 
     def _flush(self) -> None:
         frames, self.frames = self.frames, []
-        if not self.writer.is_closing():
-            self.writer.write(b"".join(frames))
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(frames))
+
+
+class _Frames(asyncio.BufferedProtocol):
+    """One end of a relay connection: each frame that arrives is unpickled and handed to
+    ``received`` as soon as its last byte is read, all those of one read together (a
+    batch's answers, a burst of jobs), with no task woken per frame; ``lost`` is called
+    once the connection is gone. The peer is a process of this same broker.
+
+    Reads go into one buffer kept for the connection's life (grown only for a frame
+    larger than it), where a plain ``Protocol`` is handed a new ``bytes`` per read,
+    allocated at 256 KiB and then shrunk (in a process where glibc serves that size by
+    ``mmap``, three system calls a read)."""
+
+    outbox: _Outbox
+
+    def __init__(self, received: Callable[[Any, _Outbox], None], lost: Callable[[], None]) -> None:
+        self._received = received
+        self._lost = lost
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._filled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.outbox = _Outbox(cast(asyncio.WriteTransport, transport))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._filled == len(self._buffer):  # one frame fills it: make room for the rest
+            self._view.release()
+            self._buffer = self._buffer + bytearray(len(self._buffer))
+            self._view = memoryview(self._buffer)
+        return self._view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        view, start, filled = self._view, 0, self._filled
+        while filled - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(view, start)
+            end = start + _LENGTH.size + length
+            if end > filled:
+                break
+            frame = pickle.loads(view[start + _LENGTH.size : end])  # noqa: S301 (our own processes)
+            start = end
+            self._received(frame, self.outbox)
+        if start:
+            rest = filled - start
+            self._buffer[:rest] = bytes(view[start:filled])
+            self._filled = rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
 
 
 class RelayedSqliteStore(SqliteStore):
@@ -115,7 +161,6 @@ class RelayedSqliteStore(SqliteStore):
         self._relay: _Outbox | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
-        self._answers: asyncio.Task[None] | None = None
 
     async def write(self, fn: Callable[[Tx], T], *, lane: str | None = None) -> T:
         if not getattr(fn, "relay", False):
@@ -141,42 +186,81 @@ class RelayedSqliteStore(SqliteStore):
             deadline = loop.time() + CONNECT_WAIT
             while True:
                 try:
-                    reader, writer = await asyncio.open_unix_connection(self.relay_path)
+                    _, frames = await loop.create_unix_connection(
+                        lambda: _Frames(self._answered, self._writer_gone), str(self.relay_path)
+                    )
                     break
                 except OSError as exc:
                     if loop.time() >= deadline:
                         raise StorageUnavailable(f"the writer process does not answer: {exc.strerror}") from exc
                     await asyncio.sleep(0.05)
-            self._relay = _Outbox(writer)
-            self._answers = loop.create_task(self._read_answers(reader, writer))
+            self._relay = frames.outbox
             return self._relay
 
-    async def _read_answers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                job_id, kind, value = pickle.loads(await _read_frame(reader))  # noqa: S301 (our writer)
-                future = self._waiting.pop(job_id, None)
-                if future is not None and not future.done():
-                    future.set_result((kind, value))
-        except (OSError, asyncio.IncompleteReadError, EOFError):
-            pass
-        finally:
-            self._relay = None
-            writer.close()
-            gone = StorageUnavailable("the writer process went away; the outcome is unknown: send it again")
-            waiting, self._waiting = self._waiting, {}
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(gone)
+    def _answered(self, answer: tuple[int, str, Any], _: _Outbox) -> None:
+        job_id, kind, value = answer
+        future = self._waiting.pop(job_id, None)
+        if future is not None and not future.done():
+            future.set_result((kind, value))
+
+    def _writer_gone(self) -> None:
+        self._relay = None
+        gone = StorageUnavailable("the writer process went away; the outcome is unknown: send it again")
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(gone)
 
     async def close(self) -> None:
         if self._relay is not None:
-            self._relay.writer.close()
-        if self._answers is not None:
-            self._answers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._answers
+            self._relay.transport.close()
+            await asyncio.sleep(0)  # connection_lost: whatever still waited is answered
         await super().close()
+
+
+class _Writer:
+    """The writer's side of the relay: every worker's connection, and the jobs in flight,
+    each answered on the connection it came by once its batch is durable."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.jobs: set[asyncio.Future[Any]] = set()
+        self.connected = 0
+        self.all_gone = asyncio.Event()
+
+    def connection(self) -> _Frames:
+        self.connected += 1
+        self.all_gone.clear()
+        return _Frames(self._received, self._lost)
+
+    def _lost(self) -> None:
+        self.connected -= 1
+        if self.connected == 0:
+            self.all_gone.set()
+
+    def _received(self, job: tuple[int, Callable[[Tx], Any]], outbox: _Outbox) -> None:
+        job_id, fn = job
+        done = self.store.submit(fn)
+        self.jobs.add(done)
+        done.add_done_callback(functools.partial(self._answer, job_id, outbox))
+
+    def _answer(self, job_id: int, outbox: _Outbox, done: asyncio.Future[Any]) -> None:
+        self.jobs.discard(done)
+        reply: tuple[int, str, Any]
+        if done.cancelled():
+            reply = (job_id, *_failure(StorageUnavailable("the writer is stopping")))
+        elif (exc := done.exception()) is not None:  # the worker raises it for its request
+            if not isinstance(exc, errors.TenureError):
+                log.error("relayed write failed", exc_info=exc)
+            reply = (job_id, *_failure(exc))
+        else:
+            reply = (job_id, "ok", done.result())
+        try:
+            frame = _frame(reply)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            log.exception("cannot send a relayed write's answer back")
+            frame = _frame((job_id, *_failure(errors.Inconsistent("unpicklable answer"))))
+        outbox.send(frame)
 
 
 async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]) -> None:
@@ -186,49 +270,9 @@ async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    jobs: set[asyncio.Task[None]] = set()
-
-    async def run(job_id: int, fn: Callable[[Tx], Any], outbox: _Outbox) -> None:
-        try:
-            answer: tuple[int, str, Any] = (job_id, "ok", await store.write(fn))
-        except Exception as exc:  # the worker raises it for its request
-            if not isinstance(exc, errors.TenureError):
-                log.exception("relayed write failed")
-            answer = (job_id, *_failure(exc))
-        try:
-            frame = _frame(answer)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            log.exception("cannot send a relayed write's answer back")
-            frame = _frame((job_id, *_failure(errors.Inconsistent("unpicklable answer"))))
-        outbox.send(frame)
-
-    connected = 0
-    all_gone = asyncio.Event()
-
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connected
-        connected += 1
-        all_gone.clear()
-        try:
-            await _serve_connection(reader, writer)
-        finally:
-            connected -= 1
-            if connected == 0:
-                all_gone.set()
-
-    async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        outbox = _Outbox(writer)
-        try:
-            while True:
-                job_id, fn = pickle.loads(await _read_frame(reader))  # noqa: S301 (our workers)
-                task = loop.create_task(run(job_id, fn, outbox))
-                jobs.add(task)
-                task.add_done_callback(jobs.discard)
-        except (OSError, asyncio.IncompleteReadError, EOFError):
-            pass
-
+    writer = _Writer(store)
     _remove(path)  # a dead writer's
-    server = await asyncio.start_unix_server(connection, path=path)
+    server = await loop.create_unix_server(writer.connection, path=str(path))
     os.chmod(path, 0o600)
     log.info("writer listening for the workers' transactions (pid %d)", os.getpid())
     ready()
@@ -237,11 +281,11 @@ async def serve_writer(store: SqliteStore, path: Path, ready: Callable[[], None]
     # The workers may have been told to stop at the same moment (Ctrl-C reaches the whole
     # process group; a parent killed outright sends each of its children SIGTERM): what
     # they still have in flight needs this process, until each closes its connection.
-    if connected:
+    if writer.connected:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_gone.wait(), WORKERS_GONE_SECONDS)
-    if jobs:
-        await asyncio.wait(jobs, timeout=10)
+            await asyncio.wait_for(writer.all_gone.wait(), WORKERS_GONE_SECONDS)
+    if writer.jobs:
+        await asyncio.wait(writer.jobs, timeout=10)
     _remove(path)
 
 

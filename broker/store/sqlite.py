@@ -342,14 +342,21 @@ class SqliteStore:
 
     async def write(self, fn: Callable[[Tx], T], *, lane: str | None = None) -> T:
         # Every write here already runs one at a time: lanes mean nothing to this store.
-        if self._closed:
-            raise StorageUnavailable("the store is closed")
+        return await self.submit(fn)
+
+    def submit(self, fn: Callable[[Tx], T]) -> asyncio.Future[T]:
+        """``write`` without a coroutine: the future of ``fn``'s result, settled once its
+        batch is durable (the writer process of ``broker.store.relay`` answers each job
+        from it, with no task per job)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        if self._closed:
+            future.set_exception(StorageUnavailable("the store is closed"))
+            return future
         self._pending.append(_Job(fn, loop, future))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
-        return await future
+        return future
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         if self._closed:
