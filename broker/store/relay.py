@@ -104,8 +104,8 @@ class _Outbox:
 class _Frames(asyncio.BufferedProtocol):
     """One end of a relay connection: each frame that arrives is unpickled and handed to
     ``received`` as soon as its last byte is read, all those of one read together (a
-    batch's answers, a burst of jobs), with no task woken per frame; ``lost`` is called
-    once the connection is gone. The peer is a process of this same broker.
+    batch's answers, a burst of jobs), with no task woken per frame; ``made`` is called
+    once the connection is up, and ``lost`` once it is gone. The peer is a process of this same broker.
 
     Reads go into one buffer kept for the connection's life (grown only for a frame
     larger than it), where a plain ``Protocol`` is handed a new ``bytes`` per read,
@@ -114,15 +114,23 @@ class _Frames(asyncio.BufferedProtocol):
 
     outbox: _Outbox
 
-    def __init__(self, received: Callable[[Any, _Outbox], None], lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        received: Callable[[Any, _Outbox], None],
+        lost: Callable[[], None],
+        made: Callable[[], None] | None = None,
+    ) -> None:
         self._received = received
         self._lost = lost
+        self._made = made
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._filled = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.outbox = _Outbox(cast(asyncio.WriteTransport, transport))
+        if self._made is not None:
+            self._made()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._filled == len(self._buffer):  # one frame fills it: make room for the rest
@@ -229,9 +237,13 @@ class _Writer:
         self.all_gone = asyncio.Event()
 
     def connection(self) -> _Frames:
+        return _Frames(self._received, self._lost, self._made)
+
+    def _made(self) -> None:
+        # Counted once the connection is up: one whose transport could not be made (the
+        # server closing under it) is never reported lost.
         self.connected += 1
         self.all_gone.clear()
-        return _Frames(self._received, self._lost)
 
     def _lost(self) -> None:
         self.connected -= 1
