@@ -70,10 +70,10 @@ BATCH_LOOP_SECONDS = 0.010
 # most this many jobs on its own loop when no other job waits, rather than in the
 # committer thread. That loop has nothing else to do until the COMMIT is done (the workers
 # read and answer requests; jobs arriving meanwhile wait for the next batch either way),
-# so for a small batch the hand-off to the thread and back was pure cost: measured with
-# one to four connections renewing, ~100 us of the writer's CPU per request (a third of
-# it), and 10-50 % of the throughput. A larger batch leaves the loop free to read the next
-# batch's jobs during the flush. A broker in one process keeps the thread for every
+# so for a small batch the hand-off to the thread and back was pure cost: renewals over
+# one connection took 130-150 us less of the writer's CPU each (a quarter of it) and ran
+# a fifth faster (docs/performance.md, stop 26). A larger batch leaves the loop free to
+# read the next batch's jobs during the flush. A broker in one process keeps the thread for every
 # batch: its loop also serves requests, which must not wait on the disk.
 WRITER_LOOP_COMMIT_JOBS = 4
 # How long a batch waits for another process to release the database's write lock
