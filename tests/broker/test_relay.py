@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 from broker.store.relay import _READ_SIZE, _frame, _Frames, _Outbox
+from tests.agent.harness import eventually
 
 
 async def _connected() -> tuple[socket.socket, list[Any], asyncio.Event]:
@@ -24,14 +25,6 @@ async def _connected() -> tuple[socket.socket, list[Any], asyncio.Event]:
     await asyncio.get_running_loop().create_connection(lambda: _Frames(received, lost.set), sock=theirs)
     ours.setblocking(False)
     return ours, got, lost
-
-
-async def _until(condition: Any) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("not reached")
 
 
 async def test_frames_cut_anywhere_arrive_whole_and_in_order() -> None:
@@ -49,7 +42,7 @@ async def test_frames_cut_anywhere_arrive_whole_and_in_order() -> None:
         await asyncio.sleep(0)
         at += size
         size = size * 3 % 9973 + 1
-    await _until(lambda: len(got) == len(values))
+    await eventually(lambda: len(got) == len(values), within=5, what="every frame")
     assert got == values
     assert not lost.is_set()
     ours.close()
