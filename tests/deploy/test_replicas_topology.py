@@ -392,9 +392,18 @@ def balanced(tmp_path: Path, postgres_server: Any) -> Iterator[tuple[str, tuple[
         postgres_server.drop(database)
 
 
-def answered_by(access_log: Path) -> list[str]:
-    """The upstream address of each logged request, in order (``-`` when none)."""
-    return [line.split()[-1] for line in access_log.read_text().splitlines() if line.strip()]
+def logged(access_log: Path, count: int) -> list[str]:
+    """The access log once it holds ``count`` requests.
+
+    nginx writes a request's line after its response has gone, so a client can read the
+    answer before the line is there.
+    """
+    deadline = time.monotonic() + 10
+    while len(lines := [line for line in access_log.read_text().splitlines() if line.strip()]) < count:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.02)
+    assert len(lines) == count, lines
+    return lines
 
 
 @pytest.mark.slow
@@ -423,8 +432,9 @@ def test_nginx_shares_requests_between_replicas_and_carries_on_when_one_is_kille
         )
         assert status == 201, lease
         leases[n] = lease["id"]
-    # Round robin: both replicas answered.
-    served = set(answered_by(access_log))
+    # Round robin: both replicas answered (estate, purchase, pools, code, enrolment, 4 leases).
+    requests = 9
+    served = {line.split()[-1] for line in logged(access_log, requests)}
     assert served == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}, served
 
     # One replica dies without a word; every request after it is still answered, writes
@@ -433,7 +443,6 @@ def test_nginx_shares_requests_between_replicas_and_carries_on_when_one_is_kille
     # a read that met one would be passed on anyway.
     a.proc.kill()
     a.proc.wait()
-    before = len(answered_by(access_log))
     for _ in range(4):
         status, pool = https(f"{url}/v1/estates/{e}/pools/{default}", "GET", adm)
         assert status == 200 and pool["in_use"] == 4, pool
@@ -450,7 +459,7 @@ def test_nginx_shares_requests_between_replicas_and_carries_on_when_one_is_kille
     assert pool["in_use"] == 5
     # Each request was answered by the survivor (a first try at the dead one shows as two
     # upstreams, "dead, live"); none came back from nginx itself.
-    after = access_log.read_text().splitlines()[before:]
+    after = logged(access_log, requests + 4 + 4 + 1 + 1 + 1)[requests:]
     assert after and all(line.split()[-1].endswith(f"127.0.0.1:{b.port}") for line in after), after
     assert all(line.split()[2] in {"200", "201", "204"} for line in after), after
     assert any(f"127.0.0.1:{a.port}, " in line for line in after), after  # the dead one was tried, and passed over
