@@ -222,7 +222,7 @@ class RelayedSqliteStore(SqliteStore):
     async def close(self) -> None:
         if self._relay is not None:
             self._relay.transport.close()
-            await asyncio.sleep(0)  # connection_lost: whatever still waited is answered
+            self._writer_gone()  # whatever still waits is answered now, not once the socket is closed
         await super().close()
 
 
