@@ -42,15 +42,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker import figures
+from broker import cpulimit, figures
 from broker.config import Config
 from shared.sdnotify import Notifier
 
 log = logging.getLogger("tenure.broker")
 
-# ``workers = "auto"``: one worker per core this process may run on, at most AUTO_MAX; one
-# core gets one process (no writer). Two workers measured faster than one process on 2 cores
-# on both stores (docs/performance.md, "Every core by default").
+# ``workers = "auto"``: one worker per core this process may run on, at most AUTO_MAX, and
+# no more than the whole cores of its control group's CPU limit; one core (or less) gets
+# one process (no writer). Two workers measured faster than one process on 2 cores on both
+# stores (docs/performance.md, "Every core by default"); held to 1 or 1.5 cores' worth by a
+# CPU quota, one process measured as fast or faster and with a far shorter tail ("A CPU
+# limit").
 AUTO_MAX = 4
 # On SQLite, several workers hand their hot writes to one writer process (True) or each
 # write the file themselves (False); see docs/performance.md, "Workers".
@@ -72,7 +75,12 @@ def count(cfg: Config) -> int:
     """How many processes ``serve`` runs for ``cfg``."""
     if cfg.workers != "auto":
         return int(cfg.workers)
-    return max(1, min(AUTO_MAX, len(os.sched_getaffinity(0))))
+    cores = min(AUTO_MAX, len(os.sched_getaffinity(0)))
+    quota = cpulimit.limit()
+    if quota is not None and int(quota) < cores:
+        log.info("workers = auto: %d, for a CPU limit of %.2f cores", max(1, int(quota)), quota)
+        cores = int(quota)
+    return max(1, cores)
 
 
 def listen(host: str, port: int, workers: int) -> list[list[socket.socket]]:
