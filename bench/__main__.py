@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import estate as setup
-from bench import fleet, load, seed
+from bench import fleet, load, quota, seed
 from bench.procs import start_broker, start_echo
 from bench.stats import Result
 
@@ -51,6 +51,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed-leases", type=int, default=1_000_000, help="0 skips the 1k vs 1M run")
     p.add_argument("--out", type=Path, default=Path("bench/results.json"), help="JSON results")
+    p.add_argument(
+        "--cpu-quota", type=float, metavar="CORES", help="hold the run (broker and clients) to CORES cores of CPU time"
+    )
     p.add_argument("--plot", type=Path, help="write SVG plots into this directory (needs matplotlib)")
     return p.parse_args(argv)
 
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return wrk.main(argv[1:])
     args = _args(argv)
+    if args.cpu_quota:
+        quota.hold(args.cpu_quota)
     sweep = (
         [int(x) for x in args.concurrency.split(",")]
         if args.concurrency

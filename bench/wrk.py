@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import estate as setup
-from bench import load
+from bench import load, quota
 from bench.procs import CLK_TCK, Proc, machine_busy, start_broker, start_echo, tree
 
 LUA_COMMON = """
@@ -228,11 +228,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kinds", default="acquire,renew", help="acquire, renew or both")
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the broker (repeatable)")
     p.add_argument("--out", type=Path, help="append the lines as JSON to this file")
+    p.add_argument(
+        "--cpu-quota", type=float, metavar="CORES", help="hold the runs (wrk, echo, broker) to CORES cores of CPU time"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.cpu_quota:
+        quota.hold(args.cpu_quota)
     env = dict(item.split("=", 1) for item in args.env)
     counts = [int(x) for x in args.workers.split(",")]
     print(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import quota
 from broker import cpulimit
 from broker.ids import new_token
 from tests.broker.fleet import call, command, environment, free_port
@@ -125,45 +126,16 @@ def test_no_control_groups_at_all_is_no_limit(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def cpu_quota(cores: float) -> Iterator[Path]:
-    """A real control group, child of this process's own, limited to ``cores``: its
-    ``cgroup.procs``. Needs a writable cpu hierarchy (root on this project's machines);
-    without one the test cannot run, which fails it in CI."""
-    mine = cpulimit.own_groups(Path("/proc/self/cgroup").read_text(), Path("/proc/self/mountinfo").read_text())
-    made = None
+    """A real control group held to ``cores``: its ``cgroup.procs``. Needs a writable cpu
+    hierarchy (root on this project's machines); without one the test cannot run, which
+    fails it in CI."""
     try:
-        for own in mine:
-            candidate = own.directory / f"tenure-test-{os.getpid()}-{time.monotonic_ns()}"
-            try:
-                candidate.mkdir()
-            except OSError:
-                continue
-            made = candidate
-            try:
-                if own.version == "2":
-                    (made / "cpu.max").write_text(f"{int(cores * 100_000)} 100000")
-                else:
-                    (made / "cpu.cfs_period_us").write_text("100000")
-                    (made / "cpu.cfs_quota_us").write_text(str(int(cores * 100_000)))
-                break
-            except OSError:
-                made.rmdir()
-                made = None
-        if made is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"no writable cpu control group to test in: {mine}")
-            pytest.skip("no writable cpu control group")
-        yield made / "cgroup.procs"
-    finally:
-        if made is not None:
-            deadline = time.monotonic() + 10
-            while True:  # a group can go once its last process has
-                try:
-                    made.rmdir()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+        with quota.group(cores) as made:
+            yield made / "cgroup.procs"
+    except quota.NoGroup as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 def count_in(procs: Path) -> int:
