@@ -20,7 +20,7 @@ from pathlib import Path
 
 from broker import cpulimit
 
-PERIOD_US = 10_000  # the period of the runs in docs/performance.md
+PERIOD_US = 100_000  # the period docker's --cpus and systemd's CPUQuota= use by default
 
 
 class NoGroup(RuntimeError):
@@ -67,7 +67,7 @@ def hold(cores: float) -> None:
         held.__exit__(None, None, None)
 
     atexit.register(leave)
-    print(f"held to {cores:g} cores' worth of CPU time ({made})", flush=True)
+    print(f"held to {cores:g} {'core' if cores == 1 else 'cores'}' worth of CPU time ({made})", flush=True)
 
 
 def _remove(made: Path) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import random
 import select
@@ -49,11 +50,10 @@ from shared.sdnotify import Notifier
 log = logging.getLogger("tenure.broker")
 
 # ``workers = "auto"``: one worker per core this process may run on, at most AUTO_MAX, and
-# no more than the whole cores of its control group's CPU limit; one core (or less) gets
-# one process (no writer). Two workers measured faster than one process on 2 cores on both
-# stores (docs/performance.md, "Every core by default"); held to 1 or 1.5 cores' worth by a
-# CPU quota, one process measured as fast or faster and with a far shorter tail ("A CPU
-# limit").
+# no more than its control group's CPU limit rounded to whole cores (1.5 counts as 2); one
+# core gets one process (no writer). Two workers measured faster than one process on 2
+# cores on both stores (docs/performance.md, "Every core by default"), and under a CPU
+# quota of 1.5 cores; held to 1 core, one process did better ("A CPU limit").
 AUTO_MAX = 4
 # On SQLite, several workers hand their hot writes to one writer process (True) or each
 # write the file themselves (False); see docs/performance.md, "Workers".
@@ -77,10 +77,10 @@ def count(cfg: Config) -> int:
         return int(cfg.workers)
     cores = min(AUTO_MAX, len(os.sched_getaffinity(0)))
     quota = cpulimit.limit()
-    if quota is not None and int(quota) < cores:
-        log.info("workers = auto: %d, for a CPU limit of %.2f cores", max(1, int(quota)), quota)
-        cores = int(quota)
-    return max(1, cores)
+    allowed = cores if quota is None else max(1, math.floor(quota + 0.5))  # 1.5 rounds up
+    if allowed < cores:
+        log.info("workers = auto: %d, for a CPU limit of %.2f cores", allowed, quota)
+    return max(1, min(cores, allowed))
 
 
 def listen(host: str, port: int, workers: int) -> list[list[socket.socket]]:
