@@ -58,15 +58,12 @@ def group(cores: float) -> Iterator[Path]:
 
 def hold(cores: float) -> None:
     """This process and all it starts from now on, held to ``cores`` until it exits."""
-    held = group(cores)
-    made = held.__enter__()
+    held = contextlib.ExitStack()
+    made = held.enter_context(group(cores))
     (made / "cgroup.procs").write_text(str(os.getpid()))
-
-    def leave() -> None:
-        (made.parent / "cgroup.procs").write_text(str(os.getpid()))
-        held.__exit__(None, None, None)
-
-    atexit.register(leave)
+    # At exit: back to the group it came from, then the group made here goes.
+    held.callback((made.parent / "cgroup.procs").write_text, str(os.getpid()))
+    atexit.register(held.close)
     print(f"held to {cores:g} {'core' if cores == 1 else 'cores'}' worth of CPU time ({made})", flush=True)
 
 

@@ -80,7 +80,7 @@ def count(cfg: Config) -> int:
     allowed = cores if quota is None else max(1, math.floor(quota + 0.5))  # 1.5 rounds up
     if allowed < cores:
         log.info("workers = auto: %d, for a CPU limit of %.2f cores", allowed, quota)
-    return max(1, min(cores, allowed))
+    return min(cores, allowed)
 
 
 def listen(host: str, port: int, workers: int) -> list[list[socket.socket]]:
