@@ -120,11 +120,11 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def _started(proc: subprocess.Popen[bytes], port: int) -> Proc:
+def _started(proc: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> Proc:
     """The process once it answers /healthz; stopped again if it never does."""
     p = Proc(proc, f"http://127.0.0.1:{port}")
     try:
-        _wait_http(p.url + "/healthz", proc)
+        _wait_http(p.url + "/healthz", proc, timeout)
     except BaseException:
         p.stop()
         raise
@@ -174,10 +174,12 @@ def start_broker(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     wrap: Sequence[str] = (),
+    ready_timeout: float = 30.0,
 ) -> Proc:
     """A real ``tenure-broker serve`` on ``data_dir``; ``env`` adds settings (e.g.
     ``TENURE_DATABASE_URL`` and ``TENURE_SECRET_KEY`` for a PostgreSQL replica); ``wrap``
-    runs it through another command (``python -m bench.profiled OUT``), given its arguments."""
+    runs it through another command (``python -m bench.profiled OUT``), given its arguments;
+    ``ready_timeout`` bounds its start (seconds to answer /healthz, and again to READY=1)."""
     port = port or free_port()
     # Every bench client enrols from 127.0.0.1, and a redemption in flight counts against
     # the per-address failure budget (10 by default) until it succeeds: enrolling with 64
@@ -206,8 +208,8 @@ def start_broker(
                 cwd=ROOT,
             )
             out.close()
-            started = _started(proc, port)
-            _wait_ready(notify, started)
+            started = _started(proc, port, ready_timeout)
+            _wait_ready(notify, started, max(60.0, ready_timeout))
     return started
 
 
