@@ -179,7 +179,8 @@ def start_broker(
     """A real ``tenure-broker serve`` on ``data_dir``; ``env`` adds settings (e.g.
     ``TENURE_DATABASE_URL`` and ``TENURE_SECRET_KEY`` for a PostgreSQL replica); ``wrap``
     runs it through another command (``python -m bench.profiled OUT``), given its arguments;
-    ``ready_timeout`` bounds its start (seconds to answer /healthz, and again to READY=1)."""
+    ``ready_timeout`` bounds its start: the seconds it has to answer /healthz, and (60 at
+    the least) to send READY=1."""
     port = port or free_port()
     # Every bench client enrols from 127.0.0.1, and a redemption in flight counts against
     # the per-address failure budget (10 by default) until it succeeds: enrolling with 64
