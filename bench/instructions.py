@@ -55,7 +55,7 @@ GROUPS = [
 ]
 OTHER = "other C extensions (JSON, aiohttp's parser, ...)"
 
-_NAMED = re.compile(r"(c?)(ob|fn|fl|fi|fe)=\((\d+)\)(?: (.*))?$")
+_OBJECT = re.compile(r"(c?)ob=\((\d+)\)(?: (.*))?$")
 
 
 def by_object(lines: Iterable[str]) -> collections.Counter[str]:
@@ -71,14 +71,13 @@ def by_object(lines: Iterable[str]) -> collections.Counter[str]:
     found: collections.Counter[str] = collections.Counter()
     for raw in lines:
         line = raw.rstrip("\n")
-        named = _NAMED.match(line)
+        named = _OBJECT.match(line)
         if named:
-            is_call, kind, number, name = named.groups()
-            if kind == "ob":
-                if name:
-                    names[number] = name
-                if not is_call:
-                    current = names.get(number, "?")
+            is_call, number, name = named.groups()
+            if name:
+                names[number] = name
+            if not is_call:
+                current = names.get(number, "?")
             continue
         if line.startswith("calls="):
             after_call = True
